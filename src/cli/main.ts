@@ -1,0 +1,113 @@
+/** argv -> command. The only place that turns errors into exit codes. */
+import { Command, CommanderError, Option } from 'commander';
+import { BackyError, EXIT_ERROR, EXIT_OK, EXIT_USAGE, errorMessage } from '../errors.js';
+import { Logger } from '../util/log.js';
+import { Context } from './context.js';
+import { backupCommand } from './commands/backup.js';
+import { lsCommand } from './commands/ls.js';
+import { restoreCommand } from './commands/restore.js';
+import { rmCommand } from './commands/rm.js';
+
+const VERSION = '0.1.0';
+
+export async function main(argv: string[]): Promise<number> {
+  const log = new Logger(argv.includes('-v') || argv.includes('--verbose'));
+  let ctx: Context | undefined;
+  let exitCode = EXIT_OK;
+
+  const program = new Command('backy')
+    .description('Block-based, deduplicating backup of VM disk images')
+    .version(VERSION)
+    .option(
+      '-c, --config <file>',
+      'config file (default: $BACKY_CONFIG, ./backy.cfg, ~/.config/backy/backy.cfg, /etc/backy.cfg)',
+    )
+    .option('-m, --machine-output', 'machine-readable output on stdout')
+    .option('-v, --verbose', 'debug logging, stack traces on errors')
+    .exitOverride()
+    .showHelpAfterError(false)
+    .configureOutput({ writeErr: (s) => process.stderr.write(s) });
+
+  // Each command: set up the context, log the start, run, log the end.
+  const run =
+    <A extends unknown[]>(fn: (ctx: Context, ...args: A) => Promise<void>) =>
+    async (...args: A) => {
+      const g = program.opts<{ config?: string; machineOutput?: boolean }>();
+      ctx = new Context(log, { machine: Boolean(g.machineOutput), config: g.config });
+      ctx.loadConfig(); // a bad config fails before any work
+      log.info(`$ backy ${argv.slice(2).join(' ')}`);
+      await fn(ctx, ...args);
+      log.info('Backy complete.');
+    };
+
+  program
+    .command('backup')
+    .description(
+      'back up SOURCE (file, block device or - for stdin) as a new version NAME; prints the new uid',
+    )
+    .argument('<source>', 'image file, block device, or - for stdin')
+    .argument('<name>', 'version name, e.g. vm1@backup1')
+    .option('-r, --rbd <hints>', 'rbd diff --format=json output: read only the regions it names')
+    .option('-f, --from <uid>', 'base version: copy its block list and read only what changed')
+    .action(
+      run((ctx, source: string, name: string, opts: { rbd?: string; from?: string }) =>
+        backupCommand(ctx, source, name, opts),
+      ),
+    );
+
+  program
+    .command('restore')
+    .description('write version UID to TARGET (file, block device, or - for stdout)')
+    .argument('<uid>')
+    .argument('<target>')
+    .option('-s, --sparse', 'do not write zero blocks (the target must read back zeros)')
+    .option('--force', 'overwrite an existing regular file')
+    .action(
+      run((ctx, uid: string, target: string, opts: { sparse?: boolean; force?: boolean }) =>
+        restoreCommand(ctx, uid, target, opts),
+      ),
+    );
+
+  program
+    .command('ls')
+    .description('list versions, optionally only those named NAME')
+    .argument('[name]')
+    .action(run((ctx, name: string | undefined) => lsCommand(ctx, name)));
+
+  program
+    .command('rm')
+    .description("remove a version's metadata (its blocks go at the next cleanup if nothing else uses them)")
+    .argument('<uid>')
+    .addOption(new Option('--force', 'remove even while its backup is still running'))
+    .action(run((ctx, uid: string, opts: { force?: boolean }) => rmCommand(ctx, uid, opts)));
+
+  try {
+    await program.parseAsync(argv);
+  } catch (err) {
+    exitCode = handleError(err, log);
+  } finally {
+    await ctx?.close().catch(() => {});
+  }
+  return exitCode;
+}
+
+function handleError(err: unknown, log: Logger): number {
+  if (err instanceof CommanderError) {
+    if (
+      err.code === 'commander.helpDisplayed' ||
+      err.code === 'commander.version' ||
+      err.code === 'commander.help'
+    ) {
+      return EXIT_OK;
+    }
+    return EXIT_USAGE; // commander has printed its one-line message
+  }
+  if (err instanceof BackyError) {
+    log.error(err.message);
+    if (log.verbose && err.stack) process.stderr.write(`${err.stack}\n`);
+    return err.exitCode;
+  }
+  log.error(`unexpected error: ${errorMessage(err)}${log.verbose ? '' : ' (run with -v for details)'}`);
+  if (log.verbose && err instanceof Error && err.stack) process.stderr.write(`${err.stack}\n`);
+  return EXIT_ERROR;
+}

@@ -1,0 +1,102 @@
+/** Output helpers: human tables, machine lines, sizes, dates and the TTY progress bar. */
+import Table from 'cli-table3';
+import cliProgress from 'cli-progress';
+import type { ProgressReporter } from '../core/progress.js';
+import type { Version } from '../meta/meta-store.js';
+import type { Logger } from '../util/log.js';
+
+/** `YYYY-MM-DD HH:MM:SS.ffffff`, UTC, from microseconds since the epoch. */
+export function formatDate(micros: number): string {
+  const d = new Date(Math.floor(micros / 1000));
+  const iso = d.toISOString(); // YYYY-MM-DDTHH:MM:SS.mmmZ
+  const frac = String(micros % 1_000_000).padStart(6, '0');
+  return `${iso.slice(0, 10)} ${iso.slice(11, 19)}.${frac}`;
+}
+
+export function formatBytes(n: number): string {
+  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB', 'PiB'];
+  let u = 0;
+  let v = n;
+  while (v >= 1024 && u < units.length - 1) {
+    v /= 1024;
+    u++;
+  }
+  return u === 0 ? `${n} B` : `${v.toFixed(1)} ${units[u]}`;
+}
+
+export function versionBlocks(v: Version): number {
+  return Math.ceil(v.sizeBytes / v.blockSize);
+}
+
+/** `version DATE NAME SIZE SIZE_BYTES UID VALID`; fields added later go after VALID. */
+export function machineVersionLine(v: Version): string {
+  return [
+    'version',
+    formatDate(v.date),
+    v.name,
+    versionBlocks(v),
+    v.sizeBytes,
+    v.uid,
+    v.status === 'valid' ? 1 : 0,
+  ].join(' ');
+}
+
+export function versionTable(versions: Version[]): string {
+  const table = new Table({
+    head: ['date', 'name', 'size', 'size_bytes', 'uid', 'valid', 'status'],
+    style: { head: process.stdout.isTTY ? ['cyan'] : [], border: process.stdout.isTTY ? ['grey'] : [] },
+  });
+  for (const v of versions) {
+    table.push([
+      formatDate(v.date),
+      v.name,
+      versionBlocks(v),
+      v.sizeBytes,
+      v.uid,
+      v.status === 'valid' ? 1 : 0,
+      v.status,
+    ]);
+  }
+  return table.toString();
+}
+
+/** A progress bar with throughput and ETA on a TTY; nothing otherwise. */
+export function progressBar(log: Logger): ProgressReporter {
+  if (!process.stderr.isTTY) return { start() {}, advance() {}, stop() {} };
+  let bar: cliProgress.SingleBar | undefined;
+  let started = 0;
+  let done = 0;
+  return {
+    start(label, total) {
+      started = Date.now();
+      done = 0;
+      bar = new cliProgress.SingleBar(
+        {
+          stream: process.stderr,
+          format: total
+            ? `${label} [{bar}] {percentage}% | {done} of {all} | {rate}/s | ETA {eta_formatted}`
+            : `${label} {done} | {rate}/s`,
+          hideCursor: true,
+          clearOnComplete: true,
+          etaBuffer: 50,
+        },
+        cliProgress.Presets.shades_classic,
+      );
+      bar.start(total ?? 0, 0, { done: formatBytes(0), all: formatBytes(total ?? 0), rate: formatBytes(0) });
+      log.beforeWrite = () => {
+        // Keep log lines off the bar: clear the line first; the next update redraws it.
+        process.stderr.write('\r\x1b[K');
+      };
+    },
+    advance(bytes) {
+      done += bytes;
+      const secs = Math.max((Date.now() - started) / 1000, 0.001);
+      bar?.increment(bytes, { done: formatBytes(done), rate: formatBytes(Math.round(done / secs)) });
+    },
+    stop() {
+      bar?.stop();
+      bar = undefined;
+      log.beforeWrite = undefined;
+    },
+  };
+}

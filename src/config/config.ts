@@ -1,0 +1,205 @@
+/**
+ * Finds, parses and validates backy.cfg (INI, backy2 style: `key = value` or `key: value`).
+ * Search order: -c FILE, $BACKY_CONFIG, ./backy.cfg, ~/.config/backy/backy.cfg, /etc/backy.cfg;
+ * with none, the embedded default: SQLite and a data directory under $XDG_DATA_HOME/backy
+ * (~/.local/share/backy). Unknown sections and keys, and bad values, are errors that name them.
+ */
+import { existsSync, readFileSync } from 'node:fs';
+import { homedir } from 'node:os';
+import { isAbsolute, join, resolve } from 'node:path';
+import { parse as parseIni } from 'ini';
+import { ConfigError } from '../errors.js';
+
+export type HashFunction = 'blake3' | 'sha256';
+export const HASH_FUNCTIONS: readonly HashFunction[] = ['blake3', 'sha256'];
+
+export interface Config {
+  /** Where the config came from, or 'embedded default'. */
+  source: string;
+  logfile?: string;
+  blockSize: number;
+  hintCheckBlocks: number;
+  /** Hash function for a new store; an existing store keeps the one it was created with. */
+  hashFunction?: HashFunction;
+  /** Metadata engine URL, e.g. sqlite:////var/lib/backy/backy.sqlite or postgresql://... */
+  engine: string;
+  dataBackend: { type: 'file'; path: string };
+}
+
+export const DEFAULT_BLOCK_SIZE = 4 * 1024 * 1024;
+
+export function defaultDataHome(env: NodeJS.ProcessEnv = process.env): string {
+  const xdg = env.XDG_DATA_HOME;
+  const base = xdg && isAbsolute(xdg) ? xdg : join(env.HOME || homedir(), '.local', 'share');
+  return join(base, 'backy');
+}
+
+export function embeddedDefault(env: NodeJS.ProcessEnv = process.env): Config {
+  const home = defaultDataHome(env);
+  return {
+    source: 'embedded default',
+    blockSize: DEFAULT_BLOCK_SIZE,
+    hintCheckBlocks: 10,
+    engine: `sqlite:///${join(home, 'backy.sqlite')}`,
+    dataBackend: { type: 'file', path: join(home, 'data') },
+  };
+}
+
+/** The config file to use, or undefined for the embedded default. */
+export function findConfigFile(
+  explicit: string | undefined,
+  env: NodeJS.ProcessEnv = process.env,
+): string | undefined {
+  if (explicit !== undefined) {
+    if (!existsSync(explicit)) throw new ConfigError(`config file ${explicit} does not exist`);
+    return explicit;
+  }
+  if (env.BACKY_CONFIG) {
+    if (!existsSync(env.BACKY_CONFIG)) {
+      throw new ConfigError(`config file ${env.BACKY_CONFIG} (from $BACKY_CONFIG) does not exist`);
+    }
+    return env.BACKY_CONFIG;
+  }
+  const home = env.HOME || homedir();
+  for (const candidate of ['backy.cfg', join(home, '.config', 'backy', 'backy.cfg'), '/etc/backy.cfg']) {
+    if (existsSync(candidate)) return candidate;
+  }
+  return undefined;
+}
+
+export function loadConfig(explicit: string | undefined, env: NodeJS.ProcessEnv = process.env): Config {
+  const file = findConfigFile(explicit, env);
+  if (file === undefined) return embeddedDefault(env);
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (err) {
+    throw new ConfigError(`cannot read config file ${file}: ${(err as NodeJS.ErrnoException).code ?? err}`);
+  }
+  return parseConfig(text, file, env);
+}
+
+type Section = Record<string, string>;
+
+/** backy2's files use `key: value`; ini only knows `=`. Rewrite the first `:` of a plain key line. */
+function normaliseColons(text: string): string {
+  return text
+    .split(/\r?\n/)
+    .map((line) => {
+      const m = /^(\s*[A-Za-z_][A-Za-z0-9_.-]*)\s*:\s?(.*)$/.exec(line);
+      return m && !line.includes('=') ? `${m[1]} = ${m[2]}` : line;
+    })
+    .join('\n');
+}
+
+export function parseConfig(text: string, file: string, env: NodeJS.ProcessEnv = process.env): Config {
+  const raw = parseIni(normaliseColons(text)) as Record<string, unknown>;
+  const sections: Record<string, Section> = {};
+  for (const [name, value] of Object.entries(raw)) {
+    if (typeof value !== 'object' || value === null) {
+      throw new ConfigError(`${file}: key '${name}' is outside any section; put it under [DEFAULTS]`);
+    }
+    const section: Section = {};
+    for (const [k, v] of Object.entries(value as Record<string, unknown>)) {
+      if (typeof v === 'object')
+        throw new ConfigError(`${file}: [${name}] ${k}: nested sections are not supported`);
+      section[k] = String(v).trim();
+    }
+    sections[name] = section;
+  }
+  const known: Record<string, readonly string[]> = {
+    DEFAULTS: ['logfile', 'block_size', 'hint_check_blocks', 'hash_function'],
+    MetaBackend: ['engine'],
+    DataBackend: ['type', 'path'],
+  };
+  for (const [name, section] of Object.entries(sections)) {
+    const keys = known[name];
+    if (!keys) {
+      throw new ConfigError(
+        `${file}: unknown section [${name}] (known: ${Object.keys(known)
+          .map((s) => `[${s}]`)
+          .join(', ')})`,
+      );
+    }
+    for (const key of Object.keys(section)) {
+      if (!keys.includes(key)) {
+        throw new ConfigError(`${file}: unknown key '${key}' in [${name}] (known: ${keys.join(', ')})`);
+      }
+    }
+  }
+  const cfg = embeddedDefault(env);
+  cfg.source = file;
+  const d = sections.DEFAULTS ?? {};
+  if (d.logfile !== undefined && d.logfile !== '') cfg.logfile = d.logfile;
+  if (d.block_size !== undefined) {
+    cfg.blockSize = parseInteger(d.block_size, `${file}: [DEFAULTS] block_size`, 4096, 1 << 30);
+    if (cfg.blockSize % 512 !== 0) {
+      throw new ConfigError(`${file}: [DEFAULTS] block_size must be a multiple of 512, got ${d.block_size}`);
+    }
+  }
+  if (d.hint_check_blocks !== undefined) {
+    cfg.hintCheckBlocks = parseInteger(
+      d.hint_check_blocks,
+      `${file}: [DEFAULTS] hint_check_blocks`,
+      0,
+      1_000_000,
+    );
+  }
+  if (d.hash_function !== undefined) {
+    if (!HASH_FUNCTIONS.includes(d.hash_function as HashFunction)) {
+      throw new ConfigError(
+        `${file}: [DEFAULTS] hash_function must be one of ${HASH_FUNCTIONS.join(', ')}, got '${d.hash_function}'`,
+      );
+    }
+    cfg.hashFunction = d.hash_function as HashFunction;
+  }
+  const m = sections.MetaBackend ?? {};
+  if (m.engine !== undefined) {
+    validateEngine(m.engine, `${file}: [MetaBackend] engine`);
+    cfg.engine = m.engine;
+  }
+  const b = sections.DataBackend ?? {};
+  if (b.type !== undefined && b.type !== 'file') {
+    throw new ConfigError(`${file}: [DataBackend] type must be 'file', got '${b.type}'`);
+  }
+  if (b.path !== undefined) {
+    if (b.path === '') throw new ConfigError(`${file}: [DataBackend] path must not be empty`);
+    cfg.dataBackend = { type: 'file', path: resolve(b.path) };
+  }
+  return cfg;
+}
+
+function parseInteger(value: string, what: string, min: number, max: number): number {
+  if (!/^\d+$/.test(value)) throw new ConfigError(`${what} must be a whole number, got '${value}'`);
+  const n = Number(value);
+  if (n < min || n > max) throw new ConfigError(`${what} must be between ${min} and ${max}, got ${value}`);
+  return n;
+}
+
+function validateEngine(url: string, what: string): void {
+  if (url.startsWith('sqlite:///')) {
+    if (url.length <= 'sqlite:///'.length) throw new ConfigError(`${what}: sqlite URL has no path`);
+    return;
+  }
+  if (/^postgres(ql)?:\/\//.test(url)) {
+    try {
+      new URL(url);
+    } catch {
+      throw new ConfigError(`${what}: not a valid PostgreSQL URL`);
+    }
+    return;
+  }
+  throw new ConfigError(
+    `${what} must be sqlite:///relative/path, sqlite:////absolute/path or postgresql://user:pass@host:port/db, got '${redactUrl(url)}'`,
+  );
+}
+
+/** The engine URL with any password replaced, for logs and errors. */
+export function redactUrl(url: string): string {
+  return url.replace(/(\/\/[^:/@]*:)[^@/]*@/, '$1***@');
+}
+
+/** sqlite:///rel/path -> rel/path, sqlite:////abs/path -> /abs/path (SQLAlchemy's form). */
+export function sqlitePath(url: string): string {
+  return url.slice('sqlite:///'.length);
+}

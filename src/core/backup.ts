@@ -1,0 +1,284 @@
+/**
+ * The backup pipeline: plan -> read (several blocks in flight) -> zero check -> hash ->
+ * dedup (this run, then the objects table) -> store -> record (batched transactions).
+ *
+ * Memory: at most READ_AHEAD blocks are in flight (read, hashed or being stored), plus one
+ * batch of block rows: about READ_AHEAD x block size, whatever the image size.
+ *
+ * Safety: a version starts incomplete and under a lease (cleanup keeps everything a leased
+ * backup stores or references); an object is durable before any row names it; the version
+ * becomes valid in one transaction that checks every block entry is present and backed by a
+ * valid object. A crash at any point leaves an incomplete version that is never a base.
+ */
+import { blockCount, blockLength, isZero } from '../blocks/blocks.js';
+import { InputError, IntegrityError, UsageError } from '../errors.js';
+import { checkHints } from '../hints/rbd-diff.js';
+import type { HintExtent } from '../hints/rbd-diff.js';
+import type { BlockRow, MetaStore, Version } from '../meta/meta-store.js';
+import { nowMicros } from '../meta/meta-store.js';
+import type { BlockStore } from '../storage/block-store.js';
+import type { Source } from '../source/source.js';
+import { mapOrdered } from '../util/concurrency.js';
+import { KEEP, READ, countActions, pickKeepBlocks, plan } from './plan.js';
+import { noProgress } from './progress.js';
+import type { ProgressReporter } from './progress.js';
+
+export const READ_AHEAD = 8;
+const ROW_BATCH = 1000;
+const HEARTBEAT_MS = 30_000;
+
+export interface BackupOptions {
+  meta: MetaStore;
+  store: BlockStore;
+  source: Source;
+  name: string;
+  /** Block size for a version without a base (a base's block size wins). */
+  blockSize: number;
+  hints?: HintExtent[];
+  hintsName?: string;
+  baseUid?: string;
+  /** With a base and hints: this many random unhinted blocks are re-read and compared. */
+  hintCheckBlocks: number;
+  progress?: ProgressReporter;
+  /** Called with the new version as soon as it exists (so the CLI can name it on failure). */
+  onVersion?: (v: Version) => void;
+}
+
+export interface BackupStats {
+  blocks: number;
+  read: number;
+  sparse: number;
+  kept: number;
+  stored: number;
+  deduplicated: number;
+  bytesRead: number;
+  bytesStored: number;
+}
+
+export interface BackupResult {
+  version: Version;
+  stats: BackupStats;
+}
+
+export async function backup(opts: BackupOptions): Promise<BackupResult> {
+  const { meta, store, source } = opts;
+  const progress = opts.progress ?? noProgress;
+  const base = opts.baseUid !== undefined ? await meta.getVersion(opts.baseUid) : undefined;
+  if (base && base.status !== 'valid') {
+    throw new InputError(
+      `version ${base.uid} is ${base.status} and cannot be the base of a backup; choose a valid version (see 'backy ls')`,
+    );
+  }
+  const blockSize = base ? base.blockSize : opts.blockSize;
+
+  let actions: Uint8Array | undefined;
+  let size: number | undefined;
+  if (source.kind === 'random') {
+    size = source.size;
+    const hints = opts.hints ? checkHints(opts.hints, size, opts.hintsName) : undefined;
+    actions = plan({ size, blockSize, hints, base: base ? { size: base.sizeBytes } : undefined });
+    if (base && hints && opts.hintCheckBlocks > 0) {
+      await checkHintsAgainstBase(meta, store, source, base, actions, blockSize, opts.hintCheckBlocks);
+    }
+  } else if (opts.hints) {
+    throw new UsageError('hints (-r) need a seekable source (a file or block device), not a stream');
+  }
+
+  const version = await meta.createVersion({
+    name: opts.name,
+    sizeBytes: size ?? 0,
+    blockSize,
+    baseUid: base?.uid,
+  });
+  opts.onVersion?.(version);
+  const lease = await meta.acquireLease('backup', version.uid);
+  const heartbeat = setInterval(() => void meta.heartbeat(lease.id).catch(() => {}), HEARTBEAT_MS);
+  heartbeat.unref();
+  try {
+    if (base && size !== undefined) await meta.copyBlocks(base.uid, version.uid, blockCount(size, blockSize));
+    const writer = new BlockWriter(meta, store, version.uid);
+    const stats: BackupStats = {
+      blocks: 0,
+      read: 0,
+      sparse: 0,
+      kept: 0,
+      stored: 0,
+      deduplicated: 0,
+      bytesRead: 0,
+      bytesStored: 0,
+    };
+
+    if (source.kind === 'random' && actions && size !== undefined) {
+      const counts = countActions(actions);
+      stats.blocks = actions.length;
+      stats.kept = counts.keep;
+      const total = size;
+      const toRead = countReadBytes(actions, total, blockSize);
+      progress.start('backup', toRead);
+      const work = function* () {
+        for (let idx = 0; idx < actions.length; idx++) {
+          if (actions[idx] !== KEEP) yield idx;
+        }
+      };
+      const results = mapOrdered(work(), READ_AHEAD, async (idx) => {
+        const length = blockLength(idx, total, blockSize);
+        if (actions[idx] !== READ) return { idx, length, data: undefined };
+        const data = await source.read(idx * blockSize, length);
+        return { idx, length, data, stored: await writer.store(data) };
+      });
+      for await (const r of results) {
+        if (r.data) {
+          stats.read++;
+          stats.bytesRead += r.length;
+          progress.advance(r.length);
+        }
+        await writer.add(r.idx, r.length, r.stored, stats);
+      }
+    } else if (source.kind === 'stream') {
+      progress.start('backup', undefined);
+      let idx = 0;
+      let total = 0;
+      const chunks = (async function* () {
+        for await (const data of source.chunks(blockSize)) yield { idx: idx++, data };
+      })();
+      const results = mapOrdered(chunks, READ_AHEAD, async ({ idx, data }) => ({
+        idx,
+        data,
+        stored: await writer.store(data),
+      }));
+      for await (const r of results) {
+        stats.read++;
+        stats.bytesRead += r.data.length;
+        total += r.data.length;
+        progress.advance(r.data.length);
+        await writer.add(r.idx, r.data.length, r.stored, stats);
+      }
+      stats.blocks = idx;
+      size = total;
+      await meta.setVersionSize(version.uid, size);
+      version.sizeBytes = size;
+    }
+    await writer.flush();
+    stats.bytesStored = writer.bytesStored;
+    progress.stop();
+
+    const problem = await meta.completeVersion(version.uid);
+    if (problem) {
+      await meta.setVersionStatus(version.uid, 'invalid');
+      throw new IntegrityError(
+        `backup ${version.uid} could not be verified: ${problem}; it is marked invalid`,
+      );
+    }
+    version.status = 'valid';
+    return { version, stats };
+  } finally {
+    progress.stop();
+    clearInterval(heartbeat);
+    await meta.releaseLease(lease.id).catch(() => {});
+  }
+}
+
+function countReadBytes(actions: Uint8Array, size: number, blockSize: number): number {
+  let bytes = 0;
+  for (let i = 0; i < actions.length; i++) if (actions[i] === READ) bytes += blockLength(i, size, blockSize);
+  return bytes;
+}
+
+/**
+ * Hints say which regions changed since the base. Wrong hints would silently produce a wrong
+ * backup, so a few random blocks the hints call unchanged are read and compared with the base.
+ */
+async function checkHintsAgainstBase(
+  meta: MetaStore,
+  store: BlockStore,
+  source: Source & { kind: 'random' },
+  base: Version,
+  actions: Uint8Array,
+  blockSize: number,
+  count: number,
+): Promise<void> {
+  const picks = pickKeepBlocks(actions, count);
+  const rows = await meta.blocksAt(base.uid, picks);
+  for (const idx of picks) {
+    const row = rows.get(idx);
+    if (!row)
+      throw new IntegrityError(
+        `base version ${base.uid} has no entry for block ${idx}; run 'backy scrub ${base.uid}'`,
+      );
+    const data = await source.read(idx * blockSize, row.size);
+    const same = row.checksum === null ? isZero(data) : store.hash(data) === row.checksum;
+    if (!same) {
+      throw new InputError(
+        `hints are wrong: block ${idx} (offset ${idx * blockSize}) differs from base ${base.uid} although no hint covers it; ` +
+          'nothing was stored. Check that the hints are for this image and base snapshot, or back up without -r',
+      );
+    }
+  }
+}
+
+interface Stored {
+  checksum: string;
+  /** Bytes newly written to the data store (0 when deduplicated). */
+  written: number;
+}
+
+/** Dedup, object writes and batched block rows for one backup. */
+class BlockWriter {
+  readonly #meta: MetaStore;
+  readonly #store: BlockStore;
+  readonly #uid: string;
+  /** Checksums stored or referenced in this run (object kept by our lease), or being stored now. */
+  readonly #known = new Map<string, Promise<number>>();
+  #rows: BlockRow[] = [];
+  #objects: { checksum: string; storedSize: number }[] = [];
+  bytesStored = 0;
+
+  constructor(meta: MetaStore, store: BlockStore, uid: string) {
+    this.#meta = meta;
+    this.#store = store;
+    this.#uid = uid;
+  }
+
+  /** Stores one block read from the source; undefined for an all-zero (sparse) block. */
+  async store(data: Buffer): Promise<Stored | undefined> {
+    if (isZero(data)) return undefined;
+    const checksum = this.#store.hash(data);
+    let pending = this.#known.get(checksum);
+    if (pending) {
+      await pending;
+      return { checksum, written: 0 };
+    }
+    pending = this.#storeNew(checksum, data);
+    this.#known.set(checksum, pending);
+    return { checksum, written: await pending };
+  }
+
+  async #storeNew(checksum: string, data: Buffer): Promise<number> {
+    // Refreshing last_seen under our lease keeps a concurrent cleanup away from this object.
+    if (await this.#meta.touchObject(checksum, nowMicros())) return 0;
+    const storedSize = await this.#store.put(checksum, data);
+    this.#objects.push({ checksum, storedSize });
+    return storedSize;
+  }
+
+  async add(idx: number, length: number, stored: Stored | undefined, stats: BackupStats): Promise<void> {
+    if (stored) {
+      if (stored.written > 0) {
+        stats.stored++;
+        this.bytesStored += stored.written;
+      } else stats.deduplicated++;
+    } else stats.sparse++;
+    this.#rows.push({ idx, checksum: stored?.checksum ?? null, size: length, valid: true });
+    if (this.#rows.length >= ROW_BATCH) await this.flush();
+  }
+
+  async flush(): Promise<void> {
+    // Objects first: a block row is committed only after its object is durable and recorded.
+    const objects = this.#objects;
+    this.#objects = [];
+    await this.#meta.recordObjects(objects, nowMicros());
+    const rows = this.#rows;
+    this.#rows = [];
+    await this.#meta.putBlocks(this.#uid, rows);
+  }
+}

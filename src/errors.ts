@@ -1,0 +1,57 @@
+/**
+ * Typed errors. Only the CLI's main turns them into exit codes:
+ * 0 success, 1 error (bad input, not found, I/O), 2 usage, 3 integrity problem found.
+ */
+export const EXIT_OK = 0;
+export const EXIT_ERROR = 1;
+export const EXIT_USAGE = 2;
+export const EXIT_INTEGRITY = 3;
+
+export class BackyError extends Error {
+  readonly exitCode: number = EXIT_ERROR;
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = new.target.name;
+  }
+}
+
+/** Wrong command line: unknown option, missing operand, value out of range. */
+export class UsageError extends BackyError {
+  override readonly exitCode = EXIT_USAGE;
+}
+
+/** A config file that cannot be read, or an unknown key or bad value in it. */
+export class ConfigError extends BackyError {}
+
+/** Input from outside (hint file, export file, source) that is malformed or does not fit. */
+export class InputError extends BackyError {}
+
+/** A version, uid or file that does not exist. */
+export class NotFoundError extends BackyError {}
+
+/** Damage found: corrupt or missing blocks. The operation may have completed otherwise. */
+export class IntegrityError extends BackyError {
+  override readonly exitCode = EXIT_INTEGRITY;
+}
+
+/** A stored object failed verification on read. */
+export class CorruptBlockError extends BackyError {
+  constructor(
+    readonly checksum: string,
+    readonly reason: string,
+  ) {
+    super(`block ${checksum} is damaged: ${reason}`);
+  }
+}
+
+/** An object that the metadata says exists is not in the data store. */
+export class MissingBlockError extends BackyError {
+  constructor(readonly checksum: string) {
+    super(`block ${checksum} is missing from the data store`);
+  }
+}
+
+export function errorMessage(err: unknown): string {
+  if (err instanceof Error) return err.message;
+  return String(err);
+}

@@ -1,0 +1,594 @@
+/**
+ * All metadata access. Every SQL statement lives here; callers see plain objects and numbers.
+ * Dialects: SQLite (better-sqlite3; WAL, busy timeout, BEGIN IMMEDIATE for writes so a
+ * reader never blocks a writer and two writers queue instead of failing) and PostgreSQL (pg).
+ */
+import { mkdirSync, closeSync, openSync } from 'node:fs';
+import { hostname } from 'node:os';
+import { dirname, resolve } from 'node:path';
+import { randomUUID } from 'node:crypto';
+import SQLite from 'better-sqlite3';
+import pg from 'pg';
+import { Kysely, Migrator, PostgresDialect, SqliteDialect, sql } from 'kysely';
+import type { Transaction } from 'kysely';
+import { BackyError, ConfigError, NotFoundError } from '../errors.js';
+import { HASH_FUNCTIONS, redactUrl, sqlitePath } from '../config/config.js';
+import type { HashFunction } from '../config/config.js';
+import { migrationProvider } from './migrations.js';
+import type { Database, VersionStatus } from './schema.js';
+
+export type { VersionStatus };
+
+export interface Version {
+  uid: string;
+  name: string;
+  snapshotName: string;
+  /** Microseconds since the epoch, UTC. */
+  date: number;
+  sizeBytes: number;
+  blockSize: number;
+  status: VersionStatus;
+  baseUid: string | null;
+  protected: boolean;
+  hostname: string;
+}
+
+export interface BlockRow {
+  idx: number;
+  checksum: string | null;
+  size: number;
+  valid: boolean;
+}
+
+export interface Lease {
+  id: string;
+  versionUid: string | null;
+  kind: string;
+  hostname: string;
+  pid: number;
+  started: number;
+  heartbeat: number;
+}
+
+/** Rows per INSERT statement: well under SQLite's 32766 bound parameters and PostgreSQL's 65535. */
+const INSERT_BATCH = 1000;
+/** A lease from another host without a heartbeat for this long is considered dead. */
+export const LEASE_TIMEOUT_US = 10 * 60 * 1_000_000;
+
+let lastMicros = 0;
+/** Wall-clock microseconds, strictly increasing within this process. */
+export function nowMicros(): number {
+  let t = Math.floor((performance.timeOrigin + performance.now()) * 1000);
+  if (t <= lastMicros) t = lastMicros + 1;
+  lastMicros = t;
+  return t;
+}
+
+pg.types.setTypeParser(20, (v: string) => Number(v)); // int8: our values stay far below 2^53
+
+type Db = Kysely<Database>;
+
+export class MetaStore {
+  readonly #db: Db;
+  readonly dialect: 'sqlite' | 'postgres';
+  readonly url: string;
+  #hashFunction: HashFunction = 'blake3';
+
+  private constructor(db: Db, dialect: 'sqlite' | 'postgres', url: string) {
+    this.#db = db;
+    this.dialect = dialect;
+    this.url = url;
+  }
+
+  /** Opens (creating and migrating as needed) the metadata database named by an engine URL. */
+  static async open(engine: string, opts: { hashFunction?: HashFunction } = {}): Promise<MetaStore> {
+    let store: MetaStore;
+    if (engine.startsWith('sqlite:///')) {
+      const path = resolve(sqlitePath(engine));
+      try {
+        mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
+        closeSync(openSync(path, 'a', 0o600));
+      } catch (err) {
+        throw new BackyError(
+          `cannot create metadata database ${path}: ${(err as NodeJS.ErrnoException).code ?? err}`,
+        );
+      }
+      let sqlite: SQLite.Database;
+      try {
+        sqlite = new SQLite(path, { timeout: 60_000 });
+        sqlite.pragma('journal_mode = WAL');
+        // WAL + NORMAL: consistent after any crash; a power loss may drop the last commits, which
+        // leaves the running version incomplete (never wrongly valid). Objects are fsynced themselves.
+        sqlite.pragma('synchronous = NORMAL');
+        sqlite.pragma('foreign_keys = ON');
+      } catch (err) {
+        throw new BackyError(`cannot open metadata database ${path}: ${(err as Error).message}`);
+      }
+      store = new MetaStore(
+        new Kysely<Database>({ dialect: new SqliteDialect({ database: sqlite }) }),
+        'sqlite',
+        engine,
+      );
+    } else if (/^postgres(ql)?:\/\//.test(engine)) {
+      const pool = new pg.Pool({ connectionString: engine, max: 4 });
+      pool.on('error', () => {}); // an idle client's error surfaces on the next query instead
+      store = new MetaStore(
+        new Kysely<Database>({ dialect: new PostgresDialect({ pool }) }),
+        'postgres',
+        engine,
+      );
+    } else {
+      throw new ConfigError(`unsupported metadata engine '${redactUrl(engine)}'`);
+    }
+    try {
+      await store.#migrate();
+      await store.#loadSettings(opts.hashFunction);
+    } catch (err) {
+      await store.close().catch(() => {});
+      if (err instanceof BackyError) throw err;
+      throw new BackyError(`cannot open metadata database ${redactUrl(engine)}: ${(err as Error).message}`);
+    }
+    return store;
+  }
+
+  get hashFunction(): HashFunction {
+    return this.#hashFunction;
+  }
+
+  async close(): Promise<void> {
+    await this.#db.destroy();
+  }
+
+  async #migrate(): Promise<void> {
+    const migrator = new Migrator({ db: this.#db, provider: migrationProvider });
+    for (let attempt = 0; ; attempt++) {
+      const { error } = await migrator.migrateToLatest();
+      if (!error) return;
+      // Two processes creating a fresh database at once: the loser retries.
+      if (
+        attempt < 5 &&
+        /SQLITE_BUSY|already exists|duplicate key/i.test(String((error as Error).message ?? error))
+      ) {
+        await new Promise((r) => setTimeout(r, 100 * (attempt + 1)));
+        continue;
+      }
+      throw error;
+    }
+  }
+
+  async #loadSettings(wanted: HashFunction | undefined): Promise<void> {
+    await this.write(async (tx) => {
+      const row = await tx
+        .selectFrom('settings')
+        .select('value')
+        .where('key', '=', 'hash_function')
+        .executeTakeFirst();
+      if (!row) {
+        this.#hashFunction = wanted ?? 'blake3';
+        await tx.insertInto('settings').values({ key: 'hash_function', value: this.#hashFunction }).execute();
+        return;
+      }
+      if (!HASH_FUNCTIONS.includes(row.value as HashFunction)) {
+        throw new BackyError(`metadata database records unknown hash function '${row.value}'`);
+      }
+      this.#hashFunction = row.value as HashFunction;
+      if (wanted && wanted !== this.#hashFunction) {
+        throw new ConfigError(
+          `[DEFAULTS] hash_function is '${wanted}' but this store was created with '${this.#hashFunction}'; remove the key or use a new store`,
+        );
+      }
+    });
+  }
+
+  /**
+   * Runs `fn` in a write transaction. SQLite: BEGIN IMMEDIATE, so the write lock is taken up
+   * front (waiting up to the busy timeout) instead of failing on upgrade.
+   */
+  async write<T>(fn: (tx: Kysely<Database>) => Promise<T>): Promise<T> {
+    if (this.dialect === 'postgres') {
+      return this.#db.transaction().execute((tx: Transaction<Database>) => fn(tx));
+    }
+    return this.#db.connection().execute(async (conn) => {
+      await sql`BEGIN IMMEDIATE`.execute(conn);
+      try {
+        const result = await fn(conn);
+        await sql`COMMIT`.execute(conn);
+        return result;
+      } catch (err) {
+        await sql`ROLLBACK`.execute(conn).catch(() => {});
+        throw err;
+      }
+    });
+  }
+
+  // ---- versions ----
+
+  async createVersion(v: {
+    name: string;
+    snapshotName?: string;
+    sizeBytes: number;
+    blockSize: number;
+    baseUid?: string;
+  }): Promise<Version> {
+    const version: Version = {
+      uid: randomUUID(),
+      name: v.name,
+      snapshotName: v.snapshotName ?? '',
+      date: nowMicros(),
+      sizeBytes: v.sizeBytes,
+      blockSize: v.blockSize,
+      status: 'incomplete',
+      baseUid: v.baseUid ?? null,
+      protected: false,
+      hostname: hostname(),
+    };
+    await this.#db
+      .insertInto('versions')
+      .values({
+        uid: version.uid,
+        name: version.name,
+        snapshot_name: version.snapshotName,
+        date: version.date,
+        size_bytes: version.sizeBytes,
+        block_size: version.blockSize,
+        status: version.status,
+        base_uid: version.baseUid,
+        protected: 0,
+        hostname: version.hostname,
+      })
+      .execute();
+    return version;
+  }
+
+  async findVersion(uid: string): Promise<Version | undefined> {
+    const row = await this.#db.selectFrom('versions').selectAll().where('uid', '=', uid).executeTakeFirst();
+    return row ? toVersion(row) : undefined;
+  }
+
+  async getVersion(uid: string): Promise<Version> {
+    const v = await this.findVersion(uid);
+    if (!v) throw new NotFoundError(`version ${uid} not found (see 'backy ls')`);
+    return v;
+  }
+
+  /** Versions by date, oldest first; optionally only those named `name`. */
+  async listVersions(filter: { name?: string } = {}): Promise<Version[]> {
+    let q = this.#db.selectFrom('versions').selectAll();
+    if (filter.name !== undefined) q = q.where('name', '=', filter.name);
+    const rows = await q.orderBy('date').orderBy('uid').execute();
+    return rows.map(toVersion);
+  }
+
+  async setVersionStatus(uid: string, status: VersionStatus): Promise<void> {
+    await this.#db.updateTable('versions').set({ status }).where('uid', '=', uid).execute();
+  }
+
+  async setVersionSize(uid: string, sizeBytes: number): Promise<void> {
+    await this.#db.updateTable('versions').set({ size_bytes: sizeBytes }).where('uid', '=', uid).execute();
+  }
+
+  /**
+   * Marks a version valid if, and only if, it has exactly one block row per block of its size
+   * and every non-sparse block references a valid stored object. One transaction.
+   * Returns the problem when it cannot.
+   */
+  async completeVersion(uid: string): Promise<string | undefined> {
+    // The commit that makes a version valid is made durable at once (FULL), even in SQLite's
+    // NORMAL mode: once backy printed the uid, a power loss must not take the version back.
+    if (this.dialect === 'sqlite') await sql`PRAGMA synchronous = FULL`.execute(this.#db);
+    try {
+      return await this.#completeVersion(uid);
+    } finally {
+      if (this.dialect === 'sqlite') await sql`PRAGMA synchronous = NORMAL`.execute(this.#db);
+    }
+  }
+
+  async #completeVersion(uid: string): Promise<string | undefined> {
+    return this.write(async (tx) => {
+      const v = await tx.selectFrom('versions').selectAll().where('uid', '=', uid).executeTakeFirstOrThrow();
+      const expected = Math.ceil(Number(v.size_bytes) / Number(v.block_size));
+      const counts = await tx
+        .selectFrom('blocks')
+        .select((eb) => [eb.fn.countAll<number>().as('n'), eb.fn.max('idx').as('max_idx')])
+        .where('version_uid', '=', uid)
+        .executeTakeFirstOrThrow();
+      const n = Number(counts.n);
+      if (n !== expected || (n > 0 && Number(counts.max_idx) !== n - 1)) {
+        return `version has ${n} block entries, expected ${expected}`;
+      }
+      const bad = await tx
+        .selectFrom('blocks as b')
+        .leftJoin('objects as o', 'o.checksum', 'b.checksum')
+        .select((eb) => eb.fn.countAll<number>().as('n'))
+        .where('b.version_uid', '=', uid)
+        .where('b.checksum', 'is not', null)
+        .where((eb) => eb.or([eb('o.checksum', 'is', null), eb('o.valid', '=', 0), eb('b.valid', '=', 0)]))
+        .executeTakeFirstOrThrow();
+      if (Number(bad.n) > 0) return `${bad.n} blocks reference objects that are missing or invalid`;
+      await tx.updateTable('versions').set({ status: 'valid' }).where('uid', '=', uid).execute();
+      return undefined;
+    });
+  }
+
+  /** Removes a version and its block list. Objects stay; cleanup removes unreferenced ones. */
+  async removeVersion(uid: string): Promise<void> {
+    await this.write(async (tx) => {
+      await tx.deleteFrom('blocks').where('version_uid', '=', uid).execute();
+      await tx.deleteFrom('versions').where('uid', '=', uid).execute();
+    });
+  }
+
+  // ---- blocks ----
+
+  /** Copies the base's block list (entries below `blockCount`) to a new version in one statement. */
+  async copyBlocks(fromUid: string, toUid: string, blockCount: number): Promise<void> {
+    await this.write(async (tx) => {
+      await tx
+        .insertInto('blocks')
+        .columns(['version_uid', 'idx', 'checksum', 'size', 'valid'])
+        .expression((eb) =>
+          eb
+            .selectFrom('blocks')
+            .select([sql.lit(toUid).as('version_uid'), 'idx', 'checksum', 'size', 'valid'])
+            .where('version_uid', '=', fromUid)
+            .where('idx', '<', blockCount),
+        )
+        .execute();
+    });
+  }
+
+  /** Inserts or replaces block entries (batched, one transaction). */
+  async putBlocks(uid: string, rows: readonly BlockRow[]): Promise<void> {
+    if (rows.length === 0) return;
+    await this.write(async (tx) => {
+      for (let i = 0; i < rows.length; i += INSERT_BATCH) {
+        await tx
+          .insertInto('blocks')
+          .values(
+            rows.slice(i, i + INSERT_BATCH).map((r) => ({
+              version_uid: uid,
+              idx: r.idx,
+              checksum: r.checksum,
+              size: r.size,
+              valid: r.valid ? 1 : 0,
+            })),
+          )
+          .onConflict((oc) =>
+            oc.columns(['version_uid', 'idx']).doUpdateSet((eb) => ({
+              checksum: eb.ref('excluded.checksum'),
+              size: eb.ref('excluded.size'),
+              valid: eb.ref('excluded.valid'),
+            })),
+          )
+          .execute();
+      }
+    });
+  }
+
+  /** One page of a version's block list in index order: entries with idx >= fromIdx. */
+  async blockPage(uid: string, fromIdx: number, limit = INSERT_BATCH): Promise<BlockRow[]> {
+    const rows = await this.#db
+      .selectFrom('blocks')
+      .select(['idx', 'checksum', 'size', 'valid'])
+      .where('version_uid', '=', uid)
+      .where('idx', '>=', fromIdx)
+      .orderBy('idx')
+      .limit(limit)
+      .execute();
+    return rows.map((r) => ({
+      idx: Number(r.idx),
+      checksum: r.checksum,
+      size: Number(r.size),
+      valid: Number(r.valid) === 1,
+    }));
+  }
+
+  /** A version's whole block list, streamed page by page (memory: one page). */
+  async *blocks(uid: string): AsyncIterable<BlockRow> {
+    let from = 0;
+    while (true) {
+      const page = await this.blockPage(uid, from);
+      yield* page;
+      if (page.length < INSERT_BATCH) return;
+      from = page[page.length - 1].idx + 1;
+    }
+  }
+
+  async blocksAt(uid: string, indices: readonly number[]): Promise<Map<number, BlockRow>> {
+    const out = new Map<number, BlockRow>();
+    for (let i = 0; i < indices.length; i += INSERT_BATCH) {
+      const rows = await this.#db
+        .selectFrom('blocks')
+        .select(['idx', 'checksum', 'size', 'valid'])
+        .where('version_uid', '=', uid)
+        .where('idx', 'in', indices.slice(i, i + INSERT_BATCH))
+        .execute();
+      for (const r of rows) {
+        out.set(Number(r.idx), {
+          idx: Number(r.idx),
+          checksum: r.checksum,
+          size: Number(r.size),
+          valid: Number(r.valid) === 1,
+        });
+      }
+    }
+    return out;
+  }
+
+  /**
+   * Marks an object damaged: the object, every block entry referencing it, and every version
+   * holding such an entry become invalid. Returns the uids of the versions affected.
+   */
+  async markObjectInvalid(checksum: string): Promise<string[]> {
+    return this.write(async (tx) => {
+      await tx.updateTable('objects').set({ valid: 0 }).where('checksum', '=', checksum).execute();
+      await tx.updateTable('blocks').set({ valid: 0 }).where('checksum', '=', checksum).execute();
+      const rows = await tx
+        .selectFrom('blocks')
+        .select('version_uid')
+        .distinct()
+        .where('checksum', '=', checksum)
+        .execute();
+      const uids = rows.map((r) => r.version_uid);
+      if (uids.length > 0) {
+        await tx
+          .updateTable('versions')
+          .set({ status: 'invalid' })
+          .where('uid', 'in', uids)
+          .where('status', '=', 'valid')
+          .execute();
+      }
+      return uids;
+    });
+  }
+
+  // ---- objects ----
+
+  /**
+   * If a valid object with this checksum is recorded, refreshes its last_seen (so a concurrent
+   * cleanup keeps it) and returns true. Invalid objects are never dedup targets.
+   */
+  async touchObject(checksum: string, now: number): Promise<boolean> {
+    const res = await this.#db
+      .updateTable('objects')
+      .set({ last_seen: now })
+      .where('checksum', '=', checksum)
+      .where('valid', '=', 1)
+      .executeTakeFirst();
+    return Number(res.numUpdatedRows) > 0;
+  }
+
+  /** Records objects just written durably (valid, last_seen = now), replacing damaged entries. */
+  async recordObjects(
+    objects: readonly { checksum: string; storedSize: number }[],
+    now: number,
+  ): Promise<void> {
+    if (objects.length === 0) return;
+    await this.write(async (tx) => {
+      for (let i = 0; i < objects.length; i += INSERT_BATCH) {
+        await tx
+          .insertInto('objects')
+          .values(
+            objects
+              .slice(i, i + INSERT_BATCH)
+              .map((o) => ({ checksum: o.checksum, stored_size: o.storedSize, valid: 1, last_seen: now })),
+          )
+          .onConflict((oc) =>
+            oc.column('checksum').doUpdateSet((eb) => ({
+              stored_size: eb.ref('excluded.stored_size'),
+              valid: 1,
+              last_seen: eb.ref('excluded.last_seen'),
+            })),
+          )
+          .execute();
+      }
+      // A re-stored object is sound again: so are the block entries that reference it.
+      for (const o of objects) {
+        await tx
+          .updateTable('blocks')
+          .set({ valid: 1 })
+          .where('checksum', '=', o.checksum)
+          .where('valid', '=', 0)
+          .execute();
+      }
+    });
+  }
+
+  async objectStats(): Promise<{ count: number; bytes: number }> {
+    const r = await this.#db
+      .selectFrom('objects')
+      .select((eb) => [eb.fn.countAll<number>().as('n'), eb.fn.sum<number>('stored_size').as('bytes')])
+      .executeTakeFirstOrThrow();
+    return { count: Number(r.n), bytes: Number(r.bytes ?? 0) };
+  }
+
+  // ---- leases ----
+
+  /** Registers a running operation (a backup) so that cleanup keeps what it writes. */
+  async acquireLease(kind: string, versionUid: string | null): Promise<Lease> {
+    const now = nowMicros();
+    const lease: Lease = {
+      id: randomUUID(),
+      versionUid,
+      kind,
+      hostname: hostname(),
+      pid: process.pid,
+      started: now,
+      heartbeat: now,
+    };
+    await this.#db
+      .insertInto('leases')
+      .values({
+        id: lease.id,
+        version_uid: versionUid,
+        kind,
+        hostname: lease.hostname,
+        pid: lease.pid,
+        started: now,
+        heartbeat: now,
+      })
+      .execute();
+    return lease;
+  }
+
+  async heartbeat(id: string): Promise<void> {
+    await this.#db.updateTable('leases').set({ heartbeat: nowMicros() }).where('id', '=', id).execute();
+  }
+
+  async releaseLease(id: string): Promise<void> {
+    await this.#db.deleteFrom('leases').where('id', '=', id).execute();
+  }
+
+  async leases(): Promise<Lease[]> {
+    const rows = await this.#db.selectFrom('leases').selectAll().execute();
+    return rows.map((r) => ({
+      id: r.id,
+      versionUid: r.version_uid,
+      kind: r.kind,
+      hostname: r.hostname,
+      pid: Number(r.pid),
+      started: Number(r.started),
+      heartbeat: Number(r.heartbeat),
+    }));
+  }
+}
+
+function toVersion(r: {
+  uid: string;
+  name: string;
+  snapshot_name: string;
+  date: number;
+  size_bytes: number;
+  block_size: number;
+  status: VersionStatus;
+  base_uid: string | null;
+  protected: number;
+  hostname: string;
+}): Version {
+  return {
+    uid: r.uid,
+    name: r.name,
+    snapshotName: r.snapshot_name,
+    date: Number(r.date),
+    sizeBytes: Number(r.size_bytes),
+    blockSize: Number(r.block_size),
+    status: r.status,
+    baseUid: r.base_uid,
+    protected: Number(r.protected) === 1,
+    hostname: r.hostname,
+  };
+}
+
+/** Whether a lease's process still runs: same host -> the pid is alive; other host -> recent heartbeat. */
+export function leaseAlive(lease: Lease, now: number = nowMicros()): boolean {
+  if (lease.hostname === hostname()) {
+    if (lease.pid === process.pid) return true;
+    try {
+      process.kill(lease.pid, 0);
+      return true;
+    } catch (err) {
+      return (err as NodeJS.ErrnoException).code === 'EPERM';
+    }
+  }
+  return now - lease.heartbeat < LEASE_TIMEOUT_US;
+}

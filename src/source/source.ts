@@ -1,0 +1,138 @@
+/**
+ * Where a backup reads from. A file or block device is random-access (hints work); stdin and
+ * pipes are sequential: blocks come in order and the size is known only at the end.
+ */
+import { constants } from 'node:fs';
+import { open, readFile } from 'node:fs/promises';
+import type { FileHandle } from 'node:fs/promises';
+import type { Readable } from 'node:stream';
+import { InputError, NotFoundError, BackyError } from '../errors.js';
+
+export interface RandomSource {
+  readonly kind: 'random';
+  readonly name: string;
+  readonly size: number;
+  /** Exactly `length` bytes at `offset`, or an error naming the source and offset. */
+  read(offset: number, length: number): Promise<Buffer>;
+  close(): Promise<void>;
+}
+
+export interface StreamSource {
+  readonly kind: 'stream';
+  readonly name: string;
+  /** Consecutive chunks of `blockSize` bytes; only the last may be shorter. */
+  chunks(blockSize: number): AsyncIterable<Buffer>;
+  close(): Promise<void>;
+}
+
+export type Source = RandomSource | StreamSource;
+
+export async function openSource(path: string, stdin: Readable = process.stdin): Promise<Source> {
+  if (path === '-') return streamSource('stdin', stdin);
+  let fh: FileHandle;
+  try {
+    fh = await open(path, constants.O_RDONLY);
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT') throw new NotFoundError(`source ${path} does not exist`);
+    throw new InputError(`cannot open source ${path}: ${code ?? err}`);
+  }
+  try {
+    const st = await fh.stat();
+    if (st.isDirectory())
+      throw new InputError(`source ${path} is a directory, not an image file or block device`);
+    let size: number;
+    if (st.isFile()) size = st.size;
+    else if (st.isBlockDevice()) size = await blockDeviceSize(path, st.rdev);
+    else {
+      const { createReadStream } = await import('node:fs');
+      return streamSource(path, createReadStream('', { fd: fh.fd, autoClose: true, highWaterMark: 1 << 20 }));
+    }
+    return new FileSource(path, fh, size);
+  } catch (err) {
+    await fh.close().catch(() => {});
+    throw err;
+  }
+}
+
+/** A block device's size from sysfs (stat reports 0 for devices). */
+export async function blockDeviceSize(path: string, rdev: number): Promise<number> {
+  const major = Math.floor(rdev / 256) & 0xfff;
+  const minor = (rdev & 0xff) | ((Math.floor(rdev / 0x100000) & 0xfff) << 8);
+  try {
+    const sectors = Number((await readFile(`/sys/dev/block/${major}:${minor}/size`, 'utf8')).trim());
+    return sectors * 512;
+  } catch (err) {
+    throw new BackyError(
+      `cannot determine the size of block device ${path}: ${(err as NodeJS.ErrnoException).code ?? err}`,
+    );
+  }
+}
+
+class FileSource implements RandomSource {
+  readonly kind = 'random';
+  readonly name: string;
+  readonly size: number;
+  readonly #fh: FileHandle;
+
+  constructor(name: string, fh: FileHandle, size: number) {
+    this.name = name;
+    this.#fh = fh;
+    this.size = size;
+  }
+
+  async read(offset: number, length: number): Promise<Buffer> {
+    const buf = Buffer.allocUnsafe(length);
+    let done = 0;
+    while (done < length) {
+      let bytesRead: number;
+      try {
+        ({ bytesRead } = await this.#fh.read(buf, done, length - done, offset + done));
+      } catch (err) {
+        throw new BackyError(
+          `cannot read ${this.name} at offset ${offset + done}: ${(err as NodeJS.ErrnoException).code ?? err}`,
+        );
+      }
+      if (bytesRead === 0) {
+        throw new InputError(
+          `${this.name} ended at offset ${offset + done}, expected ${this.size} bytes; did it shrink during the backup?`,
+        );
+      }
+      done += bytesRead;
+    }
+    return buf;
+  }
+
+  async close(): Promise<void> {
+    await this.#fh.close();
+  }
+}
+
+function streamSource(name: string, stream: Readable): StreamSource {
+  return {
+    kind: 'stream',
+    name,
+    async *chunks(blockSize: number) {
+      let block = Buffer.allocUnsafe(blockSize);
+      let filled = 0;
+      for await (const piece of stream as AsyncIterable<Buffer>) {
+        let pos = 0;
+        while (pos < piece.length) {
+          const n = Math.min(piece.length - pos, blockSize - filled);
+          piece.copy(block, filled, pos, pos + n);
+          filled += n;
+          pos += n;
+          if (filled === blockSize) {
+            yield block;
+            block = Buffer.allocUnsafe(blockSize);
+            filled = 0;
+          }
+        }
+      }
+      if (filled > 0) yield block.subarray(0, filled);
+    },
+    async close() {
+      stream.destroy();
+    },
+  };
+}

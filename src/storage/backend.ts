@@ -1,0 +1,28 @@
+/**
+ * The contract every data backend fulfils (a directory today; S3 later). Keys are opaque
+ * strings made by the block store ([0-9a-f]+); a backend maps them to its own layout.
+ *
+ * - put: stores `data` (the concatenation of the chunks) under `key` durably and atomically:
+ *   when put resolves the object survives a crash, and no reader ever sees a partial object
+ *   under its final name. Overwriting an existing key replaces it atomically.
+ * - get: the whole object; rejects with MissingBlockError when the key does not exist.
+ * - stat: size and modification time, or undefined when the key does not exist.
+ * - delete: removes the key; deleting a missing key is not an error.
+ * - list: every key with its size and modification time, in no particular order.
+ */
+export interface ObjectInfo {
+  key: string;
+  size: number;
+  /** Last modification, milliseconds since the epoch. */
+  mtimeMs: number;
+}
+
+export interface StorageBackend {
+  readonly url: string;
+  put(key: string, data: readonly Buffer[]): Promise<void>;
+  get(key: string): Promise<Buffer>;
+  stat(key: string): Promise<ObjectInfo | undefined>;
+  delete(key: string): Promise<void>;
+  list(): AsyncIterable<ObjectInfo>;
+  close(): Promise<void>;
+}

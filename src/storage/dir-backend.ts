@@ -1,0 +1,147 @@
+/**
+ * Objects as files under a directory with two fan-out levels: `ab/cd/abcd…`.
+ * Writes go to a temp name in the final directory, are fsynced, renamed, and the directory
+ * is fsynced, so an object is either absent or complete under its name after a crash.
+ * Temp names start with '.tmp-'; list() skips them (cleanup removes old ones).
+ */
+import { randomBytes } from 'node:crypto';
+import { constants } from 'node:fs';
+import { mkdir, open, opendir, readFile, rename, rm, stat, unlink } from 'node:fs/promises';
+import { join } from 'node:path';
+import { MissingBlockError } from '../errors.js';
+import type { ObjectInfo, StorageBackend } from './backend.js';
+
+const KEY_RE = /^[0-9a-f]{8,}$/;
+
+export class DirBackend implements StorageBackend {
+  readonly url: string;
+  readonly #root: string;
+  readonly #knownDirs = new Set<string>();
+
+  constructor(root: string) {
+    this.#root = root;
+    this.url = `file://${root}`;
+  }
+
+  get root(): string {
+    return this.#root;
+  }
+
+  #dir(key: string): string {
+    if (!KEY_RE.test(key)) throw new Error(`invalid object key '${key}'`);
+    return join(this.#root, key.slice(0, 2), key.slice(2, 4));
+  }
+
+  path(key: string): string {
+    return join(this.#dir(key), key);
+  }
+
+  async put(key: string, data: readonly Buffer[]): Promise<void> {
+    const dir = this.#dir(key);
+    if (!this.#knownDirs.has(dir)) {
+      await mkdir(dir, { recursive: true, mode: 0o700 });
+      this.#knownDirs.add(dir);
+    }
+    const tmp = join(dir, `.tmp-${key.slice(0, 16)}-${randomBytes(6).toString('hex')}`);
+    const fh = await open(tmp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL, 0o600);
+    try {
+      let buffers = data.filter((b) => b.length > 0);
+      while (buffers.length > 0) {
+        const { bytesWritten } = await fh.writev(buffers);
+        buffers = advance(buffers, bytesWritten);
+      }
+      await fh.sync();
+    } catch (err) {
+      await fh.close().catch(() => {});
+      await unlink(tmp).catch(() => {});
+      throw err;
+    }
+    await fh.close();
+    try {
+      await rename(tmp, join(dir, key));
+    } catch (err) {
+      await unlink(tmp).catch(() => {});
+      throw err;
+    }
+    await syncDir(dir);
+  }
+
+  async get(key: string): Promise<Buffer> {
+    try {
+      return await readFile(this.path(key));
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') throw new MissingBlockError(key);
+      throw err;
+    }
+  }
+
+  async stat(key: string): Promise<ObjectInfo | undefined> {
+    try {
+      const st = await stat(this.path(key));
+      return { key, size: st.size, mtimeMs: st.mtimeMs };
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+      throw err;
+    }
+  }
+
+  async delete(key: string): Promise<void> {
+    await rm(this.path(key), { force: true });
+  }
+
+  async *list(): AsyncIterable<ObjectInfo> {
+    for await (const { path, name } of walk(this.#root, 0)) {
+      if (!KEY_RE.test(name)) continue;
+      const st = await stat(path).catch(() => undefined);
+      if (st) yield { key: name, size: st.size, mtimeMs: st.mtimeMs };
+    }
+  }
+
+  /** Temp files older than `beforeMs` (left by crashed writers); cleanup removes them. */
+  async *listTemp(): AsyncIterable<{ path: string; mtimeMs: number }> {
+    for await (const { path, name } of walk(this.#root, 0)) {
+      if (!name.startsWith('.tmp-')) continue;
+      const st = await stat(path).catch(() => undefined);
+      if (st) yield { path, mtimeMs: st.mtimeMs };
+    }
+  }
+
+  async close(): Promise<void> {}
+}
+
+async function* walk(dir: string, depth: number): AsyncIterable<{ path: string; name: string }> {
+  let handle;
+  try {
+    handle = await opendir(dir);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return;
+    throw err;
+  }
+  for await (const entry of handle) {
+    const path = join(dir, entry.name);
+    if (depth < 2 && entry.isDirectory() && /^[0-9a-f]{2}$/.test(entry.name)) yield* walk(path, depth + 1);
+    else if (depth === 2 && entry.isFile()) yield { path, name: entry.name };
+  }
+}
+
+function advance(buffers: Buffer[], written: number): Buffer[] {
+  const rest: Buffer[] = [];
+  for (const b of buffers) {
+    if (written >= b.length) {
+      written -= b.length;
+      continue;
+    }
+    rest.push(written > 0 ? b.subarray(written) : b);
+    written = 0;
+  }
+  return rest;
+}
+
+async function syncDir(dir: string): Promise<void> {
+  const fh = await open(dir, constants.O_RDONLY | constants.O_DIRECTORY);
+  try {
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+}

@@ -1,0 +1,133 @@
+/**
+ * Where a restore writes: a regular file, a block device (written in place, never truncated),
+ * or stdout ('-', sequential, zeros written out since a pipe cannot be sparse).
+ */
+import { constants } from 'node:fs';
+import { open, stat } from 'node:fs/promises';
+import type { FileHandle } from 'node:fs/promises';
+import type { Stats } from 'node:fs';
+import { BackyError, InputError } from '../errors.js';
+import { blockDeviceSize } from '../source/source.js';
+
+export interface Target {
+  readonly name: string;
+  /** Positional targets accept writes in any order and can leave holes; stdout cannot. */
+  readonly positional: boolean;
+  write(offset: number, data: Buffer): Promise<void>;
+  /** Extends a file to its full size (sparse tail) and makes everything durable. */
+  finish(): Promise<void>;
+  close(): Promise<void>;
+}
+
+export async function openTarget(path: string, size: number, opts: { force: boolean }): Promise<Target> {
+  if (path === '-') return new StdoutTarget();
+  let st: Stats | undefined;
+  try {
+    st = await stat(path);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') {
+      throw new InputError(
+        `cannot use restore target ${path}: ${(err as NodeJS.ErrnoException).code ?? err}`,
+      );
+    }
+  }
+  let flags: number;
+  let kind: 'file' | 'device';
+  if (!st) {
+    flags = constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL;
+    kind = 'file';
+  } else if (st.isDirectory()) {
+    throw new InputError(`restore target ${path} is a directory; name a file or block device`);
+  } else if (st.isBlockDevice()) {
+    const devSize = await blockDeviceSize(path, st.rdev);
+    if (devSize < size) {
+      throw new InputError(`block device ${path} holds ${devSize} bytes, the version needs ${size}`);
+    }
+    flags = constants.O_WRONLY;
+    kind = 'device';
+  } else if (st.isFile()) {
+    if (!opts.force) throw new InputError(`restore target ${path} exists; use --force to overwrite it`);
+    flags = constants.O_WRONLY | constants.O_TRUNC;
+    kind = 'file';
+  } else {
+    throw new InputError(`restore target ${path} is neither a regular file nor a block device`);
+  }
+  let fh: FileHandle;
+  try {
+    fh = await open(path, flags, 0o600);
+  } catch (err) {
+    throw new InputError(`cannot open restore target ${path}: ${(err as NodeJS.ErrnoException).code ?? err}`);
+  }
+  return new FileTarget(path, fh, size, kind);
+}
+
+class FileTarget implements Target {
+  readonly positional = true;
+  readonly name: string;
+  readonly #fh: FileHandle;
+  readonly #size: number;
+  readonly #kind: 'file' | 'device';
+
+  constructor(name: string, fh: FileHandle, size: number, kind: 'file' | 'device') {
+    this.name = name;
+    this.#fh = fh;
+    this.#size = size;
+    this.#kind = kind;
+  }
+
+  async write(offset: number, data: Buffer): Promise<void> {
+    let done = 0;
+    while (done < data.length) {
+      try {
+        const { bytesWritten } = await this.#fh.write(data, done, data.length - done, offset + done);
+        done += bytesWritten;
+      } catch (err) {
+        throw new BackyError(
+          `cannot write ${this.name} at offset ${offset + done}: ${(err as NodeJS.ErrnoException).code ?? err}`,
+        );
+      }
+    }
+  }
+
+  async finish(): Promise<void> {
+    try {
+      if (this.#kind === 'file') await this.#fh.truncate(this.#size);
+      await this.#fh.sync();
+    } catch (err) {
+      throw new BackyError(
+        `cannot finish writing ${this.name}: ${(err as NodeJS.ErrnoException).code ?? err}`,
+      );
+    }
+  }
+
+  async close(): Promise<void> {
+    await this.#fh.close();
+  }
+}
+
+class StdoutTarget implements Target {
+  readonly name = 'stdout';
+  readonly positional = false;
+  #offset = 0;
+
+  async write(offset: number, data: Buffer): Promise<void> {
+    if (offset !== this.#offset)
+      throw new Error(`stdout target written out of order (${offset} != ${this.#offset})`);
+    this.#offset += data.length;
+    await new Promise<void>((resolve, reject) => {
+      const onError = (err: Error) =>
+        reject(
+          new BackyError(`cannot write to stdout: ${(err as NodeJS.ErrnoException).code ?? err.message}`),
+        );
+      process.stdout.once('error', onError);
+      process.stdout.write(data, (err) => {
+        process.stdout.off('error', onError);
+        if (err) onError(err);
+        else resolve();
+      });
+    });
+  }
+
+  async finish(): Promise<void> {}
+  async close(): Promise<void> {}
+}

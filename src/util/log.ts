@@ -1,0 +1,53 @@
+import { appendFileSync } from 'node:fs';
+
+/**
+ * stderr logger in the original backy's format ("    INFO: message"), optionally
+ * mirrored to a log file with a timestamp. The core never logs; commands do.
+ */
+export type Level = 'DEBUG' | 'INFO' | 'WARNING' | 'ERROR';
+
+export class Logger {
+  #verbose: boolean;
+  #logfile: string | undefined;
+  /** Called before writing a line to stderr, so a progress bar can step aside. */
+  beforeWrite: (() => void) | undefined;
+
+  constructor(verbose = false, logfile?: string) {
+    this.#verbose = verbose;
+    this.#logfile = logfile;
+  }
+
+  get verbose(): boolean {
+    return this.#verbose;
+  }
+
+  setLogfile(path: string | undefined): void {
+    this.#logfile = path;
+  }
+
+  debug(msg: string): void {
+    if (this.#verbose) this.#write('DEBUG', msg);
+  }
+  info(msg: string): void {
+    this.#write('INFO', msg);
+  }
+  warn(msg: string): void {
+    this.#write('WARNING', msg);
+  }
+  error(msg: string): void {
+    this.#write('ERROR', msg);
+  }
+
+  #write(level: Level, msg: string): void {
+    this.beforeWrite?.();
+    const line = `${level.padStart(8)}: ${msg}\n`;
+    process.stderr.write(line);
+    if (this.#logfile) {
+      try {
+        appendFileSync(this.#logfile, `${new Date().toISOString()} ${line}`, { mode: 0o600 });
+      } catch {
+        // A log file that cannot be written must not stop a backup; stderr has the line.
+      }
+    }
+  }
+}
