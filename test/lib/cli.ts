@@ -46,7 +46,13 @@ export function runBacky(args: string[], opts: RunOptions = {}): Promise<RunResu
     else child.stdin.end();
     child.on('close', (code, signal) => {
       const stdoutBuf = Buffer.concat(out);
-      resolvePromise({ code, signal, stdout: stdoutBuf.toString('utf8'), stderr: Buffer.concat(err).toString('utf8'), stdoutBuf });
+      resolvePromise({
+        code,
+        signal,
+        stdout: stdoutBuf.toString('utf8'),
+        stderr: Buffer.concat(err).toString('utf8'),
+        stdoutBuf,
+      });
     });
   });
 }
@@ -122,7 +128,15 @@ export function parseLsMachine(stdout: string) {
     .filter((l) => l.startsWith('version '))
     .map((l) => {
       const f = l.split(' ');
-      return { date: `${f[1]} ${f[2]}`, name: f[3], blocks: Number(f[4]), sizeBytes: Number(f[5]), uid: f[6], valid: f[7] === '1', line: l };
+      return {
+        date: `${f[1]} ${f[2]}`,
+        name: f[3],
+        blocks: Number(f[4]),
+        sizeBytes: Number(f[5]),
+        uid: f[6],
+        valid: f[7] === '1',
+        line: l,
+      };
     });
 }
 

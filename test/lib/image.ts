@@ -13,7 +13,22 @@ export function randomBytesSeeded(seed: string, length: number): Buffer {
 
 /** Text-like, compressible data: words from a small vocabulary, seeded. */
 export function textBytesSeeded(seed: string, length: number): Buffer {
-  const words = ['backup', 'block', 'volume', 'snapshot', 'kernel', 'inode', 'journal', 'extent', 'ceph', 'image', 'qemu', 'the', 'of', 'and'];
+  const words = [
+    'backup',
+    'block',
+    'volume',
+    'snapshot',
+    'kernel',
+    'inode',
+    'journal',
+    'extent',
+    'ceph',
+    'image',
+    'qemu',
+    'the',
+    'of',
+    'and',
+  ];
   const rnd = randomBytesSeeded(seed, Math.ceil(length / 4) + 16);
   const parts: string[] = [];
   let n = 0;

@@ -1,0 +1,91 @@
+import assert from 'node:assert/strict';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describe, it } from 'node:test';
+import { ConfigError } from '../errors.js';
+import { embeddedDefault, findConfigFile, parseConfig, redactUrl, sqlitePath } from './config.js';
+
+describe('config', () => {
+  it('embedded default honours XDG_DATA_HOME', () => {
+    const c = embeddedDefault({ HOME: '/home/x', XDG_DATA_HOME: '/xdg' });
+    assert.equal(c.engine, 'sqlite:////xdg/backy/backy.sqlite');
+    assert.equal(c.dataBackend.path, '/xdg/backy/data');
+    assert.equal(c.blockSize, 4 * 1024 * 1024);
+    assert.equal(c.hintCheckBlocks, 10);
+  });
+  it('embedded default falls back to ~/.local/share', () => {
+    const c = embeddedDefault({ HOME: '/home/x' });
+    assert.equal(c.dataBackend.path, '/home/x/.local/share/backy/data');
+  });
+  it('parses the design example, with = and : separators and comments', () => {
+    const c = parseConfig(
+      [
+        '[DEFAULTS]',
+        'logfile = /var/log/backy.log      ; optional',
+        'block_size: 1048576',
+        'hint_check_blocks = 3',
+        'hash_function = sha256',
+        '[MetaBackend]',
+        'engine = sqlite:////var/lib/backy/backy.sqlite',
+        '[DataBackend]',
+        'type: file',
+        'path = /var/lib/backy/data',
+      ].join('\n'),
+      'backy.cfg',
+      {},
+    );
+    assert.equal(c.logfile, '/var/log/backy.log');
+    assert.equal(c.blockSize, 1048576);
+    assert.equal(c.hintCheckBlocks, 3);
+    assert.equal(c.hashFunction, 'sha256');
+    assert.equal(sqlitePath(c.engine), '/var/lib/backy/backy.sqlite');
+    assert.equal(c.dataBackend.path, '/var/lib/backy/data');
+  });
+  it('sqlite:///rel is relative, sqlite:////abs absolute', () => {
+    assert.equal(sqlitePath('sqlite:///rel/db.sqlite'), 'rel/db.sqlite');
+    assert.equal(sqlitePath('sqlite:////abs/db.sqlite'), '/abs/db.sqlite');
+  });
+  const bad: [string, string, RegExp][] = [
+    ['unknown section', '[Nope]\na = 1', /unknown section \[Nope\]/],
+    ['unknown key', '[DEFAULTS]\nblocksize = 4096', /unknown key 'blocksize' in \[DEFAULTS\]/],
+    ['bad block_size', '[DEFAULTS]\nblock_size = 4k', /block_size must be a whole number/],
+    ['block_size not a multiple of 512', '[DEFAULTS]\nblock_size = 5000', /multiple of 512/],
+    ['block_size too small', '[DEFAULTS]\nblock_size = 512', /between/],
+    ['negative hint_check_blocks', '[DEFAULTS]\nhint_check_blocks = -1', /hint_check_blocks/],
+    ['bad hash function', '[DEFAULTS]\nhash_function = md5', /hash_function must be one of/],
+    ['bad engine', '[MetaBackend]\nengine = mysql://x', /\[MetaBackend\] engine must be/],
+    ['bad backend type', '[DataBackend]\ntype = tape', /\[DataBackend\] type must be 'file'/],
+    ['key outside a section', 'block_size = 4096', /outside any section/],
+  ];
+  for (const [name, text, re] of bad) {
+    it(`rejects ${name}, naming the key`, () => {
+      assert.throws(
+        () => parseConfig(text, 'x.cfg', {}),
+        (e: unknown) => e instanceof ConfigError && re.test(e.message),
+      );
+    });
+  }
+  it('redacts passwords in URLs', () => {
+    assert.equal(
+      redactUrl('postgresql://backy:s3cret@db:5432/backy'),
+      'postgresql://backy:***@db:5432/backy',
+    );
+    assert.equal(redactUrl('sqlite:////x'), 'sqlite:////x');
+  });
+  it('finds $BACKY_CONFIG and refuses a missing explicit file', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'backy-cfg-'));
+    try {
+      const file = join(dir, 'b.cfg');
+      await writeFile(file, '[DEFAULTS]\n');
+      assert.equal(findConfigFile(undefined, { BACKY_CONFIG: file, HOME: dir }), file);
+      assert.throws(() => findConfigFile(join(dir, 'missing.cfg'), {}), /does not exist/);
+      assert.throws(
+        () => findConfigFile(undefined, { BACKY_CONFIG: join(dir, 'nope'), HOME: dir }),
+        /BACKY_CONFIG/,
+      );
+    } finally {
+      await rm(dir, { recursive: true });
+    }
+  });
+});

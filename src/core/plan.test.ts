@@ -1,0 +1,115 @@
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { KEEP, READ, SPARSE, countActions, pickKeepBlocks, plan } from './plan.js';
+import type { HintExtent } from '../hints/rbd-diff.js';
+
+const B = 100; // block size in these tables
+const t = (offset: number, length: number): HintExtent => ({ offset, length, exists: true });
+const f = (offset: number, length: number): HintExtent => ({ offset, length, exists: false });
+const letters = (a: Uint8Array) => Array.from(a, (x) => (x === READ ? 'R' : x === KEEP ? 'K' : 'S')).join('');
+
+describe('plan', () => {
+  const cases: { name: string; size: number; hints?: HintExtent[]; base?: number; want: string }[] = [
+    { name: 'no hints reads everything', size: 450, want: 'RRRRR' },
+    { name: 'no hints with base still reads everything', size: 450, base: 450, want: 'RRRRR' },
+    { name: 'empty hint list, no base: all sparse', size: 400, hints: [], want: 'SSSS' },
+    { name: 'empty hint list with base: all kept', size: 400, hints: [], base: 400, want: 'KKKK' },
+    { name: 'aligned exists:true', size: 400, hints: [t(100, 100)], want: 'SRSS' },
+    { name: 'unaligned exists:true touches two blocks', size: 400, hints: [t(150, 100)], want: 'SRRS' },
+    { name: 'one byte at a block end', size: 400, hints: [t(299, 1)], want: 'SSRS' },
+    {
+      name: 'whole exists:false block becomes sparse over base',
+      size: 400,
+      hints: [f(100, 100)],
+      base: 400,
+      want: 'KSKK',
+    },
+    {
+      name: 'partial exists:false is read, never assumed zero',
+      size: 400,
+      hints: [f(100, 50)],
+      base: 400,
+      want: 'KRKK',
+    },
+    {
+      name: 'two exists:false pieces covering a block make it sparse',
+      size: 400,
+      hints: [f(100, 50), f(150, 50)],
+      base: 400,
+      want: 'KSKK',
+    },
+    {
+      name: 'exists:false spanning blocks unaligned',
+      size: 400,
+      hints: [f(50, 200)],
+      base: 400,
+      want: 'RSRK',
+    },
+    {
+      name: 'exists:true wins over exists:false in the same block',
+      size: 400,
+      hints: [f(100, 50), t(150, 50)],
+      base: 400,
+      want: 'KRKK',
+    },
+    { name: 'short last block, no base', size: 350, hints: [t(320, 10)], want: 'SSSR' },
+    {
+      name: 'exists:false covering a short last block',
+      size: 350,
+      hints: [f(300, 50)],
+      base: 350,
+      want: 'KKKS',
+    },
+    {
+      name: 'image grew: old short last block is re-read, new blocks sparse',
+      size: 500,
+      hints: [],
+      base: 350,
+      want: 'KKKRS',
+    },
+    { name: 'image grew: hinted new block read', size: 500, hints: [t(420, 10)], base: 350, want: 'KKKRR' },
+    { name: 'image shrank: new short last block is re-read', size: 250, hints: [], base: 400, want: 'KKR' },
+    { name: 'image shrank to a block boundary keeps', size: 200, hints: [], base: 400, want: 'KK' },
+    { name: 'empty image', size: 0, hints: [], want: '' },
+  ];
+  for (const c of cases) {
+    it(c.name, () => {
+      const actions = plan({
+        size: c.size,
+        blockSize: B,
+        hints: c.hints,
+        base: c.base !== undefined ? { size: c.base } : undefined,
+      });
+      assert.equal(letters(actions), c.want);
+    });
+  }
+
+  it('counts actions', () => {
+    const actions = Uint8Array.from([READ, SPARSE, KEEP, KEEP, READ]);
+    assert.deepEqual(countActions(actions), { read: 2, sparse: 1, keep: 2 });
+  });
+});
+
+describe('pickKeepBlocks', () => {
+  it('picks only KEEP blocks, distinct and sorted', () => {
+    const actions = Uint8Array.from([KEEP, READ, KEEP, SPARSE, KEEP, KEEP, READ, KEEP]);
+    for (let seed = 0; seed < 20; seed++) {
+      let s = seed;
+      const random = () => (s = (s * 1103515245 + 12345) % 2 ** 31) / 2 ** 31;
+      const picks = pickKeepBlocks(actions, 3, random);
+      assert.equal(picks.length, 3);
+      assert.equal(new Set(picks).size, 3);
+      assert.deepEqual(
+        [...picks].sort((a, b) => a - b),
+        picks,
+      );
+      for (const p of picks) assert.equal(actions[p], KEEP);
+    }
+  });
+  it('returns all KEEP blocks when asked for more', () => {
+    assert.deepEqual(pickKeepBlocks(Uint8Array.from([KEEP, READ, KEEP]), 10), [0, 2]);
+  });
+  it('returns nothing for zero', () => {
+    assert.deepEqual(pickKeepBlocks(Uint8Array.from([KEEP, KEEP]), 0), []);
+  });
+});
