@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto';
 import { blake3 } from '@napi-rs/blake-hash';
 import type { HashFunction } from '../config/config.js';
 
-export type Hasher = (data: Uint8Array) => string;
+export type Hasher = (data: Buffer) => string;
 
 /** Hex digest of a block's plaintext; the store's object key. */
 export function hasherFor(name: HashFunction): Hasher {
