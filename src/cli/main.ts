@@ -4,6 +4,7 @@ import { BackyError, EXIT_ERROR, EXIT_OK, EXIT_USAGE, errorMessage } from '../er
 import { Logger } from '../util/log.js';
 import { Context } from './context.js';
 import { backupCommand } from './commands/backup.js';
+import type { BackupCliOptions } from './commands/backup.js';
 import { lsCommand } from './commands/ls.js';
 import { restoreCommand } from './commands/restore.js';
 import { rmCommand } from './commands/rm.js';
@@ -43,15 +44,23 @@ export async function main(argv: string[]): Promise<number> {
   program
     .command('backup')
     .description(
-      'back up SOURCE (file, block device or - for stdin) as a new version NAME; prints the new uid',
+      'back up SOURCE (file, block device or - for stdin) as a new version NAME; prints the new uid. ' +
+        'With --rbd-export-diff, the stream is the source and only NAME is given',
     )
-    .argument('<source>', 'image file, block device, or - for stdin')
-    .argument('<name>', 'version name, e.g. vm1@backup1')
+    .usage('[options] SOURCE NAME\n       backy backup --rbd-export-diff FILE|- [-f UID] NAME')
+    // Both optional for commander: with --rbd-export-diff only NAME is given; the command checks.
+    .argument('[source]', 'image file, block device, or - for stdin')
+    .argument('[name]', 'version name, e.g. vm1@backup1')
     .option('-r, --rbd <hints>', 'rbd diff --format=json output: read only the regions it names')
     .option('-f, --from <uid>', 'base version: copy its block list and read only what changed')
+    .option(
+      '--rbd-export-diff <file>',
+      'rbd export-diff stream (a file, or - for stdin) to apply onto the base (-f); replaces SOURCE',
+    )
+    .option('--snapshot-name <snap>', 'record the snapshot the backup was read from (shown by ls)')
     .action(
-      run((ctx, source: string, name: string, opts: { rbd?: string; from?: string }) =>
-        backupCommand(ctx, source, name, opts),
+      run((ctx, a: string | undefined, b: string | undefined, opts: BackupCliOptions) =>
+        backupCommand(ctx, a, b, opts),
       ),
     );
 

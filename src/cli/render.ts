@@ -28,7 +28,10 @@ export function versionBlocks(v: Version): number {
   return Math.ceil(v.sizeBytes / v.blockSize);
 }
 
-/** `version DATE NAME SIZE SIZE_BYTES UID VALID`; fields added later go after VALID. */
+/**
+ * `version DATE NAME SIZE SIZE_BYTES UID VALID SNAPSHOT`; fields added later go after VALID.
+ * SNAPSHOT is the recorded snapshot name, `-` when none (names never contain whitespace).
+ */
 export function machineVersionLine(v: Version): string {
   return [
     'version',
@@ -38,18 +41,20 @@ export function machineVersionLine(v: Version): string {
     v.sizeBytes,
     v.uid,
     v.status === 'valid' ? 1 : 0,
+    v.snapshotName === '' ? '-' : v.snapshotName,
   ].join(' ');
 }
 
 export function versionTable(versions: Version[]): string {
   const table = new Table({
-    head: ['date', 'name', 'size', 'size_bytes', 'uid', 'valid', 'status'],
+    head: ['date', 'name', 'snapshot', 'size', 'size_bytes', 'uid', 'valid', 'status'],
     style: { head: process.stdout.isTTY ? ['cyan'] : [], border: process.stdout.isTTY ? ['grey'] : [] },
   });
   for (const v of versions) {
     table.push([
       formatDate(v.date),
       v.name,
+      v.snapshotName,
       versionBlocks(v),
       v.sizeBytes,
       v.uid,

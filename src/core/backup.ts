@@ -25,13 +25,15 @@ import type { ProgressReporter } from './progress.js';
 
 export const READ_AHEAD = 8;
 const ROW_BATCH = 1000;
-const HEARTBEAT_MS = 30_000;
+export const HEARTBEAT_MS = 30_000;
 
 export interface BackupOptions {
   meta: MetaStore;
   store: BlockStore;
   source: Source;
   name: string;
+  /** The Ceph (or other) snapshot this backup was read from; '' or undefined when none. */
+  snapshotName?: string;
   /** Block size for a version without a base (a base's block size wins). */
   blockSize: number;
   hints?: HintExtent[];
@@ -86,6 +88,7 @@ export async function backup(opts: BackupOptions): Promise<BackupResult> {
 
   const version = await meta.createVersion({
     name: opts.name,
+    snapshotName: opts.snapshotName,
     sizeBytes: size ?? 0,
     blockSize,
     baseUid: base?.uid,
@@ -216,14 +219,14 @@ async function checkHintsAgainstBase(
   }
 }
 
-interface Stored {
+export interface Stored {
   checksum: string;
   /** Bytes newly written to the data store (0 when deduplicated). */
   written: number;
 }
 
-/** Dedup, object writes and batched block rows for one backup. */
-class BlockWriter {
+/** Dedup, object writes and batched block rows for one backup (also used by backup-export-diff.ts). */
+export class BlockWriter {
   readonly #meta: MetaStore;
   readonly #store: BlockStore;
   readonly #uid: string;

@@ -135,6 +135,7 @@ export function parseLsMachine(stdout: string) {
         sizeBytes: Number(f[5]),
         uid: f[6],
         valid: f[7] === '1',
+        snapshotName: f[8] === '-' ? '' : f[8],
         line: l,
       };
     });

@@ -1,21 +1,44 @@
-import { readFile } from 'node:fs/promises';
+import { createReadStream } from 'node:fs';
+import { open, readFile } from 'node:fs/promises';
 import { backup } from '../../core/backup.js';
-import { InputError, UsageError } from '../../errors.js';
+import type { BackupResult } from '../../core/backup.js';
+import { backupExportDiff } from '../../core/backup-export-diff.js';
+import { InputError, NotFoundError, UsageError } from '../../errors.js';
 import { parseRbdDiff } from '../../hints/rbd-diff.js';
 import { openSource } from '../../source/source.js';
 import type { Context } from '../context.js';
 import { parseUid } from '../context.js';
 import { formatBytes, progressBar } from '../render.js';
 
+export interface BackupCliOptions {
+  rbd?: string;
+  from?: string;
+  rbdExportDiff?: string;
+  snapshotName?: string;
+}
+
+/** `backup SOURCE NAME`, or `backup --rbd-export-diff FILE|- NAME` (the stream is the source). */
 export async function backupCommand(
   ctx: Context,
-  sourcePath: string,
-  name: string,
-  opts: { rbd?: string; from?: string },
+  first: string | undefined,
+  second: string | undefined,
+  opts: BackupCliOptions,
 ) {
-  if (name.trim() === '' || /[\n\r]/.test(name)) throw new UsageError('NAME must be a non-empty single line');
-  if (/\s/.test(name))
-    throw new UsageError(`NAME must not contain whitespace ('${name}'); 'ls -m' output is space-separated`);
+  if (opts.rbdExportDiff !== undefined) {
+    if (second !== undefined) {
+      throw new UsageError(
+        `with --rbd-export-diff give only NAME (the export-diff stream is the source), not '${first}' and '${second}'`,
+      );
+    }
+    if (first === undefined) throw new UsageError("missing required argument 'name'");
+    return exportDiffBackup(ctx, opts.rbdExportDiff, first, opts);
+  }
+  if (first === undefined) throw new UsageError("missing required argument 'source'");
+  if (second === undefined) throw new UsageError("missing required argument 'name'");
+  const sourcePath = first;
+  const name = second;
+  checkName(name);
+  const snapshotName = checkSnapshotName(opts.snapshotName);
   const baseUid = opts.from !== undefined ? parseUid(opts.from) : undefined;
   let hints;
   if (opts.rbd !== undefined) {
@@ -39,6 +62,7 @@ export async function backupCommand(
       store,
       source,
       name,
+      snapshotName,
       blockSize: ctx.config.blockSize,
       hints,
       hintsName: opts.rbd !== undefined ? `hint file ${opts.rbd}` : undefined,
@@ -47,13 +71,90 @@ export async function backupCommand(
       progress: progressBar(ctx.log),
       onVersion: (v) => ctx.log.debug(`new version ${v.uid}`),
     });
-    ctx.log.info(
-      `Backed up ${source.name} as ${version.name} (${formatBytes(version.sizeBytes)}, ${stats.blocks} blocks): ` +
-        `${stats.read} read, ${stats.stored} stored (${formatBytes(stats.bytesStored)}), ${stats.deduplicated} deduplicated, ` +
-        `${stats.sparse} sparse, ${stats.kept} kept from base`,
-    );
+    report(ctx, source.name, version, stats);
     ctx.out(version.uid);
   } finally {
     await source.close().catch(() => {});
+  }
+}
+
+function checkName(name: string): void {
+  if (name.trim() === '' || /[\n\r]/.test(name)) throw new UsageError('NAME must be a non-empty single line');
+  if (/\s/.test(name))
+    throw new UsageError(`NAME must not contain whitespace ('${name}'); 'ls -m' output is space-separated`);
+}
+
+/** A snapshot name is one field of 'ls -m' lines, where '-' stands for "none". */
+function checkSnapshotName(snap: string | undefined, what = '--snapshot-name'): string | undefined {
+  if (snap === undefined) return undefined;
+  if (snap === '' || snap === '-' || /\s/.test(snap)) {
+    throw new UsageError(`${what} must be non-empty, not '-', and without whitespace ('${snap}')`);
+  }
+  return snap;
+}
+
+function report(
+  ctx: Context,
+  sourceName: string,
+  version: BackupResult['version'],
+  stats: BackupResult['stats'],
+) {
+  ctx.log.info(
+    `Backed up ${sourceName} as ${version.name} (${formatBytes(version.sizeBytes)}, ${stats.blocks} blocks): ` +
+      `${stats.read} read, ${stats.stored} stored (${formatBytes(stats.bytesStored)}), ${stats.deduplicated} deduplicated, ` +
+      `${stats.sparse} sparse, ${stats.kept} kept from base`,
+  );
+}
+
+async function exportDiffBackup(ctx: Context, file: string, name: string, opts: BackupCliOptions) {
+  checkName(name);
+  if (opts.rbd !== undefined) {
+    throw new UsageError(
+      '-r (hints) and --rbd-export-diff exclude each other: the export-diff names the changes itself',
+    );
+  }
+  const snapshotName = checkSnapshotName(opts.snapshotName);
+  const baseUid = opts.from !== undefined ? parseUid(opts.from) : undefined;
+  let input: AsyncIterable<Buffer> & { destroy(): void };
+  let inputName: string;
+  if (file === '-') {
+    input = process.stdin;
+    inputName = 'stdin';
+  } else {
+    // Open first, so a missing file is one clear error rather than a stream error later.
+    let fh;
+    try {
+      fh = await open(file, 'r');
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code === 'ENOENT') throw new NotFoundError(`export-diff file ${file} does not exist`);
+      throw new InputError(`cannot open export-diff file ${file}: ${code ?? err}`);
+    }
+    if ((await fh.stat()).isDirectory()) {
+      await fh.close();
+      throw new InputError(`export-diff file ${file} is a directory`);
+    }
+    input = createReadStream('', { fd: fh.fd, autoClose: true, highWaterMark: 1 << 20 });
+    inputName = file;
+  }
+  try {
+    const meta = await ctx.meta();
+    const store = await ctx.store();
+    const { version, stats } = await backupExportDiff({
+      meta,
+      store,
+      input,
+      inputName,
+      name,
+      blockSize: ctx.config.blockSize,
+      baseUid,
+      snapshotName,
+      progress: progressBar(ctx.log),
+      onVersion: (v) => ctx.log.debug(`new version ${v.uid}`),
+    });
+    report(ctx, `export-diff ${inputName}`, version, stats);
+    ctx.out(version.uid);
+  } finally {
+    input.destroy();
   }
 }
