@@ -40,7 +40,7 @@ export function cephMissing(): string | undefined {
   if (!existsSync(MINI_CEPH)) missing.push(MINI_CEPH);
   if (!existsSync(PYTHON)) missing.push(PYTHON);
   if (missing.length === 0) return undefined;
-  const reason = `Ceph tests need a local Ceph (missing: ${missing.join(', ')}); enable them with: ${ENABLE}`;
+  const reason = `Ceph tests need a local Ceph (missing: ${missing.join(', ')}); enable them with (from the repository root): ${ENABLE}`;
   if (process.env.CI === 'true' || process.env.CI === '1') {
     throw new Error(`${reason} (CI=true: a missing Ceph fails the run; .ci/run installs it)`);
   }
