@@ -175,6 +175,61 @@ describe('backup --rbd-export-diff', () => {
     assert.equal((await sb.ok(['-m', 'ls'])).stdout, before);
   });
 
+  test('a partial write onto a damaged base block fails; a whole-block overwrite needs no base', async () => {
+    const own = await Sandbox.create({ defaults: `block_size = ${BS}` });
+    try {
+      const size = 2 * BS;
+      const full: Rec[] = [
+        { tag: 't', name: 's1' },
+        { tag: 's', size },
+        { tag: 'w', offset: 0, data: randomBytesSeeded('dmg', size) },
+        { tag: 'e' },
+      ];
+      const base = await own.backup(['--rbd-export-diff', '-', 'd@s1'], { input: encodeExportDiff(1, full) });
+      // Damage every stored object (flip its last byte): the store verifies on read.
+      const { readdir, readFile: read, writeFile: write } = await import('node:fs/promises');
+      const objects = (await readdir(own.dataDir, { recursive: true, withFileTypes: true })).filter((e) =>
+        e.isFile(),
+      );
+      assert.equal(objects.length, 2);
+      for (const o of objects) {
+        const p = `${o.parentPath}/${o.name}`;
+        const b = await read(p);
+        b[b.length - 1] ^= 0xff;
+        await write(p, b);
+      }
+      const before = (await own.ok(['-m', 'ls'])).stdout;
+      const partial: Rec[] = [
+        { tag: 'f', name: 's1' },
+        { tag: 't', name: 's2' },
+        { tag: 's', size },
+        { tag: 'w', offset: 10, data: randomBytesSeeded('p', 10) },
+        { tag: 'e' },
+      ];
+      const r = await own.run(['backup', '--rbd-export-diff', '-', '-f', base, 'd@s2'], {
+        input: encodeExportDiff(1, partial),
+      });
+      assert.equal(r.code, 3, r.stderr);
+      assert.match(r.stderr, /block 0 is damaged .* cannot be patched/);
+      assert.equal((await own.ok(['-m', 'ls'])).stdout, before);
+
+      // Overwriting both blocks wholly never reads the base.
+      const whole: Rec[] = [
+        ...partial.slice(0, 3),
+        { tag: 'w', offset: 0, data: randomBytesSeeded('q', size) },
+        { tag: 'e' },
+      ];
+      const uid = await own.backup(['--rbd-export-diff', '-', '-f', base, 'd@s2'], {
+        input: encodeExportDiff(1, whole),
+      });
+      await writeFile(own.path('expected'), applyModel(Buffer.alloc(size), size, whole));
+      await own.ok(['restore', uid, own.path('restored')]);
+      await assertSameBytes(own.path('expected'), own.path('restored'));
+    } finally {
+      await own.remove();
+    }
+  });
+
   test('command line forms: SOURCE NAME still works, operands are checked', async () => {
     await writeFile(sb.path('plain.img'), randomBytesSeeded('plain', 2 * BS));
     const uid = await sb.backup(['--snapshot-name', 'mysnap', sb.path('plain.img'), 'plain']);
