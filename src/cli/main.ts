@@ -3,7 +3,7 @@ import { Command, CommanderError, Option } from 'commander';
 import { BackyError, EXIT_ERROR, EXIT_OK, EXIT_USAGE, errorMessage } from '../errors.js';
 import { Logger } from '../util/log.js';
 import { Context } from './context.js';
-import { backupCommand } from './commands/backup.js';
+import { backupCommand, backupOperands } from './commands/backup.js';
 import type { BackupCliOptions } from './commands/backup.js';
 import { lsCommand } from './commands/ls.js';
 import { restoreCommand } from './commands/restore.js';
@@ -58,11 +58,10 @@ export async function main(argv: string[]): Promise<number> {
       'rbd export-diff stream (a file, or - for stdin) to apply onto the base (-f); replaces SOURCE',
     )
     .option('--snapshot-name <snap>', 'record the snapshot the backup was read from (shown by ls)')
-    .action(
-      run((ctx, a: string | undefined, b: string | undefined, opts: BackupCliOptions) =>
-        backupCommand(ctx, a, b, opts),
-      ),
-    );
+    .action((a: string | undefined, b: string | undefined, opts: BackupCliOptions) => {
+      backupOperands(a, b, opts); // usage errors before anything is logged
+      return run((ctx) => backupCommand(ctx, a, b, opts))();
+    });
 
   program
     .command('restore')

@@ -17,13 +17,15 @@ export interface BackupCliOptions {
   snapshotName?: string;
 }
 
-/** `backup SOURCE NAME`, or `backup --rbd-export-diff FILE|- NAME` (the stream is the source). */
-export async function backupCommand(
-  ctx: Context,
+/**
+ * The operands: `SOURCE NAME`, or only `NAME` with --rbd-export-diff (the stream is the source).
+ * Checked before the command logs its start, so a usage error is one line.
+ */
+export function backupOperands(
   first: string | undefined,
   second: string | undefined,
   opts: BackupCliOptions,
-) {
+): { source: string | undefined; name: string } {
   if (opts.rbdExportDiff !== undefined) {
     if (second !== undefined) {
       throw new UsageError(
@@ -31,12 +33,23 @@ export async function backupCommand(
       );
     }
     if (first === undefined) throw new UsageError("missing required argument 'name'");
-    return exportDiffBackup(ctx, opts.rbdExportDiff, first, opts);
+    return { source: undefined, name: first };
   }
   if (first === undefined) throw new UsageError("missing required argument 'source'");
   if (second === undefined) throw new UsageError("missing required argument 'name'");
-  const sourcePath = first;
-  const name = second;
+  return { source: first, name: second };
+}
+
+export async function backupCommand(
+  ctx: Context,
+  first: string | undefined,
+  second: string | undefined,
+  opts: BackupCliOptions,
+) {
+  const operands = backupOperands(first, second, opts);
+  if (operands.source === undefined) return exportDiffBackup(ctx, opts.rbdExportDiff!, operands.name, opts);
+  const sourcePath = operands.source;
+  const name = operands.name;
   checkName(name);
   const snapshotName = checkSnapshotName(opts.snapshotName);
   const baseUid = opts.from !== undefined ? parseUid(opts.from) : undefined;
