@@ -131,6 +131,11 @@ async function exportDiffBackup(ctx: Context, file: string, name: string, opts: 
   let input: AsyncIterable<Buffer> & { destroy(): void };
   let inputName: string;
   if (file === '-') {
+    if (process.stdin.isTTY) {
+      throw new UsageError(
+        '--rbd-export-diff -: stdin is a terminal; pipe `rbd export-diff ... -` into backy',
+      );
+    }
     input = process.stdin;
     inputName = 'stdin';
   } else {
