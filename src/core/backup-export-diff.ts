@@ -203,6 +203,8 @@ async function apply(
         if (p.data) data += p.length;
       }
       if (covered === length && data === 0) return { idx: job.idx, length, data }; // wholly zeroed
+      // Untouched beyond the base's end (most of a sparse image in a full diff): zeros, no work.
+      if (covered === 0 && job.idx >= baseN) return { idx: job.idx, length, data };
       let block: Buffer;
       if (covered === length && job.pieces.length === 1) block = job.pieces[0].data!;
       else {

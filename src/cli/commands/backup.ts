@@ -1,4 +1,3 @@
-import { createReadStream } from 'node:fs';
 import { open, readFile } from 'node:fs/promises';
 import { backup } from '../../core/backup.js';
 import type { BackupResult } from '../../core/backup.js';
@@ -152,7 +151,7 @@ async function exportDiffBackup(ctx: Context, file: string, name: string, opts: 
       await fh.close();
       throw new InputError(`export-diff file ${file} is a directory`);
     }
-    input = createReadStream('', { fd: fh.fd, autoClose: true, highWaterMark: 1 << 20 });
+    input = fh.createReadStream({ highWaterMark: 1 << 20 }); // closes fh at the end or on destroy()
     inputName = file;
   }
   try {
