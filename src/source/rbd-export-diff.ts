@@ -14,7 +14,7 @@
  * image, nothing after 'e', no unknown tag. Memory: a data record is yielded in pieces that
  * never cross a multiple of `pieceSize` (a block), so the whole stream is never held.
  */
-import { InputError } from '../errors.js';
+import { BackyError, InputError } from '../errors.js';
 
 export const HEADER_V1 = 'rbd diff v1\n';
 export const HEADER_V2 = 'rbd diff v2\n';
@@ -55,7 +55,14 @@ class ByteReader {
 
   async #pull(): Promise<boolean> {
     if (this.#eof) return false;
-    const next = await this.#it.next();
+    let next: IteratorResult<Buffer | Uint8Array | string>;
+    try {
+      next = await this.#it.next();
+    } catch (err) {
+      throw new BackyError(
+        `cannot read ${this.#name} at byte ${this.consumed}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`,
+      );
+    }
     if (next.done) {
       this.#eof = true;
       return false;

@@ -97,10 +97,10 @@ function checkName(name: string): void {
 }
 
 /** A snapshot name is one field of 'ls -m' lines, where '-' stands for "none". */
-function checkSnapshotName(snap: string | undefined, what = '--snapshot-name'): string | undefined {
+function checkSnapshotName(snap: string | undefined): string | undefined {
   if (snap === undefined) return undefined;
   if (snap === '' || snap === '-' || /\s/.test(snap)) {
-    throw new UsageError(`${what} must be non-empty, not '-', and without whitespace ('${snap}')`);
+    throw new UsageError(`--snapshot-name must be non-empty, not '-', and without whitespace ('${snap}')`);
   }
   return snap;
 }
