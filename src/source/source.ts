@@ -45,8 +45,8 @@ export async function openSource(path: string, stdin: Readable = process.stdin):
     if (st.isFile()) size = st.size;
     else if (st.isBlockDevice()) size = await blockDeviceSize(path, st.rdev);
     else {
-      const { createReadStream } = await import('node:fs');
-      return streamSource(path, createReadStream('', { fd: fh.fd, autoClose: true, highWaterMark: 1 << 20 }));
+      // A FIFO or character device: sequential. The stream owns the FileHandle and closes it.
+      return streamSource(path, fh.createReadStream({ highWaterMark: 1 << 20 }));
     }
     return new FileSource(path, fh, size);
   } catch (err) {

@@ -3,7 +3,7 @@
  * Small blocks (64 KiB) keep images small and block counts meaningful.
  */
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import {
   copyFile,
   mkdir,
@@ -121,6 +121,16 @@ describe('backup and restore', () => {
     assert.equal(v.sizeBytes, data.length);
     await sb.ok(['restore', uid, sb.path('stdin.out')]);
     await assertSameBytes(img, sb.path('stdin.out'));
+  });
+
+  it('backs up from a named pipe (sequential source)', async () => {
+    const fifo = sb.path('pipe');
+    execFileSync('mkfifo', [fifo]);
+    const writer = spawn('sh', ['-c', 'cat "$0" > "$1"', img, fifo], { stdio: 'ignore' });
+    const uid = await sb.backup([fifo, 'vm1@fifo']);
+    await new Promise((r) => writer.on('close', r));
+    await sb.ok(['restore', uid, sb.path('fifo.out')]);
+    await assertSameBytes(img, sb.path('fifo.out'));
   });
 
   it('restores a damaged block as zeros, finishes the image and exits 3', async () => {
