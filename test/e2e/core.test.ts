@@ -127,8 +127,9 @@ describe('backup and restore', () => {
     const fifo = sb.path('pipe');
     execFileSync('mkfifo', [fifo]);
     const writer = spawn('sh', ['-c', 'cat "$0" > "$1"', img, fifo], { stdio: 'ignore' });
+    const written = new Promise((r) => writer.on('close', r));
     const uid = await sb.backup([fifo, 'vm1@fifo']);
-    await new Promise((r) => writer.on('close', r));
+    assert.equal(await written, 0);
     await sb.ok(['restore', uid, sb.path('fifo.out')]);
     await assertSameBytes(img, sb.path('fifo.out'));
   });
