@@ -5,9 +5,13 @@ import { Logger } from '../util/log.js';
 import { Context } from './context.js';
 import { backupCommand, backupOperands } from './commands/backup.js';
 import type { BackupCliOptions } from './commands/backup.js';
+import { cleanupCommand } from './commands/cleanup.js';
+import { exportCommand } from './commands/export.js';
+import { importCommand } from './commands/import.js';
 import { lsCommand } from './commands/ls.js';
 import { restoreCommand } from './commands/restore.js';
 import { rmCommand } from './commands/rm.js';
+import { scrubCommand } from './commands/scrub.js';
 
 const VERSION = '0.1.0';
 
@@ -88,6 +92,37 @@ export async function main(argv: string[]): Promise<number> {
     .argument('<uid>')
     .addOption(new Option('--force', 'remove even while its backup is still running'))
     .action(run((ctx, uid: string, opts: { force?: boolean }) => rmCommand(ctx, uid, opts)));
+
+  program
+    .command('scrub')
+    .description(
+      'verify stored blocks of version UID (all, or a random PERCENT); -s also compares with SOURCE. Exit 3 on damage',
+    )
+    .argument('<uid>')
+    .option('-p, --percent <percent>', 'check a random PERCENT of the blocks (0 < PERCENT <= 100)')
+    .option('-s, --source <source>', 'deep scrub: also compare each checked block with this image')
+    .action(
+      run((ctx, uid: string, opts: { percent?: string; source?: string }) => scrubCommand(ctx, uid, opts)),
+    );
+
+  program
+    .command('cleanup')
+    .description('delete stored blocks that no version references (safe while backups run)')
+    .option('--dry-run', 'only report what would be deleted')
+    .action(run((ctx, opts: { dryRun?: boolean }) => cleanupCommand(ctx, opts)));
+
+  program
+    .command('export')
+    .description("write version UID's metadata to FILE (- for stdout)")
+    .argument('<uid>')
+    .argument('<file>')
+    .action(run((ctx, uid: string, file: string) => exportCommand(ctx, uid, file)));
+
+  program
+    .command('import')
+    .description('add a version from an export FILE (- for stdin); prints its uid')
+    .argument('<file>')
+    .action(run((ctx, file: string) => importCommand(ctx, file)));
 
   try {
     await program.parseAsync(argv);

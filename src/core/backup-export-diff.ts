@@ -115,15 +115,12 @@ async function apply(
   const n = blockCount(size, blockSize);
   const baseSize = base?.sizeBytes ?? 0;
   const baseN = blockCount(baseSize, blockSize);
-  const version = await meta.createVersion({
-    name: opts.name,
-    snapshotName,
-    sizeBytes: size,
-    blockSize,
-    baseUid: base?.uid,
-  });
+  // Version and lease in one transaction: cleanup never sees this version without its lease.
+  const { version, lease } = await meta.createVersionWithLease(
+    { name: opts.name, snapshotName, sizeBytes: size, blockSize, baseUid: base?.uid },
+    'backup',
+  );
   opts.onVersion?.(version);
-  const lease = await meta.acquireLease('backup', version.uid);
   const heartbeat = setInterval(() => void meta.heartbeat(lease.id).catch(() => {}), HEARTBEAT_MS);
   heartbeat.unref();
   let ok = false;

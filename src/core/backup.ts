@@ -86,15 +86,12 @@ export async function backup(opts: BackupOptions): Promise<BackupResult> {
     throw new UsageError('hints (-r) need a seekable source (a file or block device), not a stream');
   }
 
-  const version = await meta.createVersion({
-    name: opts.name,
-    snapshotName: opts.snapshotName,
-    sizeBytes: size ?? 0,
-    blockSize,
-    baseUid: base?.uid,
-  });
+  // Version and lease in one transaction: cleanup never sees this version without its lease.
+  const { version, lease } = await meta.createVersionWithLease(
+    { name: opts.name, snapshotName: opts.snapshotName, sizeBytes: size ?? 0, blockSize, baseUid: base?.uid },
+    'backup',
+  );
   opts.onVersion?.(version);
-  const lease = await meta.acquireLease('backup', version.uid);
   const heartbeat = setInterval(() => void meta.heartbeat(lease.id).catch(() => {}), HEARTBEAT_MS);
   heartbeat.unref();
   try {

@@ -11,7 +11,7 @@ import SQLite from 'better-sqlite3';
 import pg from 'pg';
 import { Kysely, Migrator, PostgresDialect, SqliteDialect, sql } from 'kysely';
 import type { Transaction } from 'kysely';
-import { BackyError, ConfigError, NotFoundError } from '../errors.js';
+import { BackyError, ConfigError, InputError, NotFoundError } from '../errors.js';
 import { HASH_FUNCTIONS, redactUrl, sqlitePath } from '../config/config.js';
 import type { HashFunction } from '../config/config.js';
 import { migrationProvider } from './migrations.js';
@@ -240,6 +240,83 @@ export class MetaStore {
     return version;
   }
 
+  /**
+   * Creates a new incomplete version and a lease on it in one transaction, so no cleanup ever
+   * sees the version without its lease (it removes lease-less incomplete versions as crashed).
+   */
+  async createVersionWithLease(
+    v: { name: string; snapshotName?: string; sizeBytes: number; blockSize: number; baseUid?: string },
+    kind: string,
+  ): Promise<{ version: Version; lease: Lease }> {
+    const version: Version = {
+      uid: randomUUID(),
+      name: v.name,
+      snapshotName: v.snapshotName ?? '',
+      date: nowMicros(),
+      sizeBytes: v.sizeBytes,
+      blockSize: v.blockSize,
+      status: 'incomplete',
+      baseUid: v.baseUid ?? null,
+      protected: false,
+      hostname: hostname(),
+    };
+    const lease = await this.insertVersionWithLease(version, kind);
+    return { version, lease };
+  }
+
+  /**
+   * Inserts a version row exactly as given (import) together with a lease on it, in one
+   * transaction. Throws InputError when the uid exists already.
+   */
+  async insertVersionWithLease(version: Version, kind: string): Promise<Lease> {
+    const now = nowMicros();
+    const lease: Lease = {
+      id: randomUUID(),
+      versionUid: version.uid,
+      kind,
+      hostname: hostname(),
+      pid: process.pid,
+      started: now,
+      heartbeat: now,
+    };
+    await this.write(async (tx) => {
+      const exists = await tx
+        .selectFrom('versions')
+        .select('uid')
+        .where('uid', '=', version.uid)
+        .executeTakeFirst();
+      if (exists) throw new InputError(`version ${version.uid} exists already; remove it first ('backy rm')`);
+      await tx
+        .insertInto('versions')
+        .values({
+          uid: version.uid,
+          name: version.name,
+          snapshot_name: version.snapshotName,
+          date: version.date,
+          size_bytes: version.sizeBytes,
+          block_size: version.blockSize,
+          status: version.status,
+          base_uid: version.baseUid,
+          protected: version.protected ? 1 : 0,
+          hostname: version.hostname,
+        })
+        .execute();
+      await tx
+        .insertInto('leases')
+        .values({
+          id: lease.id,
+          version_uid: version.uid,
+          kind,
+          hostname: lease.hostname,
+          pid: lease.pid,
+          started: now,
+          heartbeat: now,
+        })
+        .execute();
+    });
+    return lease;
+  }
+
   async findVersion(uid: string): Promise<Version | undefined> {
     const row = await this.#db.selectFrom('versions').selectAll().where('uid', '=', uid).executeTakeFirst();
     return row ? toVersion(row) : undefined;
@@ -305,6 +382,59 @@ export class MetaStore {
         .where((eb) => eb.or([eb('o.checksum', 'is', null), eb('o.valid', '=', 0), eb('b.valid', '=', 0)]))
         .executeTakeFirstOrThrow();
       if (Number(bad.n) > 0) return `${bad.n} blocks reference objects that are missing or invalid`;
+      await tx.updateTable('versions').set({ status: 'valid' }).where('uid', '=', uid).execute();
+      return undefined;
+    });
+  }
+
+  /**
+   * After a full scrub found every block of `uid` sound: marks its block entries and their
+   * objects valid and an invalid version valid again, in one transaction, provided the block
+   * list is complete and every object is recorded. Returns the problem when it cannot.
+   */
+  async revalidateVersion(uid: string): Promise<string | undefined> {
+    return this.write(async (tx) => {
+      const v = await tx.selectFrom('versions').selectAll().where('uid', '=', uid).executeTakeFirst();
+      if (!v) return 'the version was removed meanwhile';
+      if (v.status !== 'invalid') return `the version is ${v.status}`;
+      const expected = Math.ceil(Number(v.size_bytes) / Number(v.block_size));
+      const counts = await tx
+        .selectFrom('blocks')
+        .select((eb) => [eb.fn.countAll<number>().as('n'), eb.fn.max('idx').as('max_idx')])
+        .where('version_uid', '=', uid)
+        .executeTakeFirstOrThrow();
+      const n = Number(counts.n);
+      if (n !== expected || (n > 0 && Number(counts.max_idx) !== n - 1)) {
+        return `version has ${n} block entries, expected ${expected}`;
+      }
+      const unrecorded = await tx
+        .selectFrom('blocks as b')
+        .leftJoin('objects as o', 'o.checksum', 'b.checksum')
+        .select((eb) => eb.fn.countAll<number>().as('n'))
+        .where('b.version_uid', '=', uid)
+        .where('b.checksum', 'is not', null)
+        .where('o.checksum', 'is', null)
+        .executeTakeFirstOrThrow();
+      if (Number(unrecorded.n) > 0)
+        return `${unrecorded.n} blocks reference objects the database does not record`;
+      await tx
+        .updateTable('objects')
+        .set({ valid: 1 })
+        .where('valid', '=', 0)
+        .where('checksum', 'in', (eb) =>
+          eb
+            .selectFrom('blocks')
+            .select('checksum')
+            .where('version_uid', '=', uid)
+            .where('checksum', 'is not', null),
+        )
+        .execute();
+      await tx
+        .updateTable('blocks')
+        .set({ valid: 1 })
+        .where('version_uid', '=', uid)
+        .where('valid', '=', 0)
+        .execute();
       await tx.updateTable('versions').set({ status: 'valid' }).where('uid', '=', uid).execute();
       return undefined;
     });
@@ -500,6 +630,210 @@ export class MetaStore {
       .select((eb) => [eb.fn.countAll<number>().as('n'), eb.fn.sum<number>('stored_size').as('bytes')])
       .executeTakeFirstOrThrow();
     return { count: Number(r.n), bytes: Number(r.bytes ?? 0) };
+  }
+
+  // ---- cleanup ----
+
+  /**
+   * A write transaction that excludes every other writer for its duration: SQLite's BEGIN
+   * IMMEDIATE does; on PostgreSQL the tables a backup writes are locked against writes (SHARE
+   * ROW EXCLUSIVE conflicts with the ROW EXCLUSIVE lock INSERT/UPDATE/DELETE take).
+   */
+  async #exclusive<T>(fn: (tx: Kysely<Database>) => Promise<T>): Promise<T> {
+    return this.write(async (tx) => {
+      if (this.dialect === 'postgres') {
+        await sql`LOCK TABLE leases, objects, blocks, versions IN SHARE ROW EXCLUSIVE MODE`.execute(tx);
+      }
+      return fn(tx);
+    });
+  }
+
+  /** Incomplete versions that no lease row names: crashed backups or imports. */
+  async orphanedIncompleteVersions(): Promise<Version[]> {
+    const rows = await this.#db
+      .selectFrom('versions as v')
+      .selectAll('v')
+      .where('v.status', '=', 'incomplete')
+      .where((eb) =>
+        eb.not(
+          eb.exists(eb.selectFrom('leases as l').select('l.id').whereRef('l.version_uid', '=', 'v.uid')),
+        ),
+      )
+      .orderBy('v.date')
+      .execute();
+    return rows.map(toVersion);
+  }
+
+  /** Removes an incomplete version if still no lease names it (re-checked in the transaction). */
+  async removeOrphanedIncompleteVersion(uid: string): Promise<boolean> {
+    return this.#exclusive(async (tx) => {
+      const v = await tx.selectFrom('versions').select('status').where('uid', '=', uid).executeTakeFirst();
+      if (!v || v.status !== 'incomplete') return false;
+      const lease = await tx
+        .selectFrom('leases')
+        .select('id')
+        .where('version_uid', '=', uid)
+        .executeTakeFirst();
+      if (lease) return false;
+      await tx.deleteFrom('blocks').where('version_uid', '=', uid).execute();
+      await tx.deleteFrom('versions').where('uid', '=', uid).execute();
+      return true;
+    });
+  }
+
+  /** One page of unreferenced objects last seen before `cutoff`, by checksum after `after`. */
+  async garbageCandidates(
+    cutoff: number,
+    after: string,
+    limit = INSERT_BATCH,
+  ): Promise<{ checksum: string; storedSize: number }[]> {
+    const rows = await this.#db
+      .selectFrom('objects as o')
+      .select(['o.checksum', 'o.stored_size'])
+      .where('o.checksum', '>', after)
+      .where('o.last_seen', '<', cutoff)
+      .where((eb) =>
+        eb.not(
+          eb.exists(eb.selectFrom('blocks as b').select('b.idx').whereRef('b.checksum', '=', 'o.checksum')),
+        ),
+      )
+      .orderBy('o.checksum')
+      .limit(limit)
+      .execute();
+    return rows.map((r) => ({ checksum: r.checksum, storedSize: Number(r.stored_size) }));
+  }
+
+  /**
+   * Deletes the given objects that are, re-checked inside one exclusive write transaction,
+   * still unreferenced and last seen before both `cutoff` and the start of every lease now
+   * in the table. `unlink` removes their files inside the transaction, before the rows go.
+   * Returns what was deleted.
+   */
+  async deleteGarbage(
+    checksums: readonly string[],
+    cutoff: number,
+    unlink: (checksums: string[]) => Promise<void>,
+  ): Promise<{ checksum: string; storedSize: number }[]> {
+    if (checksums.length === 0) return [];
+    return this.#exclusive(async (tx) => {
+      const oldest = await tx
+        .selectFrom('leases')
+        .select((eb) => eb.fn.min('started').as('started'))
+        .executeTakeFirst();
+      const limit = oldest?.started == null ? cutoff : Math.min(cutoff, Number(oldest.started));
+      const rows = await tx
+        .selectFrom('objects as o')
+        .select(['o.checksum', 'o.stored_size'])
+        .where('o.checksum', 'in', checksums)
+        .where('o.last_seen', '<', limit)
+        .where((eb) =>
+          eb.not(
+            eb.exists(eb.selectFrom('blocks as b').select('b.idx').whereRef('b.checksum', '=', 'o.checksum')),
+          ),
+        )
+        .execute();
+      if (rows.length === 0) return [];
+      const doomed = rows.map((r) => r.checksum);
+      await unlink(doomed);
+      for (let i = 0; i < doomed.length; i += INSERT_BATCH) {
+        await tx
+          .deleteFrom('objects')
+          .where('checksum', 'in', doomed.slice(i, i + INSERT_BATCH))
+          .execute();
+      }
+      return rows.map((r) => ({ checksum: r.checksum, storedSize: Number(r.stored_size) }));
+    });
+  }
+
+  /** Which of `checksums` have an objects row. */
+  async recordedObjects(checksums: readonly string[]): Promise<Map<string, { valid: boolean }>> {
+    const out = new Map<string, { valid: boolean }>();
+    for (let i = 0; i < checksums.length; i += INSERT_BATCH) {
+      const rows = await this.#db
+        .selectFrom('objects')
+        .select(['checksum', 'valid'])
+        .where('checksum', 'in', checksums.slice(i, i + INSERT_BATCH))
+        .execute();
+      for (const r of rows) out.set(r.checksum, { valid: Number(r.valid) === 1 });
+    }
+    return out;
+  }
+
+  /**
+   * Runs `fn` on the keys among `keys` that have no objects row, inside one exclusive write
+   * transaction, but only when no lease exists at all: a running backup may have renamed an
+   * object into place and not yet recorded it, and its lease keeps such files. Returns false
+   * (without calling fn) when a lease exists.
+   */
+  async sweepUnrecorded(
+    keys: readonly string[],
+    fn: (unrecorded: string[]) => Promise<void>,
+  ): Promise<boolean> {
+    return this.#exclusive(async (tx) => {
+      const lease = await tx.selectFrom('leases').select('id').executeTakeFirst();
+      if (lease) return false;
+      const recorded = new Set<string>();
+      for (let i = 0; i < keys.length; i += INSERT_BATCH) {
+        const rows = await tx
+          .selectFrom('objects')
+          .select('checksum')
+          .where('checksum', 'in', keys.slice(i, i + INSERT_BATCH))
+          .execute();
+        for (const r of rows) recorded.add(r.checksum);
+      }
+      await fn(keys.filter((k) => !recorded.has(k)));
+      return true;
+    });
+  }
+
+  // ---- import ----
+
+  /**
+   * Makes `checksums` usable by an imported version under the caller's lease: refreshes
+   * last_seen of recorded objects (so a concurrent cleanup keeps them) and records objects
+   * that exist in the data store (`present` gives their stored size) but have no row.
+   * Returns the checksums backed by a valid recorded object.
+   */
+  async adoptObjects(
+    checksums: readonly string[],
+    present: (checksum: string) => Promise<number | undefined>,
+  ): Promise<Set<string>> {
+    const now = nowMicros();
+    const known = await this.write(async (tx) => {
+      await tx
+        .updateTable('objects')
+        .set({ last_seen: now })
+        .where('checksum', 'in', checksums)
+        .where('valid', '=', 1)
+        .execute();
+      const rows = await tx
+        .selectFrom('objects')
+        .select(['checksum', 'valid'])
+        .where('checksum', 'in', checksums)
+        .execute();
+      return new Map(rows.map((r) => [r.checksum, Number(r.valid) === 1]));
+    });
+    const found: { checksum: string; storedSize: number }[] = [];
+    for (const c of checksums) {
+      if (known.has(c)) continue;
+      const size = await present(c);
+      if (size !== undefined) found.push({ checksum: c, storedSize: size });
+    }
+    if (found.length > 0) {
+      await this.write(async (tx) => {
+        await tx
+          .insertInto('objects')
+          .values(
+            found.map((o) => ({ checksum: o.checksum, stored_size: o.storedSize, valid: 1, last_seen: now })),
+          )
+          .onConflict((oc) => oc.column('checksum').doUpdateSet({ last_seen: now }))
+          .execute();
+      });
+    }
+    const ok = new Set<string>();
+    for (const [c, valid] of known) if (valid) ok.add(c);
+    for (const o of found) ok.add(o.checksum);
+    return ok;
   }
 
   // ---- leases ----

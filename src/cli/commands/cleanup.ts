@@ -1,0 +1,35 @@
+import { cleanup } from '../../core/cleanup.js';
+import type { Context } from '../context.js';
+import { formatBytes, progressBar } from '../render.js';
+
+export async function cleanupCommand(ctx: Context, opts: { dryRun?: boolean }) {
+  const meta = await ctx.meta();
+  const store = await ctx.store();
+  const dryRun = Boolean(opts.dryRun);
+  const r = await cleanup({ meta, backend: store.backend, dryRun, progress: progressBar(ctx.log) });
+  const would = dryRun ? 'would be ' : '';
+  if (r.leasesReleased > 0) ctx.log.info(`${r.leasesReleased} leases of crashed backups ${would}released`);
+  for (const v of r.versionsRemoved) {
+    ctx.log.info(`Incomplete version ${v.uid} (${v.name}) has no running backup: ${would}removed`);
+  }
+  if (r.leasesLive > 0) {
+    ctx.log.info(`${r.leasesLive} backups running: objects they may use are kept`);
+  }
+  if (r.sweepSkipped) {
+    ctx.log.info('Files without a database entry are kept while a backup runs; run cleanup again later');
+  }
+  ctx.log.info(
+    `Cleanup${dryRun ? ' (dry run)' : ''}: ${r.objects} objects (${formatBytes(r.bytes)}) ${would}freed` +
+      (r.unrecordedFiles > 0
+        ? `, ${r.unrecordedFiles} unrecorded object files (${formatBytes(r.unrecordedBytes)})`
+        : '') +
+      (r.tempFiles > 0 ? `, ${r.tempFiles} temp files (${formatBytes(r.tempBytes)})` : '') +
+      `, ${r.versionsRemoved.length} incomplete versions ${would}removed`,
+  );
+  if (ctx.machine) {
+    ctx.out(
+      `cleanup ${dryRun ? 1 : 0} ${r.objects} ${r.bytes} ${r.unrecordedFiles + r.tempFiles} ${r.unrecordedBytes + r.tempBytes} ${r.versionsRemoved.length}`,
+    );
+    for (const v of r.versionsRemoved) ctx.out(`removed ${v.uid}`);
+  }
+}

@@ -1,0 +1,19 @@
+import { exportVersion, openExportTarget } from '../../core/metadata-io.js';
+import type { Context } from '../context.js';
+import { parseUid } from '../context.js';
+
+export async function exportCommand(ctx: Context, uidArg: string, file: string) {
+  const uid = parseUid(uidArg);
+  const meta = await ctx.meta();
+  await meta.getVersion(uid); // not found: fail before creating FILE
+  const target = await openExportTarget(file);
+  let blocks: number;
+  try {
+    blocks = await exportVersion({ meta, uid, out: target.out });
+  } catch (err) {
+    await target.done(false);
+    throw err;
+  }
+  await target.done(true);
+  ctx.log.info(`Exported version ${uid} (${blocks} blocks) to ${file === '-' ? 'stdout' : file}`);
+}

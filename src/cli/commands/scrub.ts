@@ -1,0 +1,75 @@
+import { scrub } from '../../core/scrub.js';
+import { IntegrityError, UsageError } from '../../errors.js';
+import { openSource } from '../../source/source.js';
+import type { RandomSource } from '../../source/source.js';
+import type { Context } from '../context.js';
+import { parseUid } from '../context.js';
+import { progressBar } from '../render.js';
+
+/** PERCENT for -p: a number with 0 < p <= 100. */
+export function parsePercent(value: string): number {
+  const p = /^\d+(\.\d+)?$/.test(value.trim()) ? Number(value) : NaN;
+  if (!(p > 0 && p <= 100)) {
+    throw new UsageError(`-p PERCENT must be a number greater than 0 and at most 100, got '${value}'`);
+  }
+  return p;
+}
+
+export async function scrubCommand(
+  ctx: Context,
+  uidArg: string,
+  opts: { percent?: string; source?: string },
+) {
+  const uid = parseUid(uidArg);
+  const percent = opts.percent !== undefined ? parsePercent(opts.percent) : 100;
+  if (opts.source === '-') throw new UsageError('-s SOURCE must be a file or block device, not stdin');
+  const meta = await ctx.meta();
+  const store = await ctx.store();
+  const version = await meta.getVersion(uid);
+  let source: RandomSource | undefined;
+  if (opts.source !== undefined) {
+    const s = await openSource(opts.source);
+    if (s.kind !== 'random') {
+      await s.close().catch(() => {});
+      throw new UsageError(`-s SOURCE must be a file or block device, not a stream (${opts.source})`);
+    }
+    source = s;
+  }
+  let result;
+  try {
+    result = await scrub({ meta, store, version, percent, source, progress: progressBar(ctx.log) });
+  } finally {
+    await source?.close().catch(() => {});
+  }
+  for (const p of result.problems.slice(0, 20)) {
+    ctx.log.error(`block ${p.idx}: ${p.reason}`);
+  }
+  const shown = Math.min(result.problems.length, 20);
+  const all = result.bad + result.differing;
+  if (all > shown) ctx.log.error(`... and ${all - shown} more problems`);
+  const what = percent >= 100 ? 'full scrub' : `${percent}% sample`;
+  ctx.log.info(
+    `Scrubbed ${version.name} (${uid}), ${what}: ${result.checked} of ${result.blocks} blocks checked, ` +
+      `${result.bad} bad${source ? `, ${result.differing} differing from ${source.name}` : ''}, ` +
+      `${result.versionsAffected.length} versions affected`,
+  );
+  for (const v of result.versionsAffected) ctx.log.warn(`version ${v} is marked invalid`);
+  if (result.revalidated)
+    ctx.log.info(`Version ${uid} was invalid; every block is sound now, so it is valid again`);
+  if (result.notRevalidated) ctx.log.warn(`version ${uid} stays invalid: ${result.notRevalidated}`);
+  if (ctx.machine) {
+    ctx.out(
+      `scrub ${uid} ${result.checked} ${result.bad} ${result.differing} ${result.versionsAffected.length} ${result.revalidated ? 1 : 0}`,
+    );
+  }
+  if (result.bad > 0) {
+    throw new IntegrityError(
+      `scrub of ${uid} found ${result.bad} damaged or missing blocks; ${result.versionsAffected.length} versions marked invalid`,
+    );
+  }
+  if (result.differing > 0) {
+    throw new IntegrityError(
+      `deep scrub of ${uid}: ${result.differing} blocks differ from ${source?.name}; stored blocks verify, nothing was marked invalid`,
+    );
+  }
+}

@@ -1,0 +1,209 @@
+/**
+ * Cleanup: deletes stored objects that no version references, safely while backups run in
+ * other processes or on other hosts sharing the metadata database.
+ *
+ * What goes:
+ * 1. Lease rows whose process is gone (same host: pid not alive; other host: no heartbeat for
+ *    LEASE_TIMEOUT_US) are released, and incomplete versions that no lease names any more are
+ *    removed (crashed backups or imports, reported by uid): their block entries would keep
+ *    everything they wrote alive forever, and an incomplete version is never a base.
+ * 2. Objects with no block entry and last_seen before the cutoff: the start of the oldest live
+ *    lease, or cleanup's own start when none runs.
+ * 3. Object files without an objects row (a backup crashed between renaming the file into
+ *    place and recording it) and `.tmp-*` files, older than cleanup's start, only while no
+ *    lease exists at all.
+ *
+ * Why this never deletes an object that a valid version, or a running backup, references or
+ * is about to reference:
+ * - A valid version's block entries name its objects; step 2 deletes only objects that no
+ *   block entry names, re-checked inside the transaction that deletes them.
+ * - A running backup holds a lease from before its first object access until after its
+ *   version is complete (created with the version in one transaction). Every object it
+ *   dedups against gets last_seen = now (touchObject) and every object it stores is
+ *   recorded with last_seen = now, both later than its lease's start on the backup's own
+ *   clock. Each delete transaction re-reads the lease table and keeps anything last seen at
+ *   or after the start of any lease present, so neither our cutoff being stale nor clock skew
+ *   between hosts matters for backups that hold a lease.
+ * - The delete transaction excludes every other writer (SQLite BEGIN IMMEDIATE; PostgreSQL
+ *   table locks), and touchObject and lease creation are writes. So a backup's dedup lookup
+ *   either ran before it (last_seen is recent, or its lease is visible: the object stays) or
+ *   runs after its commit, finds no row, and stores the object anew. The file is unlinked
+ *   inside the transaction, before the commit: unlinking after the commit could remove the
+ *   copy a backup stored in between.
+ * - Files without a row may belong to a backup that renamed them into place and has not yet
+ *   recorded them; they are removed only inside an exclusive transaction that sees no lease at
+ *   all, so no backup can be between those two steps (it would have needed a lease first).
+ */
+import { rm, stat } from 'node:fs/promises';
+import type { MetaStore, Version } from '../meta/meta-store.js';
+import { leaseAlive, nowMicros } from '../meta/meta-store.js';
+import type { StorageBackend } from '../storage/backend.js';
+import { mapOrdered } from '../util/concurrency.js';
+import { noProgress } from './progress.js';
+import type { ProgressReporter } from './progress.js';
+
+const PAGE = 500;
+const UNLINKS_IN_FLIGHT = 16;
+
+export interface CleanupResult {
+  dryRun: boolean;
+  leasesReleased: number;
+  /** Live leases (running backups) when cleanup started. */
+  leasesLive: number;
+  versionsRemoved: Version[];
+  objects: number;
+  bytes: number;
+  unrecordedFiles: number;
+  unrecordedBytes: number;
+  tempFiles: number;
+  tempBytes: number;
+  /** Files without rows were not swept because a backup was running. */
+  sweepSkipped: boolean;
+}
+
+/** A backend that can list leftovers of interrupted writes (the directory backend). */
+interface TempLister {
+  listTemp(): AsyncIterable<{ path: string; mtimeMs: number }>;
+}
+
+function hasTemp(b: StorageBackend): b is StorageBackend & TempLister {
+  return typeof (b as Partial<TempLister>).listTemp === 'function';
+}
+
+export async function cleanup(opts: {
+  meta: MetaStore;
+  backend: StorageBackend;
+  dryRun: boolean;
+  progress?: ProgressReporter;
+}): Promise<CleanupResult> {
+  const { meta, backend, dryRun } = opts;
+  const progress = opts.progress ?? noProgress;
+  const start = nowMicros();
+  const startMs = start / 1000;
+  const result: CleanupResult = {
+    dryRun,
+    leasesReleased: 0,
+    leasesLive: 0,
+    versionsRemoved: [],
+    objects: 0,
+    bytes: 0,
+    unrecordedFiles: 0,
+    unrecordedBytes: 0,
+    tempFiles: 0,
+    tempBytes: 0,
+    sweepSkipped: false,
+  };
+
+  const leases = await meta.leases();
+  const live = leases.filter((l) => leaseAlive(l, start));
+  result.leasesLive = live.length;
+  for (const l of leases) {
+    if (live.includes(l)) continue;
+    if (!dryRun) await meta.releaseLease(l.id);
+    result.leasesReleased++;
+  }
+  const cutoff = Math.min(start, ...live.map((l) => l.started));
+
+  const leased = new Set(live.map((l) => l.versionUid));
+  for (const v of await meta.listVersions()) {
+    if (v.status !== 'incomplete' || leased.has(v.uid)) continue;
+    if (dryRun || (await meta.removeOrphanedIncompleteVersion(v.uid))) result.versionsRemoved.push(v);
+  }
+
+  progress.start(dryRun ? 'cleanup (dry run)' : 'cleanup', undefined);
+  try {
+    let after = '';
+    for (;;) {
+      const page = await meta.garbageCandidates(cutoff, after, PAGE);
+      if (page.length === 0) break;
+      after = page[page.length - 1].checksum;
+      const gone = dryRun
+        ? page
+        : await meta.deleteGarbage(
+            page.map((o) => o.checksum),
+            cutoff,
+            async (doomed) => {
+              for await (const done of mapOrdered(doomed, UNLINKS_IN_FLIGHT, (c) => backend.delete(c)))
+                void done;
+            },
+          );
+      for (const o of gone) {
+        result.objects++;
+        result.bytes += o.storedSize;
+        progress.advance(o.storedSize);
+      }
+    }
+
+    if (live.length > 0) {
+      result.sweepSkipped = true;
+      return result;
+    }
+    await sweepUnrecorded(meta, backend, startMs, result);
+    if (hasTemp(backend)) await sweepTemp(meta, backend, startMs, result);
+  } finally {
+    progress.stop();
+  }
+  return result;
+}
+
+async function sweepUnrecorded(
+  meta: MetaStore,
+  backend: StorageBackend,
+  startMs: number,
+  result: CleanupResult,
+): Promise<void> {
+  let batch: { key: string; size: number }[] = [];
+  const flush = async () => {
+    const sizes = new Map(batch.map((o) => [o.key, o.size]));
+    batch = [];
+    const keys = [...sizes.keys()];
+    if (result.dryRun) {
+      const recorded = await meta.recordedObjects(keys);
+      for (const k of keys) {
+        if (recorded.has(k)) continue;
+        result.unrecordedFiles++;
+        result.unrecordedBytes += sizes.get(k) ?? 0;
+      }
+      return;
+    }
+    const swept = await meta.sweepUnrecorded(keys, async (unrecorded) => {
+      for (const k of unrecorded) {
+        const st = await backend.stat(k);
+        if (!st || st.mtimeMs >= startMs) continue; // rewritten since we listed it
+        await backend.delete(k);
+        result.unrecordedFiles++;
+        result.unrecordedBytes += st.size;
+      }
+    });
+    if (!swept) result.sweepSkipped = true;
+  };
+  for await (const o of backend.list()) {
+    if (result.sweepSkipped) return;
+    if (o.mtimeMs >= startMs) continue;
+    batch.push(o);
+    if (batch.length >= PAGE) await flush();
+  }
+  if (batch.length > 0 && !result.sweepSkipped) await flush();
+}
+
+async function sweepTemp(
+  meta: MetaStore,
+  backend: TempLister,
+  startMs: number,
+  result: CleanupResult,
+): Promise<void> {
+  const old: string[] = [];
+  for await (const t of backend.listTemp()) if (t.mtimeMs < startMs) old.push(t.path);
+  if (old.length === 0) return;
+  const remove = async () => {
+    for (const path of old) {
+      const st = await stat(path).catch(() => undefined);
+      if (!st || st.mtimeMs >= startMs) continue;
+      if (!result.dryRun) await rm(path, { force: true });
+      result.tempFiles++;
+      result.tempBytes += st.size;
+    }
+  };
+  if (result.dryRun) await remove();
+  else if (!(await meta.sweepUnrecorded([], remove))) result.sweepSkipped = true;
+}

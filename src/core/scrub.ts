@@ -1,0 +1,194 @@
+/**
+ * Scrub: pick blocks of a version (all, or each independently with probability PERCENT/100,
+ * at least one) -> fetch, decode, rehash (BlockStore.get verifies) -> record damage.
+ * Deep scrub also reads the same range of a source and compares it with the stored block
+ * (by checksum: the stored block verified against the same checksum), sparse blocks included.
+ *
+ * A missing object, a wrong size or a wrong checksum marks the object, every block entry that
+ * references it and every version holding such an entry invalid (MetaStore.markObjectInvalid);
+ * the scrub keeps going. A difference from the source fails the scrub but invalidates nothing:
+ * the source may be what changed. Only a full scrub that finds every block sound turns an
+ * invalid version valid again; a partial scrub never does.
+ *
+ * Memory: READ_AHEAD blocks in flight, one page of the block list, one byte per block for the
+ * pick map and the set of distinct checksums already verified in this run (read once each).
+ */
+import { blockCount, blockLength, isZero } from '../blocks/blocks.js';
+import { CorruptBlockError, InputError, MissingBlockError } from '../errors.js';
+import type { BlockRow, MetaStore, Version } from '../meta/meta-store.js';
+import type { RandomSource } from '../source/source.js';
+import type { BlockStore } from '../storage/block-store.js';
+import { mapOrdered } from '../util/concurrency.js';
+import { noProgress } from './progress.js';
+import type { ProgressReporter } from './progress.js';
+
+const READ_AHEAD = 8;
+
+export interface ScrubProblem {
+  idx: number;
+  checksum: string | null;
+  /** 'damaged': stored block missing or corrupt; 'differs': does not match the source. */
+  kind: 'damaged' | 'differs';
+  reason: string;
+}
+
+export interface ScrubResult {
+  /** Blocks in the version. */
+  blocks: number;
+  /** Blocks picked and checked. */
+  checked: number;
+  /** Picked blocks whose stored data is missing or damaged. */
+  bad: number;
+  /** Picked blocks that differ from the source (deep scrub). */
+  differing: number;
+  problems: ScrubProblem[];
+  /** Versions marked invalid because of damage found here (this one included). */
+  versionsAffected: string[];
+  /** True when this was a full, clean scrub that turned an invalid version valid again. */
+  revalidated: boolean;
+  /** Why a full clean scrub of an invalid version could not make it valid. */
+  notRevalidated?: string;
+}
+
+export interface ScrubOptions {
+  meta: MetaStore;
+  store: BlockStore;
+  version: Version;
+  /** 0 < percent <= 100; 100 checks every block. */
+  percent: number;
+  /** Deep scrub: compare with this source. Its size must equal the version's. */
+  source?: RandomSource;
+  progress?: ProgressReporter;
+  /** Uniform in [0, 1); injectable for tests. */
+  random?: () => number;
+  /** Problems kept in the result (all are counted). */
+  maxProblems?: number;
+}
+
+/** Which blocks to check: each independently with probability percent/100; never none. */
+export function pickBlocks(n: number, percent: number, random: () => number = Math.random): Uint8Array {
+  const picks = new Uint8Array(n);
+  if (n === 0) return picks;
+  if (percent >= 100) return picks.fill(1);
+  let any = false;
+  for (let i = 0; i < n; i++) {
+    if (random() * 100 < percent) {
+      picks[i] = 1;
+      any = true;
+    }
+  }
+  if (!any) picks[Math.min(n - 1, Math.floor(random() * n))] = 1;
+  return picks;
+}
+
+export async function scrub(opts: ScrubOptions): Promise<ScrubResult> {
+  const { meta, store, version, source } = opts;
+  const progress = opts.progress ?? noProgress;
+  const maxProblems = opts.maxProblems ?? 1000;
+  const { sizeBytes: size, blockSize } = version;
+  if (source && source.size !== size) {
+    throw new InputError(
+      `source ${source.name} is ${source.size} bytes but version ${version.uid} is ${size} bytes; deep scrub needs the same image`,
+    );
+  }
+  const n = blockCount(size, blockSize);
+  const full = opts.percent >= 100;
+  const picks = pickBlocks(n, opts.percent, opts.random);
+  const result: ScrubResult = {
+    blocks: n,
+    checked: 0,
+    bad: 0,
+    differing: 0,
+    problems: [],
+    versionsAffected: [],
+    revalidated: false,
+  };
+  const affected = new Set<string>();
+  const note = (p: ScrubProblem) => {
+    if (result.problems.length < maxProblems) result.problems.push(p);
+  };
+
+  // Picked indices with their row, or undefined where the block list has a gap.
+  async function* picked(): AsyncIterable<{ idx: number; row: BlockRow | undefined }> {
+    let next = 0;
+    for await (const row of meta.blocks(version.uid)) {
+      if (row.idx >= n) break;
+      for (; next < row.idx; next++) if (picks[next]) yield { idx: next, row: undefined };
+      if (picks[row.idx]) yield { idx: row.idx, row };
+      next = row.idx + 1;
+    }
+    for (; next < n; next++) if (picks[next]) yield { idx: next, row: undefined };
+  }
+
+  // A checksum is fetched and verified once per run, however many blocks share it.
+  const verified = new Map<string, Promise<string | undefined>>();
+  const verify = (checksum: string, length: number): Promise<string | undefined> => {
+    let p = verified.get(checksum);
+    if (!p) {
+      p = store.get(checksum, length).then(
+        () => undefined,
+        (err: unknown) => {
+          if (err instanceof MissingBlockError || err instanceof CorruptBlockError) return err.message;
+          throw err;
+        },
+      );
+      verified.set(checksum, p);
+    }
+    return p;
+  };
+
+  let total = 0;
+  for (let i = 0; i < n; i++) if (picks[i]) total += blockLength(i, size, blockSize);
+  progress.start(source ? 'deep scrub' : 'scrub', total);
+  try {
+    const checked = mapOrdered(picked(), READ_AHEAD, async ({ idx, row }) => {
+      const length = blockLength(idx, size, blockSize);
+      let damage: string | undefined;
+      if (!row) damage = 'no entry in the block list';
+      else if (row.checksum !== null) damage = await verify(row.checksum, length);
+      else if (row.size !== length) damage = `sparse entry of ${row.size} bytes, expected ${length}`;
+      let differs: string | undefined;
+      if (source && row) {
+        const data = await source.read(idx * blockSize, length);
+        const same = row.checksum === null ? isZero(data) : store.hash(data) === row.checksum;
+        if (!same) differs = `differs from ${source.name} at offset ${idx * blockSize}`;
+      }
+      return { idx, row, length, damage, differs };
+    });
+    const marked = new Set<string>();
+    for await (const r of checked) {
+      result.checked++;
+      progress.advance(r.length);
+      if (r.damage !== undefined) {
+        result.bad++;
+        note({ idx: r.idx, checksum: r.row?.checksum ?? null, kind: 'damaged', reason: r.damage });
+        const checksum = r.row?.checksum ?? null;
+        if (checksum !== null) {
+          if (!marked.has(checksum)) {
+            marked.add(checksum);
+            for (const uid of await meta.markObjectInvalid(checksum)) affected.add(uid);
+          }
+        } else {
+          // A gap or a malformed sparse entry: only this version is concerned.
+          if (r.row) await meta.putBlocks(version.uid, [{ ...r.row, valid: false }]);
+          if (version.status === 'valid') await meta.setVersionStatus(version.uid, 'invalid');
+          affected.add(version.uid);
+        }
+      }
+      if (r.differs !== undefined) {
+        result.differing++;
+        note({ idx: r.idx, checksum: r.row?.checksum ?? null, kind: 'differs', reason: r.differs });
+      }
+    }
+  } finally {
+    progress.stop();
+  }
+  result.versionsAffected = [...affected].sort();
+
+  if (full && result.bad === 0 && version.status === 'invalid') {
+    const problem = await meta.revalidateVersion(version.uid);
+    if (problem === undefined) result.revalidated = true;
+    else result.notRevalidated = problem;
+  }
+  return result;
+}
