@@ -28,9 +28,10 @@ async function cleanup(sb: Sandbox, ...args: string[]) {
 }
 
 function referenced(sb: Sandbox): string[] {
-  return query<{ checksum: string }>(sb, 'SELECT DISTINCT checksum FROM blocks WHERE checksum IS NOT NULL ORDER BY checksum').map(
-    (r) => r.checksum,
-  );
+  return query<{ checksum: string }>(
+    sb,
+    'SELECT DISTINCT checksum FROM blocks WHERE checksum IS NOT NULL ORDER BY checksum',
+  ).map((r) => r.checksum);
 }
 
 describe('cleanup', () => {
@@ -40,8 +41,18 @@ describe('cleanup', () => {
     sb = await Sandbox.create({ defaults: `block_size = ${BS}` });
     imgA = sb.path('a.img');
     imgB = sb.path('b.img');
-    await writeImage(imgA, { blocks: 12, blockSize: BS, seed: 'cl', kinds: (i) => (i === 3 ? 'zero' : 'random') });
-    await writeImage(imgB, { blocks: 12, blockSize: BS, seed: 'cl', kinds: (i) => (i === 3 ? 'zero' : 'random') });
+    await writeImage(imgA, {
+      blocks: 12,
+      blockSize: BS,
+      seed: 'cl',
+      kinds: (i) => (i === 3 ? 'zero' : 'random'),
+    });
+    await writeImage(imgB, {
+      blocks: 12,
+      blockSize: BS,
+      seed: 'cl',
+      kinds: (i) => (i === 3 ? 'zero' : 'random'),
+    });
     await scribble(imgB, 0, 4 * BS, 'b-only'); // B: blocks 0..3 its own, 4..11 shared with A
   });
   after(() => sb.remove());
@@ -66,7 +77,10 @@ describe('cleanup', () => {
     const real = await cleanup(sb);
     assert.deepEqual([real.objects, real.bytes, real.files], [3, 3 * (BS + HEADER), 0]);
     const files = await objectFiles(sb);
-    assert.deepEqual(files, filesBefore.filter((f) => !onlyA.includes(f)));
+    assert.deepEqual(
+      files,
+      filesBefore.filter((f) => !onlyA.includes(f)),
+    );
     assert.deepEqual(files, referenced(sb));
     const out = sb.path('b.out');
     await sb.ok(['restore', b, out]);
@@ -79,7 +93,10 @@ describe('cleanup', () => {
     const before = await objectFiles(sb);
     const run = spawnBacky(sb, ['backup', '-', 'vm-crash']);
     run.child.stdin.write(randomBytesSeeded('crash', 6 * BS));
-    await waitFor('object files of the crashing backup', async () => (await objectFiles(sb)).length >= before.length + 4);
+    await waitFor(
+      'object files of the crashing backup',
+      async () => (await objectFiles(sb)).length >= before.length + 4,
+    );
     run.child.kill('SIGKILL');
     await run.done;
     const [{ uid }] = query<{ uid: string }>(sb, "SELECT uid FROM versions WHERE status = 'incomplete'");

@@ -16,7 +16,10 @@ async function uids(sb: Sandbox): Promise<string[]> {
 async function runningBackup(sb: Sandbox, name: string) {
   const run = spawnBacky(sb, ['backup', '-', name]);
   run.child.stdin.write(randomBytesSeeded(name, 2 * BS));
-  await waitFor('the backup lease', () => query(sb, 'SELECT id FROM leases WHERE pid = ?', run.child.pid).length === 1);
+  await waitFor(
+    'the backup lease',
+    () => query(sb, 'SELECT id FROM leases WHERE pid = ?', run.child.pid).length === 1,
+  );
   const [{ uid }] = query<{ uid: string }>(
     sb,
     'SELECT version_uid AS uid FROM leases WHERE pid = ?',

@@ -35,7 +35,12 @@ describe('scrub', () => {
   before(async () => {
     sb = await Sandbox.create({ defaults: `block_size = ${BS}` });
     imgA = sb.path('a.img');
-    await writeImage(imgA, { blocks: BLOCKS, blockSize: BS, seed: 'a', kinds: (i) => (i % 5 === 4 ? 'zero' : 'random') });
+    await writeImage(imgA, {
+      blocks: BLOCKS,
+      blockSize: BS,
+      seed: 'a',
+      kinds: (i) => (i % 5 === 4 ? 'zero' : 'random'),
+    });
     // B shares every block with A except 0..2.
     await copyFile(imgA, sb.path('b.img'));
     await scribble(sb.path('b.img'), 0, 3 * BS, 'b');
@@ -122,7 +127,10 @@ describe('scrub', () => {
     assert.match(rb.stderr, /block 1: .*missing/);
     assert.deepEqual(invalidIdx(sb, b), [1, 5]);
     assert.deepEqual(invalidIdx(sb, a), [0, 5]);
-    const objs = query<{ checksum: string; valid: number }>(sb, 'SELECT checksum, valid FROM objects WHERE valid = 0');
+    const objs = query<{ checksum: string; valid: number }>(
+      sb,
+      'SELECT checksum, valid FROM objects WHERE valid = 0',
+    );
     assert.deepEqual(objs.map((o) => o.checksum).sort(), [deleted, flipped, truncated].sort());
 
     assert.equal((await sb.run(['scrub', c])).code, 0);
