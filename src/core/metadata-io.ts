@@ -17,10 +17,12 @@
  * buffered), validates the whole file with zod before it writes anything (stdin is spooled to
  * a temp file for that), then reads it again and inserts in batches under a lease.
  *
- * Import and the data store: the point is rebuilding a lost database, so an object file that
- * exists in the data store but has no objects row gets one (its content is verified by the next
- * scrub or restore, like every read). A block whose object is absent, or recorded invalid, is
- * imported as invalid and the version as invalid (it restores with zeros there). Otherwise
+ * Import and the data store: the point is rebuilding a lost database, so every object a block
+ * names is looked up in the data store (stat). A file without an objects row gets one (its
+ * content is verified by the next scrub or restore, like every read). A block whose object
+ * file is absent, or whose object is recorded invalid, is imported as invalid and the version
+ * as invalid (it restores with zeros there); a recorded object whose file is gone is marked
+ * invalid, so that backups store it anew instead of deduplicating against it. Otherwise
  * the version gets the status the file records, after the same check a backup's completion
  * makes. The version never references anything outside the store: checksums are strictly
  * 64 lower-case hex characters, which is all the data store accepts as a key.

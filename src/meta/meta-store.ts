@@ -789,10 +789,12 @@ export class MetaStore {
   // ---- import ----
 
   /**
-   * Makes `checksums` usable by an imported version under the caller's lease: refreshes
-   * last_seen of recorded objects (so a concurrent cleanup keeps them) and records objects
-   * that exist in the data store (`present` gives their stored size) but have no row.
-   * Returns the checksums backed by a valid recorded object.
+   * Makes `checksums` usable by an imported version under the caller's lease. First refreshes
+   * last_seen of recorded objects (from then on a concurrent cleanup keeps them; files without
+   * a row are kept by the lease itself), then asks `present` for each object's stored size in
+   * the data store: a file without a row gets one; a recorded object whose file is gone is
+   * marked invalid, so that no backup dedups against it. Returns the checksums that are
+   * recorded, valid and present.
    */
   async adoptObjects(
     checksums: readonly string[],
@@ -814,25 +816,39 @@ export class MetaStore {
       return new Map(rows.map((r) => [r.checksum, Number(r.valid) === 1]));
     });
     const found: { checksum: string; storedSize: number }[] = [];
+    const gone: string[] = [];
+    const ok = new Set<string>();
     for (const c of checksums) {
-      if (known.has(c)) continue;
       const size = await present(c);
-      if (size !== undefined) found.push({ checksum: c, storedSize: size });
+      const recorded = known.get(c);
+      if (size === undefined) {
+        if (recorded) gone.push(c);
+      } else if (recorded === undefined) {
+        found.push({ checksum: c, storedSize: size });
+        ok.add(c);
+      } else if (recorded) ok.add(c);
     }
-    if (found.length > 0) {
+    if (found.length > 0 || gone.length > 0) {
       await this.write(async (tx) => {
-        await tx
-          .insertInto('objects')
-          .values(
-            found.map((o) => ({ checksum: o.checksum, stored_size: o.storedSize, valid: 1, last_seen: now })),
-          )
-          .onConflict((oc) => oc.column('checksum').doUpdateSet({ last_seen: now }))
-          .execute();
+        if (found.length > 0) {
+          await tx
+            .insertInto('objects')
+            .values(
+              found.map((o) => ({
+                checksum: o.checksum,
+                stored_size: o.storedSize,
+                valid: 1,
+                last_seen: now,
+              })),
+            )
+            .onConflict((oc) => oc.column('checksum').doUpdateSet({ last_seen: now }))
+            .execute();
+        }
+        if (gone.length > 0) {
+          await tx.updateTable('objects').set({ valid: 0 }).where('checksum', 'in', gone).execute();
+        }
       });
     }
-    const ok = new Set<string>();
-    for (const [c, valid] of known) if (valid) ok.add(c);
-    for (const o of found) ok.add(o.checksum);
     return ok;
   }
 

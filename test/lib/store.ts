@@ -32,7 +32,10 @@ export function dumpDb(sb: Sandbox): string {
 }
 
 /** The block list of a version: checksum (null when sparse) and validity, by index. */
-export function blockRows(sb: Sandbox, uid: string): { idx: number; checksum: string | null; valid: number }[] {
+export function blockRows(
+  sb: Sandbox,
+  uid: string,
+): { idx: number; checksum: string | null; valid: number }[] {
   return query(sb, 'SELECT idx, checksum, valid FROM blocks WHERE version_uid = ? ORDER BY idx', uid);
 }
 
@@ -60,7 +63,10 @@ export async function objectFiles(sb: Sandbox): Promise<string[]> {
 }
 
 /** `backy -c cfg ...args` with a stdin the caller writes to and ends. */
-export function spawnBacky(sb: Sandbox, args: string[]): {
+export function spawnBacky(
+  sb: Sandbox,
+  args: string[],
+): {
   child: ChildProcessWithoutNullStreams;
   done: Promise<{ code: number | null; signal: NodeJS.Signals | null; stdout: string; stderr: string }>;
 } {
@@ -70,17 +76,24 @@ export function spawnBacky(sb: Sandbox, args: string[]): {
   child.stdout.on('data', (b: Buffer) => (stdout += b.toString()));
   child.stderr.on('data', (b: Buffer) => (stderr += b.toString()));
   child.stdin.on('error', () => {});
-  const done = new Promise<{ code: number | null; signal: NodeJS.Signals | null; stdout: string; stderr: string }>(
-    (resolve, reject) => {
-      child.on('error', reject);
-      child.on('close', (code, signal) => resolve({ code, signal, stdout, stderr }));
-    },
-  );
+  const done = new Promise<{
+    code: number | null;
+    signal: NodeJS.Signals | null;
+    stdout: string;
+    stderr: string;
+  }>((resolve, reject) => {
+    child.on('error', reject);
+    child.on('close', (code, signal) => resolve({ code, signal, stdout, stderr }));
+  });
   return { child, done };
 }
 
 /** Polls `cond` every 50 ms until it holds; fails after `ms`. */
-export async function waitFor(what: string, cond: () => boolean | Promise<boolean>, ms = 20_000): Promise<void> {
+export async function waitFor(
+  what: string,
+  cond: () => boolean | Promise<boolean>,
+  ms = 20_000,
+): Promise<void> {
   const end = Date.now() + ms;
   while (!(await cond())) {
     if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
