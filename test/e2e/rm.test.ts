@@ -60,6 +60,9 @@ describe('rm', () => {
       assert.match(r.stderr, /still being written by pid \d+.*--force/);
       assert.equal(r.stderr.split('\n').filter((l) => l.includes('ERROR')).length, 1);
       assert.ok((await uids(sb)).includes(run.uid));
+      const scrub = await sb.run(['scrub', run.uid]);
+      assert.equal(scrub.code, 1);
+      assert.match(scrub.stderr, /is incomplete/);
       await sb.ok(['rm', '--force', run.uid]);
       assert.ok(!(await uids(sb)).includes(run.uid));
     } finally {

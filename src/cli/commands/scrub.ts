@@ -1,5 +1,5 @@
 import { scrub } from '../../core/scrub.js';
-import { IntegrityError, UsageError } from '../../errors.js';
+import { InputError, IntegrityError, UsageError } from '../../errors.js';
 import { openSource } from '../../source/source.js';
 import type { RandomSource } from '../../source/source.js';
 import type { Context } from '../context.js';
@@ -26,6 +26,11 @@ export async function scrubCommand(
   const meta = await ctx.meta();
   const store = await ctx.store();
   const version = await meta.getVersion(uid);
+  if (version.status === 'incomplete') {
+    throw new InputError(
+      `version ${uid} is incomplete (its backup is running or crashed): nothing to verify yet; wait for it, or remove it with 'backy rm'`,
+    );
+  }
   let source: RandomSource | undefined;
   if (opts.source !== undefined) {
     const s = await openSource(opts.source);
