@@ -1,0 +1,60 @@
+import assert from 'node:assert/strict';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { MetaStore, nowMicros } from '../meta/meta-store.js';
+
+/** The re-check inside cleanup's delete transaction, on a real SQLite file. */
+describe('MetaStore.deleteGarbage', () => {
+  let dir: string;
+  let meta: MetaStore;
+  before(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'backy-gc-'));
+    meta = await MetaStore.open(`sqlite:///${join(dir, 'db.sqlite')}`);
+  });
+  after(async () => {
+    await meta.close();
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  it('keeps what a leased backup touched even when the cutoff is later (clock skew)', async () => {
+    const x = 'aa'.repeat(32);
+    const y = 'bb'.repeat(32);
+    await meta.recordObjects(
+      [
+        { checksum: x, storedSize: 10 },
+        { checksum: y, storedSize: 20 },
+      ],
+      1000,
+    );
+    const lease = await meta.acquireLease('backup', null);
+    assert.ok(await meta.touchObject(x, nowMicros()));
+    const unlinked: string[] = [];
+    // A cutoff far in the future: a cleanup whose clock runs ahead of the backup's host.
+    const gone = await meta.deleteGarbage([x, y], Number.MAX_SAFE_INTEGER, async (c) => {
+      unlinked.push(...c);
+    });
+    assert.deepEqual(gone, [{ checksum: y, storedSize: 20 }]);
+    assert.deepEqual(unlinked, [y]);
+    assert.equal(await meta.touchObject(y, nowMicros()), false, 'y is gone');
+
+    await meta.releaseLease(lease.id);
+    const later = await meta.deleteGarbage([x], Number.MAX_SAFE_INTEGER, async () => {});
+    assert.deepEqual(later, [{ checksum: x, storedSize: 10 }], 'without the lease x is garbage');
+  });
+
+  it('keeps a row when unlinking fails (the transaction rolls back)', async () => {
+    const z = 'cc'.repeat(32);
+    await meta.recordObjects([{ checksum: z, storedSize: 5 }], 1000);
+    await assert.rejects(
+      meta.deleteGarbage([z], Number.MAX_SAFE_INTEGER, async () => {
+        throw new Error('EIO');
+      }),
+      /EIO/,
+    );
+    assert.deepEqual(await meta.garbageCandidates(Number.MAX_SAFE_INTEGER, ''), [
+      { checksum: z, storedSize: 5 },
+    ]);
+  });
+});
