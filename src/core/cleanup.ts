@@ -24,15 +24,20 @@
  *   clock. Each delete transaction re-reads the lease table and keeps anything last seen at
  *   or after the start of any lease present, so neither our cutoff being stale nor clock skew
  *   between hosts matters for backups that hold a lease.
- * - The delete transaction excludes every other writer (SQLite BEGIN IMMEDIATE; PostgreSQL
- *   table locks), and touchObject and lease creation are writes. So a backup's dedup lookup
- *   either ran before it (last_seen is recent, or its lease is visible: the object stays) or
- *   runs after its commit, finds no row, and stores the object anew. The file is unlinked
+ * - The delete transaction excludes every other writer of those objects (SQLite: BEGIN
+ *   IMMEDIATE excludes all writers; PostgreSQL: the object rows are locked FOR UPDATE), and
+ *   touchObject is a write. So a backup's dedup lookup either ran before it (last_seen is
+ *   recent, or the backup's lease is visible: the object stays) or runs after its commit,
+ *   finds no row, and stores the object anew. A backup adds a block entry for an object only
+ *   after touching or recording it under its lease (or by copying a base's entries, which
+ *   already reference it), so "unreferenced" cannot change behind the re-check either. The file is unlinked
  *   inside the transaction, before the commit: unlinking after the commit could remove the
  *   copy a backup stored in between.
  * - Files without a row may belong to a backup that renamed them into place and has not yet
- *   recorded them; they are removed only inside an exclusive transaction that sees no lease at
- *   all, so no backup can be between those two steps (it would have needed a lease first).
+ *   recorded them; they are removed only inside a transaction that sees no lease at all and
+ *   keeps new leases out until it ends (SQLite: BEGIN IMMEDIATE; PostgreSQL: the leases table
+ *   locked against writes), so no backup can be between those two steps (it needs its lease
+ *   first).
  */
 import { rm, stat } from 'node:fs/promises';
 import type { MetaStore, Version } from '../meta/meta-store.js';

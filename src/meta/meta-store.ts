@@ -635,14 +635,16 @@ export class MetaStore {
   // ---- cleanup ----
 
   /**
-   * A write transaction that excludes every other writer for its duration: SQLite's BEGIN
-   * IMMEDIATE does; on PostgreSQL the tables a backup writes are locked against writes (SHARE
-   * ROW EXCLUSIVE conflicts with the ROW EXCLUSIVE lock INSERT/UPDATE/DELETE take).
+   * A cleanup transaction. SQLite: BEGIN IMMEDIATE, which excludes every other writer.
+   * PostgreSQL: with `leases`, the leases table is locked against writes (SHARE ROW EXCLUSIVE
+   * conflicts with the ROW EXCLUSIVE lock an INSERT takes), so no lease can appear meanwhile;
+   * object rows are locked one by one in deleteGarbage. Locking only one table keeps a
+   * consistent lock order with the backups' transactions (no deadlock).
    */
-  async #exclusive<T>(fn: (tx: Kysely<Database>) => Promise<T>): Promise<T> {
+  async #cleanupTx<T>(opts: { leases: boolean }, fn: (tx: Kysely<Database>) => Promise<T>): Promise<T> {
     return this.write(async (tx) => {
-      if (this.dialect === 'postgres') {
-        await sql`LOCK TABLE leases, objects, blocks, versions IN SHARE ROW EXCLUSIVE MODE`.execute(tx);
+      if (this.dialect === 'postgres' && opts.leases) {
+        await sql`LOCK TABLE leases IN SHARE ROW EXCLUSIVE MODE`.execute(tx);
       }
       return fn(tx);
     });
@@ -666,7 +668,7 @@ export class MetaStore {
 
   /** Removes an incomplete version if still no lease names it (re-checked in the transaction). */
   async removeOrphanedIncompleteVersion(uid: string): Promise<boolean> {
-    return this.#exclusive(async (tx) => {
+    return this.#cleanupTx({ leases: true }, async (tx) => {
       const v = await tx.selectFrom('versions').select('status').where('uid', '=', uid).executeTakeFirst();
       if (!v || v.status !== 'incomplete') return false;
       const lease = await tx
@@ -704,8 +706,9 @@ export class MetaStore {
   }
 
   /**
-   * Deletes the given objects that are, re-checked inside one exclusive write transaction,
-   * still unreferenced and last seen before both `cutoff` and the start of every lease now
+   * Deletes the given objects that are, re-checked inside one write transaction that no
+   * other writer of these objects can interleave with (SQLite: BEGIN IMMEDIATE; PostgreSQL:
+   * their rows locked FOR UPDATE), still unreferenced and last seen before both `cutoff` and the start of every lease now
    * in the table. `unlink` removes their files inside the transaction, before the rows go.
    * Returns what was deleted.
    */
@@ -715,7 +718,17 @@ export class MetaStore {
     unlink: (checksums: string[]) => Promise<void>,
   ): Promise<{ checksum: string; storedSize: number }[]> {
     if (checksums.length === 0) return [];
-    return this.#exclusive(async (tx) => {
+    return this.#cleanupTx({ leases: false }, async (tx) => {
+      if (this.dialect === 'postgres') {
+        // Row locks: a concurrent touchObject or recordObjects of these objects waits for our
+        // commit and then finds the row gone (touch fails, so the backup stores it anew).
+        await tx
+          .selectFrom('objects')
+          .select('checksum')
+          .where('checksum', 'in', checksums)
+          .forUpdate()
+          .execute();
+      }
       const oldest = await tx
         .selectFrom('leases')
         .select((eb) => eb.fn.min('started').as('started'))
@@ -760,8 +773,8 @@ export class MetaStore {
   }
 
   /**
-   * Runs `fn` on the keys among `keys` that have no objects row, inside one exclusive write
-   * transaction, but only when no lease exists at all: a running backup may have renamed an
+   * Runs `fn` on the keys among `keys` that have no objects row, inside one write transaction
+   * that keeps new leases out (SQLite: BEGIN IMMEDIATE; PostgreSQL: leases locked), but only when no lease exists at all: a running backup may have renamed an
    * object into place and not yet recorded it, and its lease keeps such files. Returns false
    * (without calling fn) when a lease exists.
    */
@@ -769,7 +782,7 @@ export class MetaStore {
     keys: readonly string[],
     fn: (unrecorded: string[]) => Promise<void>,
   ): Promise<boolean> {
-    return this.#exclusive(async (tx) => {
+    return this.#cleanupTx({ leases: true }, async (tx) => {
       const lease = await tx.selectFrom('leases').select('id').executeTakeFirst();
       if (lease) return false;
       const recorded = new Set<string>();
