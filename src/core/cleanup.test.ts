@@ -58,3 +58,28 @@ describe('MetaStore.deleteGarbage', () => {
     ]);
   });
 });
+
+describe('MetaStore.touchObject and cleanup', () => {
+  let dir: string;
+  let meta: MetaStore;
+  before(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'backy-gc-'));
+    meta = await MetaStore.open(`sqlite:///${join(dir, 'db.sqlite')}`);
+  });
+  after(async () => {
+    await meta.close();
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  it('an invalid object is no dedup target, but touching it keeps cleanup off the copy about to be stored', async () => {
+    const x = 'dd'.repeat(32);
+    await meta.recordObjects([{ checksum: x, storedSize: 10 }], 1000);
+    await meta.markObjectInvalid(x);
+    const lease = await meta.acquireLease('backup', null);
+    assert.equal(await meta.touchObject(x, nowMicros()), false, 'invalid: store it again');
+    // The backup now writes a fresh file under x's name; a cleanup runs before it records x.
+    const gone = await meta.deleteGarbage([x], Number.MAX_SAFE_INTEGER, async () => {});
+    assert.deepEqual(gone, [], "the backup's fresh copy must survive");
+    await meta.releaseLease(lease.id);
+  });
+});

@@ -19,7 +19,8 @@
  *   block entry names, re-checked inside the transaction that deletes them.
  * - A running backup holds a lease from before its first object access until after its
  *   version is complete (created with the version in one transaction). Every object it
- *   dedups against gets last_seen = now (touchObject) and every object it stores is
+ *   looks up gets last_seen = now (touchObject; also when the row is invalid and the backup
+ *   is about to store a fresh copy under the same name) and every object it stores is
  *   recorded with last_seen = now, both later than its lease's start on the backup's own
  *   clock. Each delete transaction re-reads the lease table and keeps anything last seen at
  *   or after the start of any lease present, so neither our cutoff being stale nor clock skew

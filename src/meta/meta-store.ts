@@ -575,17 +575,19 @@ export class MetaStore {
   // ---- objects ----
 
   /**
-   * If a valid object with this checksum is recorded, refreshes its last_seen (so a concurrent
-   * cleanup keeps it) and returns true. Invalid objects are never dedup targets.
+   * Refreshes the last_seen of a recorded object (so a concurrent cleanup keeps it) and
+   * returns true if it is valid. Invalid objects are never dedup targets, but their last_seen
+   * is refreshed too: the caller is about to store the object again under the same name, and
+   * a cleanup must not unlink that new file because the row looked stale.
    */
   async touchObject(checksum: string, now: number): Promise<boolean> {
-    const res = await this.#db
+    const row = await this.#db
       .updateTable('objects')
       .set({ last_seen: now })
       .where('checksum', '=', checksum)
-      .where('valid', '=', 1)
+      .returning('valid')
       .executeTakeFirst();
-    return Number(res.numUpdatedRows) > 0;
+    return row !== undefined && Number(row.valid) === 1;
   }
 
   /** Records objects just written durably (valid, last_seen = now), replacing damaged entries. */
