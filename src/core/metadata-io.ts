@@ -276,7 +276,13 @@ export async function exportVersion(opts: { meta: MetaStore; uid: string; out: W
   await write(`${JSON.stringify(headerOf(v, meta.hashFunction))}\n`);
   let n = 0;
   let buf = '';
+  const expected = blockCount(v.sizeBytes, v.blockSize);
+  const gap = () =>
+    new InputError(
+      `version ${v.uid} lacks block entries (a backup that failed verification); it cannot be exported, only restored or removed`,
+    );
   for await (const b of meta.blocks(v.uid)) {
+    if (b.idx !== n || b.idx >= expected) throw gap();
     buf += `${JSON.stringify({ idx: b.idx, checksum: b.checksum, size: b.size, valid: b.valid })}\n`;
     n++;
     if (buf.length >= 64 * 1024) {
@@ -284,6 +290,7 @@ export async function exportVersion(opts: { meta: MetaStore; uid: string; out: W
       buf = '';
     }
   }
+  if (n !== expected) throw gap();
   await write(`${buf}${JSON.stringify({ end: EXPORT_FORMAT, blocks: n })}\n`);
   return n;
 }

@@ -6,6 +6,7 @@
 import assert from 'node:assert/strict';
 import { readFile, rm, writeFile } from 'node:fs/promises';
 import { after, before, describe, it } from 'node:test';
+import SQLite from 'better-sqlite3';
 import { Sandbox, assertSameBytes, parseLsMachine } from '../lib/cli.js';
 import { writeImage } from '../lib/image.js';
 import { blockRows, dumpDb, objectFiles, objectPath } from '../lib/store.js';
@@ -129,6 +130,22 @@ describe('export and import', () => {
     await sb.ok(['import', again]);
     assert.equal(await lsLines(sb), before);
     assert.deepEqual(blockRows(sb, b), rows);
+  });
+
+  it('refuses to export a version with missing block entries, leaving no file', async () => {
+    const uid = await sb.backup([img2, 'vm-gap']);
+    // A block list with a hole is what a backup that failed verification can leave; made here
+    // by deleting a row directly, since no command produces it on purpose.
+    const db = new SQLite(sb.dbPath, { timeout: 10_000 });
+    db.prepare('DELETE FROM blocks WHERE version_uid = ? AND idx = 2').run(uid);
+    db.prepare("UPDATE versions SET status = 'invalid' WHERE uid = ?").run(uid);
+    db.close();
+    const file = sb.path('gap.jsonl');
+    const r = await sb.run(['export', uid, file]);
+    assert.equal(r.code, 1);
+    assert.match(oneErrorLine(r.stderr), /lacks block entries/);
+    await assert.rejects(readFile(file), /ENOENT/);
+    await sb.ok(['rm', uid]);
   });
 
   it('refuses hostile export files with one line and no change to the store', async () => {
