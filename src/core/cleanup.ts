@@ -120,7 +120,12 @@ export async function cleanup(opts: {
   try {
     let after = '';
     for (;;) {
-      const page = await meta.garbageCandidates(cutoff, after, PAGE);
+      const page = await meta.garbageCandidates(
+        cutoff,
+        after,
+        PAGE,
+        dryRun ? result.versionsRemoved.map((v) => v.uid) : [],
+      );
       if (page.length === 0) break;
       after = page[page.length - 1].checksum;
       const gone = dryRun

@@ -690,17 +690,19 @@ export class MetaStore {
     cutoff: number,
     after: string,
     limit = INSERT_BATCH,
+    /** Count these versions' block entries as gone (a dry run that would remove them). */
+    ignoreVersions: readonly string[] = [],
   ): Promise<{ checksum: string; storedSize: number }[]> {
     const rows = await this.#db
       .selectFrom('objects as o')
       .select(['o.checksum', 'o.stored_size'])
       .where('o.checksum', '>', after)
       .where('o.last_seen', '<', cutoff)
-      .where((eb) =>
-        eb.not(
-          eb.exists(eb.selectFrom('blocks as b').select('b.idx').whereRef('b.checksum', '=', 'o.checksum')),
-        ),
-      )
+      .where((eb) => {
+        let refs = eb.selectFrom('blocks as b').select('b.idx').whereRef('b.checksum', '=', 'o.checksum');
+        if (ignoreVersions.length > 0) refs = refs.where('b.version_uid', 'not in', ignoreVersions);
+        return eb.not(eb.exists(refs));
+      })
       .orderBy('o.checksum')
       .limit(limit)
       .execute();

@@ -108,7 +108,11 @@ describe('cleanup', () => {
     const old = new Date(Date.now() - 3600_000);
     await utimes(tmp, old, old);
 
+    const dbBefore = dumpDb(sb);
+    const dry = await cleanup(sb, '--dry-run');
+    assert.equal(dumpDb(sb), dbBefore, 'a dry run releases and removes nothing');
     const r = await cleanup(sb);
+    assert.deepEqual([dry.objects, dry.files, dry.removed], [r.objects, r.files, r.removed]);
     assert.deepEqual(r.removed, [uid]);
     assert.ok(r.files >= 5, `unrecorded object files and the temp file go, got ${r.files}`);
     assert.deepEqual(query(sb, 'SELECT * FROM leases'), []);
