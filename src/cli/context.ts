@@ -6,6 +6,7 @@ import { InputError } from '../errors.js';
 import { MetaStore } from '../meta/meta-store.js';
 import { BlockStore } from '../storage/block-store.js';
 import { DirBackend } from '../storage/dir-backend.js';
+import { HashPool } from '../util/hash-pool.js';
 import type { Logger } from '../util/log.js';
 
 export class Context {
@@ -15,6 +16,7 @@ export class Context {
   #config: Config | undefined;
   #meta: MetaStore | undefined;
   #store: BlockStore | undefined;
+  #hashPool: HashPool | undefined;
 
   constructor(log: Logger, opts: { machine: boolean; config?: string }) {
     this.log = log;
@@ -45,9 +47,11 @@ export class Context {
   async store(): Promise<BlockStore> {
     if (!this.#store) {
       const meta = await this.meta();
+      this.#hashPool = new HashPool(meta.hashFunction);
       this.#store = new BlockStore(
         new DirBackend(this.config.dataBackend.path),
         hasherFor(meta.hashFunction),
+        this.#hashPool,
       );
     }
     return this.#store;
@@ -60,6 +64,7 @@ export class Context {
 
   async close(): Promise<void> {
     await this.#store?.backend.close();
+    await this.#hashPool?.close();
     await this.#meta?.close();
   }
 }

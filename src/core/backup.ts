@@ -2,8 +2,11 @@
  * The backup pipeline: plan -> read (several blocks in flight) -> zero check -> hash ->
  * dedup (this run, then the objects table) -> store -> record (batched transactions).
  *
- * Memory: at most READ_AHEAD blocks are in flight (read, hashed or being stored), plus one
- * batch of block rows: about READ_AHEAD x block size, whatever the image size.
+ * Concurrency: blocksInFlight() blocks (8 of 4 MiB) are read, zero-checked, hashed (on the
+ * HashPool's worker threads, when the store has one) and stored at once; results are recorded
+ * in order. Each block lives in one buffer of a fixed BufferPool from read to store, so
+ * memory is that many block buffers plus one batch of block rows, whatever the image size,
+ * and nothing is allocated per block.
  *
  * Safety: a version starts incomplete and under a lease (cleanup keeps everything a leased
  * backup stores or references); an object is durable before any row names it; the version
@@ -18,11 +21,13 @@ import type { BlockRow, MetaStore, Version } from '../meta/meta-store.js';
 import { nowMicros } from '../meta/meta-store.js';
 import type { BlockStore } from '../storage/block-store.js';
 import type { Source } from '../source/source.js';
+import { BufferPool, blocksInFlight } from '../util/buffer-pool.js';
 import { mapOrdered } from '../util/concurrency.js';
 import { KEEP, READ, countActions, pickKeepBlocks, plan } from './plan.js';
 import { noProgress } from './progress.js';
 import type { ProgressReporter } from './progress.js';
 
+/** Blocks in flight in pipelines without a BufferPool (backup-export-diff.ts). */
 export const READ_AHEAD = 8;
 const ROW_BATCH = 1000;
 export const HEARTBEAT_MS = 30_000;
@@ -120,14 +125,18 @@ export async function backup(opts: BackupOptions): Promise<BackupResult> {
           if (actions[idx] !== KEEP) yield idx;
         }
       };
-      const results = mapOrdered(work(), READ_AHEAD, async (idx) => {
+      const inFlight = blocksInFlight(blockSize);
+      const buffers = new BufferPool(inFlight, blockSize);
+      const results = mapOrdered(work(), inFlight, async (idx) => {
         const length = blockLength(idx, total, blockSize);
-        if (actions[idx] !== READ) return { idx, length, data: undefined };
-        const data = await source.read(idx * blockSize, length);
-        return { idx, length, data, stored: await writer.store(data) };
+        if (actions[idx] !== READ) return { idx, length, read: false, stored: undefined };
+        return buffers.with(async (buf) => {
+          const data = await source.read(idx * blockSize, length, buf);
+          return { idx, length, read: true, stored: await writer.store(data) };
+        });
       });
       for await (const r of results) {
-        if (r.data) {
+        if (r.read) {
           stats.read++;
           stats.bytesRead += r.length;
           progress.advance(r.length);
@@ -138,20 +147,26 @@ export async function backup(opts: BackupOptions): Promise<BackupResult> {
       progress.start('backup', undefined);
       let idx = 0;
       let total = 0;
+      const inFlight = blocksInFlight(blockSize);
+      // One more buffer than tasks: the stream fills the next block while `inFlight` are stored.
+      const buffers = new BufferPool(inFlight + 1, blockSize);
       const chunks = (async function* () {
-        for await (const data of source.chunks(blockSize)) yield { idx: idx++, data };
+        for await (const data of source.chunks(blockSize, () => buffers.acquire()))
+          yield { idx: idx++, data };
       })();
-      const results = mapOrdered(chunks, READ_AHEAD, async ({ idx, data }) => ({
-        idx,
-        data,
-        stored: await writer.store(data),
-      }));
+      const results = mapOrdered(chunks, inFlight, async ({ idx, data }) => {
+        try {
+          return { idx, length: data.length, stored: await writer.store(data) };
+        } finally {
+          buffers.release(data);
+        }
+      });
       for await (const r of results) {
         stats.read++;
-        stats.bytesRead += r.data.length;
-        total += r.data.length;
-        progress.advance(r.data.length);
-        await writer.add(r.idx, r.data.length, r.stored, stats);
+        stats.bytesRead += r.length;
+        total += r.length;
+        progress.advance(r.length);
+        await writer.add(r.idx, r.length, r.stored, stats);
       }
       stats.blocks = idx;
       size = total;
@@ -206,7 +221,7 @@ async function checkHintsAgainstBase(
         `base version ${base.uid} has no entry for block ${idx}; run 'backy scrub ${base.uid}'`,
       );
     const data = await source.read(idx * blockSize, row.size);
-    const same = row.checksum === null ? isZero(data) : store.hash(data) === row.checksum;
+    const same = row.checksum === null ? isZero(data) : (await store.digest(data)) === row.checksum;
     if (!same) {
       throw new InputError(
         `hints are wrong: block ${idx} (offset ${idx * blockSize}) differs from base ${base.uid} although no hint covers it; ` +
@@ -239,10 +254,14 @@ export class BlockWriter {
     this.#uid = uid;
   }
 
-  /** Stores one block read from the source; undefined for an all-zero (sparse) block. */
+  /**
+   * Stores one block read from the source; undefined for an all-zero (sparse) block. `data` is
+   * not used after the promise settles (the caller may reuse the buffer then), and must not be
+   * changed before.
+   */
   async store(data: Buffer): Promise<Stored | undefined> {
     if (isZero(data)) return undefined;
-    const checksum = this.#store.hash(data);
+    const checksum = await this.#store.digest(data);
     let pending = this.#known.get(checksum);
     if (pending) {
       await pending;

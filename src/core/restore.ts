@@ -2,18 +2,21 @@
  * The restore pipeline: block list in order -> fetch and verify (several in flight) -> write.
  * A missing or damaged block is recorded (object, block entries and versions marked invalid),
  * written as zeros, and the restore goes on: the image is always written whole.
- * Memory: READ_AHEAD blocks in flight plus one page of the block list.
+ * Concurrency: blocksInFlight() blocks are fetched, verified (hashed on the HashPool's
+ * workers when the store has one) and, for a positional target (file, block device), written
+ * at their offsets at once; stdout gets them in order. Each block lives in one buffer of a
+ * fixed BufferPool, so memory is that many block buffers plus one page of the block list.
  */
 import { blockCount, blockLength, zeros } from '../blocks/blocks.js';
 import { CorruptBlockError, MissingBlockError } from '../errors.js';
 import type { BlockRow, MetaStore, Version } from '../meta/meta-store.js';
+import { HEADER_SIZE } from '../storage/block-store.js';
 import type { BlockStore } from '../storage/block-store.js';
 import type { Target } from '../target/target.js';
+import { BufferPool, blocksInFlight } from '../util/buffer-pool.js';
 import { mapOrdered } from '../util/concurrency.js';
 import { noProgress } from './progress.js';
 import type { ProgressReporter } from './progress.js';
-
-const READ_AHEAD = 8;
 
 export interface BadBlock {
   idx: number;
@@ -55,25 +58,43 @@ export async function restore(opts: {
     while (next < n) yield { idx: next++, row: undefined };
   }
 
+  const positional = target.positional;
+  const inFlight = blocksInFlight(blockSize);
+  // Positional targets are written inside the tasks; for stdout one more buffer waits its turn.
+  const buffers = new BufferPool(inFlight + (positional ? 0 : 1), HEADER_SIZE + blockSize);
+
+  /** Writes a block's data, or zeros for a sparse/bad block (none with -s on a positional target). */
+  const put = async (idx: number, length: number, data: Buffer | undefined): Promise<boolean> => {
+    if (data) await target.write(idx * blockSize, data);
+    else if (skipZeros) return false;
+    else await target.write(idx * blockSize, zeros(length));
+    return true;
+  };
+
   progress.start('restore', size);
   try {
-    const fetched = mapOrdered(entries(), READ_AHEAD, async ({ idx, row }) => {
+    const fetched = mapOrdered(entries(), inFlight, async ({ idx, row }) => {
       const length = blockLength(idx, size, blockSize);
-      if (!row)
-        return {
-          idx,
-          length,
-          data: undefined,
-          bad: { idx, checksum: null, reason: 'no entry in the block list' },
-        };
-      if (row.checksum === null) return { idx, length, data: undefined };
-      try {
-        return { idx, length, data: await store.get(row.checksum, length) };
-      } catch (err) {
-        if (err instanceof MissingBlockError || err instanceof CorruptBlockError) {
-          return { idx, length, data: undefined, bad: { idx, checksum: row.checksum, reason: err.message } };
+      let bad: BadBlock | undefined;
+      let data: Buffer | undefined;
+      let buf: Buffer | undefined;
+      if (!row) bad = { idx, checksum: null, reason: 'no entry in the block list' };
+      else if (row.checksum !== null) {
+        buf = await buffers.acquire();
+        try {
+          data = await store.get(row.checksum, length, buf);
+        } catch (err) {
+          buffers.release(buf);
+          buf = undefined;
+          if (!(err instanceof MissingBlockError || err instanceof CorruptBlockError)) throw err;
+          bad = { idx, checksum: row.checksum, reason: err.message };
         }
-        throw err;
+      }
+      if (!positional) return { idx, length, bad, data, buf, written: undefined };
+      try {
+        return { idx, length, bad, data: undefined, buf: undefined, written: await put(idx, length, data) };
+      } finally {
+        if (buf) buffers.release(buf);
       }
     });
     const marked = new Set<string>();
@@ -89,15 +110,16 @@ export async function restore(opts: {
           await meta.setVersionStatus(version.uid, 'invalid');
         }
       }
-      if (r.data) {
-        await target.write(r.idx * blockSize, r.data);
-        result.blocksWritten++;
-      } else if (skipZeros) {
-        result.blocksSkipped++;
-      } else {
-        await target.write(r.idx * blockSize, zeros(r.length));
-        result.blocksWritten++;
+      let written = r.written;
+      if (written === undefined) {
+        try {
+          written = await put(r.idx, r.length, r.data);
+        } finally {
+          if (r.buf) buffers.release(r.buf);
+        }
       }
+      if (written) result.blocksWritten++;
+      else result.blocksSkipped++;
       progress.advance(r.length);
     }
     await target.finish();

@@ -12,16 +12,22 @@ export interface RandomSource {
   readonly kind: 'random';
   readonly name: string;
   readonly size: number;
-  /** Exactly `length` bytes at `offset`, or an error naming the source and offset. */
-  read(offset: number, length: number): Promise<Buffer>;
+  /**
+   * Exactly `length` bytes at `offset`, or an error naming the source and offset. With `into`
+   * (at least `length` bytes) the data lands there and the result is a view of it.
+   */
+  read(offset: number, length: number, into?: Buffer): Promise<Buffer>;
   close(): Promise<void>;
 }
 
 export interface StreamSource {
   readonly kind: 'stream';
   readonly name: string;
-  /** Consecutive chunks of `blockSize` bytes; only the last may be shorter. */
-  chunks(blockSize: number): AsyncIterable<Buffer>;
+  /**
+   * Consecutive chunks of `blockSize` bytes; only the last may be shorter. With `alloc`, each
+   * chunk is a view of a buffer it returned (at least `blockSize` bytes; the caller frees it).
+   */
+  chunks(blockSize: number, alloc?: () => Promise<Buffer>): AsyncIterable<Buffer>;
   close(): Promise<void>;
 }
 
@@ -81,8 +87,8 @@ class FileSource implements RandomSource {
     this.size = size;
   }
 
-  async read(offset: number, length: number): Promise<Buffer> {
-    const buf = Buffer.allocUnsafe(length);
+  async read(offset: number, length: number, into?: Buffer): Promise<Buffer> {
+    const buf = into ? into.subarray(0, length) : Buffer.allocUnsafe(length);
     let done = 0;
     while (done < length) {
       let bytesRead: number;
@@ -112,24 +118,28 @@ function streamSource(name: string, stream: Readable): StreamSource {
   return {
     kind: 'stream',
     name,
-    async *chunks(blockSize: number) {
-      let block = Buffer.allocUnsafe(blockSize);
+    async *chunks(blockSize: number, alloc?: () => Promise<Buffer>) {
+      // Taken only when data arrives, so a stream that ends on a block boundary leaves none unused.
+      const next = async () =>
+        alloc ? (await alloc()).subarray(0, blockSize) : Buffer.allocUnsafe(blockSize);
+      let block: Buffer | undefined;
       let filled = 0;
       for await (const piece of stream as AsyncIterable<Buffer>) {
         let pos = 0;
         while (pos < piece.length) {
+          block ??= await next();
           const n = Math.min(piece.length - pos, blockSize - filled);
           piece.copy(block, filled, pos, pos + n);
           filled += n;
           pos += n;
           if (filled === blockSize) {
             yield block;
-            block = Buffer.allocUnsafe(blockSize);
+            block = undefined;
             filled = 0;
           }
         }
       }
-      if (filled > 0) yield block.subarray(0, filled);
+      if (block && filled > 0) yield block.subarray(0, filled);
     },
     async close() {
       stream.destroy();

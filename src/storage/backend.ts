@@ -6,6 +6,8 @@
  *   when put resolves the object survives a crash, and no reader ever sees a partial object
  *   under its final name. Overwriting an existing key replaces it atomically.
  * - get: the whole object; rejects with MissingBlockError when the key does not exist.
+ * - getInto (optional): like get, but reads into `buf` when the object fits and returns the
+ *   filled view of it (a new Buffer when it does not fit); saves an allocation per block.
  * - stat: size and modification time, or undefined when the key does not exist.
  * - delete: removes the key; deleting a missing key is not an error.
  * - list: every key with its size and modification time, in no particular order.
@@ -21,6 +23,7 @@ export interface StorageBackend {
   readonly url: string;
   put(key: string, data: readonly Buffer[]): Promise<void>;
   get(key: string): Promise<Buffer>;
+  getInto?(key: string, buf: Buffer): Promise<Buffer>;
   stat(key: string): Promise<ObjectInfo | undefined>;
   delete(key: string): Promise<void>;
   list(): AsyncIterable<ObjectInfo>;

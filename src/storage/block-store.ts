@@ -13,6 +13,7 @@
  */
 import { CorruptBlockError } from '../errors.js';
 import type { Hasher } from '../blocks/hash.js';
+import type { HashPool } from '../util/hash-pool.js';
 import type { StorageBackend } from './backend.js';
 
 export const HEADER_SIZE = 16;
@@ -29,6 +30,9 @@ export function encodeHeader(plainLength: number): Buffer {
   h.writeBigUInt64LE(BigInt(plainLength), 8);
   return h;
 }
+
+/** Below this, a worker round trip costs more than hashing on the spot. */
+const POOL_MIN_BYTES = 64 << 10;
 
 /** Parses and checks an object; returns the plaintext or throws CorruptBlockError. */
 export function decodeObject(checksum: string, obj: Buffer): Buffer {
@@ -50,11 +54,21 @@ export function decodeObject(checksum: string, obj: Buffer): Buffer {
 
 export class BlockStore {
   readonly backend: StorageBackend;
+  /** Synchronous, on the calling thread. */
   readonly hash: Hasher;
+  readonly #pool: HashPool | undefined;
 
-  constructor(backend: StorageBackend, hash: Hasher) {
+  /** With a pool, digest() and verification run on its worker threads. */
+  constructor(backend: StorageBackend, hash: Hasher, pool?: HashPool) {
     this.backend = backend;
     this.hash = hash;
+    this.#pool = pool;
+  }
+
+  /** The checksum of `data`; off the main thread when there is a pool. Leave `data` alone until it settles. */
+  async digest(data: Buffer): Promise<string> {
+    if (!this.#pool || data.length < POOL_MIN_BYTES) return this.hash(data);
+    return this.#pool.hash(data);
   }
 
   /** Stores a block under its checksum (computed by the caller with `hash`). */
@@ -65,14 +79,20 @@ export class BlockStore {
 
   /**
    * Reads and verifies a block. Throws MissingBlockError or CorruptBlockError.
-   * `expectedLength`, when given, is checked too (a block list entry's size).
+   * `expectedLength`, when given, is checked too (a block list entry's size). With `into`
+   * (at least HEADER_SIZE + block size bytes, e.g. from a BufferPool) and a backend that
+   * supports getInto, the result is a view of `into`: no allocation per block.
    */
-  async get(checksum: string, expectedLength?: number): Promise<Buffer> {
-    const data = decodeObject(checksum, await this.backend.get(checksum));
+  async get(checksum: string, expectedLength?: number, into?: Buffer): Promise<Buffer> {
+    const obj =
+      into && this.backend.getInto
+        ? await this.backend.getInto(checksum, into)
+        : await this.backend.get(checksum);
+    const data = decodeObject(checksum, obj);
     if (expectedLength !== undefined && data.length !== expectedLength) {
       throw new CorruptBlockError(checksum, `block is ${data.length} bytes, expected ${expectedLength}`);
     }
-    const actual = this.hash(data);
+    const actual = await this.digest(data);
     if (actual !== checksum)
       throw new CorruptBlockError(checksum, `checksum mismatch (content hashes to ${actual.slice(0, 16)}…)`);
     return data;

@@ -75,6 +75,29 @@ export class DirBackend implements StorageBackend {
     }
   }
 
+  async getInto(key: string, buf: Buffer): Promise<Buffer> {
+    let fh;
+    try {
+      fh = await open(this.path(key), constants.O_RDONLY);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') throw new MissingBlockError(key);
+      throw err;
+    }
+    try {
+      const { size } = await fh.stat();
+      const out = size <= buf.length ? buf.subarray(0, size) : Buffer.allocUnsafe(size);
+      let done = 0;
+      while (done < size) {
+        const { bytesRead } = await fh.read(out, done, size - done, done);
+        if (bytesRead === 0) return out.subarray(0, done); // shrank meanwhile: the header check reports it
+        done += bytesRead;
+      }
+      return out;
+    } finally {
+      await fh.close();
+    }
+  }
+
   async stat(key: string): Promise<ObjectInfo | undefined> {
     try {
       const st = await stat(this.path(key));
