@@ -1,6 +1,7 @@
 /** Output helpers: human tables, machine lines, sizes, dates and the TTY progress bar. */
-import Table from 'cli-table3';
-import cliProgress from 'cli-progress';
+import { createRequire } from 'node:module';
+import type Table from 'cli-table3';
+import type cliProgress from 'cli-progress';
 import type { ProgressReporter } from '../core/progress.js';
 import type { Version } from '../meta/meta-store.js';
 import type { Logger } from '../util/log.js';
@@ -45,8 +46,12 @@ export function machineVersionLine(v: Version): string {
   ].join(' ');
 }
 
+// Loaded on first use: each costs start-up time and memory that most runs never need.
+const load = createRequire(import.meta.url);
+
 export function versionTable(versions: Version[]): string {
-  const table = new Table({
+  const Table_ = load('cli-table3') as typeof Table;
+  const table = new Table_({
     head: ['date', 'name', 'snapshot', 'size', 'size_bytes', 'uid', 'valid', 'status'],
     style: { head: process.stdout.isTTY ? ['cyan'] : [], border: process.stdout.isTTY ? ['grey'] : [] },
   });
@@ -68,6 +73,7 @@ export function versionTable(versions: Version[]): string {
 /** A progress bar with throughput and ETA on a TTY; nothing otherwise. */
 export function progressBar(log: Logger): ProgressReporter {
   if (!process.stderr.isTTY) return { start() {}, advance() {}, stop() {} };
+  const progress = load('cli-progress') as typeof cliProgress;
   let bar: cliProgress.SingleBar | undefined;
   let started = 0;
   let done = 0;
@@ -75,7 +81,7 @@ export function progressBar(log: Logger): ProgressReporter {
     start(label, total) {
       started = Date.now();
       done = 0;
-      bar = new cliProgress.SingleBar(
+      bar = new progress.SingleBar(
         {
           stream: process.stderr,
           format: total
@@ -85,7 +91,7 @@ export function progressBar(log: Logger): ProgressReporter {
           clearOnComplete: true,
           etaBuffer: 50,
         },
-        cliProgress.Presets.shades_classic,
+        progress.Presets.shades_classic,
       );
       bar.start(total ?? 0, 0, { done: formatBytes(0), all: formatBytes(total ?? 0), rate: formatBytes(0) });
       log.beforeWrite = () => {

@@ -275,7 +275,7 @@ export class BlockWriter {
   async #storeNew(checksum: string, data: Buffer): Promise<number> {
     // Refreshing last_seen under our lease keeps a concurrent cleanup away from this object.
     if (await this.#meta.touchObject(checksum, nowMicros())) return 0;
-    const storedSize = await this.#store.put(checksum, data);
+    const storedSize = await this.#store.put(checksum, data, { defer: true });
     this.#objects.push({ checksum, storedSize });
     return storedSize;
   }
@@ -293,6 +293,10 @@ export class BlockWriter {
 
   async flush(): Promise<void> {
     // Objects first: a block row is committed only after its object is durable and recorded.
+    // Objects are put with deferred durability (their directory fsyncs batched): this sync
+    // makes every object stored so far durable before any row naming one is committed. Blocks
+    // still being stored are not in this batch's rows, which come from add() after store().
+    await this.#store.sync();
     const objects = this.#objects;
     this.#objects = [];
     await this.#meta.recordObjects(objects, nowMicros());

@@ -7,6 +7,7 @@ import { hasherFor } from '../blocks/hash.js';
 import { CorruptBlockError, MissingBlockError } from '../errors.js';
 import { BlockStore, HEADER_SIZE } from './block-store.js';
 import { DirBackend } from './dir-backend.js';
+import { HashPool } from '../util/hash-pool.js';
 
 describe('BlockStore on DirBackend', () => {
   let dir: string;
@@ -84,6 +85,30 @@ describe('BlockStore on DirBackend', () => {
   it('refuses keys that are not hex (no paths from outside)', async () => {
     await assert.rejects(backend.put('../../etc/passwd', [Buffer.from('x')]), /invalid object key/);
     assert.throws(() => backend.path('ab/cd'), /invalid object key/);
+  });
+
+  it('deferred puts, sync, reads into a pooled buffer and verification on a hash pool', async () => {
+    const pool = new HashPool('blake3', 1);
+    const pooled = new BlockStore(backend, hasherFor('blake3'), pool);
+    try {
+      const data = Buffer.alloc(200_000, 7);
+      const checksum = await pooled.digest(data);
+      assert.equal(checksum, store.hash(data));
+      await pooled.put(checksum, data, { defer: true });
+      await pooled.sync();
+      const into = Buffer.alloc(HEADER_SIZE + data.length + 10);
+      const got = await pooled.get(checksum, data.length, into);
+      assert.deepEqual(got, data);
+      assert.equal(got.buffer, into.buffer, 'read into the given buffer');
+      // Too small a buffer still works (a fresh one is used).
+      assert.deepEqual(await pooled.get(checksum, data.length, Buffer.alloc(10)), data);
+      const raw = await readFile(backend.path(checksum));
+      raw[HEADER_SIZE + 5] ^= 1;
+      await writeFile(backend.path(checksum), raw);
+      await assert.rejects(pooled.get(checksum, data.length, into), /checksum mismatch/);
+    } finally {
+      await pool.close();
+    }
   });
 
   it('sha256 and blake3 differ and are 64 hex chars', () => {

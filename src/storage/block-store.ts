@@ -14,7 +14,7 @@
 import { CorruptBlockError } from '../errors.js';
 import type { Hasher } from '../blocks/hash.js';
 import type { HashPool } from '../util/hash-pool.js';
-import type { StorageBackend } from './backend.js';
+import type { PutOptions, StorageBackend } from './backend.js';
 
 export const HEADER_SIZE = 16;
 const MAGIC = Buffer.from('BKYO', 'latin1');
@@ -71,10 +71,18 @@ export class BlockStore {
     return this.#pool.hash(data);
   }
 
-  /** Stores a block under its checksum (computed by the caller with `hash`). */
-  async put(checksum: string, data: Buffer): Promise<number> {
-    await this.backend.put(checksum, [encodeHeader(data.length), data]);
+  /**
+   * Stores a block under its checksum (computed by the caller with `hash`/`digest`). With
+   * `{ defer: true }` it is durable only after the next sync() (see StorageBackend).
+   */
+  async put(checksum: string, data: Buffer, opts?: PutOptions): Promise<number> {
+    await this.backend.put(checksum, [encodeHeader(data.length), data], opts);
     return HEADER_SIZE + data.length;
+  }
+
+  /** Makes every deferred put durable. */
+  async sync(): Promise<void> {
+    await this.backend.sync?.();
   }
 
   /**

@@ -7,9 +7,10 @@
 import { randomBytes } from 'node:crypto';
 import { constants } from 'node:fs';
 import { mkdir, open, opendir, readFile, rename, rm, stat, unlink } from 'node:fs/promises';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { MissingBlockError } from '../errors.js';
-import type { ObjectInfo, StorageBackend } from './backend.js';
+import { mapOrdered } from '../util/concurrency.js';
+import type { ObjectInfo, PutOptions, StorageBackend } from './backend.js';
 
 const KEY_RE = /^[0-9a-f]{8,}$/;
 
@@ -17,6 +18,8 @@ export class DirBackend implements StorageBackend {
   readonly url: string;
   readonly #root: string;
   readonly #knownDirs = new Set<string>();
+  /** Directories changed by deferred puts and not yet fsynced. */
+  readonly #dirty = new Set<string>();
 
   constructor(root: string) {
     this.#root = root;
@@ -36,10 +39,15 @@ export class DirBackend implements StorageBackend {
     return join(this.#dir(key), key);
   }
 
-  async put(key: string, data: readonly Buffer[]): Promise<void> {
+  async put(key: string, data: readonly Buffer[], opts: PutOptions = {}): Promise<void> {
     const dir = this.#dir(key);
+    const dirsToSync = [dir];
     if (!this.#knownDirs.has(dir)) {
-      await mkdir(dir, { recursive: true, mode: 0o700 });
+      // A fan-out directory made now needs its own entry made durable too: fsync its parent(s).
+      const first = await mkdir(dir, { recursive: true, mode: 0o700 });
+      if (first !== undefined) {
+        for (let d = dir; d.length >= first.length; d = dirname(d)) dirsToSync.push(dirname(d));
+      }
       this.#knownDirs.add(dir);
     }
     const tmp = join(dir, `.tmp-${key.slice(0, 16)}-${randomBytes(6).toString('hex')}`);
@@ -50,6 +58,7 @@ export class DirBackend implements StorageBackend {
         const { bytesWritten } = await fh.writev(buffers);
         buffers = advance(buffers, bytesWritten);
       }
+      // Content first, then the name: no crash can leave a partial object under its final name.
       await fh.sync();
     } catch (err) {
       await fh.close().catch(() => {});
@@ -63,7 +72,23 @@ export class DirBackend implements StorageBackend {
       await unlink(tmp).catch(() => {});
       throw err;
     }
-    await syncDir(dir);
+    // The rename is durable once the directory is fsynced. Deferred, many objects share one
+    // pass in sync() (one journal commit per object saved); the caller must not reference
+    // the object durably (commit a row naming it) before that.
+    if (opts.defer) for (const d of dirsToSync) this.#dirty.add(d);
+    else for (const d of dirsToSync.reverse()) await syncDir(d);
+  }
+
+  /** Makes every deferred put durable: fsyncs the directories they changed. */
+  async sync(): Promise<void> {
+    const dirs = [...this.#dirty];
+    this.#dirty.clear();
+    try {
+      for await (const _ of mapOrdered(dirs, 16, syncDir)) void _;
+    } catch (err) {
+      for (const d of dirs) this.#dirty.add(d);
+      throw err;
+    }
   }
 
   async get(key: string): Promise<Buffer> {

@@ -56,8 +56,11 @@ export class HashPool {
   #nextId = 0;
   #closed = false;
 
-  /** `threads` defaults to the number of cores (at least 1, at most 8). */
-  constructor(fn: HashFunction, threads = Math.min(8, Math.max(1, availableParallelism()))) {
+  /**
+   * `threads` defaults to one per core but one (the main thread and libuv's threads keep a core
+   * busy with reads, writes and SQLite; each worker costs ~13 MB), at least 1, at most 8.
+   */
+  constructor(fn: HashFunction, threads = Math.min(8, Math.max(1, availableParallelism() - 1))) {
     this.fn = fn;
     this.size = threads;
     this.#slots = new Array<Slot | undefined>(threads).fill(undefined);
