@@ -77,6 +77,9 @@ export async function backup(opts: BackupOptions): Promise<BackupResult> {
     );
   }
   const blockSize = base ? base.blockSize : opts.blockSize;
+  const inFlight = blocksInFlight(blockSize);
+  // One more buffer than tasks: a stream fills the next block while `inFlight` are stored.
+  const buffers = new BufferPool(inFlight + 1, blockSize);
 
   let actions: Uint8Array | undefined;
   let size: number | undefined;
@@ -85,7 +88,7 @@ export async function backup(opts: BackupOptions): Promise<BackupResult> {
     const hints = opts.hints ? checkHints(opts.hints, size, opts.hintsName) : undefined;
     actions = plan({ size, blockSize, hints, base: base ? { size: base.sizeBytes } : undefined });
     if (base && hints && opts.hintCheckBlocks > 0) {
-      await checkHintsAgainstBase(meta, store, source, base, actions, blockSize, opts.hintCheckBlocks);
+      await checkHintsAgainstBase(meta, store, source, base, actions, buffers, opts.hintCheckBlocks);
     }
   } else if (opts.hints) {
     throw new UsageError('hints (-r) need a seekable source (a file or block device), not a stream');
@@ -125,8 +128,6 @@ export async function backup(opts: BackupOptions): Promise<BackupResult> {
           if (actions[idx] !== KEEP) yield idx;
         }
       };
-      const inFlight = blocksInFlight(blockSize);
-      const buffers = new BufferPool(inFlight, blockSize);
       const results = mapOrdered(work(), inFlight, async (idx) => {
         const length = blockLength(idx, total, blockSize);
         if (actions[idx] !== READ) return { idx, length, read: false, stored: undefined };
@@ -147,9 +148,6 @@ export async function backup(opts: BackupOptions): Promise<BackupResult> {
       progress.start('backup', undefined);
       let idx = 0;
       let total = 0;
-      const inFlight = blocksInFlight(blockSize);
-      // One more buffer than tasks: the stream fills the next block while `inFlight` are stored.
-      const buffers = new BufferPool(inFlight + 1, blockSize);
       const chunks = (async function* () {
         for await (const data of source.chunks(blockSize, () => buffers.acquire()))
           yield { idx: idx++, data };
@@ -209,9 +207,10 @@ async function checkHintsAgainstBase(
   source: Source & { kind: 'random' },
   base: Version,
   actions: Uint8Array,
-  blockSize: number,
+  buffers: BufferPool,
   count: number,
 ): Promise<void> {
+  const blockSize = buffers.bufferSize;
   const picks = pickKeepBlocks(actions, count);
   const rows = await meta.blocksAt(base.uid, picks);
   for (const idx of picks) {
@@ -220,8 +219,10 @@ async function checkHintsAgainstBase(
       throw new IntegrityError(
         `base version ${base.uid} has no entry for block ${idx}; run 'backy scrub ${base.uid}'`,
       );
-    const data = await source.read(idx * blockSize, row.size);
-    const same = row.checksum === null ? isZero(data) : (await store.digest(data)) === row.checksum;
+    const same = await buffers.with(async (buf) => {
+      const data = await source.read(idx * blockSize, row.size, buf);
+      return row.checksum === null ? isZero(data) : (await store.digest(data)) === row.checksum;
+    });
     if (!same) {
       throw new InputError(
         `hints are wrong: block ${idx} (offset ${idx * blockSize}) differs from base ${base.uid} although no hint covers it; ` +

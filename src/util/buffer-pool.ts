@@ -44,9 +44,9 @@ export class BufferPool {
 
 /**
  * How many blocks a pipeline keeps in flight: enough to overlap reads, hashing and writes
- * (8 blocks of 4 MiB), more for small blocks, never fewer than 4; memory stays about
- * max(32 MiB, 4 blocks) whatever the image size.
+ * (6 blocks of 4 MiB), more for small blocks, never fewer than 4; memory stays about
+ * max(24 MiB, 4 blocks) whatever the image size (peak RSS is a goal: <= 150 MB).
  */
 export function blocksInFlight(blockSize: number): number {
-  return Math.max(4, Math.min(64, Math.ceil((32 << 20) / blockSize)));
+  return Math.max(4, Math.min(64, Math.ceil((24 << 20) / blockSize)));
 }
