@@ -9,12 +9,12 @@
  * job by job, and the table shows medians. Wall time is measured here, CPU time (user+sys) and
  * peak RSS come from /usr/bin/time for the child process (worker threads included).
  *
- * Usage: npm run bench -- [--size 2G] [--reps 3] [--dir PARENT] [--keep]
+ * Usage: npm run bench -- [--size 2G] [--reps 3] [--tools backy,borg,restic] [--dir PARENT] [--keep]
  */
 import { spawn } from 'node:child_process';
 import { createReadStream } from 'node:fs';
 import { copyFile, mkdir, mkdtemp, readFile, rm, truncate, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { availableParallelism, loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { BIN, REPO } from '../test/lib/cli.js';
@@ -29,6 +29,7 @@ const { values: args } = parseArgs({
     reps: { type: 'string', default: '3' },
     dir: { type: 'string', default: tmpdir() },
     keep: { type: 'boolean', default: false },
+    tools: { type: 'string', default: 'backy,borg,restic' },
   },
 });
 
@@ -134,6 +135,7 @@ const hintsFile = join(work, 'changed.rbd-diff.json');
 const blocks = Math.floor(size / BLOCK);
 const tail = size - blocks * BLOCK;
 
+const loadAtStart = loadavg()[0];
 process.stderr.write(`bench: ${work}, image ${(size / 2 ** 30).toFixed(2)} GiB, ${reps} repetitions\n`);
 await writeImage(baseImg, { blocks, blockSize: BLOCK, tail, kinds: mixedKind });
 // The incremental source: the same image with ~2% of its blocks rewritten, and the rbd-diff
@@ -202,7 +204,8 @@ const tools: Tool[] = [
     },
   },
 ];
-if (await installed('borg')) {
+const wanted = new Set(args.tools!.split(','));
+if (wanted.has('borg') && (await installed('borg'))) {
   const chunker = ['--chunker-params', 'fixed,4194304', '--compression', 'lz4'];
   tools.push({
     name: 'borg',
@@ -220,7 +223,7 @@ if (await installed('borg')) {
     },
   });
 }
-if (await installed('restic')) {
+if (wanted.has('restic') && (await installed('restic'))) {
   let fullId = '';
   tools.push({
     name: 'restic',
@@ -371,6 +374,10 @@ const out: string[] = [];
 out.push(
   `backy bench: ${(size / 2 ** 30).toFixed(2)} GiB mixed image (${blocks} x 4 MiB blocks; ` +
     `${changed.length} changed for the incremental), ${reps} repetitions, medians (peak RSS: max), page cache hot`,
+);
+out.push(
+  `${availableParallelism()} cores; 1-minute load average ${loadAtStart.toFixed(1)} at the start, ` +
+    `${loadavg()[0].toFixed(1)} at the end (other work on the machine slows every tool)`,
 );
 out.push(line(header), `|${widths.map((w) => '-'.repeat(w + 2)).join('|')}|`, ...rows.map(line));
 
