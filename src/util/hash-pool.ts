@@ -4,7 +4,8 @@
  * on one thread the hash alone would cap a backup or restore).
  *
  * Buffers backed by a SharedArrayBuffer (see BufferPool) reach a worker without a copy; the
- * caller must not change them until the promise settles. Any other buffer is copied once.
+ * caller must not change them until the promise settles. Any other buffer is copied once (just
+ * the view's bytes).
  *
  * Workers are unref'd while idle, so a pool that is never closed does not keep the process
  * alive; close() terminates them. A worker that dies fails only its own pending hashes and is
@@ -75,7 +76,13 @@ export class HashPool {
       slot.pending.set(id, { resolve, reject });
       if (slot.pending.size === 1) slot.worker.ref();
       try {
-        slot.worker.postMessage({ id, data });
+        if (data.buffer instanceof SharedArrayBuffer) slot.worker.postMessage({ id, data });
+        else {
+          // Cloning a view would copy its whole backing store (maybe far larger): copy just the
+          // view, once, and hand that copy over.
+          const copy = new Uint8Array(data);
+          slot.worker.postMessage({ id, data: copy }, [copy.buffer]);
+        }
       } catch (err) {
         this.#settle(slot, id);
         reject(err as Error);
