@@ -269,25 +269,34 @@ interface Sample extends Run {
 const samples = new Map<string, Sample[]>();
 const add = (key: string, s: Sample) => samples.set(key, [...(samples.get(key) ?? []), s]);
 
+// Deleting GiBs right before a measurement would bill its cost (on a file system mounted with
+// `discard`, the discards run for seconds after the delete) to whoever runs next: deletions
+// happen only between repetitions, followed by a sync and a pause.
+async function settle(...paths: string[]) {
+  for (const p of paths) await rm(p, { recursive: true, force: true });
+  await run('sync', []);
+  await new Promise((r) => setTimeout(r, 3000));
+}
+
 for (let rep = 0; rep < reps; rep++) {
   const order = tools.map((_, i) => tools[(i + rep) % tools.length]);
   for (const t of order) await t.reset();
+  await settle(restoreDir);
+  for (const t of tools) await mkdir(join(restoreDir, t.name), { recursive: true });
   for (const job of JOBS) {
     for (const t of order) {
       const fn = t.jobs[job];
       if (!fn) continue;
-      await rm(restoreDir, { recursive: true, force: true });
-      await mkdir(join(restoreDir, t.name), { recursive: true });
-      await run('sync', []); // start each run without someone else's dirty pages
+      await run('sync', []); // start each run without the previous one's dirty pages
       process.stderr.write(`bench: rep ${rep + 1}/${reps} ${t.name} ${job}\n`);
       const r = await fn();
       const store = job === 'full backup' || job === 'incremental' ? await diskUsage(t.store) : undefined;
       add(`${job}\0${t.name}`, { ...r, store });
     }
   }
+  await settle(restoreDir);
+  await mkdir(restoreDir, { recursive: true });
   for (const l of limits) {
-    await rm(restoreDir, { recursive: true, force: true });
-    await mkdir(restoreDir, { recursive: true });
     await run('sync', []);
     add(`limit\0${l.name}`, await l.job());
   }
