@@ -10,19 +10,21 @@
  * the source may be what changed. Only a full scrub that finds every block sound turns an
  * invalid version valid again; a partial scrub never does.
  *
- * Memory: READ_AHEAD blocks in flight, one page of the block list, one byte per block for the
- * pick map and the set of distinct checksums already verified in this run (read once each).
+ * Memory: blocksInFlight() blocks in flight, each in a reused buffer of a fixed BufferPool
+ * (verification hashes on the store's HashPool workers), one page of the block list, one byte
+ * per block for the pick map and the set of distinct checksums already verified in this run
+ * (read once each).
  */
 import { blockCount, blockLength, isZero } from '../blocks/blocks.js';
 import { CorruptBlockError, InputError, MissingBlockError } from '../errors.js';
 import type { BlockRow, MetaStore, Version } from '../meta/meta-store.js';
 import type { RandomSource } from '../source/source.js';
+import { HEADER_SIZE } from '../storage/block-store.js';
 import type { BlockStore } from '../storage/block-store.js';
+import { BufferPool, blocksInFlight } from '../util/buffer-pool.js';
 import { mapOrdered } from '../util/concurrency.js';
 import { noProgress } from './progress.js';
 import type { ProgressReporter } from './progress.js';
-
-const READ_AHEAD = 8;
 
 export interface ScrubProblem {
   idx: number;
@@ -120,18 +122,24 @@ export async function scrub(opts: ScrubOptions): Promise<ScrubResult> {
     for (; next < n; next++) if (picks[next]) yield { idx: next, row: undefined };
   }
 
+  // A task holds at most one buffer at a time (the stored block, then the source's block).
+  const inFlight = blocksInFlight(blockSize);
+  const buffers = new BufferPool(inFlight, HEADER_SIZE + blockSize);
+
   // A checksum is fetched and verified once per run, however many blocks share it.
   const verified = new Map<string, Promise<string | undefined>>();
   const verify = (checksum: string, length: number): Promise<string | undefined> => {
     let p = verified.get(checksum);
     if (!p) {
-      p = store.get(checksum, length).then(
-        () => undefined,
-        (err: unknown) => {
-          if (err instanceof MissingBlockError || err instanceof CorruptBlockError) return err.message;
-          throw err;
-        },
-      );
+      p = buffers
+        .with((buf) => store.get(checksum, length, buf))
+        .then(
+          () => undefined,
+          (err: unknown) => {
+            if (err instanceof MissingBlockError || err instanceof CorruptBlockError) return err.message;
+            throw err;
+          },
+        );
       verified.set(checksum, p);
     }
     return p;
@@ -141,7 +149,7 @@ export async function scrub(opts: ScrubOptions): Promise<ScrubResult> {
   for (let i = 0; i < n; i++) if (picks[i]) total += blockLength(i, size, blockSize);
   progress.start(source ? 'deep scrub' : 'scrub', total);
   try {
-    const checked = mapOrdered(picked(), READ_AHEAD, async ({ idx, row }) => {
+    const checked = mapOrdered(picked(), inFlight, async ({ idx, row }) => {
       const length = blockLength(idx, size, blockSize);
       let damage: string | undefined;
       if (!row) damage = 'no entry in the block list';
@@ -149,8 +157,10 @@ export async function scrub(opts: ScrubOptions): Promise<ScrubResult> {
       else if (row.size !== length) damage = `sparse entry of ${row.size} bytes, expected ${length}`;
       let differs: string | undefined;
       if (source && row) {
-        const data = await source.read(idx * blockSize, length);
-        const same = row.checksum === null ? isZero(data) : store.hash(data) === row.checksum;
+        const same = await buffers.with(async (buf) => {
+          const data = await source.read(idx * blockSize, length, buf);
+          return row.checksum === null ? isZero(data) : (await store.digest(data)) === row.checksum;
+        });
         if (!same) differs = `differs from ${source.name} at offset ${idx * blockSize}`;
       }
       return { idx, row, length, damage, differs };
