@@ -3,6 +3,8 @@
  * Search order: -c FILE, $BACKY_CONFIG, ./backy.cfg, ~/.config/backy/backy.cfg, /etc/backy.cfg;
  * with none, the embedded default: SQLite and a data directory under $XDG_DATA_HOME/backy
  * (~/.local/share/backy). Unknown sections and keys, and bad values, are errors that name them.
+ * $BACKY_DATABASE_URL, when set, replaces [MetaBackend] engine (so a PostgreSQL password
+ * need not be written into the config file).
  */
 import { existsSync, readFileSync } from 'node:fs';
 import { homedir } from 'node:os';
@@ -69,14 +71,22 @@ export function findConfigFile(
 
 export function loadConfig(explicit: string | undefined, env: NodeJS.ProcessEnv = process.env): Config {
   const file = findConfigFile(explicit, env);
-  if (file === undefined) return embeddedDefault(env);
-  let text: string;
-  try {
-    text = readFileSync(file, 'utf8');
-  } catch (err) {
-    throw new ConfigError(`cannot read config file ${file}: ${(err as NodeJS.ErrnoException).code ?? err}`);
+  let cfg: Config;
+  if (file === undefined) cfg = embeddedDefault(env);
+  else {
+    let text: string;
+    try {
+      text = readFileSync(file, 'utf8');
+    } catch (err) {
+      throw new ConfigError(`cannot read config file ${file}: ${(err as NodeJS.ErrnoException).code ?? err}`);
+    }
+    cfg = parseConfig(text, file, env);
   }
-  return parseConfig(text, file, env);
+  if (env.BACKY_DATABASE_URL) {
+    validateEngine(env.BACKY_DATABASE_URL, '$BACKY_DATABASE_URL');
+    cfg.engine = env.BACKY_DATABASE_URL;
+  }
+  return cfg;
 }
 
 type Section = Record<string, string>;

@@ -2,6 +2,11 @@
  * All metadata access. Every SQL statement lives here; callers see plain objects and numbers.
  * Dialects: SQLite (better-sqlite3; WAL, busy timeout, BEGIN IMMEDIATE for writes so a
  * reader never blocks a writer and two writers queue instead of failing) and PostgreSQL (pg).
+ *
+ * PostgreSQL: every error from the server or the connection becomes a MetaDatabaseError whose
+ * message names the database with its password redacted. A backup's lease is also a session
+ * advisory lock held on a connection of its own for the whole run, so the lease dies with the
+ * session (process crash, host loss) wherever the holder ran; see isLeaseAlive.
  */
 import { mkdirSync, closeSync, openSync } from 'node:fs';
 import { hostname } from 'node:os';
@@ -10,7 +15,7 @@ import { randomUUID } from 'node:crypto';
 import SQLite from 'better-sqlite3';
 import pg from 'pg';
 import { Kysely, Migrator, PostgresDialect, SqliteDialect, sql } from 'kysely';
-import type { Transaction } from 'kysely';
+import type { PostgresPool, PostgresPoolClient, Transaction } from 'kysely';
 import { BackyError, ConfigError, InputError, NotFoundError } from '../errors.js';
 import { HASH_FUNCTIONS, redactUrl, sqlitePath } from '../config/config.js';
 import type { HashFunction } from '../config/config.js';
@@ -66,6 +71,72 @@ export function nowMicros(): number {
 
 pg.types.setTypeParser(20, (v: string) => Number(v)); // int8: our values stay far below 2^53
 
+/** An error from the PostgreSQL server or the connection to it; the message holds no password. */
+export class MetaDatabaseError extends BackyError {
+  /** The SQLSTATE (e.g. 40P01) or the socket error code (e.g. ECONNREFUSED), if any. */
+  readonly code: string | undefined;
+  constructor(message: string, code: string | undefined, cause: unknown) {
+    super(message, { cause });
+    this.code = code;
+  }
+}
+
+/** Wraps a pg error: names the database (password redacted) and never repeats the password. */
+function pgError(err: unknown, engine: string): unknown {
+  if (err instanceof BackyError) return err;
+  const e = err as { message?: string; code?: string; errors?: { message?: string }[] };
+  // AggregateError (every address refused) has an empty message of its own.
+  let msg = e?.message || e?.errors?.map((x) => x.message).join('; ') || String(err);
+  let password = '';
+  try {
+    password = decodeURIComponent(new URL(engine).password);
+  } catch {
+    // not a parseable URL: nothing to strip
+  }
+  if (password) msg = msg.split(password).join('***');
+  const what = /ECONNREFUSED|ENOTFOUND|EHOSTUNREACH|ETIMEDOUT|timeout expired/i.test(msg)
+    ? 'cannot reach metadata database'
+    : 'metadata database';
+  return new MetaDatabaseError(`${what} ${redactUrl(engine)}: ${redactUrl(msg)}`, e?.code, err);
+}
+
+/** A pg.Pool as Kysely sees it, with every error passed through pgError. */
+function wrapPool(pool: pg.Pool, engine: string): PostgresPool {
+  return {
+    async connect() {
+      let client: pg.PoolClient;
+      try {
+        client = await pool.connect();
+      } catch (err) {
+        throw pgError(err, engine);
+      }
+      const wrapped = {
+        query(...args: unknown[]) {
+          const r = (client.query as (...a: unknown[]) => unknown)(...args);
+          return r instanceof Promise
+            ? r.catch((err: unknown) => {
+                throw pgError(err, engine);
+              })
+            : r;
+        },
+        release: (destroy?: boolean) => client.release(destroy),
+      };
+      return wrapped as unknown as PostgresPoolClient;
+    },
+    end: () => pool.end(),
+  };
+}
+
+/** Advisory lock keys of a backup lease: a fixed class id ("back") and 32 bits of the lease id. */
+const LEASE_LOCK_CLASS = 0x6261636b;
+function leaseLockKey(id: string): [number, number] {
+  // A collision between two leases only makes a dead lease look alive: cleanup keeps more.
+  return [LEASE_LOCK_CLASS, parseInt(id.replace(/-/g, '').slice(0, 8), 16) | 0];
+}
+
+/** SQLSTATEs after which a PostgreSQL transaction can simply be run again. */
+const RETRYABLE = new Set(['40P01', '40001']);
+
 type Db = Kysely<Database>;
 
 export class MetaStore {
@@ -73,6 +144,8 @@ export class MetaStore {
   readonly dialect: 'sqlite' | 'postgres';
   readonly url: string;
   #hashFunction: HashFunction = 'blake3';
+  /** PostgreSQL: the connection holding each lease's advisory lock, by lease id. */
+  readonly #leaseClients = new Map<string, pg.Client>();
 
   private constructor(db: Db, dialect: 'sqlite' | 'postgres', url: string) {
     this.#db = db;
@@ -110,10 +183,10 @@ export class MetaStore {
         engine,
       );
     } else if (/^postgres(ql)?:\/\//.test(engine)) {
-      const pool = new pg.Pool({ connectionString: engine, max: 4 });
+      const pool = new pg.Pool({ connectionString: engine, max: 4, connectionTimeoutMillis: 60_000 });
       pool.on('error', () => {}); // an idle client's error surfaces on the next query instead
       store = new MetaStore(
-        new Kysely<Database>({ dialect: new PostgresDialect({ pool }) }),
+        new Kysely<Database>({ dialect: new PostgresDialect({ pool: wrapPool(pool, engine) }) }),
         'postgres',
         engine,
       );
@@ -136,6 +209,10 @@ export class MetaStore {
   }
 
   async close(): Promise<void> {
+    for (const [id, client] of this.#leaseClients) {
+      this.#leaseClients.delete(id);
+      await client.end().catch(() => {});
+    }
     await this.#db.destroy();
   }
 
@@ -158,15 +235,27 @@ export class MetaStore {
 
   async #loadSettings(wanted: HashFunction | undefined): Promise<void> {
     await this.write(async (tx) => {
-      const row = await tx
+      let row = await tx
         .selectFrom('settings')
         .select('value')
         .where('key', '=', 'hash_function')
         .executeTakeFirst();
       if (!row) {
         this.#hashFunction = wanted ?? 'blake3';
-        await tx.insertInto('settings').values({ key: 'hash_function', value: this.#hashFunction }).execute();
-        return;
+        // PostgreSQL does not serialise two processes creating a store at once as BEGIN
+        // IMMEDIATE does: the second insert is a no-op, and its process then checks its wish.
+        await tx
+          .insertInto('settings')
+          .values({ key: 'hash_function', value: this.#hashFunction })
+          .onConflict((oc) => oc.column('key').doNothing())
+          .execute();
+        const stored = await tx
+          .selectFrom('settings')
+          .select('value')
+          .where('key', '=', 'hash_function')
+          .executeTakeFirstOrThrow();
+        if (stored.value === this.#hashFunction) return;
+        row = stored;
       }
       if (!HASH_FUNCTIONS.includes(row.value as HashFunction)) {
         throw new BackyError(`metadata database records unknown hash function '${row.value}'`);
@@ -186,7 +275,18 @@ export class MetaStore {
    */
   async write<T>(fn: (tx: Kysely<Database>) => Promise<T>): Promise<T> {
     if (this.dialect === 'postgres') {
-      return this.#db.transaction().execute((tx: Transaction<Database>) => fn(tx));
+      // Two writers touching the same object rows may deadlock; PostgreSQL aborts one of them,
+      // which then runs again (every transaction here can be repeated from the start).
+      for (let attempt = 0; ; attempt++) {
+        try {
+          return await this.#db.transaction().execute((tx: Transaction<Database>) => fn(tx));
+        } catch (err) {
+          if (attempt >= 4 || !(err instanceof MetaDatabaseError) || !RETRYABLE.has(err.code ?? '')) {
+            throw err;
+          }
+          await new Promise((r) => setTimeout(r, 20 * (attempt + 1) * Math.random()));
+        }
+      }
     }
     return this.#db.connection().execute(async (conn) => {
       await sql`BEGIN IMMEDIATE`.execute(conn);
@@ -459,7 +559,13 @@ export class MetaStore {
         .expression((eb) =>
           eb
             .selectFrom('blocks')
-            .select([sql.lit(toUid).as('version_uid'), 'idx', 'checksum', 'size', 'valid'])
+            .select([
+              sql<string>`cast(${toUid} as text)`.as('version_uid'),
+              'idx',
+              'checksum',
+              'size',
+              'valid',
+            ])
             .where('version_uid', '=', fromUid)
             .where('idx', '<', blockCount),
         )
@@ -596,14 +702,18 @@ export class MetaStore {
     now: number,
   ): Promise<void> {
     if (objects.length === 0) return;
+    // One order for every writer: concurrent backups recording the same objects lock their rows
+    // in the same sequence instead of deadlocking. Duplicates would make one upsert hit a row twice.
+    const unique = [...new Map(objects.map((o) => [o.checksum, o])).values()].sort((a, b) =>
+      a.checksum < b.checksum ? -1 : a.checksum > b.checksum ? 1 : 0,
+    );
     await this.write(async (tx) => {
-      for (let i = 0; i < objects.length; i += INSERT_BATCH) {
+      for (let i = 0; i < unique.length; i += INSERT_BATCH) {
+        const batch = unique.slice(i, i + INSERT_BATCH);
         await tx
           .insertInto('objects')
           .values(
-            objects
-              .slice(i, i + INSERT_BATCH)
-              .map((o) => ({ checksum: o.checksum, stored_size: o.storedSize, valid: 1, last_seen: now })),
+            batch.map((o) => ({ checksum: o.checksum, stored_size: o.storedSize, valid: 1, last_seen: now })),
           )
           .onConflict((oc) =>
             oc.column('checksum').doUpdateSet((eb) => ({
@@ -613,13 +723,15 @@ export class MetaStore {
             })),
           )
           .execute();
-      }
-      // A re-stored object is sound again: so are the block entries that reference it.
-      for (const o of objects) {
+        // A re-stored object is sound again: so are the block entries that reference it.
         await tx
           .updateTable('blocks')
           .set({ valid: 1 })
-          .where('checksum', '=', o.checksum)
+          .where(
+            'checksum',
+            'in',
+            batch.map((o) => o.checksum),
+          )
           .where('valid', '=', 0)
           .execute();
       }
@@ -871,11 +983,28 @@ export class MetaStore {
 
   // ---- leases ----
 
-  /** Registers a running operation (a backup) so that cleanup keeps what it writes. */
+  /**
+   * Registers a running operation (a backup) so that cleanup keeps what it writes.
+   * PostgreSQL: first takes the lease's advisory lock on a connection of its own, held until
+   * releaseLease or close (or until the process or its host dies, when the server ends the session).
+   */
   async acquireLease(kind: string, versionUid: string | null): Promise<Lease> {
+    const id = randomUUID();
+    if (this.dialect === 'postgres') {
+      const client = new pg.Client({ connectionString: this.url });
+      client.on('error', () => {}); // a lost session shows up on the next statement or not at all
+      try {
+        await client.connect();
+        await client.query('SELECT pg_advisory_lock($1, $2)', leaseLockKey(id));
+      } catch (err) {
+        await client.end().catch(() => {});
+        throw pgError(err, this.url);
+      }
+      this.#leaseClients.set(id, client);
+    }
     const now = nowMicros();
     const lease: Lease = {
-      id: randomUUID(),
+      id,
       versionUid,
       kind,
       hostname: hostname(),
@@ -903,7 +1032,30 @@ export class MetaStore {
   }
 
   async releaseLease(id: string): Promise<void> {
-    await this.#db.deleteFrom('leases').where('id', '=', id).execute();
+    try {
+      await this.#db.deleteFrom('leases').where('id', '=', id).execute();
+    } finally {
+      const client = this.#leaseClients.get(id);
+      this.#leaseClients.delete(id);
+      await client?.end().catch(() => {});
+    }
+  }
+
+  /**
+   * Whether the operation holding a lease still runs. SQLite (one host): leaseAlive (pid check,
+   * heartbeat for other hosts). PostgreSQL: the holder's advisory lock is still held, which works
+   * across hosts; if this session can take it, the holder is gone (and it is released at once).
+   */
+  async isLeaseAlive(lease: Lease): Promise<boolean> {
+    if (this.dialect !== 'postgres') return leaseAlive(lease);
+    if (this.#leaseClients.has(lease.id)) return true;
+    const [k1, k2] = leaseLockKey(lease.id);
+    return this.#db.connection().execute(async (conn) => {
+      const r = await sql<{ got: boolean }>`SELECT pg_try_advisory_lock(${k1}, ${k2}) AS got`.execute(conn);
+      if (!r.rows[0].got) return true;
+      await sql`SELECT pg_advisory_unlock(${k1}, ${k2})`.execute(conn);
+      return false;
+    });
   }
 
   async leases(): Promise<Lease[]> {

@@ -1,5 +1,4 @@
 import { InputError } from '../../errors.js';
-import { leaseAlive } from '../../meta/meta-store.js';
 import type { Context } from '../context.js';
 import { parseUid } from '../context.js';
 
@@ -7,7 +6,10 @@ export async function rmCommand(ctx: Context, uidArg: string, opts: { force?: bo
   const uid = parseUid(uidArg);
   const meta = await ctx.meta();
   const version = await meta.getVersion(uid);
-  const running = (await meta.leases()).filter((l) => l.versionUid === uid && leaseAlive(l));
+  const running = [];
+  for (const l of await meta.leases()) {
+    if (l.versionUid === uid && (await meta.isLeaseAlive(l))) running.push(l);
+  }
   if (running.length > 0 && !opts.force) {
     const l = running[0];
     throw new InputError(

@@ -1,0 +1,275 @@
+/**
+ * The MetaStore contract, run against every SQL dialect: SQLite (a temp file) and PostgreSQL
+ * (a database of its own on a real server, see test/lib/pg.ts). One loop per dialect, like
+ * kysely's tests.
+ */
+import assert from 'node:assert/strict';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { ConfigError, NotFoundError } from '../errors.js';
+import { MetaStore } from './meta-store.js';
+import type { BlockRow } from './meta-store.js';
+import { pgDatabase, pgSkipReason } from '../../test/lib/pg.js';
+
+interface Dialect {
+  name: 'sqlite' | 'postgres';
+  skip?: string;
+  /** A fresh, empty database: its engine URL. */
+  fresh(): Promise<string>;
+}
+
+const tempDirs: string[] = [];
+const dialects: Dialect[] = [
+  {
+    name: 'sqlite',
+    async fresh() {
+      const dir = await mkdtemp(join(tmpdir(), 'backy-meta-'));
+      tempDirs.push(dir);
+      return `sqlite:///${join(dir, 'backy.sqlite')}`;
+    },
+  },
+  { name: 'postgres', skip: pgSkipReason(), fresh: () => pgDatabase('backy_meta') },
+];
+
+after(async () => {
+  for (const d of tempDirs) await rm(d, { recursive: true, force: true });
+});
+
+const sum = (n: number) => 'c'.repeat(60) + String(n).padStart(4, '0');
+const rows = (n: number, from = 0, checksum: (i: number) => string | null = () => null): BlockRow[] =>
+  Array.from({ length: n }, (_, k) => ({
+    idx: from + k,
+    checksum: checksum(from + k),
+    size: 4096,
+    valid: true,
+  }));
+
+for (const dialect of dialects) {
+  describe(`MetaStore on ${dialect.name}`, { skip: dialect.skip }, () => {
+    let engine: string;
+    let meta: MetaStore;
+
+    before(async () => {
+      engine = await dialect.fresh();
+      meta = await MetaStore.open(engine);
+    });
+    after(async () => {
+      await meta?.close();
+    });
+
+    it('creates, finds, lists and updates versions, with numbers as numbers', async () => {
+      const a = await meta.createVersion({ name: 'vm-a', sizeBytes: 3 * 2 ** 40, blockSize: 4 << 20 });
+      const b = await meta.createVersion({ name: 'vm-b', sizeBytes: 8192, blockSize: 4096, baseUid: a.uid });
+      const got = await meta.getVersion(a.uid);
+      assert.deepEqual(got, a);
+      assert.equal(typeof got.date, 'number');
+      assert.equal(got.sizeBytes, 3 * 2 ** 40);
+      assert.equal(got.status, 'incomplete');
+      assert.equal((await meta.getVersion(b.uid)).baseUid, a.uid);
+      await assert.rejects(meta.getVersion('00000000-0000-4000-8000-000000000000'), NotFoundError);
+      assert.equal(await meta.findVersion('00000000-0000-4000-8000-000000000000'), undefined);
+
+      const all = await meta.listVersions();
+      assert.deepEqual(
+        all.filter((v) => v.uid === a.uid || v.uid === b.uid).map((v) => v.uid),
+        [a.uid, b.uid],
+      );
+      assert.deepEqual(
+        (await meta.listVersions({ name: 'vm-b' })).map((v) => v.uid),
+        [b.uid],
+      );
+      await meta.setVersionStatus(b.uid, 'invalid');
+      await meta.setVersionSize(b.uid, 12288);
+      const b2 = await meta.getVersion(b.uid);
+      assert.equal(b2.status, 'invalid');
+      assert.equal(b2.sizeBytes, 12288);
+    });
+
+    it('upserts block rows and pages them in index order', async () => {
+      const v = await meta.createVersion({ name: 'paging', sizeBytes: 2500 * 4096, blockSize: 4096 });
+      // Inserted out of order and in two calls; the second overwrites a stretch.
+      await meta.putBlocks(v.uid, rows(1500, 1000));
+      await meta.putBlocks(
+        v.uid,
+        rows(1200, 0, (i) => sum(i)),
+      );
+      const page = await meta.blockPage(v.uid, 0, 10);
+      assert.deepEqual(
+        page.map((r) => r.idx),
+        [0, 1, 2, 3, 4, 5, 6, 7, 8, 9],
+      );
+      assert.equal(page[3].checksum, sum(3));
+      assert.equal(typeof page[3].size, 'number');
+      const later = await meta.blockPage(v.uid, 1195, 10);
+      assert.deepEqual(
+        later.map((r) => [r.idx, r.checksum]),
+        [
+          [1195, sum(1195)],
+          [1196, sum(1196)],
+          [1197, sum(1197)],
+          [1198, sum(1198)],
+          [1199, sum(1199)],
+          [1200, null],
+          [1201, null],
+          [1202, null],
+          [1203, null],
+          [1204, null],
+        ],
+      );
+      const all: number[] = [];
+      for await (const r of meta.blocks(v.uid)) all.push(r.idx);
+      assert.equal(all.length, 2500);
+      assert.ok(all.every((idx, k) => idx === k));
+      const some = await meta.blocksAt(v.uid, [2499, 7, 3000]);
+      assert.deepEqual(
+        [...some.keys()].sort((x, y) => x - y),
+        [7, 2499],
+      );
+      assert.equal(some.get(7)?.checksum, sum(7));
+    });
+
+    it('copies a block list up to a count', async () => {
+      const from = await meta.createVersion({ name: 'copy-src', sizeBytes: 10 * 4096, blockSize: 4096 });
+      await meta.putBlocks(
+        from.uid,
+        rows(10, 0, (i) => (i % 2 ? sum(i) : null)),
+      );
+      const to = await meta.createVersion({ name: 'copy-dst', sizeBytes: 6 * 4096, blockSize: 4096 });
+      await meta.copyBlocks(from.uid, to.uid, 6);
+      const copied = await meta.blockPage(to.uid, 0);
+      assert.deepEqual(
+        copied.map((r) => [r.idx, r.checksum]),
+        [0, 1, 2, 3, 4, 5].map((i) => [i, i % 2 ? sum(i) : null]),
+      );
+    });
+
+    it('completes a version only when every block is present and backed by a valid object', async () => {
+      const v = await meta.createVersion({ name: 'complete', sizeBytes: 3 * 4096 + 100, blockSize: 4096 });
+      await meta.putBlocks(
+        v.uid,
+        rows(3, 0, (i) => (i === 1 ? sum(9001) : null)),
+      );
+      assert.match((await meta.completeVersion(v.uid)) ?? '', /3 block entries, expected 4/);
+      await meta.putBlocks(v.uid, [{ idx: 3, checksum: null, size: 100, valid: true }]);
+      assert.match((await meta.completeVersion(v.uid)) ?? '', /1 blocks reference objects/);
+      assert.equal((await meta.getVersion(v.uid)).status, 'incomplete');
+      await meta.recordObjects([{ checksum: sum(9001), storedSize: 4112 }], Date.now() * 1000);
+      assert.equal(await meta.completeVersion(v.uid), undefined);
+      assert.equal((await meta.getVersion(v.uid)).status, 'valid');
+    });
+
+    it('marks a damaged object, its block entries and their versions invalid; re-storing heals the entries', async () => {
+      const bad = sum(7777);
+      await meta.recordObjects(
+        [
+          { checksum: bad, storedSize: 10 },
+          { checksum: sum(7778), storedSize: 10 },
+        ],
+        1,
+      );
+      const v1 = await meta.createVersion({ name: 'dmg1', sizeBytes: 2 * 4096, blockSize: 4096 });
+      const v2 = await meta.createVersion({ name: 'dmg2', sizeBytes: 4096, blockSize: 4096 });
+      await meta.putBlocks(
+        v1.uid,
+        rows(2, 0, (i) => (i === 0 ? bad : sum(7778))),
+      );
+      await meta.putBlocks(
+        v2.uid,
+        rows(1, 0, () => sum(7778)),
+      );
+      assert.equal(await meta.completeVersion(v1.uid), undefined);
+      assert.equal(await meta.completeVersion(v2.uid), undefined);
+
+      const affected = await meta.markObjectInvalid(bad);
+      assert.deepEqual(affected, [v1.uid]);
+      assert.equal((await meta.getVersion(v1.uid)).status, 'invalid');
+      assert.equal((await meta.getVersion(v2.uid)).status, 'valid');
+      assert.equal((await meta.blockPage(v1.uid, 0))[0].valid, false);
+      assert.equal((await meta.blockPage(v1.uid, 0))[1].valid, true);
+      assert.equal(await meta.touchObject(bad, 2), false, 'an invalid object is no dedup target');
+
+      await meta.recordObjects([{ checksum: bad, storedSize: 11 }], 3);
+      assert.equal((await meta.blockPage(v1.uid, 0))[0].valid, true);
+      assert.equal(await meta.touchObject(bad, 4), true);
+      // The version stays invalid until a scrub says otherwise.
+      assert.equal((await meta.getVersion(v1.uid)).status, 'invalid');
+    });
+
+    it('touches and records objects (duplicates in one batch, upserts)', async () => {
+      const before = await meta.objectStats();
+      assert.equal(await meta.touchObject(sum(5000), 1), false);
+      await meta.recordObjects(
+        [
+          { checksum: sum(5001), storedSize: 100 },
+          { checksum: sum(5000), storedSize: 200 },
+          { checksum: sum(5001), storedSize: 100 },
+        ],
+        5,
+      );
+      assert.equal(await meta.touchObject(sum(5000), 6), true);
+      await meta.recordObjects([{ checksum: sum(5000), storedSize: 250 }], 7);
+      const stats = await meta.objectStats();
+      assert.equal(stats.count, before.count + 2);
+      assert.equal(stats.bytes, before.bytes + 350);
+      assert.equal(typeof stats.bytes, 'number');
+    });
+
+    it('removes a version and its block list, keeping objects', async () => {
+      const v = await meta.createVersion({ name: 'gone', sizeBytes: 4096, blockSize: 4096 });
+      await meta.putBlocks(
+        v.uid,
+        rows(1, 0, () => sum(5000)),
+      );
+      const objects = await meta.objectStats();
+      await meta.removeVersion(v.uid);
+      assert.equal(await meta.findVersion(v.uid), undefined);
+      assert.deepEqual(await meta.blockPage(v.uid, 0), []);
+      assert.deepEqual(await meta.objectStats(), objects);
+    });
+
+    it('holds leases while their holder lives and sees them die with it', async () => {
+      const lease = await meta.acquireLease('backup', null);
+      assert.ok((await meta.leases()).some((l) => l.id === lease.id));
+      assert.equal(await meta.isLeaseAlive(lease), true);
+      await meta.heartbeat(lease.id);
+
+      // Another holder (another process, or another host sharing the database) ...
+      const other = await MetaStore.open(engine);
+      const theirs = await other.acquireLease('backup', null);
+      const seen = (await meta.leases()).find((l) => l.id === theirs.id);
+      assert.ok(seen);
+      if (dialect.name === 'sqlite') {
+        // One host: liveness is the recorded pid. A pid that cannot exist stands for a crashed process.
+        assert.equal(await meta.isLeaseAlive(seen), true);
+        assert.equal(await meta.isLeaseAlive({ ...seen, pid: 2 ** 22 + 12345 }), false);
+        await other.close();
+      } else {
+        assert.equal(await meta.isLeaseAlive(seen), true, 'its advisory lock is held');
+        // ... that goes away without releasing: its session ends, so does the lock.
+        await other.close();
+        assert.ok(
+          (await meta.leases()).some((l) => l.id === theirs.id),
+          'the row is still there',
+        );
+        assert.equal(await meta.isLeaseAlive(seen), false);
+        assert.equal(await meta.isLeaseAlive(seen), false, 'the liveness check released the lock it took');
+      }
+      await meta.releaseLease(lease.id);
+      assert.ok(!(await meta.leases()).some((l) => l.id === lease.id));
+    });
+
+    it('opens a fresh database from several connections at once, and keeps its hash function', async () => {
+      const url = await dialect.fresh();
+      const stores = await Promise.all(
+        [1, 2, 3, 4].map(() => MetaStore.open(url, { hashFunction: 'sha256' })),
+      );
+      for (const s of stores) {
+        assert.equal(s.hashFunction, 'sha256');
+        await s.close();
+      }
+      await assert.rejects(MetaStore.open(url, { hashFunction: 'blake3' }), ConfigError);
+    });
+  });
+}
