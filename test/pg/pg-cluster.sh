@@ -52,8 +52,9 @@ case "$cmd" in
       echo "listen_addresses = '127.0.0.1'"
       echo "port = $port"
       echo "unix_socket_directories = '$dir'"
+      # Faster throwaway clusters: no fsync (an OS crash is not what tests simulate). Commits
+      # still reach the OS before they return, so a server crash (kill) loses nothing.
       echo "fsync = off"
-      echo "synchronous_commit = off"
       echo "full_page_writes = off"
       echo "max_connections = 200"
     } >>"$dir/data/postgresql.conf"
