@@ -57,6 +57,8 @@ export interface Lease {
 
 /** Rows per INSERT statement: well under SQLite's 32766 bound parameters and PostgreSQL's 65535. */
 const INSERT_BATCH = 1000;
+/** Block rows per PostgreSQL INSERT ... SELECT FROM unnest(arrays). */
+const PG_UNNEST_BATCH = 10_000;
 /** A lease from another host without a heartbeat for this long is considered dead. */
 export const LEASE_TIMEOUT_US = 10 * 60 * 1_000_000;
 
@@ -576,6 +578,27 @@ export class MetaStore {
   /** Inserts or replaces block entries (batched, one transaction). */
   async putBlocks(uid: string, rows: readonly BlockRow[]): Promise<void> {
     if (rows.length === 0) return;
+    if (this.dialect === 'postgres') {
+      // PostgreSQL refuses to upsert one row twice in a statement; SQLite lets the last win. Same here.
+      const last = new Map<number, BlockRow>();
+      for (const r of rows) last.set(r.idx, r);
+      const unique = [...last.values()];
+      // Columns as arrays through unnest: 4 parameters per statement instead of 5 per row, which
+      // makes a 262,144-row block list several times faster to write than multi-row VALUES.
+      await this.write(async (tx) => {
+        for (let i = 0; i < unique.length; i += PG_UNNEST_BATCH) {
+          const batch = unique.slice(i, i + PG_UNNEST_BATCH);
+          await sql`
+            INSERT INTO blocks (version_uid, idx, checksum, size, valid)
+            SELECT ${uid}, * FROM unnest(
+              ${batch.map((r) => r.idx)}::bigint[], ${batch.map((r) => r.checksum)}::text[],
+              ${batch.map((r) => r.size)}::integer[], ${batch.map((r) => (r.valid ? 1 : 0))}::integer[])
+            ON CONFLICT (version_uid, idx) DO UPDATE
+              SET checksum = excluded.checksum, size = excluded.size, valid = excluded.valid`.execute(tx);
+        }
+      });
+      return;
+    }
     await this.write(async (tx) => {
       for (let i = 0; i < rows.length; i += INSERT_BATCH) {
         await tx
