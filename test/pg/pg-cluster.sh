@@ -36,7 +36,12 @@ bin=$(bindir)
 
 case "$cmd" in
   start)
-    if [ -z "$dir" ]; then dir=$(mktemp -d "${TMPDIR:-/tmp}/backy-pg-XXXXXX"); fi
+    # Never $BACKY_TEST_PG_DIR: that is a running cluster; a new one gets a new directory.
+    dir=${2:-}
+    if [ -z "$dir" ]; then
+      dir=$(mktemp -d "${TMPDIR:-/tmp}/backy-pg-XXXXXX")
+      trap 'rm -rf "$dir"' ERR # a failed start leaves nothing behind
+    fi
     mkdir -p "$dir"
     [ "$(id -u)" = 0 ] && chown postgres: "$dir"
     password=$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')
@@ -45,12 +50,10 @@ case "$cmd" in
     chmod 600 "$dir/pwfile"
     as_owner "$bin/initdb" -D "$dir/data" -U postgres --pwfile="$dir/pwfile" \
       --auth-local=trust --auth-host=scram-sha-256 -E UTF8 --no-sync >"$dir/initdb.log" 2>&1 ||
-      { cat "$dir/initdb.log" >&2; exit 1; }
+      { cat "$dir/initdb.log" >&2; false; }
     rm -f "$dir/pwfile"
-    port=$(free_port)
     {
       echo "listen_addresses = '127.0.0.1'"
-      echo "port = $port"
       echo "unix_socket_directories = '$dir'"
       # Faster throwaway clusters: no fsync (an OS crash is not what tests simulate). Commits
       # still reach the OS before they return, so a server crash (kill) loses nothing.
@@ -58,8 +61,15 @@ case "$cmd" in
       echo "full_page_writes = off"
       echo "max_connections = 200"
     } >>"$dir/data/postgresql.conf"
-    as_owner "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 start >/dev/null ||
-      { cat "$dir/server.log" >&2; exit 1; }
+    # The free port may be taken before the server binds it: then try another (the last
+    # `port =` line wins).
+    for attempt in 1 2 3; do
+      port=$(free_port)
+      echo "port = $port" >>"$dir/data/postgresql.conf"
+      if as_owner "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 start >/dev/null; then break; fi
+      [ "$attempt" -lt 3 ] || { cat "$dir/server.log" >&2; false; }
+    done
+    trap - ERR
     echo "export BACKY_TEST_PG_URL=postgresql://postgres:$password@127.0.0.1:$port/postgres"
     echo "export BACKY_TEST_PG_DIR=$dir"
     ;;
