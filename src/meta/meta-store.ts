@@ -1013,18 +1013,7 @@ export class MetaStore {
    */
   async acquireLease(kind: string, versionUid: string | null): Promise<Lease> {
     const id = randomUUID();
-    if (this.dialect === 'postgres') {
-      const client = new pg.Client({ connectionString: this.url });
-      client.on('error', () => {}); // a lost session shows up on the next statement or not at all
-      try {
-        await client.connect();
-        await client.query('SELECT pg_advisory_lock($1, $2)', leaseLockKey(id));
-      } catch (err) {
-        await client.end().catch(() => {});
-        throw pgError(err, this.url);
-      }
-      this.#leaseClients.set(id, client);
-    }
+    await this.#holdLeaseLock(id);
     const now = nowMicros();
     const lease: Lease = {
       id,
@@ -1035,18 +1024,23 @@ export class MetaStore {
       started: now,
       heartbeat: now,
     };
-    await this.#db
-      .insertInto('leases')
-      .values({
-        id: lease.id,
-        version_uid: versionUid,
-        kind,
-        hostname: lease.hostname,
-        pid: lease.pid,
-        started: now,
-        heartbeat: now,
-      })
-      .execute();
+    try {
+      await this.#db
+        .insertInto('leases')
+        .values({
+          id: lease.id,
+          version_uid: versionUid,
+          kind,
+          hostname: lease.hostname,
+          pid: lease.pid,
+          started: now,
+          heartbeat: now,
+        })
+        .execute();
+    } catch (err) {
+      await this.#dropLeaseLock(id);
+      throw err;
+    }
     return lease;
   }
 
@@ -1054,14 +1048,38 @@ export class MetaStore {
     await this.#db.updateTable('leases').set({ heartbeat: nowMicros() }).where('id', '=', id).execute();
   }
 
+  /**
+   * PostgreSQL: takes lease `id`'s advisory lock on a connection of its own, kept until
+   * releaseLease or close. Call it before the lease row is inserted, so that no one can see the
+   * row while the lock is free. A no-op on SQLite.
+   */
+  async #holdLeaseLock(id: string): Promise<void> {
+    if (this.dialect !== 'postgres') return;
+    const client = new pg.Client({ connectionString: this.url });
+    client.on('error', () => {}); // a lost session shows up on the next statement or not at all
+    try {
+      await client.connect();
+      await client.query('SELECT pg_advisory_lock($1, $2)', leaseLockKey(id));
+    } catch (err) {
+      await client.end().catch(() => {});
+      throw pgError(err, this.url);
+    }
+    this.#leaseClients.set(id, client);
+  }
+
   async releaseLease(id: string): Promise<void> {
     try {
       await this.#db.deleteFrom('leases').where('id', '=', id).execute();
     } finally {
-      const client = this.#leaseClients.get(id);
-      this.#leaseClients.delete(id);
-      await client?.end().catch(() => {});
+      await this.#dropLeaseLock(id);
     }
+  }
+
+  /** Ends the session holding lease `id`'s advisory lock, which releases it. */
+  async #dropLeaseLock(id: string): Promise<void> {
+    const client = this.#leaseClients.get(id);
+    this.#leaseClients.delete(id);
+    await client?.end().catch(() => {});
   }
 
   /**
