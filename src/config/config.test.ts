@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { ConfigError } from '../errors.js';
-import { embeddedDefault, findConfigFile, parseConfig, redactUrl, sqlitePath } from './config.js';
+import { embeddedDefault, findConfigFile, loadConfig, parseConfig, redactUrl, sqlitePath } from './config.js';
 
 describe('config', () => {
   it('embedded default honours XDG_DATA_HOME', () => {
@@ -72,6 +72,31 @@ describe('config', () => {
       'postgresql://backy:***@db:5432/backy',
     );
     assert.equal(redactUrl('sqlite:////x'), 'sqlite:////x');
+    assert.equal(redactUrl('postgresql://u:pa/ss@h/db'), 'postgresql://u:***@h/db');
+    assert.equal(
+      redactUrl('postgresql://u@h/db?sslmode=require&password=s3cret&x=1'),
+      'postgresql://u@h/db?sslmode=require&password=***&x=1',
+    );
+  });
+  it('$BACKY_DATABASE_URL replaces the engine, and is validated', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'backy-cfg-'));
+    try {
+      const file = join(dir, 'b.cfg');
+      await writeFile(file, '[MetaBackend]\nengine = sqlite:////var/lib/backy/x.sqlite\n');
+      const url = 'postgresql://backy:pw@db:5432/backy';
+      assert.equal(loadConfig(file, { HOME: dir }).engine, 'sqlite:////var/lib/backy/x.sqlite');
+      assert.equal(loadConfig(file, { HOME: dir, BACKY_DATABASE_URL: url }).engine, url);
+      assert.equal(loadConfig(undefined, { HOME: dir, BACKY_DATABASE_URL: url }).engine, url);
+      assert.throws(
+        () => loadConfig(file, { HOME: dir, BACKY_DATABASE_URL: 'mysql://u:pw@h/db' }),
+        (err: Error) =>
+          err instanceof ConfigError &&
+          /BACKY_DATABASE_URL/.test(err.message) &&
+          !err.message.includes(':pw@'),
+      );
+    } finally {
+      await rm(dir, { recursive: true });
+    }
   });
   it('finds $BACKY_CONFIG and refuses a missing explicit file', async () => {
     const dir = await mkdtemp(join(tmpdir(), 'backy-cfg-'));

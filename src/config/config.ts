@@ -206,7 +206,9 @@ function validateEngine(url: string, what: string): void {
 
 /** The engine URL with any password replaced, for logs and errors. */
 export function redactUrl(url: string): string {
-  return url.replace(/(\/\/[^:/@]*:)[^@/]*@/, '$1***@');
+  // Up to the first '@', so an unescaped '/' in the password does not expose the rest of it;
+  // `password=` in the query is a password too (pg reads it).
+  return url.replace(/(\/\/[^:/@]*:)[^@]*@/, '$1***@').replace(/([?&]password=)[^&]*/gi, '$1***');
 }
 
 /** sqlite:///rel/path -> rel/path, sqlite:////abs/path -> /abs/path (SQLAlchemy's form). */

@@ -89,13 +89,14 @@ function pgError(err: unknown, engine: string): unknown {
   const e = err as { message?: string; code?: string; errors?: { message?: string }[] };
   // AggregateError (every address refused) has an empty message of its own.
   let msg = e?.message || e?.errors?.map((x) => x.message).join('; ') || String(err);
-  let password = '';
+  const passwords: string[] = [];
   try {
-    password = decodeURIComponent(new URL(engine).password);
+    const url = new URL(engine);
+    passwords.push(decodeURIComponent(url.password), url.password, url.searchParams.get('password') ?? '');
   } catch {
-    // not a parseable URL: nothing to strip
+    // not a parseable URL: redactUrl below is all there is
   }
-  if (password) msg = msg.split(password).join('***');
+  for (const p of passwords) if (p) msg = msg.split(p).join('***');
   const what = /ECONNREFUSED|ENOTFOUND|EHOSTUNREACH|ETIMEDOUT|timeout expired/i.test(msg)
     ? 'cannot reach metadata database'
     : 'metadata database';
