@@ -187,7 +187,11 @@ export class MetaStore {
       );
     } else if (/^postgres(ql)?:\/\//.test(engine)) {
       const pool = new pg.Pool({ connectionString: engine, max: 4, connectionTimeoutMillis: 60_000 });
-      pool.on('error', () => {}); // an idle client's error surfaces on the next query instead
+      // A lost connection surfaces as the failure of the query that needs it, never as an
+      // 'error' event nobody listens to (which would crash the process): the pool handles idle
+      // clients' errors, this handler those of clients in use.
+      pool.on('error', () => {});
+      pool.on('connect', (client) => client.on('error', () => {}));
       store = new MetaStore(
         new Kysely<Database>({ dialect: new PostgresDialect({ pool: wrapPool(pool, engine) }) }),
         'postgres',
