@@ -35,6 +35,7 @@ describe('PostgreSQL: concurrent writers', { skip: pgSkipReason() }, () => {
       await scribble(img, (5 + w * 7) * BS, BS, `own-${w}`);
       images.push(img);
     }
+    // The database is empty: these processes also race to create the schema (migrations).
     const round1 = await Promise.all(images.map((img, w) => sb.backup([img, `vm${w}@r1`])));
 
     // Round 2, again all at once: incremental with hints against each writer's round-1 version,
