@@ -3,10 +3,12 @@
  * other processes or on other hosts sharing the metadata database.
  *
  * What goes:
- * 1. Lease rows whose process is gone (same host: pid not alive; other host: no heartbeat for
- *    LEASE_TIMEOUT_US) are released, and incomplete versions that no lease names any more are
- *    removed (crashed backups or imports, reported by uid): their block entries would keep
- *    everything they wrote alive forever, and an incomplete version is never a base.
+ * 1. Lease rows whose process is gone (MetaStore.isLeaseAlive; PostgreSQL: the lease's
+ *    advisory lock is free, i.e. its session ended; SQLite: same host: pid not alive; other
+ *    host: no heartbeat for LEASE_TIMEOUT_US) are released, and incomplete versions that no
+ *    lease names any more are removed (crashed backups or imports, reported by uid): their
+ *    block entries would keep everything they wrote alive forever, and an incomplete version
+ *    is never a base.
  * 2. Objects with no block entry and last_seen before the cutoff: the start of the oldest live
  *    lease, or cleanup's own start when none runs.
  * 3. Object files without an objects row (a backup crashed between renaming the file into
@@ -42,7 +44,7 @@
  */
 import { rm, stat } from 'node:fs/promises';
 import type { MetaStore, Version } from '../meta/meta-store.js';
-import { leaseAlive, nowMicros } from '../meta/meta-store.js';
+import { nowMicros } from '../meta/meta-store.js';
 import type { StorageBackend } from '../storage/backend.js';
 import { mapOrdered } from '../util/concurrency.js';
 import { noProgress } from './progress.js';
@@ -101,7 +103,8 @@ export async function cleanup(opts: {
   };
 
   const leases = await meta.leases();
-  const live = leases.filter((l) => leaseAlive(l, start));
+  const live: typeof leases = [];
+  for (const l of leases) if (await meta.isLeaseAlive(l)) live.push(l);
   result.leasesLive = live.length;
   for (const l of leases) {
     if (live.includes(l)) continue;

@@ -376,9 +376,11 @@ export class MetaStore {
    * transaction. Throws InputError when the uid exists already.
    */
   async insertVersionWithLease(version: Version, kind: string): Promise<Lease> {
+    const id = randomUUID();
+    await this.#holdLeaseLock(id);
     const now = nowMicros();
     const lease: Lease = {
-      id: randomUUID(),
+      id,
       versionUid: version.uid,
       kind,
       hostname: hostname(),
@@ -386,6 +388,17 @@ export class MetaStore {
       started: now,
       heartbeat: now,
     };
+    try {
+      await this.#insertVersionAndLease(version, lease);
+    } catch (err) {
+      await this.#dropLeaseLock(lease.id);
+      throw err;
+    }
+    return lease;
+  }
+
+  async #insertVersionAndLease(version: Version, lease: Lease): Promise<void> {
+    const { kind, started: now } = lease;
     await this.write(async (tx) => {
       const exists = await tx
         .selectFrom('versions')
@@ -421,7 +434,6 @@ export class MetaStore {
         })
         .execute();
     });
-    return lease;
   }
 
   async findVersion(uid: string): Promise<Version | undefined> {
