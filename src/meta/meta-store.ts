@@ -8,7 +8,7 @@
  * advisory lock held on a connection of its own for the whole run, so the lease dies with the
  * session (process crash, host loss) wherever the holder ran; see isLeaseAlive.
  */
-import { mkdirSync, closeSync, openSync } from 'node:fs';
+import { closeSync, openSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { dirname, resolve } from 'node:path';
 import { randomUUID } from 'node:crypto';
@@ -19,6 +19,7 @@ import type { PostgresPool, PostgresPoolClient, Transaction } from 'kysely';
 import { BackyError, ConfigError, InputError, NotFoundError } from '../errors.js';
 import { HASH_FUNCTIONS, redactUrl, sqlitePath } from '../config/config.js';
 import type { HashFunction } from '../config/config.js';
+import { mkdirpSync } from '../util/mkdirp.js';
 import { migrationProvider } from './migrations.js';
 import type { Database, VersionStatus } from './schema.js';
 
@@ -162,7 +163,7 @@ export class MetaStore {
     if (engine.startsWith('sqlite:///')) {
       const path = resolve(sqlitePath(engine));
       try {
-        mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
+        mkdirpSync(dirname(path), 0o700);
         closeSync(openSync(path, 'a', 0o600));
       } catch (err) {
         throw new BackyError(
