@@ -51,6 +51,16 @@ export class MissingBlockError extends BackyError {
   }
 }
 
+/** An OS error as one short phrase: "no space left on device (ENOSPC)"; other errors by message. */
+export function ioReason(err: unknown): string {
+  const e = err as NodeJS.ErrnoException;
+  if (e && typeof e.code === 'string') {
+    const m = /^[A-Z0-9_]+: ([^,]+)/.exec(e.message ?? '');
+    return m ? `${m[1]} (${e.code})` : e.code;
+  }
+  return errorMessage(err).split('\n')[0];
+}
+
 export function errorMessage(err: unknown): string {
   if (err instanceof Error) return err.message;
   return String(err);

@@ -6,10 +6,11 @@
  */
 import { randomBytes } from 'node:crypto';
 import { constants } from 'node:fs';
-import { mkdir, open, opendir, readFile, rename, rm, stat, unlink } from 'node:fs/promises';
+import { open, opendir, readFile, rename, rm, stat, unlink } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
-import { MissingBlockError } from '../errors.js';
+import { BackyError, MissingBlockError, ioReason } from '../errors.js';
 import { mapOrdered } from '../util/concurrency.js';
+import { mkdirp } from '../util/mkdirp.js';
 import type { ObjectInfo, PutOptions, StorageBackend } from './backend.js';
 
 const KEY_RE = /^[0-9a-f]{8,}$/;
@@ -40,11 +41,20 @@ export class DirBackend implements StorageBackend {
   }
 
   async put(key: string, data: readonly Buffer[], opts: PutOptions = {}): Promise<void> {
+    try {
+      await this.#put(key, data, opts);
+    } catch (err) {
+      // One line that names the store and the cause (ENOSPC, EIO, EACCES...), not a raw errno.
+      throw new BackyError(`cannot store block ${key} in ${this.#root}: ${ioReason(err)}`, { cause: err });
+    }
+  }
+
+  async #put(key: string, data: readonly Buffer[], opts: PutOptions): Promise<void> {
     const dir = this.#dir(key);
     const dirsToSync = [dir];
     if (!this.#knownDirs.has(dir)) {
       // A fan-out directory made now needs its own entry made durable too: fsync its parent(s).
-      const first = await mkdir(dir, { recursive: true, mode: 0o700 });
+      const first = await mkdirp(dir, 0o700);
       if (first !== undefined) {
         for (let d = dir; d.length >= first.length; d = dirname(d)) dirsToSync.push(dirname(d));
       }
@@ -96,7 +106,7 @@ export class DirBackend implements StorageBackend {
       return await readFile(this.path(key));
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code === 'ENOENT') throw new MissingBlockError(key);
-      throw err;
+      throw new BackyError(`cannot read block ${key} from ${this.#root}: ${ioReason(err)}`, { cause: err });
     }
   }
 

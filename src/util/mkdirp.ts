@@ -24,19 +24,23 @@ export function mkdirpSync(path: string, mode = 0o700): void {
   }
 }
 
-export async function mkdirp(path: string, mode = 0o700): Promise<void> {
+/** Like `mkdir(path, { recursive: true })`: returns the first directory created, if any. */
+export async function mkdirp(path: string, mode = 0o700): Promise<string | undefined> {
   try {
     await mkdir(path, { mode });
+    return path;
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
-    if (code === 'EEXIST') return;
+    if (code === 'EEXIST') return undefined;
     const parent = dirname(path);
     if (code !== 'ENOENT' || parent === path) throw err;
-    await mkdirp(parent, mode);
+    const first = await mkdirp(parent, mode);
     try {
       await mkdir(path, { mode });
     } catch (again) {
       if ((again as NodeJS.ErrnoException).code !== 'EEXIST') throw again;
+      return first;
     }
+    return first ?? path;
   }
 }
