@@ -15,7 +15,9 @@ const extentSchema = z
   .object({
     offset: z.number().int().nonnegative().max(Number.MAX_SAFE_INTEGER),
     length: z.number().int().nonnegative().max(Number.MAX_SAFE_INTEGER),
-    exists: z.union([z.boolean(), z.enum(['true', 'false'])]),
+    exists: z.union([z.boolean(), z.enum(['true', 'false'])], {
+      error: 'expected true, false, "true" or "false"',
+    }),
   })
   .loose();
 
@@ -27,7 +29,10 @@ export function parseRbdDiff(text: string, what = 'hint file'): HintExtent[] {
   try {
     json = JSON.parse(text);
   } catch (err) {
-    throw new InputError(`${what} is not valid JSON: ${(err as Error).message}`);
+    // JSON.parse quotes the offending text, newlines included: keep the error on one line.
+    throw new InputError(
+      `${what} is not valid JSON: ${(err as Error).message.replace(/\s*[\r\n]+\s*/g, ' ')}`,
+    );
   }
   const parsed = hintsSchema.safeParse(json);
   if (!parsed.success) {
