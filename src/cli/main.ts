@@ -31,7 +31,11 @@ export async function main(argv: string[]): Promise<number> {
     .option('-v, --verbose', 'debug logging, stack traces on errors')
     .exitOverride()
     .showHelpAfterError(false)
-    .configureOutput({ writeErr: (s) => process.stderr.write(s) });
+    .configureOutput({
+      writeErr: (s) => process.stderr.write(s),
+      // Usage errors in backy's own one-line format, like every other error.
+      outputError: (s) => log.error(`${s.trim().replace(/^error: /, '')} (see 'backy --help')`),
+    });
 
   // Each command: set up the context, log the start, run, log the end.
   const run =
