@@ -3,7 +3,8 @@
  * or stdout ('-', sequential, zeros written out since a pipe cannot be sparse).
  */
 import { constants } from 'node:fs';
-import { open, stat } from 'node:fs/promises';
+import { open, realpath, stat } from 'node:fs/promises';
+import { basename, dirname, join, resolve, sep } from 'node:path';
 import type { FileHandle } from 'node:fs/promises';
 import type { Stats } from 'node:fs';
 import { BackyError, InputError } from '../errors.js';
@@ -17,6 +18,53 @@ export interface Target {
   /** Extends a file to its full size (sparse tail) and makes everything durable. */
   finish(): Promise<void>;
   close(): Promise<void>;
+}
+
+/**
+ * Refuses a restore TARGET that is backy's own metadata database (or its -wal, -shm or
+ * -journal file), the data directory or anything inside it: restoring there would destroy
+ * the store it reads from. Symlinks and hard links are seen through (realpath, device+inode).
+ */
+export async function checkTargetOutsideStore(
+  path: string,
+  store: { dataDir: string; dbPath?: string },
+): Promise<void> {
+  if (path === '-') return;
+  const target = await canonical(path);
+  const dataDir = await canonical(store.dataDir);
+  if (target === dataDir || target.startsWith(dataDir.endsWith(sep) ? dataDir : dataDir + sep)) {
+    throw new InputError(
+      `restore target ${path} is inside backy's data directory ${store.dataDir}; restore somewhere else`,
+    );
+  }
+  if (store.dbPath === undefined) return;
+  const dbFiles = ['', '-wal', '-shm', '-journal'].map((s) => store.dbPath + s);
+  const targetStat = await stat(target).catch(() => undefined);
+  for (const db of dbFiles) {
+    const same =
+      target === (await canonical(db)) ||
+      (targetStat !== undefined &&
+        (await stat(db).then(
+          (st) => st.dev === targetStat.dev && st.ino === targetStat.ino,
+          () => false,
+        )));
+    if (same) {
+      throw new InputError(
+        `restore target ${path} is backy's metadata database ${db}; restore somewhere else`,
+      );
+    }
+  }
+}
+
+/** The absolute path with symlinks resolved as far as the path exists. */
+async function canonical(path: string): Promise<string> {
+  const abs = resolve(path);
+  try {
+    return await realpath(abs);
+  } catch {
+    const parent = dirname(abs);
+    return parent === abs ? abs : join(await canonical(parent), basename(abs));
+  }
 }
 
 export async function openTarget(path: string, size: number, opts: { force: boolean }): Promise<Target> {

@@ -1,6 +1,8 @@
 import { restore } from '../../core/restore.js';
 import { IntegrityError } from '../../errors.js';
-import { openTarget } from '../../target/target.js';
+import { checkTargetOutsideStore, openTarget } from '../../target/target.js';
+import { sqlitePath } from '../../config/config.js';
+import { resolve } from 'node:path';
 import type { Context } from '../context.js';
 import { parseUid } from '../context.js';
 import { formatBytes, progressBar } from '../render.js';
@@ -12,6 +14,11 @@ export async function restoreCommand(
   opts: { sparse?: boolean; force?: boolean },
 ) {
   const uid = parseUid(uidArg);
+  const { engine, dataBackend } = ctx.config;
+  await checkTargetOutsideStore(targetPath, {
+    dataDir: dataBackend.path,
+    dbPath: engine.startsWith('sqlite:///') ? resolve(sqlitePath(engine)) : undefined,
+  });
   const meta = await ctx.meta();
   const store = await ctx.store();
   const version = await meta.getVersion(uid);
