@@ -206,9 +206,11 @@ function validateEngine(url: string, what: string): void {
 
 /** The engine URL with any password replaced, for logs and errors. */
 export function redactUrl(url: string): string {
-  // Up to the first '@', so an unescaped '/' in the password does not expose the rest of it;
-  // `password=` in the query is a password too (pg reads it).
-  return url.replace(/(\/\/[^:/@]*:)[^@]*@/, '$1***@').replace(/([?&]password=)[^&]*/gi, '$1***');
+  // Up to the LAST '@': a password may contain '@', ':' or an unescaped '/'. Redacting too much
+  // (an '@' in the query) is harmless; `password=` in the query is a password too (pg reads it).
+  return url
+    .replace(/^([a-z][a-z0-9+.-]*:\/\/[^:/?#@]*:).*@/i, '$1***@')
+    .replace(/([?&]password=)[^&#]*/gi, '$1***');
 }
 
 /** sqlite:///rel/path -> rel/path, sqlite:////abs/path -> /abs/path (SQLAlchemy's form). */
