@@ -10,7 +10,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { isAbsolute, join, resolve } from 'node:path';
 import { parse as parseIni } from 'ini';
-import { ConfigError } from '../errors.js';
+import { ConfigError, ioReason } from '../errors.js';
 
 export type HashFunction = 'blake3' | 'sha256';
 export const HASH_FUNCTIONS: readonly HashFunction[] = ['blake3', 'sha256'];
@@ -78,7 +78,7 @@ export function loadConfig(explicit: string | undefined, env: NodeJS.ProcessEnv 
     try {
       text = readFileSync(file, 'utf8');
     } catch (err) {
-      throw new ConfigError(`cannot read config file ${file}: ${(err as NodeJS.ErrnoException).code ?? err}`);
+      throw new ConfigError(`cannot read config file ${file}: ${ioReason(err)}`);
     }
     cfg = parseConfig(text, file, env);
   }

@@ -16,7 +16,7 @@ import SQLite from 'better-sqlite3';
 import pg from 'pg';
 import { Kysely, Migrator, PostgresDialect, SqliteDialect, sql } from 'kysely';
 import type { PostgresPool, PostgresPoolClient, Transaction } from 'kysely';
-import { BackyError, ConfigError, InputError, NotFoundError } from '../errors.js';
+import { BackyError, ConfigError, InputError, NotFoundError, ioReason } from '../errors.js';
 import { HASH_FUNCTIONS, redactUrl, sqlitePath } from '../config/config.js';
 import type { HashFunction } from '../config/config.js';
 import { mkdirpSync } from '../util/mkdirp.js';
@@ -166,9 +166,7 @@ export class MetaStore {
         mkdirpSync(dirname(path), 0o700);
         closeSync(openSync(path, 'a', 0o600));
       } catch (err) {
-        throw new BackyError(
-          `cannot create metadata database ${path}: ${(err as NodeJS.ErrnoException).code ?? err}`,
-        );
+        throw new BackyError(`cannot create metadata database ${path}: ${ioReason(err)}`);
       }
       let sqlite: SQLite.Database;
       try {

@@ -6,7 +6,7 @@ import { constants } from 'node:fs';
 import { open, readFile } from 'node:fs/promises';
 import type { FileHandle } from 'node:fs/promises';
 import type { Readable } from 'node:stream';
-import { InputError, NotFoundError, BackyError } from '../errors.js';
+import { InputError, NotFoundError, BackyError, ioReason } from '../errors.js';
 
 export interface RandomSource {
   readonly kind: 'random';
@@ -41,7 +41,7 @@ export async function openSource(path: string, stdin: Readable = process.stdin):
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
     if (code === 'ENOENT') throw new NotFoundError(`source ${path} does not exist`);
-    throw new InputError(`cannot open source ${path}: ${code ?? err}`);
+    throw new InputError(`cannot open source ${path}: ${ioReason(err)}`);
   }
   try {
     const st = await fh.stat();
@@ -69,9 +69,7 @@ export async function blockDeviceSize(path: string, rdev: number): Promise<numbe
     const sectors = Number((await readFile(`/sys/dev/block/${major}:${minor}/size`, 'utf8')).trim());
     return sectors * 512;
   } catch (err) {
-    throw new BackyError(
-      `cannot determine the size of block device ${path}: ${(err as NodeJS.ErrnoException).code ?? err}`,
-    );
+    throw new BackyError(`cannot determine the size of block device ${path}: ${ioReason(err)}`);
   }
 }
 
@@ -95,9 +93,7 @@ class FileSource implements RandomSource {
       try {
         ({ bytesRead } = await this.#fh.read(buf, done, length - done, offset + done));
       } catch (err) {
-        throw new BackyError(
-          `cannot read ${this.name} at offset ${offset + done}: ${(err as NodeJS.ErrnoException).code ?? err}`,
-        );
+        throw new BackyError(`cannot read ${this.name} at offset ${offset + done}: ${ioReason(err)}`);
       }
       if (bytesRead === 0) {
         throw new InputError(

@@ -7,7 +7,7 @@ import { open, realpath, stat } from 'node:fs/promises';
 import { basename, dirname, join, resolve, sep } from 'node:path';
 import type { FileHandle } from 'node:fs/promises';
 import type { Stats } from 'node:fs';
-import { BackyError, InputError } from '../errors.js';
+import { BackyError, InputError, ioReason } from '../errors.js';
 import { blockDeviceSize } from '../source/source.js';
 
 export interface Target {
@@ -74,9 +74,7 @@ export async function openTarget(path: string, size: number, opts: { force: bool
     st = await stat(path);
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code !== 'ENOENT') {
-      throw new InputError(
-        `cannot use restore target ${path}: ${(err as NodeJS.ErrnoException).code ?? err}`,
-      );
+      throw new InputError(`cannot use restore target ${path}: ${ioReason(err)}`);
     }
   }
   let flags: number;
@@ -104,7 +102,7 @@ export async function openTarget(path: string, size: number, opts: { force: bool
   try {
     fh = await open(path, flags, 0o600);
   } catch (err) {
-    throw new InputError(`cannot open restore target ${path}: ${(err as NodeJS.ErrnoException).code ?? err}`);
+    throw new InputError(`cannot open restore target ${path}: ${ioReason(err)}`);
   }
   return new FileTarget(path, fh, size, kind);
 }
@@ -140,9 +138,7 @@ class FileTarget implements Target {
         const { bytesWritten } = await this.#fh.write(data, done, data.length - done, offset + done);
         done += bytesWritten;
       } catch (err) {
-        throw new BackyError(
-          `cannot write ${this.name} at offset ${offset + done}: ${(err as NodeJS.ErrnoException).code ?? err}`,
-        );
+        throw new BackyError(`cannot write ${this.name} at offset ${offset + done}: ${ioReason(err)}`);
       }
     }
     this.#unflushed += data.length;
@@ -166,9 +162,7 @@ class FileTarget implements Target {
       if (this.#kind === 'file') await this.#fh.truncate(this.#size);
       await this.#fh.sync();
     } catch (err) {
-      throw new BackyError(
-        `cannot finish writing ${this.name}: ${(err as NodeJS.ErrnoException).code ?? err}`,
-      );
+      throw new BackyError(`cannot finish writing ${this.name}: ${ioReason(err)}`);
     }
   }
 
@@ -187,10 +181,7 @@ class StdoutTarget implements Target {
       throw new Error(`stdout target written out of order (${offset} != ${this.#offset})`);
     this.#offset += data.length;
     await new Promise<void>((resolve, reject) => {
-      const onError = (err: Error) =>
-        reject(
-          new BackyError(`cannot write to stdout: ${(err as NodeJS.ErrnoException).code ?? err.message}`),
-        );
+      const onError = (err: Error) => reject(new BackyError(`cannot write to stdout: ${ioReason(err)}`));
       process.stdout.once('error', onError);
       process.stdout.write(data, (err) => {
         process.stdout.off('error', onError);

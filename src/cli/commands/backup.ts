@@ -2,7 +2,7 @@ import { open, readFile } from 'node:fs/promises';
 import { backup } from '../../core/backup.js';
 import type { BackupResult } from '../../core/backup.js';
 import { backupExportDiff } from '../../core/backup-export-diff.js';
-import { InputError, NotFoundError, UsageError } from '../../errors.js';
+import { InputError, NotFoundError, UsageError, ioReason } from '../../errors.js';
 import { parseRbdDiff } from '../../hints/rbd-diff.js';
 import { openSource } from '../../source/source.js';
 import type { Context } from '../context.js';
@@ -59,9 +59,7 @@ export async function backupCommand(
     try {
       text = await readFile(opts.rbd, 'utf8');
     } catch (err) {
-      throw new InputError(
-        `cannot read hint file ${opts.rbd}: ${(err as NodeJS.ErrnoException).code ?? err}`,
-      );
+      throw new InputError(`cannot read hint file ${opts.rbd}: ${ioReason(err)}`);
     }
     hints = parseRbdDiff(text, `hint file ${opts.rbd}`);
   }
