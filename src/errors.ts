@@ -40,15 +40,20 @@ export class CorruptBlockError extends BackyError {
     readonly checksum: string,
     readonly reason: string,
   ) {
-    super(`block ${checksum} is damaged: ${reason}`);
+    super(`block ${printable(checksum)} is damaged: ${reason}`);
   }
 }
 
 /** An object that the metadata says exists is not in the data store. */
 export class MissingBlockError extends BackyError {
   constructor(readonly checksum: string) {
-    super(`block ${checksum} is missing from the data store`);
+    super(`block ${printable(checksum)} is missing from the data store`);
   }
+}
+
+/** A checksum as it may appear in a message: as is when plain hex, else quoted and cut short. */
+function printable(checksum: string): string {
+  return /^[0-9a-f]{1,128}$/.test(checksum) ? checksum : JSON.stringify(checksum.slice(0, 80));
 }
 
 /** An OS error as one short phrase: "no space left on device (ENOSPC)"; other errors by message. */

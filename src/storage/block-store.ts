@@ -12,6 +12,7 @@
  * Every read is verified: header, length and checksum of the decoded plaintext.
  */
 import { CorruptBlockError } from '../errors.js';
+import { CHECKSUM_RE } from '../blocks/hash.js';
 import type { Hasher } from '../blocks/hash.js';
 import type { HashPool } from '../util/hash-pool.js';
 import type { PutOptions, StorageBackend } from './backend.js';
@@ -92,6 +93,11 @@ export class BlockStore {
    * supports getInto, the result is a view of `into`: no allocation per block.
    */
   async get(checksum: string, expectedLength?: number, into?: Buffer): Promise<Buffer> {
+    // A checksum comes from the metadata database: one that is not plain hex (a damaged or
+    // hostile row, e.g. '../../etc/passwd') must never become a path.
+    if (!CHECKSUM_RE.test(checksum)) {
+      throw new CorruptBlockError(checksum, 'the block list names an invalid checksum');
+    }
     const obj =
       into && this.backend.getInto
         ? await this.backend.getInto(checksum, into)
