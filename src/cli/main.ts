@@ -154,6 +154,14 @@ function handleError(err: unknown, log: Logger): number {
     if (log.verbose && err.stack) process.stderr.write(`${err.stack}\n`);
     return err.exitCode;
   }
+  const code = (err as { code?: unknown } | undefined)?.code;
+  if (typeof code === 'string' && code.startsWith('SQLITE_')) {
+    // better-sqlite3's errors: name the database and, for the common case, what to do.
+    const hint = code === 'SQLITE_FULL' ? '; free space on its file system and run the command again' : '';
+    log.error(`metadata database error: ${errorMessage(err)} (${code})${hint}`);
+    if (log.verbose && err instanceof Error && err.stack) process.stderr.write(`${err.stack}\n`);
+    return EXIT_ERROR;
+  }
   log.error(`unexpected error: ${errorMessage(err)}${log.verbose ? '' : ' (run with -v for details)'}`);
   if (log.verbose && err instanceof Error && err.stack) process.stderr.write(`${err.stack}\n`);
   return EXIT_ERROR;

@@ -8,6 +8,7 @@
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { mkdir, rm, statfs } from 'node:fs/promises';
+import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { Sandbox, assertSameBytes, parseLsMachine } from '../lib/cli.js';
 import { writeImage } from '../lib/image.js';
@@ -134,5 +135,52 @@ describe('full disk (ENOSPC) on a real tmpfs', () => {
     assert.match(message, /^cannot (write|finish writing) .*out\.img.*: no space left on device \(ENOSPC\)$/);
     t.diagnostic(`restore to a full target -> exit 1: ${message}`);
     assert.equal((await sb.ok(['-m', 'ls'])).stdout, lsBefore, 'no version changed');
+  });
+
+  it('a full metadata file system fails cleanly; earlier versions are intact; then it works', async (t) => {
+    if (skip) {
+      t.skip(skip);
+      return;
+    }
+    const metaDir = sb.path('meta');
+    await mkdir(metaDir);
+    const why = tryMount(metaDir, '300k');
+    if (why) {
+      t.skip(why);
+      return;
+    }
+    mounts.push(metaDir);
+    // Its own store: 4 KiB blocks make many block rows; the database lives on the small mount.
+    const msb = await Sandbox.create({
+      defaults: 'block_size = 4096',
+      engine: `sqlite:///${join(metaDir, 'backy.sqlite')}`,
+    });
+    try {
+      const small = msb.path('small.img');
+      await writeImage(small, { blocks: 50, blockSize: 4096, kinds: () => 'random' });
+      const smallUid = await msb.backup([small, 'vm@small']);
+      const big = msb.path('big.img');
+      await writeImage(big, { blocks: 2000, blockSize: 4096, seed: 'big', kinds: () => 'random' });
+      const r = await msb.run(['backup', big, 'vm@big']);
+      assert.equal(r.code, 1, r.stderr);
+      const message = oneErrorLine(r.stderr);
+      assert.match(message, /^metadata database error: database or disk is full \(SQLITE_FULL\); free space/);
+      t.diagnostic(`backup with a full metadata file system -> exit 1: ${message}`);
+      const versions = parseLsMachine((await msb.ok(['-m', 'ls'])).stdout);
+      assert.ok(
+        versions.filter((v) => v.name === 'vm@big').every((v) => !v.valid),
+        'never valid',
+      );
+      const out = msb.path('small.out');
+      await msb.ok(['restore', smallUid, out]);
+      await assertSameBytes(small, out);
+      execFileSync('mount', ['-o', 'remount,size=16m', metaDir]);
+      const bigUid = await msb.backup([big, 'vm@big']);
+      const bigOut = msb.path('big.out');
+      await msb.ok(['restore', bigUid, bigOut]);
+      await assertSameBytes(big, bigOut);
+    } finally {
+      await msb.remove();
+    }
   });
 });
