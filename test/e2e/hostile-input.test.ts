@@ -204,6 +204,33 @@ describe('hostile input is refused with one line and changes nothing', { concurr
       re: /-r \(hints\) needs a seekable SOURCE/,
     },
 
+    // ---- rbd export-diff streams (refused before any version exists) ----
+    {
+      name: 'export-diff: not a stream',
+      args: async () => ['backup', '--rbd-export-diff', await file('g.diff', 'garbage\n'), '-f', uid, 'vm@d'],
+      code: 1,
+      re: /is not an rbd export-diff stream/,
+    },
+    {
+      name: 'export-diff: random bytes',
+      args: async () => [
+        'backup',
+        '--rbd-export-diff',
+        await file('r.diff', '\u0000\u0001binary\n\r\u001b[31m'),
+        '-f',
+        uid,
+        'vm@d',
+      ],
+      code: 1,
+      re: /is not an rbd export-diff stream: it starts with ".*", expected/,
+    },
+    {
+      name: 'export-diff: a directory',
+      args: async () => ['backup', '--rbd-export-diff', sb.path('adir'), '-f', uid, 'vm@d'],
+      code: 1,
+      re: /is a directory/,
+    },
+
     // ---- config files ----
     config('unknown section', '[Backends]\ntype = file\n', /unknown section \[Backends\]/),
     config('unknown key', '[DEFAULTS]\nblok_size = 65536\n', /unknown key 'blok_size' in \[DEFAULTS\]/),
