@@ -1,5 +1,8 @@
 import { appendFileSync } from 'node:fs';
 
+// eslint-disable-next-line no-control-regex
+const CONTROL = /[\u0000-\u001f\u007f-\u009f]/g;
+
 /**
  * stderr logger in the original backy's format ("    INFO: message"), optionally
  * mirrored to a log file with a timestamp. The core never logs; commands do.
@@ -40,7 +43,10 @@ export class Logger {
 
   #write(level: Level, msg: string): void {
     this.beforeWrite?.();
-    const line = `${level.padStart(8)}: ${msg}\n`;
+    // Every log line is one line and safe on a terminal, whatever a message quotes (a file name
+    // or NAME with a newline or an escape sequence): control characters are shown escaped.
+    const safe = msg.replace(CONTROL, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`);
+    const line = `${level.padStart(8)}: ${safe}\n`;
     process.stderr.write(line);
     if (this.#logfile) {
       try {
