@@ -386,6 +386,24 @@ describe('hostile input is refused with one line and changes nothing', { concurr
       code: 2,
       re: /must not contain whitespace/,
     },
+    {
+      name: 'cli: NAME with an escape sequence',
+      args: async () => ['backup', img, 'vm\u001b[31mred'],
+      code: 2,
+      re: /NAME must not contain control characters \("vm\\u001b\[31mred"\)/,
+    },
+    {
+      name: 'cli: NAME of 300 characters',
+      args: async () => ['backup', img, 'a'.repeat(300)],
+      code: 2,
+      re: /NAME is 300 characters long; at most 255/,
+    },
+    {
+      name: 'cli: a file name with a newline stays on one line',
+      args: async () => ['backup', '-r', sb.path('no\nsuch.json'), img, 'vm@n'],
+      code: 1,
+      re: /cannot read hint file .*no\\u000asuch\.json: no such file/,
+    },
     { name: 'cli: empty NAME', args: async () => ['backup', img, ''], code: 2, re: /non-empty single line/ },
     {
       name: 'cli: source does not exist',

@@ -88,19 +88,45 @@ export async function backupCommand(
   }
 }
 
+/** Longest NAME or snapshot name: what an export file accepts, so every version round-trips. */
+const MAX_NAME = 255;
+
 function checkName(name: string): void {
   if (name.trim() === '' || /[\n\r]/.test(name)) throw new UsageError('NAME must be a non-empty single line');
   if (/\s/.test(name))
-    throw new UsageError(`NAME must not contain whitespace ('${name}'); 'ls -m' output is space-separated`);
+    throw new UsageError(
+      `NAME must not contain whitespace (${shown(name)}); 'ls -m' output is space-separated`,
+    );
+  checkPrintable(name, 'NAME');
 }
 
 /** A snapshot name is one field of 'ls -m' lines, where '-' stands for "none". */
 function checkSnapshotName(snap: string | undefined): string | undefined {
   if (snap === undefined) return undefined;
   if (snap === '' || snap === '-' || /\s/.test(snap)) {
-    throw new UsageError(`--snapshot-name must be non-empty, not '-', and without whitespace ('${snap}')`);
+    throw new UsageError(
+      `--snapshot-name must be non-empty, not '-', and without whitespace (${shown(snap)})`,
+    );
   }
+  checkPrintable(snap, '--snapshot-name');
   return snap;
+}
+
+/** Names end up in tables on terminals and in export files: no control characters, bounded. */
+function checkPrintable(value: string, what: string): void {
+  // eslint-disable-next-line no-control-regex
+  if (/[\u0000-\u001f\u007f-\u009f]/.test(value)) {
+    throw new UsageError(`${what} must not contain control characters (${shown(value)})`);
+  }
+  if (value.length > MAX_NAME) {
+    throw new UsageError(`${what} is ${value.length} characters long; at most ${MAX_NAME} are allowed`);
+  }
+}
+
+/** A user-given value in a message: quoted, control characters escaped, cut short. */
+function shown(value: string): string {
+  const q = JSON.stringify(value.length > 60 ? `${value.slice(0, 60)}…` : value);
+  return q.replace(/[\u007f-\u009f]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`);
 }
 
 function report(
