@@ -6,11 +6,14 @@
  * $BACKY_DATABASE_URL, when set, replaces [MetaBackend] engine (so a PostgreSQL password
  * need not be written into the config file).
  */
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { isAbsolute, join, resolve } from 'node:path';
 import { parse as parseIni } from 'ini';
 import { ConfigError, ioReason } from '../errors.js';
+import { TooLargeError, readTextLimitedSync } from '../util/read-limited.js';
+
+const MAX_CONFIG_FILE = 2 ** 20;
 
 export type HashFunction = 'blake3' | 'sha256';
 export const HASH_FUNCTIONS: readonly HashFunction[] = ['blake3', 'sha256'];
@@ -76,8 +79,11 @@ export function loadConfig(explicit: string | undefined, env: NodeJS.ProcessEnv 
   else {
     let text: string;
     try {
-      text = readFileSync(file, 'utf8');
+      text = readTextLimitedSync(file, MAX_CONFIG_FILE);
     } catch (err) {
+      if (err instanceof TooLargeError) {
+        throw new ConfigError(`config file ${file} is larger than 1 MiB; is it a backy.cfg?`);
+      }
       throw new ConfigError(`cannot read config file ${file}: ${ioReason(err)}`);
     }
     cfg = parseConfig(text, file, env);

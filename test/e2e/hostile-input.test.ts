@@ -192,6 +192,12 @@ describe('hostile input is refused with one line and changes nothing', { concurr
       re: /cannot read hint file .*adir: .*EISDIR/,
     },
     {
+      name: 'hints: an endless file (/dev/zero)',
+      args: async () => ['backup', '-r', '/dev/zero', img, 'x'],
+      code: 1,
+      re: /hint file \/dev\/zero is larger than 256 MiB/,
+    },
+    {
       name: 'hints: the hint file does not exist',
       args: async () => ['backup', '-r', sb.path('none.json'), img, 'x'],
       code: 1,
@@ -283,6 +289,13 @@ describe('hostile input is refused with one line and changes nothing', { concurr
       '[MetaBackend]\nengine = sqlite:////proc/backy-test/backy.sqlite\n',
       /cannot create metadata database \/proc\/backy-test\/backy\.sqlite: .*ENOENT/,
     ),
+    {
+      name: 'config: an endless file (/dev/zero)',
+      raw: true,
+      args: async () => ['-c', '/dev/zero', 'ls'],
+      code: 1,
+      re: /config file \/dev\/zero is larger than 1 MiB/,
+    },
     {
       name: 'config: the config file does not exist',
       raw: true,

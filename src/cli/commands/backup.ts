@@ -1,9 +1,10 @@
-import { open, readFile } from 'node:fs/promises';
+import { open } from 'node:fs/promises';
 import { backup } from '../../core/backup.js';
 import type { BackupResult } from '../../core/backup.js';
 import { backupExportDiff } from '../../core/backup-export-diff.js';
 import { InputError, NotFoundError, UsageError, ioReason } from '../../errors.js';
 import { parseRbdDiff } from '../../hints/rbd-diff.js';
+import { TooLargeError, readTextLimited } from '../../util/read-limited.js';
 import { openSource } from '../../source/source.js';
 import type { Context } from '../context.js';
 import { parseUid } from '../context.js';
@@ -57,8 +58,13 @@ export async function backupCommand(
     if (sourcePath === '-') throw new UsageError('-r (hints) needs a seekable SOURCE, not stdin');
     let text: string;
     try {
-      text = await readFile(opts.rbd, 'utf8');
+      text = await readTextLimited(opts.rbd, MAX_HINT_FILE);
     } catch (err) {
+      if (err instanceof TooLargeError) {
+        throw new InputError(
+          `hint file ${opts.rbd} is larger than ${MAX_HINT_FILE / 2 ** 20} MiB; is it rbd diff --format=json output?`,
+        );
+      }
       throw new InputError(`cannot read hint file ${opts.rbd}: ${ioReason(err)}`);
     }
     hints = parseRbdDiff(text, `hint file ${opts.rbd}`);
@@ -87,6 +93,9 @@ export async function backupCommand(
     await source.close().catch(() => {});
   }
 }
+
+/** rbd diff JSON is ~60 bytes per extent: 256 MiB is millions of extents, far beyond real use. */
+const MAX_HINT_FILE = 256 * 2 ** 20;
 
 /** Longest NAME or snapshot name: what an export file accepts, so every version round-trips. */
 const MAX_NAME = 255;
