@@ -297,6 +297,28 @@ describe('hostile input is refused with one line and changes nothing', { concurr
       re: /config file \/dev\/zero is larger than 1 MiB/,
     },
     {
+      name: 'config: engine names a directory',
+      raw: true,
+      args: async () => [
+        '-c',
+        await file('enginedir.cfg', `[MetaBackend]\nengine = sqlite:///${sb.path('adir')}\n`),
+        'ls',
+      ],
+      code: 1,
+      re: /cannot create metadata database .*adir: .*\(EISDIR\)/,
+    },
+    {
+      name: 'config: engine names a file that is not a database',
+      raw: true,
+      args: async () => [
+        '-c',
+        await file('engineimg.cfg', `[MetaBackend]\nengine = sqlite:///${img}\n`),
+        'ls',
+      ],
+      code: 1,
+      re: /cannot open metadata database .*disk\.img: file is not a database/,
+    },
+    {
       name: 'config: the config file does not exist',
       raw: true,
       args: async () => ['-c', sb.path('missing.cfg'), 'ls'],
