@@ -12,6 +12,7 @@
  */
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
+import { createReadStream } from 'node:fs';
 import { copyFile, readdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -51,17 +52,21 @@ function mulberry32(seed: number): () => number {
  * Starts the CLI. `ready` resolves when it logged its start line (start-up is over: config
  * read, about to work); `kill()` sends SIGKILL.
  */
-function start(sb: Sandbox, args: string[]) {
+function start(sb: Sandbox, args: string[], stdinFile?: string) {
   const child = spawn(process.execPath, [BIN, '-c', sb.config, ...args], {
     cwd: sb.dir,
-    stdio: ['ignore', 'pipe', 'pipe'],
+    stdio: [stdinFile ? 'pipe' : 'ignore', 'pipe', 'pipe'],
   });
+  if (stdinFile) {
+    child.stdin!.on('error', () => {}); // EPIPE once the child is killed
+    createReadStream(stdinFile).pipe(child.stdin!);
+  }
   const out: Buffer[] = [];
   const err: Buffer[] = [];
   let onReady: () => void = () => {};
   const ready = new Promise<void>((resolve) => (onReady = resolve));
-  child.stdout.on('data', (b: Buffer) => out.push(b));
-  child.stderr.on('data', (b: Buffer) => {
+  child.stdout!.on('data', (b: Buffer) => out.push(b));
+  child.stderr!.on('data', (b: Buffer) => {
     err.push(b);
     if (Buffer.concat(err).includes('INFO: $ backy')) onReady();
   });
@@ -83,8 +88,13 @@ function start(sb: Sandbox, args: string[]) {
 }
 
 /** Runs args and SIGKILLs `delayMs` after start-up unless it finished first. */
-async function runAndKill(sb: Sandbox, args: string[], delayMs: number): Promise<RunResult> {
-  const p = start(sb, args);
+async function runAndKill(
+  sb: Sandbox,
+  args: string[],
+  delayMs: number,
+  stdinFile?: string,
+): Promise<RunResult> {
+  const p = start(sb, args, stdinFile);
   await p.ready;
   const timer = setTimeout(p.kill, delayMs);
   const r = await p.done;
@@ -121,7 +131,13 @@ describe('kill -9 at random moments', () => {
   let commands: Set<string>;
   const seed = Number(process.env.BACKY_CRASH_SEED ?? Date.now() % 1_000_000);
   const random = mulberry32(seed);
-  const counts = { rounds: 0, kills: 0, finishedBeforeKill: 0, incompleteSeen: 0 };
+  const counts = {
+    rounds: 0,
+    kills: 0,
+    finishedBeforeKill: 0,
+    incompleteSeen: 0,
+    kinds: { file: 0, 'from-base': 0, stdin: 0 },
+  };
   /** uid -> image copy it must restore to. */
   const valid = new Map<string, string>();
   const started = Date.now();
@@ -193,7 +209,18 @@ describe('kill -9 at random moments', () => {
       const name = `vm@r${round}`;
       const before = versionsBefore ?? (await ls());
       const ms = delay(backupMs);
-      const r = await runAndKill(sb, ['backup', img, name], ms);
+      // Three kinds of run in turn: a full read of the file, an incremental one from the newest
+      // valid version (-f: its block list copied first), and a stream from stdin.
+      const kind = (['file', 'from-base', 'stdin'] as const)[round % 3];
+      const newest = [...valid.keys()].pop()!;
+      const args =
+        kind === 'file'
+          ? ['backup', img, name]
+          : kind === 'from-base'
+            ? ['backup', '-f', newest, img, name]
+            : ['backup', '-', name];
+      const r = await runAndKill(sb, args, ms, kind === 'stdin' ? img : undefined);
+      counts.kinds[kind]++;
       const versions = await ls();
       const fresh = versions.filter((v) => !before.some((b) => b.uid === v.uid));
       assert.ok(fresh.length <= 1, 'one backup run creates at most one version');
@@ -324,7 +351,8 @@ describe('kill -9 at random moments', () => {
     t.diagnostic(
       `crash loop seed ${seed}: ${counts.rounds} rounds, ${counts.kills} kill -9, ` +
         `${counts.finishedBeforeKill} finished before the kill, ${counts.incompleteSeen} incomplete versions left by kills, ` +
-        `${valid.size} valid versions verified byte for byte; last backup worked ${backupMs} ms after start-up`,
+        `${valid.size} valid versions verified byte for byte; backup runs: ${counts.kinds.file} file, ` +
+        `${counts.kinds['from-base']} with -f, ${counts.kinds.stdin} stdin; last backup worked ${backupMs} ms after start-up`,
     );
     assert.ok(counts.kills > 0, 'at least one run was killed');
   });
