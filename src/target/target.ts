@@ -21,20 +21,22 @@ export interface Target {
 }
 
 /**
- * Refuses a restore TARGET that is backy's own metadata database (or its -wal, -shm or
- * -journal file), the data directory or anything inside it: restoring there would destroy
- * the store it reads from. Symlinks and hard links are seen through (realpath, device+inode).
+ * Refuses a restore TARGET (or export FILE) that is backy's own metadata database (or its
+ * -wal, -shm or -journal file), the data directory or anything inside it: writing there would
+ * destroy the store it reads from. Symlinks and hard links are seen through (realpath,
+ * device+inode).
  */
 export async function checkTargetOutsideStore(
   path: string,
   store: { dataDir: string; dbPath?: string },
+  what = 'restore target',
 ): Promise<void> {
   if (path === '-') return;
   const target = await canonical(path);
   const dataDir = await canonical(store.dataDir);
   if (target === dataDir || target.startsWith(dataDir.endsWith(sep) ? dataDir : dataDir + sep)) {
     throw new InputError(
-      `restore target ${path} is inside backy's data directory ${store.dataDir}; restore somewhere else`,
+      `${what} ${path} is inside backy's data directory ${store.dataDir}; choose a file outside the store`,
     );
   }
   if (store.dbPath === undefined) return;
@@ -50,7 +52,7 @@ export async function checkTargetOutsideStore(
         )));
     if (same) {
       throw new InputError(
-        `restore target ${path} is backy's metadata database ${db}; restore somewhere else`,
+        `${what} ${path} is backy's metadata database ${db}; choose a file outside the store`,
       );
     }
   }

@@ -515,6 +515,42 @@ describe('hostile input is refused with one line and changes nothing', { concurr
       re: /cannot open restore target .*ENOENT/,
     },
     { name: 'cli: rm unknown uid', args: async () => ['rm', NIL_UID], code: 1, re: /not found/ },
+    // export and import, once they exist (the export file format itself: export-import.test.ts)
+    {
+      name: 'cli: export onto the metadata database',
+      needs: 'export',
+      args: async () => ['export', uid, sb.dbPath],
+      code: 1,
+      re: /backy\.sqlite (exists already|is backy's metadata database)/,
+    },
+    {
+      name: 'cli: import a directory',
+      needs: 'import',
+      args: async () => ['import', sb.path('adir')],
+      code: 1,
+      re: /adir.*\(?EISDIR\)?/,
+    },
+    {
+      name: 'cli: import the metadata database',
+      needs: 'import',
+      args: async () => ['import', sb.dbPath],
+      code: 1,
+      re: /line 1: not valid UTF-8/,
+    },
+    {
+      name: 'cli: import an endless file (/dev/zero)',
+      needs: 'import',
+      args: async () => ['import', '/dev/zero'],
+      code: 1,
+      re: /\/dev\/zero line 1: longer than \d+ bytes/,
+    },
+    {
+      name: 'cli: import without FILE',
+      needs: 'import',
+      args: async () => ['import'],
+      code: 2,
+      re: /missing required argument/,
+    },
     // scrub's -p, once scrub exists
     {
       name: 'cli: scrub -p 0',

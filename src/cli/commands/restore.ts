@@ -14,11 +14,7 @@ export async function restoreCommand(
   opts: { sparse?: boolean; force?: boolean },
 ) {
   const uid = parseUid(uidArg);
-  const { engine, dataBackend } = ctx.config;
-  await checkTargetOutsideStore(targetPath, {
-    dataDir: dataBackend.path,
-    dbPath: engine.startsWith('sqlite:///') ? resolve(sqlitePath(engine)) : undefined,
-  });
+  await checkTargetOutsideStore(targetPath, storePaths(ctx));
   const meta = await ctx.meta();
   const store = await ctx.store();
   const version = await meta.getVersion(uid);
@@ -53,4 +49,13 @@ export async function restoreCommand(
       `restore of ${uid} finished with ${result.bad.length} missing or damaged blocks written as zeros; the version is marked invalid`,
     );
   }
+}
+
+/** What a file written by backy (restore TARGET, export FILE) must never be or be inside. */
+export function storePaths(ctx: Context): { dataDir: string; dbPath?: string } {
+  const { engine, dataBackend } = ctx.config;
+  return {
+    dataDir: dataBackend.path,
+    dbPath: engine.startsWith('sqlite:///') ? resolve(sqlitePath(engine)) : undefined,
+  };
 }
