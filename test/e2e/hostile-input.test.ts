@@ -524,6 +524,13 @@ describe('hostile input is refused with one line and changes nothing', { concurr
       re: /backy\.sqlite (exists already|is backy's metadata database)/,
     },
     {
+      name: 'cli: export into the data directory',
+      needs: 'export',
+      args: async () => ['export', uid, join(sb.dataDir, 'version.jsonl')],
+      code: 1,
+      re: /export file .*version\.jsonl is inside backy's data directory/,
+    },
+    {
       name: 'cli: import a directory',
       needs: 'import',
       args: async () => ['import', sb.path('adir')],

@@ -1,11 +1,14 @@
 import { exportVersion, openExportTarget } from '../../core/metadata-io.js';
 import type { Context } from '../context.js';
 import { parseUid } from '../context.js';
+import { storePaths } from './restore.js';
+import { checkTargetOutsideStore } from '../../target/target.js';
 
 export async function exportCommand(ctx: Context, uidArg: string, file: string) {
   const uid = parseUid(uidArg);
   const meta = await ctx.meta();
   await meta.getVersion(uid); // not found: fail before creating FILE
+  await checkTargetOutsideStore(file, storePaths(ctx), 'export file');
   const target = await openExportTarget(file);
   let blocks: number;
   try {
