@@ -319,6 +319,38 @@ describe('kill -9 at random moments', () => {
     await checkValid([...valid.keys()].filter((_, i, all) => i === 0 || i === all.length - 1));
   });
 
+  it('imports killed at random moments (when import exists)', async (t) => {
+    if (!commands.has('import') || !commands.has('export')) {
+      t.skip('export and import are not part of this build yet');
+      return;
+    }
+    const uid = [...valid.keys()].pop()!;
+    const file = sb.path('newest.export');
+    await rm(file, { force: true });
+    await sb.ok(['export', uid, file]);
+    for (let round = 0; more(round, OTHER_ROUNDS, started); round++) {
+      counts.rounds++;
+      await sb.ok(['rm', uid]); // import restores the uid exactly, so it must be gone first
+      const r = await runAndKill(sb, ['import', file], delay(restoreMs));
+      if (r.signal === 'SIGKILL') counts.kills++;
+      else {
+        assert.equal(r.code, 0, r.stderr);
+        counts.finishedBeforeKill++;
+      }
+      const v = (await ls()).find((x) => x.uid === uid);
+      if (v && !v.valid) {
+        counts.incompleteSeen++;
+        const f = await sb.run(['backup', '-f', uid, img, 'vm@from-killed-import']);
+        assert.equal(f.code, 1, f.stderr);
+        assert.match(f.stderr, /incomplete and cannot be the base/);
+      }
+      // Whatever the kill left (nothing, an incomplete or a whole version): rm, import again.
+      if (v) await sb.ok(['rm', uid]);
+      await sb.ok(['import', file]);
+      await checkValid([uid]);
+    }
+  });
+
   it('cleanup reclaims what the crashed runs left (when it exists)', async (t) => {
     if (!commands.has('cleanup')) {
       t.skip('cleanup is not part of this build yet');
