@@ -30,7 +30,7 @@ const OTHER_ROUNDS = 3; // per scrub / cleanup, when they exist
  * Past the first MIN_ROUNDS of a loop, no new round starts after this long (on a loaded
  * machine start-up alone takes a second); the suite must stay well under its budget.
  */
-const BUDGET_MS = 50_000;
+const BUDGET_MS = 40_000;
 const MIN_ROUNDS = 2;
 
 function more(round: number, max: number, started: number): boolean {
