@@ -97,7 +97,9 @@ export class DirBackend implements StorageBackend {
       for await (const _ of mapOrdered(dirs, 16, syncDir)) void _;
     } catch (err) {
       for (const d of dirs) this.#dirty.add(d);
-      throw err;
+      throw new BackyError(`cannot make stored blocks durable in ${this.#root}: ${ioReason(err)}`, {
+        cause: err,
+      });
     }
   }
 
