@@ -132,6 +132,10 @@ export async function main(argv: string[]): Promise<number> {
     await program.parseAsync(argv);
   } catch (err) {
     exitCode = handleError(err, log);
+    // Set at once: after a failure, work still in flight (a restore's blocks waiting for a
+    // buffer) can leave close() pending forever; Node then exits when nothing is left to run,
+    // before main returns, and a failed restore would exit 0.
+    process.exitCode = exitCode;
   } finally {
     await ctx?.close().catch(() => {});
   }
