@@ -29,8 +29,9 @@ import type { BlockStore } from '../storage/block-store.js';
 import { ExportDiffReader } from '../source/rbd-export-diff.js';
 import type { ExportDiffPiece } from '../source/rbd-export-diff.js';
 import { mapOrdered } from '../util/concurrency.js';
-import { BlockWriter, HEARTBEAT_MS, READ_AHEAD } from './backup.js';
-import type { BackupResult, BackupStats, Stored } from './backup.js';
+import { BlockWriter, READ_AHEAD, emptyStats } from './backup.js';
+import { keepLeaseAlive } from './lease.js';
+import type { BackupResult, Stored } from './backup.js';
 import { noProgress } from './progress.js';
 import type { ProgressReporter } from './progress.js';
 
@@ -121,22 +122,12 @@ async function apply(
     'backup',
   );
   opts.onVersion?.(version);
-  const heartbeat = setInterval(() => void meta.heartbeat(lease.id).catch(() => {}), HEARTBEAT_MS);
-  heartbeat.unref();
+  const stopHeartbeat = keepLeaseAlive(meta, lease.id);
   let ok = false;
   try {
     if (base) await meta.copyBlocks(base.uid, version.uid, n);
     const writer = new BlockWriter(meta, store, version.uid);
-    const stats: BackupStats = {
-      blocks: n,
-      read: 0,
-      sparse: 0,
-      kept: 0,
-      stored: 0,
-      deduplicated: 0,
-      bytesRead: 0,
-      bytesStored: 0,
-    };
+    const stats = emptyStats(n);
     // Blocks no record touches keep the base's entry, unless resizing changed them.
     const needsJob = (i: number) =>
       i >= baseN || blockLength(i, baseSize, blockSize) !== blockLength(i, size, blockSize);
@@ -241,7 +232,7 @@ async function apply(
     return { version, stats };
   } finally {
     progress.stop();
-    clearInterval(heartbeat);
+    stopHeartbeat();
     if (!ok) {
       // Bad input found half-way: leave the metadata as it was (objects go at the next cleanup).
       await meta.removeVersion(version.uid).catch(() => {});

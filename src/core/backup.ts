@@ -24,13 +24,17 @@ import type { Source } from '../source/source.js';
 import { BufferPool, blocksInFlight } from '../util/buffer-pool.js';
 import { mapOrdered } from '../util/concurrency.js';
 import { KEEP, READ, countActions, pickKeepBlocks, plan } from './plan.js';
+import { keepLeaseAlive } from './lease.js';
 import { noProgress } from './progress.js';
 import type { ProgressReporter } from './progress.js';
 
 /** Blocks in flight in pipelines without a BufferPool (backup-export-diff.ts). */
 export const READ_AHEAD = 8;
 const ROW_BATCH = 1000;
-export const HEARTBEAT_MS = 30_000;
+
+export function emptyStats(blocks = 0): BackupStats {
+  return { blocks, read: 0, sparse: 0, kept: 0, stored: 0, deduplicated: 0, bytesRead: 0, bytesStored: 0 };
+}
 
 export interface BackupOptions {
   meta: MetaStore;
@@ -100,21 +104,11 @@ export async function backup(opts: BackupOptions): Promise<BackupResult> {
     'backup',
   );
   opts.onVersion?.(version);
-  const heartbeat = setInterval(() => void meta.heartbeat(lease.id).catch(() => {}), HEARTBEAT_MS);
-  heartbeat.unref();
+  const stopHeartbeat = keepLeaseAlive(meta, lease.id);
   try {
     if (base && size !== undefined) await meta.copyBlocks(base.uid, version.uid, blockCount(size, blockSize));
     const writer = new BlockWriter(meta, store, version.uid);
-    const stats: BackupStats = {
-      blocks: 0,
-      read: 0,
-      sparse: 0,
-      kept: 0,
-      stored: 0,
-      deduplicated: 0,
-      bytesRead: 0,
-      bytesStored: 0,
-    };
+    const stats = emptyStats();
 
     if (source.kind === 'random' && actions && size !== undefined) {
       const counts = countActions(actions);
@@ -186,7 +180,7 @@ export async function backup(opts: BackupOptions): Promise<BackupResult> {
     return { version, stats };
   } finally {
     progress.stop();
-    clearInterval(heartbeat);
+    stopHeartbeat();
     await meta.releaseLease(lease.id).catch(() => {});
   }
 }

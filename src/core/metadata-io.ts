@@ -42,6 +42,7 @@ import type { HashFunction } from '../config/config.js';
 import { BackyError, InputError, NotFoundError } from '../errors.js';
 import type { BlockRow, MetaStore, Version } from '../meta/meta-store.js';
 import type { BlockStore } from '../storage/block-store.js';
+import { keepLeaseAlive } from './lease.js';
 import { noProgress } from './progress.js';
 import type { ProgressReporter } from './progress.js';
 
@@ -52,7 +53,6 @@ export const MAX_LINE = 64 * 1024;
 /** Largest image size accepted on import: 1 PiB. */
 export const MAX_SIZE_BYTES = 2 ** 50;
 const BATCH = 1000;
-const HEARTBEAT_MS = 30_000;
 
 const UUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 const uid = z.string().regex(UUID_RE, 'must be a lower-case UUID');
@@ -404,8 +404,7 @@ async function insert(
   };
   // Incomplete and leased while blocks go in: cleanup keeps every object adopted here.
   const lease = await meta.insertVersionWithLease(version, 'import');
-  const heartbeat = setInterval(() => void meta.heartbeat(lease.id).catch(() => {}), HEARTBEAT_MS);
-  heartbeat.unref();
+  const stopHeartbeat = keepLeaseAlive(meta, lease.id);
   let missing = 0;
   try {
     const present = async (checksum: string) => (await store.backend.stat(checksum))?.size;
@@ -459,7 +458,7 @@ async function insert(
     });
   } finally {
     progress.stop();
-    clearInterval(heartbeat);
+    stopHeartbeat();
     await meta.releaseLease(lease.id).catch(() => {});
   }
 }

@@ -481,16 +481,8 @@ export class MetaStore {
   async #completeVersion(uid: string): Promise<string | undefined> {
     return this.write(async (tx) => {
       const v = await tx.selectFrom('versions').selectAll().where('uid', '=', uid).executeTakeFirstOrThrow();
-      const expected = Math.ceil(Number(v.size_bytes) / Number(v.block_size));
-      const counts = await tx
-        .selectFrom('blocks')
-        .select((eb) => [eb.fn.countAll<number>().as('n'), eb.fn.max('idx').as('max_idx')])
-        .where('version_uid', '=', uid)
-        .executeTakeFirstOrThrow();
-      const n = Number(counts.n);
-      if (n !== expected || (n > 0 && Number(counts.max_idx) !== n - 1)) {
-        return `version has ${n} block entries, expected ${expected}`;
-      }
+      const gap = await blockListProblem(tx, uid, Number(v.size_bytes), Number(v.block_size));
+      if (gap) return gap;
       const bad = await tx
         .selectFrom('blocks as b')
         .leftJoin('objects as o', 'o.checksum', 'b.checksum')
@@ -515,16 +507,8 @@ export class MetaStore {
       const v = await tx.selectFrom('versions').selectAll().where('uid', '=', uid).executeTakeFirst();
       if (!v) return 'the version was removed meanwhile';
       if (v.status !== 'invalid') return `the version is ${v.status}`;
-      const expected = Math.ceil(Number(v.size_bytes) / Number(v.block_size));
-      const counts = await tx
-        .selectFrom('blocks')
-        .select((eb) => [eb.fn.countAll<number>().as('n'), eb.fn.max('idx').as('max_idx')])
-        .where('version_uid', '=', uid)
-        .executeTakeFirstOrThrow();
-      const n = Number(counts.n);
-      if (n !== expected || (n > 0 && Number(counts.max_idx) !== n - 1)) {
-        return `version has ${n} block entries, expected ${expected}`;
-      }
+      const gap = await blockListProblem(tx, uid, Number(v.size_bytes), Number(v.block_size));
+      if (gap) return gap;
       const unrecorded = await tx
         .selectFrom('blocks as b')
         .leftJoin('objects as o', 'o.checksum', 'b.checksum')
@@ -1127,6 +1111,26 @@ export class MetaStore {
       heartbeat: Number(r.heartbeat),
     }));
   }
+}
+
+/** Whether a version has exactly one block entry per block of its size (idx 0..n-1). */
+async function blockListProblem(
+  tx: Kysely<Database>,
+  uid: string,
+  sizeBytes: number,
+  blockSize: number,
+): Promise<string | undefined> {
+  const expected = Math.ceil(sizeBytes / blockSize);
+  const counts = await tx
+    .selectFrom('blocks')
+    .select((eb) => [eb.fn.countAll<number>().as('n'), eb.fn.max('idx').as('max_idx')])
+    .where('version_uid', '=', uid)
+    .executeTakeFirstOrThrow();
+  const n = Number(counts.n);
+  if (n !== expected || (n > 0 && Number(counts.max_idx) !== n - 1)) {
+    return `version has ${n} block entries, expected ${expected}`;
+  }
+  return undefined;
 }
 
 function toVersion(r: {
