@@ -19,6 +19,9 @@ export async function main(argv: string[]): Promise<number> {
   const log = new Logger(argv.includes('-v') || argv.includes('--verbose'));
   let ctx: Context | undefined;
   let exitCode = EXIT_OK;
+  // A reader that goes away (`backy restore UID - | head`) surfaces as EPIPE on the write in
+  // progress, which fails the command with one line; without a listener Node would crash.
+  process.stdout.on('error', () => {});
 
   const program = new Command('backy')
     .description('Block-based, deduplicating backup of VM disk images')
@@ -159,6 +162,10 @@ function handleError(err: unknown, log: Logger): number {
     return err.exitCode;
   }
   const code = (err as { code?: unknown } | undefined)?.code;
+  if (code === 'EPIPE') {
+    log.error('the output pipe was closed before all output was written (EPIPE)');
+    return EXIT_ERROR;
+  }
   if (typeof code === 'string' && code.startsWith('SQLITE_')) {
     // better-sqlite3's errors: name the database and, for the common case, what to do.
     const hint = code === 'SQLITE_FULL' ? '; free space on its file system and run the command again' : '';

@@ -20,7 +20,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import Database from 'better-sqlite3';
-import { Sandbox, assertSameBytes, parseLsMachine, runBacky } from '../lib/cli.js';
+import { BIN, Sandbox, assertSameBytes, parseLsMachine, runBacky } from '../lib/cli.js';
 import { randomBytesSeeded, scribble, writeImage } from '../lib/image.js';
 import type { BlockKind } from '../lib/image.js';
 
@@ -437,6 +437,28 @@ describe('bad input', () => {
     const r = await sb.run(['-v', 'restore', '00000000-0000-4000-8000-000000000000', sb.path('x')]);
     assert.equal(r.code, 1);
     assert.match(r.stderr, /^\s+at /m);
+  });
+
+  it('a reader that stops early (restore UID - | head) gives one line and exit 1', async () => {
+    const big = sb.path('pipe-big.img');
+    await writeImage(big, { blocks: 64, blockSize: BS, kinds: () => 'random', seed: 'epipe' });
+    const bigUid = await sb.backup([big, 'pipe@0']);
+    const err = sb.path('epipe.err');
+    const status = execFileSync(
+      'bash',
+      [
+        '-c',
+        `"$0" "$1" -c "$2" restore "$3" - 2>"$4" | head -c 10 >/dev/null; echo \${PIPESTATUS[0]}`,
+        process.execPath,
+        BIN,
+        sb.config,
+        bigUid,
+        err,
+      ],
+      { encoding: 'utf8' },
+    ).trim();
+    assert.equal(status, '1');
+    assertOneLineError(await readFile(err, 'utf8'), /EPIPE/);
   });
 
   it('--force overwrites an existing file exactly', async () => {
