@@ -13,7 +13,7 @@ import { hostname } from 'node:os';
 import { dirname, resolve } from 'node:path';
 import { randomUUID } from 'node:crypto';
 import SQLite from 'better-sqlite3';
-import pg from 'pg';
+import type pg from 'pg';
 import { Kysely, Migrator, PostgresDialect, SqliteDialect, sql } from 'kysely';
 import type { PostgresPool, PostgresPoolClient, Transaction } from 'kysely';
 import { BackyError, ConfigError, InputError, NotFoundError, ioReason } from '../errors.js';
@@ -72,7 +72,18 @@ export function nowMicros(): number {
   return t;
 }
 
-pg.types.setTypeParser(20, (v: string) => Number(v)); // int8: our values stay far below 2^53
+/**
+ * `pg` is loaded only for a PostgreSQL engine: loading it costs ~50 ms on every SQLite command.
+ * int8 is parsed to number: our values stay far below 2^53.
+ */
+let pgModule: typeof pg | undefined;
+async function loadPg(): Promise<typeof pg> {
+  if (!pgModule) {
+    pgModule = (await import('pg')).default;
+    pgModule.types.setTypeParser(20, (v: string) => Number(v));
+  }
+  return pgModule;
+}
 
 /** An error from the PostgreSQL server or the connection to it; the message holds no password. */
 export class MetaDatabaseError extends BackyError {
@@ -185,7 +196,7 @@ export class MetaStore {
         engine,
       );
     } else if (/^postgres(ql)?:\/\//.test(engine)) {
-      const pool = new pg.Pool({ connectionString: engine, max: 4, connectionTimeoutMillis: 60_000 });
+      const pool = new (await loadPg()).Pool({ connectionString: engine, max: 4, connectionTimeoutMillis: 60_000 });
       // A lost connection surfaces as the failure of the query that needs it, never as an
       // 'error' event nobody listens to (which would crash the process): the pool handles idle
       // clients' errors, this handler those of clients in use.
@@ -1055,7 +1066,7 @@ export class MetaStore {
    */
   async #holdLeaseLock(id: string): Promise<void> {
     if (this.dialect !== 'postgres') return;
-    const client = new pg.Client({ connectionString: this.url });
+    const client = new (await loadPg()).Client({ connectionString: this.url });
     client.on('error', () => {}); // a lost session shows up on the next statement or not at all
     try {
       await client.connect();
