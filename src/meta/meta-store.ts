@@ -196,7 +196,11 @@ export class MetaStore {
         engine,
       );
     } else if (/^postgres(ql)?:\/\//.test(engine)) {
-      const pool = new (await loadPg()).Pool({ connectionString: engine, max: 4, connectionTimeoutMillis: 60_000 });
+      const pool = new (await loadPg()).Pool({
+        connectionString: engine,
+        max: 4,
+        connectionTimeoutMillis: 60_000,
+      });
       // A lost connection surfaces as the failure of the query that needs it, never as an
       // 'error' event nobody listens to (which would crash the process): the pool handles idle
       // clients' errors, this handler those of clients in use.
