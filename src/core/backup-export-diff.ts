@@ -29,7 +29,7 @@ import type { BlockStore } from '../storage/block-store.js';
 import { ExportDiffReader } from '../source/rbd-export-diff.js';
 import type { ExportDiffPiece } from '../source/rbd-export-diff.js';
 import { mapOrdered } from '../util/concurrency.js';
-import { BlockWriter, READ_AHEAD, emptyStats } from './backup.js';
+import { BlockWriter, READ_AHEAD, completeOrInvalidate, emptyStats } from './backup.js';
 import { keepLeaseAlive } from './lease.js';
 import type { BackupResult, Stored } from './backup.js';
 import { noProgress } from './progress.js';
@@ -219,13 +219,11 @@ async function apply(
     stats.bytesStored = writer.bytesStored;
     progress.stop();
 
-    const problem = await meta.completeVersion(version.uid);
-    if (problem) {
-      await meta.setVersionStatus(version.uid, 'invalid');
-      ok = true; // keep the invalid version: it records what went wrong
-      throw new IntegrityError(
-        `backup ${version.uid} could not be verified: ${problem}; it is marked invalid`,
-      );
+    try {
+      await completeOrInvalidate(meta, version.uid);
+    } catch (err) {
+      if (err instanceof IntegrityError) ok = true; // keep the invalid version: it records what went wrong
+      throw err;
     }
     version.status = 'valid';
     ok = true;

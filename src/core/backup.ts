@@ -32,6 +32,15 @@ import type { ProgressReporter } from './progress.js';
 export const READ_AHEAD = 8;
 const ROW_BATCH = 1000;
 
+/** Makes a finished backup valid, or marks it invalid and throws when it cannot be verified. */
+export async function completeOrInvalidate(meta: MetaStore, uid: string): Promise<void> {
+  const problem = await meta.completeVersion(uid);
+  if (problem) {
+    await meta.setVersionStatus(uid, 'invalid');
+    throw new IntegrityError(`backup ${uid} could not be verified: ${problem}; it is marked invalid`);
+  }
+}
+
 export function emptyStats(blocks = 0): BackupStats {
   return { blocks, read: 0, sparse: 0, kept: 0, stored: 0, deduplicated: 0, bytesRead: 0, bytesStored: 0 };
 }
@@ -169,13 +178,7 @@ export async function backup(opts: BackupOptions): Promise<BackupResult> {
     stats.bytesStored = writer.bytesStored;
     progress.stop();
 
-    const problem = await meta.completeVersion(version.uid);
-    if (problem) {
-      await meta.setVersionStatus(version.uid, 'invalid');
-      throw new IntegrityError(
-        `backup ${version.uid} could not be verified: ${problem}; it is marked invalid`,
-      );
-    }
+    await completeOrInvalidate(meta, version.uid);
     version.status = 'valid';
     return { version, stats };
   } finally {

@@ -324,25 +324,8 @@ export class MetaStore {
 
   // ---- versions ----
 
-  async createVersion(v: {
-    name: string;
-    snapshotName?: string;
-    sizeBytes: number;
-    blockSize: number;
-    baseUid?: string;
-  }): Promise<Version> {
-    const version: Version = {
-      uid: randomUUID(),
-      name: v.name,
-      snapshotName: v.snapshotName ?? '',
-      date: nowMicros(),
-      sizeBytes: v.sizeBytes,
-      blockSize: v.blockSize,
-      status: 'incomplete',
-      baseUid: v.baseUid ?? null,
-      protected: false,
-      hostname: hostname(),
-    };
+  async createVersion(v: NewVersion): Promise<Version> {
+    const version = newVersion(v);
     await this.#db
       .insertInto('versions')
       .values({
@@ -365,22 +348,8 @@ export class MetaStore {
    * Creates a new incomplete version and a lease on it in one transaction, so no cleanup ever
    * sees the version without its lease (it removes lease-less incomplete versions as crashed).
    */
-  async createVersionWithLease(
-    v: { name: string; snapshotName?: string; sizeBytes: number; blockSize: number; baseUid?: string },
-    kind: string,
-  ): Promise<{ version: Version; lease: Lease }> {
-    const version: Version = {
-      uid: randomUUID(),
-      name: v.name,
-      snapshotName: v.snapshotName ?? '',
-      date: nowMicros(),
-      sizeBytes: v.sizeBytes,
-      blockSize: v.blockSize,
-      status: 'incomplete',
-      baseUid: v.baseUid ?? null,
-      protected: false,
-      hostname: hostname(),
-    };
+  async createVersionWithLease(v: NewVersion, kind: string): Promise<{ version: Version; lease: Lease }> {
+    const version = newVersion(v);
     const lease = await this.insertVersionWithLease(version, kind);
     return { version, lease };
   }
@@ -1126,6 +1095,30 @@ export class MetaStore {
       heartbeat: Number(r.heartbeat),
     }));
   }
+}
+
+type NewVersion = {
+  name: string;
+  snapshotName?: string;
+  sizeBytes: number;
+  blockSize: number;
+  baseUid?: string;
+};
+
+/** A new incomplete version made here, on this host, now. */
+function newVersion(v: NewVersion): Version {
+  return {
+    uid: randomUUID(),
+    name: v.name,
+    snapshotName: v.snapshotName ?? '',
+    date: nowMicros(),
+    sizeBytes: v.sizeBytes,
+    blockSize: v.blockSize,
+    status: 'incomplete',
+    baseUid: v.baseUid ?? null,
+    protected: false,
+    hostname: hostname(),
+  };
 }
 
 /** Whether a version has exactly one block entry per block of its size (idx 0..n-1). */
