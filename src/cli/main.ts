@@ -147,13 +147,10 @@ export async function main(argv: string[]): Promise<number> {
 
 function handleError(err: unknown, log: Logger): number {
   if (err instanceof CommanderError) {
-    if (
-      err.code === 'commander.helpDisplayed' ||
-      err.code === 'commander.version' ||
-      err.code === 'commander.help'
-    ) {
-      return EXIT_OK;
-    }
+    if (err.code === 'commander.helpDisplayed' || err.code === 'commander.version') return EXIT_OK;
+    // `backy help` asks for help (exit 0); plain `backy` with no command is a usage error: commander
+    // prints the help to stderr then, and says so with a non-zero exitCode.
+    if (err.code === 'commander.help') return err.exitCode === 0 ? EXIT_OK : EXIT_USAGE;
     return EXIT_USAGE; // commander has printed its one-line message
   }
   if (err instanceof BackyError) {

@@ -59,7 +59,7 @@ export function versionTable(versions: Version[]): string {
     table.push([
       formatDate(v.date),
       v.name,
-      v.snapshotName,
+      v.snapshotName === '' ? '-' : v.snapshotName,
       versionBlocks(v),
       v.sizeBytes,
       v.uid,
