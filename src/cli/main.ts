@@ -2,17 +2,12 @@
 import { Command, CommanderError, Option } from 'commander';
 import { BackyError, EXIT_ERROR, EXIT_OK, EXIT_USAGE, errorMessage } from '../errors.js';
 import { Logger } from '../util/log.js';
-import { Context } from './context.js';
-import { backupCommand, backupOperands } from './commands/backup.js';
+import type { Context } from './context.js';
 import type { BackupCliOptions } from './commands/backup.js';
-import { cleanupCommand } from './commands/cleanup.js';
-import { exportCommand } from './commands/export.js';
-import { importCommand } from './commands/import.js';
-import { lsCommand } from './commands/ls.js';
-import { restoreCommand } from './commands/restore.js';
-import { rmCommand } from './commands/rm.js';
-import { scrubCommand } from './commands/scrub.js';
 
+// Each command's module (and with it kysely, zod, the storage and pipeline code) is loaded only
+// when that command runs: `backy --version` or a usage error loads commander alone. The bundle
+// is split by esbuild along these dynamic imports (npm run bundle).
 const VERSION = '0.1.0';
 
 export async function main(argv: string[]): Promise<number> {
@@ -45,6 +40,7 @@ export async function main(argv: string[]): Promise<number> {
     <A extends unknown[]>(fn: (ctx: Context, ...args: A) => Promise<void>) =>
     async (...args: A) => {
       const g = program.opts<{ config?: string; machineOutput?: boolean }>();
+      const { Context } = await import('./context.js');
       ctx = new Context(log, { machine: Boolean(g.machineOutput), config: g.config });
       ctx.loadConfig(); // a bad config fails before any work
       log.info(`$ backy ${argv.slice(2).join(' ')}`);
@@ -69,9 +65,10 @@ export async function main(argv: string[]): Promise<number> {
       'rbd export-diff stream (a file, or - for stdin) to apply onto the base (-f); replaces SOURCE',
     )
     .option('--snapshot-name <snap>', 'record the snapshot the backup was read from (shown by ls)')
-    .action((a: string | undefined, b: string | undefined, opts: BackupCliOptions) => {
+    .action(async (a: string | undefined, b: string | undefined, opts: BackupCliOptions) => {
+      const { backupCommand, backupOperands } = await import('./commands/backup.js');
       backupOperands(a, b, opts); // usage errors before anything is logged
-      return run((ctx) => backupCommand(ctx, a, b, opts))();
+      return run(async (ctx) => backupCommand(ctx, a, b, opts))();
     });
 
   program
@@ -82,8 +79,8 @@ export async function main(argv: string[]): Promise<number> {
     .option('-s, --sparse', 'do not write zero blocks (the target must read back zeros)')
     .option('--force', 'overwrite an existing regular file')
     .action(
-      run((ctx, uid: string, target: string, opts: { sparse?: boolean; force?: boolean }) =>
-        restoreCommand(ctx, uid, target, opts),
+      run(async (ctx, uid: string, target: string, opts: { sparse?: boolean; force?: boolean }) =>
+        (await import('./commands/restore.js')).restoreCommand(ctx, uid, target, opts),
       ),
     );
 
@@ -91,14 +88,20 @@ export async function main(argv: string[]): Promise<number> {
     .command('ls')
     .description('list versions, optionally only those named NAME')
     .argument('[name]')
-    .action(run((ctx, name: string | undefined) => lsCommand(ctx, name)));
+    .action(
+      run(async (ctx, name: string | undefined) => (await import('./commands/ls.js')).lsCommand(ctx, name)),
+    );
 
   program
     .command('rm')
     .description("remove a version's metadata (its blocks go at the next cleanup if nothing else uses them)")
     .argument('<uid>')
     .addOption(new Option('--force', 'remove even while its backup is still running'))
-    .action(run((ctx, uid: string, opts: { force?: boolean }) => rmCommand(ctx, uid, opts)));
+    .action(
+      run(async (ctx, uid: string, opts: { force?: boolean }) =>
+        (await import('./commands/rm.js')).rmCommand(ctx, uid, opts),
+      ),
+    );
 
   program
     .command('scrub')
@@ -109,27 +112,39 @@ export async function main(argv: string[]): Promise<number> {
     .option('-p, --percent <percent>', 'check a random PERCENT of the blocks (0 < PERCENT <= 100)')
     .option('-s, --source <source>', 'deep scrub: also compare each checked block with this image')
     .action(
-      run((ctx, uid: string, opts: { percent?: string; source?: string }) => scrubCommand(ctx, uid, opts)),
+      run(async (ctx, uid: string, opts: { percent?: string; source?: string }) =>
+        (await import('./commands/scrub.js')).scrubCommand(ctx, uid, opts),
+      ),
     );
 
   program
     .command('cleanup')
     .description('delete stored blocks that no version references (safe while backups run)')
     .option('--dry-run', 'only report what would be deleted')
-    .action(run((ctx, opts: { dryRun?: boolean }) => cleanupCommand(ctx, opts)));
+    .action(
+      run(async (ctx, opts: { dryRun?: boolean }) =>
+        (await import('./commands/cleanup.js')).cleanupCommand(ctx, opts),
+      ),
+    );
 
   program
     .command('export')
     .description("write version UID's metadata to FILE (- for stdout)")
     .argument('<uid>')
     .argument('<file>')
-    .action(run((ctx, uid: string, file: string) => exportCommand(ctx, uid, file)));
+    .action(
+      run(async (ctx, uid: string, file: string) =>
+        (await import('./commands/export.js')).exportCommand(ctx, uid, file),
+      ),
+    );
 
   program
     .command('import')
     .description('add a version from an export FILE (- for stdin); prints its uid')
     .argument('<file>')
-    .action(run((ctx, file: string) => importCommand(ctx, file)));
+    .action(
+      run(async (ctx, file: string) => (await import('./commands/import.js')).importCommand(ctx, file)),
+    );
 
   try {
     await program.parseAsync(argv);
