@@ -1,0 +1,187 @@
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import fc from 'fast-check';
+import { InputError } from '../errors.js';
+import { parseRetentionRules, selectForRemoval } from './retention.js';
+import type { RetentionCandidate } from './retention.js';
+
+const us = (iso: string) => Date.parse(iso) * 1000;
+const v = (uid: string, iso: string): RetentionCandidate => ({ uid, date: us(iso) });
+
+describe('parseRetentionRules', () => {
+  it('parses every category', () => {
+    assert.deepEqual(parseRetentionRules('latest3,hours24,days7,weeks4,months12,years3'), {
+      latest: 3,
+      hours: 24,
+      days: 7,
+      weeks: 4,
+      months: 12,
+      years: 3,
+    });
+  });
+
+  for (const bad of [
+    '',
+    'days',
+    'days0',
+    'days-1',
+    'day7',
+    'days 7',
+    'days7,',
+    ',days7',
+    'days7,days8',
+    'DAYS7',
+  ]) {
+    it(`refuses ${JSON.stringify(bad)} with one line`, () => {
+      assert.throws(
+        () => parseRetentionRules(bad),
+        (e: unknown) => e instanceof InputError && !e.message.includes('\n'),
+      );
+    });
+  }
+
+  it('names the bad part', () => {
+    assert.throws(() => parseRetentionRules('latest3,dais7'), /"dais7"/);
+  });
+});
+
+describe('selectForRemoval', () => {
+  const now = us('2026-11-28T12:30:00Z');
+
+  it('latestN keeps the N youngest, removes the rest oldest first', () => {
+    const vs = [
+      v('a', '2026-11-28T10:00:00Z'),
+      v('b', '2026-11-28T11:00:00Z'),
+      v('c', '2026-11-28T12:00:00Z'),
+      v('d', '2026-11-27T12:00:00Z'),
+    ];
+    assert.deepEqual(selectForRemoval(vs, { latest: 2 }, now), ['d', 'a']);
+  });
+
+  it('daysN keeps the oldest version of each of the N most recent days, counted from today', () => {
+    const vs = [
+      v('today-1', '2026-11-28T01:00:00Z'),
+      v('today-2', '2026-11-28T09:00:00Z'),
+      v('yday-1', '2026-11-27T00:00:00Z'),
+      v('yday-2', '2026-11-27T23:59:59Z'),
+      v('3ago', '2026-11-25T12:00:00Z'),
+    ];
+    // days2: today and yesterday; the day before yesterday has none; 3ago is outside.
+    assert.deepEqual(selectForRemoval(vs, { days: 2 }, now), ['3ago', 'yday-2']);
+    // today-2 is kept anyway: the youngest version is never removed.
+  });
+
+  it('weeks start on Monday (ISO)', () => {
+    // 2026-11-28 is a Saturday; its week began Monday 2026-11-23.
+    const vs = [
+      v('sun', '2026-11-22T12:00:00Z'), // previous week
+      v('mon', '2026-11-23T00:00:01Z'), // this week, oldest
+      v('fri', '2026-11-27T12:00:00Z'), // this week, youngest
+    ];
+    assert.deepEqual(selectForRemoval(vs, { weeks: 1 }, now), ['sun']);
+    assert.deepEqual(selectForRemoval(vs, { weeks: 2 }, now), []);
+  });
+
+  it('months and years follow calendar boundaries', () => {
+    const vs = [
+      v('dec', '2025-12-31T23:00:00Z'),
+      v('jan', '2026-01-01T00:00:00Z'),
+      v('oct', '2026-10-15T00:00:00Z'),
+      v('nov', '2026-11-01T00:00:00Z'),
+      v('nov2', '2026-11-20T00:00:00Z'),
+    ];
+    assert.deepEqual(selectForRemoval(vs, { months: 2 }, now), ['dec', 'jan']);
+    assert.deepEqual(selectForRemoval(vs, { years: 1 }, now), ['dec', 'oct', 'nov']);
+    assert.deepEqual(selectForRemoval(vs, { years: 2 }, now), ['oct', 'nov']);
+  });
+
+  it('hours use whole clock hours', () => {
+    const vs = [
+      v('h10', '2026-11-28T10:59:59Z'),
+      v('h11a', '2026-11-28T11:00:00Z'),
+      v('h11b', '2026-11-28T11:30:00Z'),
+      v('h12', '2026-11-28T12:10:00Z'),
+    ];
+    assert.deepEqual(selectForRemoval(vs, { hours: 2 }, now), ['h10', 'h11b']);
+  });
+
+  it('categories add up: what any of them keeps is kept', () => {
+    const vs = [
+      v('old', '2020-06-01T00:00:00Z'), // years: 2020's oldest
+      v('may', '2026-05-01T00:00:00Z'), // years: 2026's oldest
+      v('y', '2026-11-27T00:00:00Z'), // kept by neither
+      v('t', '2026-11-28T00:00:00Z'), // days: today's oldest
+    ];
+    assert.deepEqual(selectForRemoval(vs, { days: 1, years: 7 }, now), ['y']);
+    assert.deepEqual(selectForRemoval(vs, { days: 1 }, now), ['old', 'may', 'y']);
+  });
+
+  it('never removes the youngest, nor versions dated in the future', () => {
+    const vs = [
+      v('old1', '2001-01-01T00:00:00Z'),
+      v('old2', '2002-01-01T00:00:00Z'),
+      v('future', '2027-01-01T00:00:00Z'),
+    ];
+    assert.deepEqual(selectForRemoval(vs, { hours: 1 }, now), ['old1', 'old2']);
+    assert.deepEqual(selectForRemoval([v('only', '2001-01-01T00:00:00Z')], { latest: 1 }, now), []);
+  });
+
+  it('local time moves the day boundaries', () => {
+    const prev = process.env.TZ;
+    // Resolved per call by Date: set before use. UTC+14 (no DST): 2026-11-28T11:00Z is already the 29th.
+    process.env.TZ = 'Pacific/Kiritimati';
+    try {
+      const vs = [
+        v('a', '2026-11-28T09:00:00Z'),
+        v('b', '2026-11-28T11:00:00Z'),
+        v('c', '2026-11-28T12:00:00Z'),
+      ];
+      const at = us('2026-11-28T12:30:00Z');
+      // UTC: all three fall on the 28th; a is that day's oldest, c the youngest.
+      assert.deepEqual(selectForRemoval(vs, { days: 1 }, at), ['b']);
+      // Local: a is on the 28th (23:00), b and c on the 29th (01:00, 02:00), which is today.
+      assert.deepEqual(selectForRemoval(vs, { days: 1 }, at, { localTime: true }), ['a']);
+      assert.deepEqual(selectForRemoval(vs, { days: 2 }, at, { localTime: true }), []);
+    } finally {
+      if (prev === undefined) delete process.env.TZ;
+      else process.env.TZ = prev;
+    }
+  });
+
+  it('properties: removes only candidates, never the youngest, and is idempotent', () => {
+    const arbRules = fc.record(
+      {
+        latest: fc.integer({ min: 1, max: 5 }),
+        hours: fc.integer({ min: 1, max: 48 }),
+        days: fc.integer({ min: 1, max: 14 }),
+        weeks: fc.integer({ min: 1, max: 8 }),
+        months: fc.integer({ min: 1, max: 24 }),
+        years: fc.integer({ min: 1, max: 5 }),
+      },
+      { requiredKeys: [] },
+    );
+    const arbVersions = fc.uniqueArray(
+      fc.record({
+        uid: fc.uuid(),
+        date: fc.integer({ min: now - 3 * 365 * 86_400_000_000, max: now + 3_600_000_000 }),
+      }),
+      { selector: (x) => x.uid, maxLength: 60 },
+    );
+    fc.assert(
+      fc.property(arbVersions, arbRules, (vs, rules) => {
+        const removed = selectForRemoval(vs, rules, now);
+        const uids = new Set(vs.map((x) => x.uid));
+        for (const r of removed) assert.ok(uids.has(r));
+        assert.equal(new Set(removed).size, removed.length);
+        if (vs.length > 0) {
+          const youngest = [...vs].sort((a, b) => b.date - a.date)[0];
+          assert.ok(!removed.includes(youngest.uid));
+          assert.ok(removed.length < vs.length);
+        }
+        // Enforcing again right away removes nothing more: what is kept is a fixed point.
+        const kept = vs.filter((x) => !removed.includes(x.uid));
+        assert.deepEqual(selectForRemoval(kept, rules, now), []);
+      }),
+    );
+  });
+});
