@@ -12,15 +12,18 @@ import type { Logger } from '../util/log.js';
 export class Context {
   readonly log: Logger;
   readonly machine: boolean;
+  /** --json: results as JSON on stdout (one document per command). */
+  readonly json: boolean;
   readonly #configPath: string | undefined;
   #config: Config | undefined;
   #meta: MetaStore | undefined;
   #store: BlockStore | undefined;
   #hashPool: HashPool | undefined;
 
-  constructor(log: Logger, opts: { machine: boolean; config?: string }) {
+  constructor(log: Logger, opts: { machine: boolean; json?: boolean; config?: string }) {
     this.log = log;
     this.machine = opts.machine;
+    this.json = opts.json ?? false;
     this.#configPath = opts.config;
   }
 

@@ -26,6 +26,7 @@ export async function main(argv: string[]): Promise<number> {
       'config file (default: $BACKY_CONFIG, ./backy.cfg, ~/.config/backy/backy.cfg, /etc/backy.cfg)',
     )
     .option('-m, --machine-output', 'machine-readable output on stdout')
+    .option('--json', 'results as JSON on stdout')
     .option('-v, --verbose', 'debug logging, stack traces on errors')
     .exitOverride()
     .showHelpAfterError(false)
@@ -39,9 +40,9 @@ export async function main(argv: string[]): Promise<number> {
   const run =
     <A extends unknown[]>(fn: (ctx: Context, ...args: A) => Promise<void>) =>
     async (...args: A) => {
-      const g = program.opts<{ config?: string; machineOutput?: boolean }>();
+      const g = program.opts<{ config?: string; machineOutput?: boolean; json?: boolean }>();
       const { Context } = await import('./context.js');
-      ctx = new Context(log, { machine: Boolean(g.machineOutput), config: g.config });
+      ctx = new Context(log, { machine: Boolean(g.machineOutput), json: Boolean(g.json), config: g.config });
       ctx.loadConfig(); // a bad config fails before any work
       log.info(`$ backy ${argv.slice(2).join(' ')}`);
       await fn(ctx, ...args);
@@ -65,6 +66,8 @@ export async function main(argv: string[]): Promise<number> {
       'rbd export-diff stream (a file, or - for stdin) to apply onto the base (-f); replaces SOURCE',
     )
     .option('--snapshot-name <snap>', 'record the snapshot the backup was read from (shown by ls)')
+    .option('--protect', 'protect the new version (from rm and enforce) once it is valid')
+    .option('-l, --label <key=value>', 'label the new version (repeatable)', collect, [])
     .action(async (a: string | undefined, b: string | undefined, opts: BackupCliOptions) => {
       const { backupCommand, backupOperands } = await import('./commands/backup.js');
       backupOperands(a, b, opts); // usage errors before anything is logged
@@ -88,8 +91,11 @@ export async function main(argv: string[]): Promise<number> {
     .command('ls')
     .description('list versions, optionally only those named NAME')
     .argument('[name]')
+    .option('--label <key=value>', 'only versions with this label (repeatable: all must match)', collect, [])
     .action(
-      run(async (ctx, name: string | undefined) => (await import('./commands/ls.js')).lsCommand(ctx, name)),
+      run(async (ctx, name: string | undefined, opts: { label: string[] }) =>
+        (await import('./commands/ls.js')).lsCommand(ctx, name, opts),
+      ),
     );
 
   program
@@ -146,6 +152,61 @@ export async function main(argv: string[]): Promise<number> {
       run(async (ctx, file: string) => (await import('./commands/import.js')).importCommand(ctx, file)),
     );
 
+  program
+    .command('protect')
+    .description('protect versions: rm (even with --force) and enforce refuse to remove them')
+    .argument('<uid...>')
+    .action(
+      run(async (ctx, uids: string[]) =>
+        (await import('./commands/protect.js')).protectCommand(ctx, uids, true),
+      ),
+    );
+
+  program
+    .command('unprotect')
+    .description('remove the protection of versions')
+    .argument('<uid...>')
+    .action(
+      run(async (ctx, uids: string[]) =>
+        (await import('./commands/protect.js')).protectCommand(ctx, uids, false),
+      ),
+    );
+
+  program
+    .command('label')
+    .description('set (KEY=VALUE) and remove (KEY-) labels of version UID')
+    .argument('<uid>')
+    .argument('<changes...>')
+    .action(
+      run(async (ctx, uid: string, changes: string[]) =>
+        (await import('./commands/label.js')).labelCommand(ctx, uid, changes),
+      ),
+    );
+
+  program
+    .command('enforce')
+    .description(
+      'retention: remove the valid, unprotected versions of each NAME (all names if none) that RULES ' +
+        '(e.g. latest3,hours24,days7,weeks4,months12,years3) do not keep; prints each removed uid',
+    )
+    .argument('<rules>')
+    .argument('[names...]')
+    .option('--dry-run', 'only print what would be removed')
+    .option('--local-time', 'calendar buckets in the local time zone instead of UTC')
+    .action(
+      run(async (ctx, rules: string, names: string[], opts: { dryRun?: boolean; localTime?: boolean }) =>
+        (await import('./commands/enforce.js')).enforceCommand(ctx, rules, names, opts),
+      ),
+    );
+
+  program
+    .command('du')
+    .description(
+      'space used by versions (all, or the given UIDs) and the store: sparse, referenced, exclusive, ratios',
+    )
+    .argument('[uids...]')
+    .action(run(async (ctx, uids: string[]) => (await import('./commands/du.js')).duCommand(ctx, uids)));
+
   try {
     await program.parseAsync(argv);
   } catch (err) {
@@ -158,6 +219,10 @@ export async function main(argv: string[]): Promise<number> {
     await ctx?.close().catch(() => {});
   }
   return exitCode;
+}
+
+function collect(value: string, previous: string[]): string[] {
+  return [...previous, value];
 }
 
 function handleError(err: unknown, log: Logger): number {

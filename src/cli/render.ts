@@ -30,10 +30,12 @@ export function versionBlocks(v: Version): number {
 }
 
 /**
- * `version DATE NAME SIZE SIZE_BYTES UID VALID SNAPSHOT`; fields added later go after VALID.
- * SNAPSHOT is the recorded snapshot name, `-` when none (names never contain whitespace).
+ * `version DATE TIME NAME SIZE SIZE_BYTES UID VALID SNAPSHOT PROTECTED LABELS` (README numbers
+ * the fields); fields added later go at the end. SNAPSHOT is `-` when none, PROTECTED `1` or
+ * `0`, LABELS `key=value` pairs joined by commas or `-` (names, snapshot names and labels never
+ * contain whitespace; label values no commas).
  */
-export function machineVersionLine(v: Version): string {
+export function machineVersionLine(v: Version, labels: Record<string, string> = {}): string {
   return [
     'version',
     formatDate(v.date),
@@ -43,16 +45,46 @@ export function machineVersionLine(v: Version): string {
     v.uid,
     v.status === 'valid' ? 1 : 0,
     v.snapshotName === '' ? '-' : v.snapshotName,
+    v.protected ? 1 : 0,
+    formatLabels(labels, ',') || '-',
   ].join(' ');
+}
+
+export function formatLabels(labels: Record<string, string>, sep: string): string {
+  return Object.entries(labels)
+    .map(([k, v]) => `${k}=${v}`)
+    .join(sep);
+}
+
+/** A version's fields for --json output (dates as ISO 8601 UTC and as microseconds). */
+export function versionJsonFields(v: Version, labels: Record<string, string> = {}) {
+  return {
+    uid: v.uid,
+    name: v.name,
+    snapshot: v.snapshotName === '' ? null : v.snapshotName,
+    date: `${formatDate(v.date).replace(' ', 'T')}Z`,
+    date_us: v.date,
+    size_bytes: v.sizeBytes,
+    block_size: v.blockSize,
+    blocks: versionBlocks(v),
+    status: v.status,
+    valid: v.status === 'valid',
+    protected: v.protected,
+    base: v.baseUid,
+    labels,
+  };
 }
 
 // Loaded on first use: each costs start-up time and memory that most runs never need.
 const load = createRequire(import.meta.url);
 
-export function versionTable(versions: Version[]): string {
+export function versionTable(
+  versions: Version[],
+  labels: Map<string, Record<string, string>> = new Map(),
+): string {
   const Table_ = load('cli-table3') as typeof Table;
   const table = new Table_({
-    head: ['date', 'name', 'snapshot', 'size', 'size_bytes', 'uid', 'valid', 'status'],
+    head: ['date', 'name', 'snapshot', 'size', 'size_bytes', 'uid', 'valid', 'status', 'protected', 'labels'],
     style: { head: process.stdout.isTTY ? ['cyan'] : [], border: process.stdout.isTTY ? ['grey'] : [] },
   });
   for (const v of versions) {
@@ -65,6 +97,8 @@ export function versionTable(versions: Version[]): string {
       v.uid,
       v.status === 'valid' ? 1 : 0,
       v.status,
+      v.protected ? 'yes' : '',
+      formatLabels(labels.get(v.uid) ?? {}, '\n'),
     ]);
   }
   return table.toString();

@@ -233,7 +233,7 @@ async function apply(
     stopHeartbeat();
     if (!ok) {
       // Bad input found half-way: leave the metadata as it was (objects go at the next cleanup).
-      await meta.removeVersion(version.uid).catch(() => {});
+      await meta.removeVersion(version.uid, { protectedToo: true }).catch(() => {});
     }
     await meta.releaseLease(lease.id).catch(() => {});
   }

@@ -451,7 +451,7 @@ async function insert(
     }
     return { version: await meta.getVersion(version.uid), blocks: checked.blocks, missing, downgraded };
   } catch (err) {
-    await meta.removeVersion(version.uid).catch(() => {});
+    await meta.removeVersion(version.uid, { protectedToo: true }).catch(() => {});
     if (err instanceof BackyError) throw err;
     throw new BackyError(`import of ${version.uid} failed and was undone: ${(err as Error).message}`, {
       cause: err,

@@ -225,6 +225,11 @@ export class MetaStore {
     return store;
   }
 
+  /** The query builder, for the other modules of src/meta only (catalog.ts): SQL stays in src/meta. */
+  get db(): Db {
+    return this.#db;
+  }
+
   get hashFunction(): HashFunction {
     return this.#hashFunction;
   }
@@ -526,9 +531,18 @@ export class MetaStore {
     });
   }
 
-  /** Removes a version and its block list. Objects stay; cleanup removes unreferenced ones. */
-  async removeVersion(uid: string): Promise<void> {
+  /**
+   * Removes a version, its block list and labels. Objects stay; cleanup removes unreferenced
+   * ones. A protected version is refused, checked in the same transaction (so a concurrent
+   * `protect` wins), unless `protectedToo` (a command undoing the version it just created).
+   */
+  async removeVersion(uid: string, opts: { protectedToo?: boolean } = {}): Promise<void> {
     await this.write(async (tx) => {
+      const v = await tx.selectFrom('versions').select('protected').where('uid', '=', uid).executeTakeFirst();
+      if (v && Number(v.protected) === 1 && !opts.protectedToo) {
+        throw new InputError(`version ${uid} is protected; run 'backy unprotect ${uid}' first to remove it`);
+      }
+      await tx.deleteFrom('labels').where('version_uid', '=', uid).execute();
       await tx.deleteFrom('blocks').where('version_uid', '=', uid).execute();
       await tx.deleteFrom('versions').where('uid', '=', uid).execute();
     });
@@ -798,6 +812,7 @@ export class MetaStore {
         .where('version_uid', '=', uid)
         .executeTakeFirst();
       if (lease) return false;
+      await tx.deleteFrom('labels').where('version_uid', '=', uid).execute();
       await tx.deleteFrom('blocks').where('version_uid', '=', uid).execute();
       await tx.deleteFrom('versions').where('uid', '=', uid).execute();
       return true;

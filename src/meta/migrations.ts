@@ -52,6 +52,18 @@ const migrations: Record<string, Migration> = {
         .execute();
     },
   },
+  '0002_labels': {
+    async up(db: Kysely<unknown>) {
+      await db.schema
+        .createTable('labels')
+        .addColumn('version_uid', 'text', (c) => c.notNull().references('versions.uid').onDelete('cascade'))
+        .addColumn('key', 'text', (c) => c.notNull())
+        .addColumn('value', 'text', (c) => c.notNull())
+        .addPrimaryKeyConstraint('labels_pk', ['version_uid', 'key'])
+        .execute();
+      await db.schema.createIndex('labels_key_value').on('labels').columns(['key', 'value']).execute();
+    },
+  },
 };
 
 export const migrationProvider: MigrationProvider = {

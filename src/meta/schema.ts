@@ -47,6 +47,13 @@ export interface LeasesTable {
   heartbeat: Int;
 }
 
+/** Free-form KEY=VALUE labels of a version (backup -l, backy label); removed with it. */
+export interface LabelsTable {
+  version_uid: string;
+  key: string;
+  value: string;
+}
+
 export interface SettingsTable {
   key: string;
   value: string;
@@ -58,6 +65,7 @@ export interface Database {
   objects: ObjectsTable;
   leases: LeasesTable;
   settings: SettingsTable;
+  labels: LabelsTable;
 }
 
 export type { Generated };

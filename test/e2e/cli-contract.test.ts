@@ -49,7 +49,7 @@ describe('CLI contract', () => {
     assert.equal(lines.length, 2);
     for (const line of lines) {
       const f = line.split(' ');
-      assert.equal(f.length, 9, line);
+      assert.equal(f.length, 11, line);
       assert.equal(f[0], 'version'); // field 1
       assert.match(f[1], /^\d{4}-\d{2}-\d{2}$/); // field 2: DATE (UTC)
       assert.match(f[2], /^\d{2}:\d{2}:\d{2}\.\d{6}$/); // field 3: TIME (UTC, microseconds)
@@ -64,6 +64,8 @@ describe('CLI contract', () => {
     assert.equal(byUid.get(uid)![3], 'vm1', 'field 4: NAME');
     assert.equal(byUid.get(uid)![8], '-', 'field 9: SNAPSHOT, - when none');
     assert.equal(byUid.get(snapUid)![8], 'snap1');
+    assert.equal(byUid.get(uid)![9], '0', 'field 10: PROTECTED');
+    assert.equal(byUid.get(uid)![10], '-', 'field 11: LABELS, - when none');
   });
 
   it('ls (table) shows - for a version without a snapshot, like ls -m', async () => {

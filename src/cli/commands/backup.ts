@@ -8,13 +8,16 @@ import { TooLargeError, readTextLimited } from '../../util/read-limited.js';
 import { openSource } from '../../source/source.js';
 import type { Context } from '../context.js';
 import { parseUid } from '../context.js';
-import { formatBytes, progressBar } from '../render.js';
+import { formatBytes, progressBar, versionJsonFields } from '../render.js';
+import { changeLabels, parseLabel, setProtected } from '../../meta/catalog.js';
 
 export interface BackupCliOptions {
   rbd?: string;
   from?: string;
   rbdExportDiff?: string;
   snapshotName?: string;
+  protect?: boolean;
+  label?: string[];
 }
 
 /**
@@ -47,6 +50,7 @@ export async function backupCommand(
   opts: BackupCliOptions,
 ) {
   const operands = backupOperands(first, second, opts);
+  labelsOf(opts); // bad labels fail before anything is read
   if (operands.source === undefined) return exportDiffBackup(ctx, opts.rbdExportDiff!, operands.name, opts);
   const sourcePath = operands.source;
   const name = operands.name;
@@ -87,8 +91,9 @@ export async function backupCommand(
       progress: progressBar(ctx.log),
       onVersion: (v) => ctx.log.debug(`new version ${v.uid}`),
     });
+    await markVersion(ctx, version, opts);
     report(ctx, source.name, version, stats);
-    ctx.out(version.uid);
+    printResult(ctx, version, stats);
   } finally {
     await source.close().catch(() => {});
   }
@@ -136,6 +141,27 @@ function checkPrintable(value: string, what: string): void {
 function shown(value: string): string {
   const q = JSON.stringify(value.length > 60 ? `${value.slice(0, 60)}…` : value);
   return q.replace(/[\u007f-\u009f]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`);
+}
+
+function labelsOf(opts: BackupCliOptions): Record<string, string> {
+  return Object.fromEntries((opts.label ?? []).map(parseLabel));
+}
+
+/** --protect and -l, once the version is valid (a crashed backup leaves neither). */
+async function markVersion(ctx: Context, version: BackupResult['version'], opts: BackupCliOptions) {
+  const meta = await ctx.meta();
+  const labels = labelsOf(opts);
+  if (Object.keys(labels).length > 0) await changeLabels(meta, version.uid, { set: labels, remove: [] });
+  if (opts.protect) {
+    await setProtected(meta, [version.uid], true);
+    version.protected = true;
+  }
+}
+
+/** The uid as the last line of stdout; with --json one object with the statistics. */
+function printResult(ctx: Context, version: BackupResult['version'], stats: BackupResult['stats']) {
+  if (ctx.json) ctx.out(JSON.stringify({ ...versionJsonFields(version), stats }));
+  else ctx.out(version.uid);
 }
 
 function report(
@@ -202,8 +228,9 @@ async function exportDiffBackup(ctx: Context, file: string, name: string, opts: 
       progress: progressBar(ctx.log),
       onVersion: (v) => ctx.log.debug(`new version ${v.uid}`),
     });
+    await markVersion(ctx, version, opts);
     report(ctx, `export-diff ${inputName}`, version, stats);
-    ctx.out(version.uid);
+    printResult(ctx, version, stats);
   } finally {
     input.destroy();
   }
