@@ -7,6 +7,8 @@ import { open, readFile } from 'node:fs/promises';
 import type { FileHandle } from 'node:fs/promises';
 import type { Readable } from 'node:stream';
 import { InputError, NotFoundError, BackyError, ioReason } from '../errors.js';
+import { dataExtents, seekSupported } from './extents.js';
+import type { Extent } from './extents.js';
 
 export interface RandomSource {
   readonly kind: 'random';
@@ -17,6 +19,12 @@ export interface RandomSource {
    * (at least `length` bytes) the data lands there and the result is a view of it.
    */
   read(offset: number, length: number, into?: Buffer): Promise<Buffer>;
+  /**
+   * Where the source holds data, when it can tell (a sparse file; an NBD export's
+   * base:allocation): ascending, non-overlapping extents; everything else reads as zeros and
+   * need not be read. Undefined when the source cannot tell: then everything may hold data.
+   */
+  dataExtents?(): Iterable<Extent> | AsyncIterable<Extent>;
   close(): Promise<void>;
 }
 
@@ -54,7 +62,7 @@ export async function openSource(path: string, stdin: Readable = process.stdin):
       // A FIFO or character device: sequential. The stream owns the FileHandle and closes it.
       return streamSource(path, fh.createReadStream({ highWaterMark: 1 << 20 }));
     }
-    return new FileSource(path, fh, size);
+    return new FileSource(path, fh, size, st.isFile() && seekSupported(fh.fd));
   } catch (err) {
     await fh.close().catch(() => {});
     throw err;
@@ -78,11 +86,14 @@ class FileSource implements RandomSource {
   readonly name: string;
   readonly size: number;
   readonly #fh: FileHandle;
+  readonly dataExtents?: () => Iterable<Extent>;
 
-  constructor(name: string, fh: FileHandle, size: number) {
+  constructor(name: string, fh: FileHandle, size: number, sparse: boolean) {
     this.name = name;
     this.#fh = fh;
     this.size = size;
+    // Regular files on a file system with SEEK_DATA: holes are known without reading them.
+    if (sparse) this.dataExtents = () => dataExtents(this.#fh.fd, this.size);
   }
 
   async read(offset: number, length: number, into?: Buffer): Promise<Buffer> {
