@@ -11,7 +11,7 @@ import fc from 'fast-check';
 import { InputError } from '../errors.js';
 import { checkHints, parseRbdDiff } from '../hints/rbd-diff.js';
 import type { HintExtent } from '../hints/rbd-diff.js';
-import { KEEP, READ, SPARSE, plan } from './plan.js';
+import { DISCARD, KEEP, READ, SPARSE, plan } from './plan.js';
 
 const RUNS = 400;
 
@@ -63,7 +63,7 @@ describe('planner properties', () => {
             .reduce((sum, e) => sum + overlap(e, start, end), 0);
           let want: number;
           if (touchedTrue) want = READ;
-          else if (falseCovered > 0) want = falseCovered >= len ? SPARSE : READ;
+          else if (falseCovered > 0) want = falseCovered >= len ? DISCARD : READ;
           else if (base && i < baseBlocks) {
             const baseLen = Math.min(blockSize, base.size - start);
             want = baseLen === len ? KEEP : READ;
@@ -75,7 +75,7 @@ describe('planner properties', () => {
     );
   });
 
-  it('never marks SPARSE a block that exists:true touches or exists:false covers only partly', () => {
+  it('never marks SPARSE or DISCARD a block that exists:true touches or exists:false covers only partly', () => {
     fc.assert(
       fc.property(planInput, ({ blockSize, size, baseSize, hints }) => {
         const actions = plan({
@@ -85,7 +85,7 @@ describe('planner properties', () => {
           base: baseSize === undefined ? undefined : { size: baseSize },
         });
         for (let i = 0; i < actions.length; i++) {
-          if (actions[i] !== SPARSE) continue;
+          if (actions[i] !== SPARSE && actions[i] !== DISCARD) continue;
           const start = i * blockSize;
           const end = Math.min(size, start + blockSize);
           assert.ok(

@@ -3,7 +3,9 @@
  *
  * - no hints: every block is read (with a base, unchanged blocks then dedup against it);
  * - a block touched by an `exists:true` extent is read;
- * - a block wholly covered by `exists:false` extents (and touched by no `exists:true`) is sparse;
+ * - a block wholly covered by `exists:false` extents (and touched by no `exists:true`) is
+ *   DISCARD: stored sparse like SPARSE, but kept apart so that the hint check can verify that it
+ *   really reads as zeros;
  * - a block only partly covered by `exists:false` is read, never assumed zero;
  * - any other block keeps the base's entry when there is a base whose block has the same length,
  *   is read when the length changed (the image grew or shrank through it), and is sparse
@@ -17,7 +19,9 @@ import type { HintExtent } from '../hints/rbd-diff.js';
 export const SPARSE = 0;
 export const READ = 1;
 export const KEEP = 2;
-export type Action = typeof SPARSE | typeof READ | typeof KEEP;
+/** Sparse because the hints say the region was discarded (exists:false). */
+export const DISCARD = 3;
+export type Action = typeof SPARSE | typeof READ | typeof KEEP | typeof DISCARD;
 
 export interface PlanInput {
   size: number;
@@ -51,12 +55,12 @@ export function plan(input: PlanInput): Uint8Array {
       const start = i * blockSize;
       const covered = Math.min(end, start + blockSize) - Math.max(e.offset, start);
       const len = blockLength(i, size, blockSize);
-      if (covered >= len) actions[i] = SPARSE;
+      if (covered >= len) actions[i] = DISCARD;
       else partial.set(i, (partial.get(i) ?? 0) + covered);
     }
   }
   for (const [i, covered] of partial) {
-    actions[i] = covered >= blockLength(i, size, blockSize) ? SPARSE : READ;
+    actions[i] = covered >= blockLength(i, size, blockSize) ? DISCARD : READ;
   }
   // exists:true wins over everything.
   for (const e of hints) {
@@ -79,16 +83,17 @@ export function countActions(actions: Uint8Array): { read: number; sparse: numbe
   return { read, sparse, keep };
 }
 
-/** Up to `count` distinct random indices of KEEP blocks (reservoir sample, for the hint sanity check). */
-export function pickKeepBlocks(
+/** Up to `count` distinct random indices of blocks with `action` (reservoir sample, for the hint check). */
+export function pickBlocks(
   actions: Uint8Array,
+  action: Action,
   count: number,
   random: () => number = Math.random,
 ): number[] {
   const sample: number[] = [];
   let seen = 0;
   for (let i = 0; i < actions.length; i++) {
-    if (actions[i] !== KEEP) continue;
+    if (actions[i] !== action) continue;
     seen++;
     if (sample.length < count) sample.push(i);
     else {

@@ -86,6 +86,7 @@ export async function backupCommand(
       hintCheckBlocks: ctx.config.hintCheckBlocks,
       progress: progressBar(ctx.log),
       onVersion: (v) => ctx.log.debug(`new version ${v.uid}`),
+      onInfo: (m) => ctx.log.info(m),
     });
     report(ctx, source.name, version, stats);
     ctx.out(version.uid);
