@@ -15,7 +15,6 @@
  */
 import { blockCount, blockLength, isZero } from '../blocks/blocks.js';
 import { InputError, IntegrityError, UsageError } from '../errors.js';
-import { checkHints } from '../hints/rbd-diff.js';
 import type { HintExtent } from '../hints/rbd-diff.js';
 import type { BlockRow, MetaStore, Version } from '../meta/meta-store.js';
 import { nowMicros } from '../meta/meta-store.js';
@@ -23,7 +22,7 @@ import type { BlockStore } from '../storage/block-store.js';
 import type { Source } from '../source/source.js';
 import { BufferPool, blocksInFlight } from '../util/buffer-pool.js';
 import { mapOrdered } from '../util/concurrency.js';
-import { DISCARD, KEEP, READ, countActions, pickBlocks, plan } from './plan.js';
+import { DISCARD, HintPlanner, KEEP, READ, countActions, pickBlocks, plan } from './plan.js';
 import { keepLeaseAlive } from './lease.js';
 import { noProgress } from './progress.js';
 import type { ProgressReporter } from './progress.js';
@@ -54,8 +53,7 @@ export interface BackupOptions {
   snapshotName?: string;
   /** Block size for a version without a base (a base's block size wins). */
   blockSize: number;
-  hints?: HintExtent[];
-  hintsName?: string;
+  hints?: HintSource;
   baseUid?: string;
   /**
    * With hints: up to this many random unhinted blocks are re-read and compared with the base
@@ -67,6 +65,17 @@ export interface BackupOptions {
   progress?: ProgressReporter;
   /** Called with the new version as soon as it exists (so the CLI can name it on failure). */
   onVersion?: (v: Version) => void;
+}
+
+/**
+ * Hint extents, streamed: `read` hands each one (in file order, with its index) to `onExtent`
+ * and resolves at the end; it and `onExtent` throw InputError for bad hints. Read only once
+ * the source's size is known, so that no list of extents is ever held.
+ */
+export interface HintSource {
+  /** 'hint file PATH', for messages. */
+  name: string;
+  read(onExtent: (extent: HintExtent, index: number) => void): Promise<void>;
 }
 
 export interface BackupStats {
@@ -103,8 +112,19 @@ export async function backup(opts: BackupOptions): Promise<BackupResult> {
   let size: number | undefined;
   if (source.kind === 'random') {
     size = source.size;
-    const hints = opts.hints ? checkHints(opts.hints, size, opts.hintsName) : undefined;
-    actions = plan({ size, blockSize, hints, base: base ? { size: base.sizeBytes } : undefined });
+    const hints = opts.hints;
+    if (hints) {
+      const planner = new HintPlanner(
+        size,
+        blockSize,
+        base ? { size: base.sizeBytes } : undefined,
+        hints.name,
+      );
+      await hints.read((e, i) => planner.add(e, i));
+      actions = planner.finish();
+    } else {
+      actions = plan({ size, blockSize });
+    }
     if (hints && opts.hintCheckBlocks > 0) {
       const sampled = await verifyHints(meta, store, source, base, actions, buffers, opts.hintCheckBlocks);
       opts.onInfo?.(

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { DISCARD, KEEP, READ, SPARSE, countActions, pickBlocks, plan } from './plan.js';
+import { DISCARD, HintPlanner, KEEP, READ, SPARSE, countActions, pickBlocks, plan } from './plan.js';
 import type { HintExtent } from '../hints/rbd-diff.js';
 
 const B = 100; // block size in these tables
@@ -112,5 +112,34 @@ describe('pickBlocks', () => {
   });
   it('returns nothing for zero', () => {
     assert.deepEqual(pickBlocks(Uint8Array.from([KEEP, KEEP]), KEEP, 0), []);
+  });
+});
+
+describe('HintPlanner checks', () => {
+  const build = (extents: HintExtent[], size = 1000) => {
+    const p = new HintPlanner(size, B);
+    extents.forEach((e, i) => p.add(e, i));
+    return p.finish();
+  };
+  it('ignores empty extents anywhere (even past the end)', () => {
+    assert.equal(letters(build([t(0, 10), t(5000, 0), t(5, 0), t(200, 10)])), 'RSRSSSSSSS');
+  });
+  it('rejects extents past the end of the source, naming the extent', () => {
+    assert.throws(() => build([t(0, 1), t(990, 11)]), /extent \[1\] 990\+11 ends past the end of the source/);
+  });
+  it('accepts an extent ending exactly at the end', () => {
+    assert.equal(letters(build([t(990, 10)])), 'SSSSSSSSSR');
+  });
+  it('rejects overlapping extents', () => {
+    assert.throws(() => build([t(0, 100), f(50, 100)]), /extents overlap at offset 50 \(extent \[1\]\)/);
+  });
+  it('rejects extents out of offset order (rbd diff prints them in order)', () => {
+    assert.throws(
+      () => build([t(200, 10), f(0, 10)]),
+      /extent \[1\] at offset 0 comes before .*offset order/,
+    );
+  });
+  it('sums exists:false pieces of one block across extents, with exists:true in between', () => {
+    assert.equal(letters(build([f(100, 30), f(130, 70), f(200, 50), t(260, 5), f(270, 30)], 400)), 'SDRS');
   });
 });
