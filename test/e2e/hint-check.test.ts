@@ -95,3 +95,48 @@ describe('hint check: discarded regions must read as zeros', () => {
     await assertSameBytes(img, sb.path('all.out'));
   });
 });
+
+describe('a hint file of a million extents', () => {
+  let sb: Sandbox;
+  before(async () => {
+    sb = await Sandbox.create({ defaults: 'block_size = 65536' });
+  });
+  after(() => sb.remove());
+
+  it('is streamed: the backup works with a 48 MB JavaScript heap and restores byte for byte', async () => {
+    // 1,000,000 one-byte extents, alternately exists true/false, over a 2,000,000-byte image. Read whole,
+    // as before, this took ~0.5 GB; the heap limit turns that into a crash.
+    const n = 1_000_000;
+    const img = sb.path('small.img');
+    // 2,000,000 bytes: the last extent is its last byte.
+    await writeImage(img, {
+      blocks: 30,
+      blockSize: 65536,
+      tail: 33_920,
+      kinds: () => 'random',
+      seed: 'million',
+    });
+    const h = sb.path('million.json');
+    const out = await open(h, 'w');
+    try {
+      const batch: string[] = [];
+      for (let i = 0; i < n; i++) {
+        batch.push(`${i ? ',' : '['}{"offset":${i * 2},"length":1,"exists":"${i % 2 ? 'false' : 'true'}"}`);
+        if (batch.length === 10_000) {
+          await out.write(batch.join(''));
+          batch.length = 0;
+        }
+      }
+      await out.write(`${batch.join('')}]`);
+    } finally {
+      await out.close();
+    }
+    const r = await sb.ok(['backup', '-r', h, img, 'm@0'], {
+      env: { NODE_OPTIONS: '--max-old-space-size=48' },
+    });
+    const uid = r.stdout.trim().split('\n').pop()!;
+    // Every block is touched by an exists:true extent, so all of it is read.
+    await sb.ok(['restore', uid, sb.path('m.out')]);
+    await assertSameBytes(img, sb.path('m.out'));
+  });
+});
