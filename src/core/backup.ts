@@ -15,14 +15,15 @@
  */
 import { blockCount, blockLength, isZero } from '../blocks/blocks.js';
 import { InputError, IntegrityError, UsageError } from '../errors.js';
-import type { HintExtent } from '../hints/rbd-diff.js';
 import type { BlockRow, MetaStore, Version } from '../meta/meta-store.js';
 import { nowMicros } from '../meta/meta-store.js';
 import type { BlockStore } from '../storage/block-store.js';
 import type { Source } from '../source/source.js';
 import { BufferPool, blocksInFlight } from '../util/buffer-pool.js';
 import { mapOrdered } from '../util/concurrency.js';
-import { DISCARD, HintPlanner, KEEP, READ, countActions, pickBlocks, plan } from './plan.js';
+import { DISCARD, KEEP, READ, countActions, pickBlocks, plan } from './plan.js';
+import { planFromHints } from './hint-plan.js';
+import type { HintReader } from './hint-plan.js';
 import { keepLeaseAlive } from './lease.js';
 import { noProgress } from './progress.js';
 import type { ProgressReporter } from './progress.js';
@@ -67,16 +68,8 @@ export interface BackupOptions {
   onVersion?: (v: Version) => void;
 }
 
-/**
- * Hint extents, streamed: `read` hands each one (in file order, with its index) to `onExtent`
- * and resolves at the end; it and `onExtent` throw InputError for bad hints. Read only once
- * the source's size is known, so that no list of extents is ever held.
- */
-export interface HintSource {
-  /** 'hint file PATH', for messages. */
-  name: string;
-  read(onExtent: (extent: HintExtent, index: number) => void): Promise<void>;
-}
+/** Hint extents, streamed; read once the source's size is known (see hint-plan.ts). */
+export type HintSource = HintReader;
 
 export interface BackupStats {
   blocks: number;
@@ -114,14 +107,7 @@ export async function backup(opts: BackupOptions): Promise<BackupResult> {
     size = source.size;
     const hints = opts.hints;
     if (hints) {
-      const planner = new HintPlanner(
-        size,
-        blockSize,
-        base ? { size: base.sizeBytes } : undefined,
-        hints.name,
-      );
-      await hints.read((e, i) => planner.add(e, i));
-      actions = planner.finish();
+      actions = await planFromHints(size, blockSize, base ? { size: base.sizeBytes } : undefined, hints);
     } else {
       actions = plan({ size, blockSize });
     }

@@ -45,7 +45,7 @@ export function plan(input: PlanInput): Uint8Array {
  * offset order, no overlaps) so that no list of extents is ever held. Extents must come in
  * offset order, as rbd diff prints them: that is what lets a block's exists:false coverage be
  * summed and settled as soon as the extents move past it, and overlaps be found by comparing
- * with the previous extent alone.
+ * with the previous extent alone. (hint-plan.ts sorts the rare file that is not in order.)
  */
 export class HintPlanner {
   readonly #actions: Uint8Array;
@@ -73,6 +73,11 @@ export class HintPlanner {
       }
     }
     this.#actions = actions;
+  }
+
+  /** Whether `e` can follow the extents added so far (false: it starts before the previous one). */
+  inOrder(e: HintExtent): boolean {
+    return e.length === 0 || e.offset >= this.#prevStart;
   }
 
   add(e: HintExtent, index: number): void {

@@ -86,6 +86,17 @@ describe('hint check: discarded regions must read as zeros', () => {
     await assertSameBytes(zeroed, sb.path('z1.out'));
   });
 
+  it('accepts extents out of offset order (sorted in memory) and restores byte for byte', async () => {
+    const h = await hintFile('unsorted.json', [
+      { offset: 8 * BS, length: 10, exists: 'true' },
+      { offset: 5 * BS, length: BS, exists: 'true' },
+      { offset: 0, length: 100, exists: 'true' },
+    ]);
+    const uid = await sb.backup(['-r', h, '-f', base, img, 'vm@unsorted']);
+    await sb.ok(['restore', uid, sb.path('unsorted.out')]);
+    await assertSameBytes(img, sb.path('unsorted.out'));
+  });
+
   it('says so when nothing is left to sample', async () => {
     const h = await hintFile('all-read.json', [{ offset: 0, length: BLOCKS * BS, exists: 'true' }]);
     const r = await sb.ok(['backup', '-r', h, '-f', base, img, 'vm@all']);
