@@ -15,15 +15,15 @@
  */
 import { blockCount, blockLength, isZero } from '../blocks/blocks.js';
 import { InputError, IntegrityError, UsageError } from '../errors.js';
-import { checkHints } from '../hints/rbd-diff.js';
-import type { HintExtent } from '../hints/rbd-diff.js';
 import type { BlockRow, MetaStore, Version } from '../meta/meta-store.js';
 import { nowMicros } from '../meta/meta-store.js';
 import type { BlockStore } from '../storage/block-store.js';
 import type { Source } from '../source/source.js';
 import { BufferPool, blocksInFlight } from '../util/buffer-pool.js';
 import { mapOrdered } from '../util/concurrency.js';
-import { KEEP, READ, countActions, pickKeepBlocks, plan } from './plan.js';
+import { DISCARD, KEEP, READ, countActions, pickBlocks, plan } from './plan.js';
+import { planFromHints } from './hint-plan.js';
+import type { HintReader } from './hint-plan.js';
 import { keepLeaseAlive } from './lease.js';
 import { noProgress } from './progress.js';
 import type { ProgressReporter } from './progress.js';
@@ -54,15 +54,22 @@ export interface BackupOptions {
   snapshotName?: string;
   /** Block size for a version without a base (a base's block size wins). */
   blockSize: number;
-  hints?: HintExtent[];
-  hintsName?: string;
+  hints?: HintSource;
   baseUid?: string;
-  /** With a base and hints: this many random unhinted blocks are re-read and compared. */
+  /**
+   * With hints: up to this many random unhinted blocks are re-read and compared with the base
+   * (with a base), and up to this many blocks the hints call discarded must read as zeros.
+   */
   hintCheckBlocks: number;
+  /** Informational messages (what the hint check sampled). */
+  onInfo?: (message: string) => void;
   progress?: ProgressReporter;
   /** Called with the new version as soon as it exists (so the CLI can name it on failure). */
   onVersion?: (v: Version) => void;
 }
+
+/** Hint extents, streamed; read once the source's size is known (see hint-plan.ts). */
+export type HintSource = HintReader;
 
 export interface BackupStats {
   blocks: number;
@@ -98,10 +105,19 @@ export async function backup(opts: BackupOptions): Promise<BackupResult> {
   let size: number | undefined;
   if (source.kind === 'random') {
     size = source.size;
-    const hints = opts.hints ? checkHints(opts.hints, size, opts.hintsName) : undefined;
-    actions = plan({ size, blockSize, hints, base: base ? { size: base.sizeBytes } : undefined });
-    if (base && hints && opts.hintCheckBlocks > 0) {
-      await checkHintsAgainstBase(meta, store, source, base, actions, buffers, opts.hintCheckBlocks);
+    const hints = opts.hints;
+    if (hints) {
+      actions = await planFromHints(size, blockSize, base ? { size: base.sizeBytes } : undefined, hints);
+    } else {
+      actions = plan({ size, blockSize });
+    }
+    if (hints && opts.hintCheckBlocks > 0) {
+      const sampled = await verifyHints(meta, store, source, base, actions, buffers, opts.hintCheckBlocks);
+      opts.onInfo?.(
+        sampled.unchanged + sampled.discarded === 0
+          ? 'hint check: no unhinted or discarded blocks to sample'
+          : `hint check: ${sampled.unchanged} unhinted and ${sampled.discarded} discarded blocks sampled, all as the hints say`,
+      );
     }
   } else if (opts.hints) {
     throw new UsageError('hints (-r) need a seekable source (a file or block device), not a stream');
@@ -195,20 +211,40 @@ function countReadBytes(actions: Uint8Array, size: number, blockSize: number): n
 }
 
 /**
- * Hints say which regions changed since the base. Wrong hints would silently produce a wrong
- * backup, so a few random blocks the hints call unchanged are read and compared with the base.
+ * Hints say which regions changed since the base and which were discarded. Wrong hints would
+ * silently produce a wrong backup (a changed block kept from the base, a block with data
+ * stored as zeros), so before anything is created a few random blocks of each kind are read:
+ * blocks the hints call unchanged must match the base, blocks they call discarded must read as
+ * zeros. Blocks outside the hints without a base are sparse by design and not checked.
  */
-async function checkHintsAgainstBase(
+async function verifyHints(
   meta: MetaStore,
   store: BlockStore,
   source: Source & { kind: 'random' },
-  base: Version,
+  base: Version | undefined,
   actions: Uint8Array,
   buffers: BufferPool,
   count: number,
-): Promise<void> {
+): Promise<{ unchanged: number; discarded: number }> {
   const blockSize = buffers.bufferSize;
-  const picks = pickKeepBlocks(actions, count);
+  const size = source.size;
+  const hint =
+    'nothing was stored. Check that the hints are for this image' +
+    (base ? ' and base snapshot' : '') +
+    ', or back up without -r';
+  const discarded = pickBlocks(actions, DISCARD, count);
+  for (const idx of discarded) {
+    const zero = await buffers.with(async (buf) =>
+      isZero(await source.read(idx * blockSize, blockLength(idx, size, blockSize), buf)),
+    );
+    if (!zero) {
+      throw new InputError(
+        `hints are wrong: block ${idx} (offset ${idx * blockSize}) is not zeros although the hints say it was discarded ("exists":"false"); ${hint}`,
+      );
+    }
+  }
+  if (!base) return { unchanged: 0, discarded: discarded.length };
+  const picks = pickBlocks(actions, KEEP, count);
   const rows = await meta.blocksAt(base.uid, picks);
   for (const idx of picks) {
     const row = rows.get(idx);
@@ -222,11 +258,11 @@ async function checkHintsAgainstBase(
     });
     if (!same) {
       throw new InputError(
-        `hints are wrong: block ${idx} (offset ${idx * blockSize}) differs from base ${base.uid} although no hint covers it; ` +
-          'nothing was stored. Check that the hints are for this image and base snapshot, or back up without -r',
+        `hints are wrong: block ${idx} (offset ${idx * blockSize}) differs from base ${base.uid} although no hint covers it; ${hint}`,
       );
     }
   }
+  return { unchanged: picks.length, discarded: discarded.length };
 }
 
 export interface Stored {

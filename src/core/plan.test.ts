@@ -1,12 +1,13 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { KEEP, READ, SPARSE, countActions, pickKeepBlocks, plan } from './plan.js';
+import { DISCARD, HintPlanner, KEEP, READ, SPARSE, countActions, pickBlocks, plan } from './plan.js';
 import type { HintExtent } from '../hints/rbd-diff.js';
 
 const B = 100; // block size in these tables
 const t = (offset: number, length: number): HintExtent => ({ offset, length, exists: true });
 const f = (offset: number, length: number): HintExtent => ({ offset, length, exists: false });
-const letters = (a: Uint8Array) => Array.from(a, (x) => (x === READ ? 'R' : x === KEEP ? 'K' : 'S')).join('');
+const letters = (a: Uint8Array) =>
+  Array.from(a, (x) => (x === READ ? 'R' : x === KEEP ? 'K' : x === DISCARD ? 'D' : 'S')).join('');
 
 describe('plan', () => {
   const cases: { name: string; size: number; hints?: HintExtent[]; base?: number; want: string }[] = [
@@ -18,11 +19,11 @@ describe('plan', () => {
     { name: 'unaligned exists:true touches two blocks', size: 400, hints: [t(150, 100)], want: 'SRRS' },
     { name: 'one byte at a block end', size: 400, hints: [t(299, 1)], want: 'SSRS' },
     {
-      name: 'whole exists:false block becomes sparse over base',
+      name: 'whole exists:false block is discarded (sparse) over base',
       size: 400,
       hints: [f(100, 100)],
       base: 400,
-      want: 'KSKK',
+      want: 'KDKK',
     },
     {
       name: 'partial exists:false is read, never assumed zero',
@@ -32,18 +33,18 @@ describe('plan', () => {
       want: 'KRKK',
     },
     {
-      name: 'two exists:false pieces covering a block make it sparse',
+      name: 'two exists:false pieces covering a block discard it',
       size: 400,
       hints: [f(100, 50), f(150, 50)],
       base: 400,
-      want: 'KSKK',
+      want: 'KDKK',
     },
     {
       name: 'exists:false spanning blocks unaligned',
       size: 400,
       hints: [f(50, 200)],
       base: 400,
-      want: 'RSRK',
+      want: 'RDRK',
     },
     {
       name: 'exists:true wins over exists:false in the same block',
@@ -58,7 +59,7 @@ describe('plan', () => {
       size: 350,
       hints: [f(300, 50)],
       base: 350,
-      want: 'KKKS',
+      want: 'KKKD',
     },
     {
       name: 'image grew: old short last block is re-read, new blocks sparse',
@@ -85,18 +86,18 @@ describe('plan', () => {
   }
 
   it('counts actions', () => {
-    const actions = Uint8Array.from([READ, SPARSE, KEEP, KEEP, READ]);
-    assert.deepEqual(countActions(actions), { read: 2, sparse: 1, keep: 2 });
+    const actions = Uint8Array.from([READ, SPARSE, KEEP, KEEP, READ, DISCARD]);
+    assert.deepEqual(countActions(actions), { read: 2, sparse: 2, keep: 2 });
   });
 });
 
-describe('pickKeepBlocks', () => {
+describe('pickBlocks', () => {
   it('picks only KEEP blocks, distinct and sorted', () => {
     const actions = Uint8Array.from([KEEP, READ, KEEP, SPARSE, KEEP, KEEP, READ, KEEP]);
     for (let seed = 0; seed < 20; seed++) {
       let s = seed;
       const random = () => (s = (s * 1103515245 + 12345) % 2 ** 31) / 2 ** 31;
-      const picks = pickKeepBlocks(actions, 3, random);
+      const picks = pickBlocks(actions, KEEP, 3, random);
       assert.equal(picks.length, 3);
       assert.equal(new Set(picks).size, 3);
       assert.deepEqual(
@@ -107,9 +108,38 @@ describe('pickKeepBlocks', () => {
     }
   });
   it('returns all KEEP blocks when asked for more', () => {
-    assert.deepEqual(pickKeepBlocks(Uint8Array.from([KEEP, READ, KEEP]), 10), [0, 2]);
+    assert.deepEqual(pickBlocks(Uint8Array.from([KEEP, READ, KEEP]), KEEP, 10), [0, 2]);
   });
   it('returns nothing for zero', () => {
-    assert.deepEqual(pickKeepBlocks(Uint8Array.from([KEEP, KEEP]), 0), []);
+    assert.deepEqual(pickBlocks(Uint8Array.from([KEEP, KEEP]), KEEP, 0), []);
+  });
+});
+
+describe('HintPlanner checks', () => {
+  const build = (extents: HintExtent[], size = 1000) => {
+    const p = new HintPlanner(size, B);
+    extents.forEach((e, i) => p.add(e, i));
+    return p.finish();
+  };
+  it('ignores empty extents anywhere (even past the end)', () => {
+    assert.equal(letters(build([t(0, 10), t(5000, 0), t(5, 0), t(200, 10)])), 'RSRSSSSSSS');
+  });
+  it('rejects extents past the end of the source, naming the extent', () => {
+    assert.throws(() => build([t(0, 1), t(990, 11)]), /extent \[1\] 990\+11 ends past the end of the source/);
+  });
+  it('accepts an extent ending exactly at the end', () => {
+    assert.equal(letters(build([t(990, 10)])), 'SSSSSSSSSR');
+  });
+  it('rejects overlapping extents', () => {
+    assert.throws(() => build([t(0, 100), f(50, 100)]), /extents overlap at offset 50 \(extent \[1\]\)/);
+  });
+  it('rejects extents out of offset order (rbd diff prints them in order)', () => {
+    assert.throws(
+      () => build([t(200, 10), f(0, 10)]),
+      /extent \[1\] at offset 0 comes before .*offset order/,
+    );
+  });
+  it('sums exists:false pieces of one block across extents, with exists:true in between', () => {
+    assert.equal(letters(build([f(100, 30), f(130, 70), f(200, 50), t(260, 5), f(270, 30)], 400)), 'SDRS');
   });
 });

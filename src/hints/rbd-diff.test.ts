@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { InputError } from '../errors.js';
-import { checkHints, parseRbdDiff } from './rbd-diff.js';
+import { parseRbdDiff } from './rbd-diff.js';
 
 describe('parseRbdDiff', () => {
   it('accepts exists as rbd prints it (strings) and as booleans', () => {
@@ -43,43 +43,4 @@ describe('parseRbdDiff', () => {
       );
     });
   }
-});
-
-describe('checkHints', () => {
-  it('sorts, drops empty extents', () => {
-    const sorted = checkHints(
-      [
-        { offset: 200, length: 10, exists: true },
-        { offset: 0, length: 10, exists: false },
-        { offset: 50, length: 0, exists: true },
-      ],
-      1000,
-    );
-    assert.deepEqual(
-      sorted.map((e) => e.offset),
-      [0, 200],
-    );
-  });
-  it('rejects extents past the end of the source', () => {
-    assert.throws(
-      () => checkHints([{ offset: 990, length: 11, exists: true }], 1000),
-      /past the end of the source/,
-    );
-  });
-  it('accepts an extent ending exactly at the end', () => {
-    assert.equal(checkHints([{ offset: 990, length: 10, exists: true }], 1000).length, 1);
-  });
-  it('rejects overlapping extents', () => {
-    assert.throws(
-      () =>
-        checkHints(
-          [
-            { offset: 0, length: 100, exists: true },
-            { offset: 50, length: 100, exists: false },
-          ],
-          1000,
-        ),
-      /overlap/,
-    );
-  });
 });

@@ -5,6 +5,7 @@
  */
 import { closeSync, openSync, readSync } from 'node:fs';
 import { open } from 'node:fs/promises';
+import type { FileHandle } from 'node:fs/promises';
 
 export class TooLargeError extends Error {
   constructor(readonly limit: number) {
@@ -31,6 +32,23 @@ export async function readTextLimited(path: string, limit: number): Promise<stri
     return Buffer.concat(parts).toString('utf8');
   } finally {
     await fh.close();
+  }
+}
+
+/**
+ * The file's bytes in chunks, for inputs parsed as a stream (hint files); throws
+ * TooLargeError past `limit` bytes, or the OS error. Each chunk is valid only until the next
+ * one is asked for (one buffer is reused).
+ */
+export async function* readChunksLimited(fh: FileHandle, limit: number): AsyncGenerator<Buffer> {
+  const buf = Buffer.allocUnsafe(CHUNK);
+  let total = 0;
+  while (true) {
+    const { bytesRead } = await fh.read(buf, 0, buf.length, null);
+    if (bytesRead === 0) return;
+    total += bytesRead;
+    if (total > limit) throw new TooLargeError(limit);
+    yield buf.subarray(0, bytesRead);
   }
 }
 

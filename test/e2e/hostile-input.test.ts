@@ -184,6 +184,19 @@ describe('hostile input is refused with one line and changes nothing', { concurr
       ]),
       /extents overlap at offset 65536/,
     ),
+    hintCase(
+      'overlapping extents out of order',
+      JSON.stringify([
+        { offset: 2 * BS, length: BS, exists: 'true' },
+        { offset: 0, length: 2 * BS + 1, exists: 'false' },
+      ]),
+      /extents overlap at offset 131072 \(extent \[0\]\)/,
+    ),
+    hintCase(
+      'cut short inside an extent',
+      '[{"offset":0,"length":10,"exists":"true"},{"offset":65536,"len',
+      /is not valid JSON: unexpected end of input inside extent \[1\]/,
+    ),
     hintCase('deeply nested JSON', `${'['.repeat(5000)}${']'.repeat(5000)}`, /at \[0\]/),
     {
       name: 'hints: the hint file is a directory',

@@ -1,10 +1,12 @@
 import { open } from 'node:fs/promises';
+import type { FileHandle } from 'node:fs/promises';
 import { backup } from '../../core/backup.js';
-import type { BackupResult } from '../../core/backup.js';
+import type { BackupResult, HintSource } from '../../core/backup.js';
 import { backupExportDiff } from '../../core/backup-export-diff.js';
 import { InputError, NotFoundError, UsageError, ioReason } from '../../errors.js';
-import { parseRbdDiff } from '../../hints/rbd-diff.js';
-import { TooLargeError, readTextLimited } from '../../util/read-limited.js';
+import { RbdDiffParser } from '../../hints/rbd-diff.js';
+import type { HintExtent } from '../../hints/rbd-diff.js';
+import { TooLargeError, readChunksLimited } from '../../util/read-limited.js';
 import { openSource } from '../../source/source.js';
 import type { Context } from '../context.js';
 import { parseUid } from '../context.js';
@@ -57,22 +59,56 @@ export async function backupCommand(
   checkName(name);
   const snapshotName = checkSnapshotName(opts.snapshotName);
   const baseUid = opts.from !== undefined ? parseUid(opts.from) : undefined;
-  let hints;
+  let hints: HintSource | undefined;
+  let hintFile: FileHandle | undefined;
   if (opts.rbd !== undefined) {
     if (sourcePath === '-') throw new UsageError('-r (hints) needs a seekable SOURCE, not stdin');
-    let text: string;
+    const path = opts.rbd;
+    // Opened now, so that a missing file fails before anything else; read once the source's
+    // size is known (the hints are planned as they stream in).
     try {
-      text = await readTextLimited(opts.rbd, MAX_HINT_FILE);
+      hintFile = await open(path, 'r');
     } catch (err) {
-      if (err instanceof TooLargeError) {
-        throw new InputError(
-          `hint file ${opts.rbd} is larger than ${MAX_HINT_FILE / 2 ** 20} MiB; is it rbd diff --format=json output?`,
-        );
-      }
-      throw new InputError(`cannot read hint file ${opts.rbd}: ${ioReason(err)}`);
+      throw new InputError(`cannot read hint file ${path}: ${ioReason(err)}`);
     }
-    hints = parseRbdDiff(text, `hint file ${opts.rbd}`);
+    const fh = hintFile;
+    hints = { name: `hint file ${path}`, read: (onExtent) => readHintFile(fh, path, onExtent) };
   }
+  try {
+    await backupFromSource(ctx, sourcePath, name, snapshotName, baseUid, hints);
+  } finally {
+    await hintFile?.close().catch(() => {});
+  }
+}
+
+async function readHintFile(
+  fh: FileHandle,
+  path: string,
+  onExtent: (extent: HintExtent, index: number) => void,
+): Promise<void> {
+  const parser = new RbdDiffParser(`hint file ${path}`, onExtent);
+  try {
+    for await (const chunk of readChunksLimited(fh, MAX_HINT_FILE)) parser.push(chunk);
+  } catch (err) {
+    if (err instanceof InputError) throw err;
+    if (err instanceof TooLargeError) {
+      throw new InputError(
+        `hint file ${path} is larger than ${MAX_HINT_FILE / 2 ** 20} MiB; is it rbd diff --format=json output?`,
+      );
+    }
+    throw new InputError(`cannot read hint file ${path}: ${ioReason(err)}`);
+  }
+  parser.end();
+}
+
+async function backupFromSource(
+  ctx: Context,
+  sourcePath: string,
+  name: string,
+  snapshotName: string | undefined,
+  baseUid: string | undefined,
+  hints: HintSource | undefined,
+) {
   const meta = await ctx.meta();
   const store = await ctx.store();
   const source = await openSource(sourcePath);
@@ -85,11 +121,11 @@ export async function backupCommand(
       snapshotName,
       blockSize: ctx.config.blockSize,
       hints,
-      hintsName: opts.rbd !== undefined ? `hint file ${opts.rbd}` : undefined,
       baseUid,
       hintCheckBlocks: ctx.config.hintCheckBlocks,
       progress: progressBar(ctx.log),
       onVersion: (v) => ctx.log.debug(`new version ${v.uid}`),
+      onInfo: (m) => ctx.log.info(m),
     });
     await markVersion(ctx, version, opts);
     report(ctx, source.name, version, stats);
