@@ -60,6 +60,10 @@ export async function main(argv: string[]): Promise<number> {
     .argument('[source]', 'image file, block device, or - for stdin')
     .argument('[name]', 'version name, e.g. vm1@backup1')
     .option('-r, --rbd <hints>', 'rbd diff --format=json output: read only the regions it names')
+    .option(
+      '--thin-delta <file>',
+      "thin_delta XML (LVM thin; --snap1 = the -f base's snapshot, --snap2 = SOURCE): read only what changed",
+    )
     .option('-f, --from <uid>', 'base version: copy its block list and read only what changed')
     .option(
       '--rbd-export-diff <file>',

@@ -5,6 +5,7 @@ import type { BackupResult, HintSource } from '../../core/backup.js';
 import { backupExportDiff } from '../../core/backup-export-diff.js';
 import { InputError, NotFoundError, UsageError, ioReason } from '../../errors.js';
 import { RbdDiffParser } from '../../hints/rbd-diff.js';
+import { parseThinDelta } from '../../hints/thin-delta.js';
 import type { HintExtent } from '../../hints/rbd-diff.js';
 import { TooLargeError, readChunksLimited } from '../../util/read-limited.js';
 import { openSource } from '../../source/source.js';
@@ -20,6 +21,7 @@ export interface BackupCliOptions {
   snapshotName?: string;
   protect?: boolean;
   label?: string[];
+  thinDelta?: string;
 }
 
 /**
@@ -61,6 +63,25 @@ export async function backupCommand(
   const baseUid = opts.from !== undefined ? parseUid(opts.from) : undefined;
   let hints: HintSource | undefined;
   let hintFile: FileHandle | undefined;
+  if (opts.rbd !== undefined && opts.thinDelta !== undefined) {
+    throw new UsageError('-r and --thin-delta exclude each other: give one source of change hints');
+  }
+  if (opts.thinDelta !== undefined) {
+    if (sourcePath === '-') throw new UsageError('--thin-delta needs a seekable SOURCE, not stdin');
+    if (baseUid === undefined) {
+      throw new UsageError(
+        '--thin-delta needs -f UID: the backup of the thin snapshot it compares against (--snap1)',
+      );
+    }
+    const path = opts.thinDelta;
+    try {
+      hintFile = await open(path, 'r');
+    } catch (err) {
+      throw new InputError(`cannot read thin delta file ${path}: ${ioReason(err)}`);
+    }
+    const fh = hintFile;
+    hints = { name: `thin delta file ${path}`, read: (onExtent) => readThinDeltaFile(fh, path, onExtent) };
+  }
   if (opts.rbd !== undefined) {
     if (sourcePath === '-') throw new UsageError('-r (hints) needs a seekable SOURCE, not stdin');
     const path = opts.rbd;
@@ -75,9 +96,28 @@ export async function backupCommand(
     hints = { name: `hint file ${path}`, read: (onExtent) => readHintFile(fh, path, onExtent) };
   }
   try {
-    await backupFromSource(ctx, sourcePath, name, snapshotName, baseUid, hints);
+    await backupFromSource(ctx, sourcePath, name, snapshotName, baseUid, hints, opts);
   } finally {
     await hintFile?.close().catch(() => {});
+  }
+}
+
+async function readThinDeltaFile(
+  fh: FileHandle,
+  path: string,
+  onExtent: (extent: HintExtent, index: number) => void,
+): Promise<void> {
+  let index = 0;
+  try {
+    for await (const e of parseThinDelta(
+      fh.createReadStream({ highWaterMark: 1 << 20, autoClose: false }),
+      `thin delta file ${path}`,
+    )) {
+      onExtent(e, index++);
+    }
+  } catch (err) {
+    if (err instanceof InputError) throw err;
+    throw new InputError(`cannot read thin delta file ${path}: ${ioReason(err)}`);
   }
 }
 
@@ -108,6 +148,7 @@ async function backupFromSource(
   snapshotName: string | undefined,
   baseUid: string | undefined,
   hints: HintSource | undefined,
+  opts: BackupCliOptions,
 ) {
   const meta = await ctx.meta();
   const store = await ctx.store();
@@ -215,9 +256,9 @@ function report(
 
 async function exportDiffBackup(ctx: Context, file: string, name: string, opts: BackupCliOptions) {
   checkName(name);
-  if (opts.rbd !== undefined) {
+  if (opts.rbd !== undefined || opts.thinDelta !== undefined) {
     throw new UsageError(
-      '-r (hints) and --rbd-export-diff exclude each other: the export-diff names the changes itself',
+      `${opts.rbd !== undefined ? '-r (hints)' : '--thin-delta'} and --rbd-export-diff exclude each other: the export-diff names the changes itself`,
     );
   }
   const snapshotName = checkSnapshotName(opts.snapshotName);
