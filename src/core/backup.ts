@@ -21,7 +21,9 @@ import type { BlockStore } from '../storage/block-store.js';
 import type { Source } from '../source/source.js';
 import { BufferPool, blocksInFlight } from '../util/buffer-pool.js';
 import { mapOrdered } from '../util/concurrency.js';
-import { DISCARD, KEEP, READ, countActions, pickBlocks, plan } from './plan.js';
+import { DISCARD, KEEP, READ, SPARSE, countActions, pickBlocks, plan } from './plan.js';
+import { blocksWithData } from '../blocks/allocation.js';
+import type { Extent } from '../source/extents.js';
 import { planFromHints } from './hint-plan.js';
 import type { HintReader } from './hint-plan.js';
 import { keepLeaseAlive } from './lease.js';
@@ -119,6 +121,7 @@ export async function backup(opts: BackupOptions): Promise<BackupResult> {
           : `hint check: ${sampled.unchanged} unhinted and ${sampled.discarded} discarded blocks sampled, all as the hints say`,
       );
     }
+    if (source.dataExtents) await skipHoles(actions, source.dataExtents(), size, blockSize);
   } else if (opts.hints) {
     throw new UsageError('hints (-r) need a seekable source (a file or block device), not a stream');
   }
@@ -202,6 +205,21 @@ export async function backup(opts: BackupOptions): Promise<BackupResult> {
     stopHeartbeat();
     await meta.releaseLease(lease.id).catch(() => {});
   }
+}
+
+/**
+ * A block the source reports wholly unallocated (a hole of a sparse file; an NBD export's
+ * base:allocation hole) reads as zeros by definition: it is sparse without a read. Blocks the
+ * data touches, even by one byte, are still read.
+ */
+async function skipHoles(
+  actions: Uint8Array,
+  extents: Iterable<Extent> | AsyncIterable<Extent>,
+  size: number,
+  blockSize: number,
+): Promise<void> {
+  const hasData = await blocksWithData(extents, size, blockSize);
+  for (let i = 0; i < actions.length; i++) if (actions[i] === READ && hasData[i] === 0) actions[i] = SPARSE;
 }
 
 function countReadBytes(actions: Uint8Array, size: number, blockSize: number): number {
