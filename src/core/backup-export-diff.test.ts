@@ -62,7 +62,10 @@ describe('backupExportDiff (property)', () => {
   before(async () => {
     dir = await mkdtemp(join(tmpdir(), 'backy-export-diff-'));
     meta = await MetaStore.open(`sqlite:///${join(dir, 'meta.sqlite')}`);
-    store = new BlockStore(new DirBackend(join(dir, 'data')), hasherFor('blake3'));
+    store = new BlockStore(new DirBackend(join(dir, 'data')), {
+      hashFunction: 'blake3',
+      compression: { codec: 'none' },
+    });
   });
   after(async () => {
     await meta.close();
