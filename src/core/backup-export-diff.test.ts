@@ -10,7 +10,6 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import fc from 'fast-check';
 import { blockCount } from '../blocks/blocks.js';
-import { hasherFor } from '../blocks/hash.js';
 import { MetaStore } from '../meta/meta-store.js';
 import { BlockStore } from '../storage/block-store.js';
 import { DirBackend } from '../storage/dir-backend.js';

@@ -13,7 +13,6 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { hasherFor } from '../blocks/hash.js';
 import { BackyError } from '../errors.js';
 import { MetaStore } from '../meta/meta-store.js';
 import type { Version } from '../meta/meta-store.js';

@@ -270,7 +270,6 @@ type MakeCodec = (spec: CodecSpec, modules: CodecModules) => Codec;
 
 /** The codec on the calling thread. */
 export function makeCodec(spec: CodecSpec, modules: CodecModules = codecModules()): Codec {
-  // eslint-disable-next-line @typescript-eslint/no-implied-eval
   const factory = new Function('require', `${CODEC_SOURCE}\nreturn makeCodec;`) as (
     req: NodeJS.Require,
   ) => MakeCodec;
