@@ -8,6 +8,7 @@ import type { BackupCliOptions } from './commands/backup.js';
 import { cleanupCommand } from './commands/cleanup.js';
 import { exportCommand } from './commands/export.js';
 import { importCommand } from './commands/import.js';
+import { keyCreateCommand } from './commands/key.js';
 import { lsCommand } from './commands/ls.js';
 import { restoreCommand } from './commands/restore.js';
 import { rmCommand } from './commands/rm.js';
@@ -130,6 +131,13 @@ export async function main(argv: string[]): Promise<number> {
     .description('add a version from an export FILE (- for stdin); prints its uid')
     .argument('<file>')
     .action(run((ctx, file: string) => importCommand(ctx, file)));
+
+  const key = program.command('key').description('encryption keys');
+  key
+    .command('create')
+    .description('write a new random key file FILE (mode 0600; never overwrites)')
+    .argument('<file>')
+    .action(run((ctx, file: string) => keyCreateCommand(ctx, file)));
 
   try {
     await program.parseAsync(argv);
