@@ -8,6 +8,7 @@ import assert from 'node:assert/strict';
 import { copyFile, open, readFile, readdir, stat, truncate, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
+import { encodeExportDiff } from '../../src/source/rbd-export-diff.js';
 import { Sandbox, assertSameBytes } from '../lib/cli.js';
 import { writeImage } from '../lib/image.js';
 import { blockRows, dumpDb, objectFiles, objectPath } from '../lib/store.js';
@@ -288,5 +289,72 @@ describe('a store whose objects mix codecs', () => {
     } finally {
       await sb.remove();
     }
+  });
+});
+
+describe('an encrypted store: every path that names blocks uses the keyed names', () => {
+  let sb: Sandbox;
+  before(async () => {
+    sb = await Sandbox.create({ defaults: `block_size = ${BS}` });
+    await sb.ok(['key', 'create', sb.path('k')]);
+    await setData(sb, `compression = zstd\nencryption = aes-256-gcm\nkey_file = ${sb.path('k')}`);
+  });
+  after(() => sb.remove());
+
+  it('deep scrub, hinted incremental (hint check), export-diff patching, export and import into a new database', async () => {
+    const img = sb.path('img');
+    await writeImage(img, {
+      blocks: 12,
+      blockSize: BS,
+      seed: 'paths',
+      kinds: (i) => (i % 2 ? 'text' : 'random'),
+    });
+    const base = await sb.backup([img, 'vm1']);
+    // Deep scrub compares the source's blocks by name: unkeyed names would all differ.
+    const deep = await sb.run(['-m', 'scrub', '-s', img, base]);
+    assert.equal(deep.code, 0, deep.stderr);
+    assert.match(deep.stdout, new RegExp(`^scrub ${base} 12 0 0 0 0$`, 'm'));
+
+    // -r with -f: the hint check re-reads unhinted blocks and compares their names with the base.
+    const img2 = sb.path('img2');
+    await copyFile(img, img2);
+    const fh = await open(img2, 'r+');
+    await fh.write(Buffer.alloc(BS, 9), 0, BS, 3 * BS);
+    await fh.close();
+    await writeFile(sb.path('hints.json'), JSON.stringify([{ offset: 3 * BS, length: BS, exists: 'true' }]));
+    const inc = await sb.backup(['-r', sb.path('hints.json'), '-f', base, img2, 'vm1']);
+    await sb.ok(['restore', inc, sb.path('inc.out')]);
+    await assertSameBytes(img2, sb.path('inc.out'));
+
+    // export-diff: a partial write patches the base's block, read back through the codec.
+    const full = encodeExportDiff(1, [
+      { tag: 't', name: 'snap1' },
+      { tag: 's', size: 12 * BS },
+      { tag: 'w', offset: 0, data: await readFile(img2) },
+      { tag: 'e' },
+    ]);
+    const d1 = await sb.backup(['--rbd-export-diff', '-', 'vm2@snap1'], { input: full });
+    const patch = Buffer.from('patched through the codec');
+    const diff = encodeExportDiff(1, [
+      { tag: 'f', name: 'snap1' },
+      { tag: 't', name: 'snap2' },
+      { tag: 's', size: 12 * BS },
+      { tag: 'w', offset: 5 * BS + 10, data: patch },
+      { tag: 'e' },
+    ]);
+    const d2 = await sb.backup(['--rbd-export-diff', '-', '-f', d1, 'vm2@snap2'], { input: diff });
+    const expected = await readFile(img2);
+    patch.copy(expected, 5 * BS + 10);
+    await sb.ok(['restore', d2, sb.path('d2.out')]);
+    await assertSameBytes(sb.path('d2.out'), expected);
+
+    // export, a new database on the same data and key, import: objects adopted, restore works.
+    await sb.ok(['export', d2, sb.path('d2.export')]);
+    const text = await readFile(sb.config, 'utf8');
+    await writeFile(sb.config, text.replace(/backy\.sqlite/, 'new.sqlite'));
+    await sb.ok(['import', sb.path('d2.export')]);
+    await sb.ok(['restore', d2, sb.path('d2.import.out')]);
+    await assertSameBytes(sb.path('d2.import.out'), expected);
+    await sb.ok(['scrub', d2]);
   });
 });
