@@ -46,8 +46,10 @@ export class BlockStore {
    * StorageBackend). Leave `data` alone until it settles.
    */
   async put(checksum: string, data: Buffer, opts?: PutOptions): Promise<number> {
+    // Stored raw and in clear, a block needs only a header: no reason to visit a worker.
+    const trivial = this.spec.compression.codec === 'none' && !this.spec.keys;
     const chunks =
-      !this.#pool || data.length < POOL_MIN_BYTES
+      !this.#pool || trivial || data.length < POOL_MIN_BYTES
         ? this.#codec.encode(checksum, data)
         : await this.#pool.encode(checksum, data);
     const buffers = chunks.map((c) =>
