@@ -8,7 +8,8 @@ import { CorruptBlockError } from '../errors.js';
 import { CHECKSUM_RE } from '../blocks/hash.js';
 import { CorruptObject } from '../util/codec-pool.js';
 import type { CodecPool } from '../util/codec-pool.js';
-import { makeCodec } from './codec.js';
+import { BufferPool, blocksInFlight } from '../util/buffer-pool.js';
+import { makeCodec, objectBufferSize } from './codec.js';
 import type { Codec, CodecSpec, Decoded } from './codec.js';
 import type { PutOptions, StorageBackend } from './backend.js';
 
@@ -22,6 +23,8 @@ export class BlockStore {
   readonly spec: CodecSpec;
   readonly #codec: Codec;
   readonly #pool: CodecPool | undefined;
+  /** With encryption and a pool: where workers write objects (see put). */
+  #outputs: BufferPool | undefined;
 
   /** With a pool, naming, encoding and decoding run on its worker threads. */
   constructor(backend: StorageBackend, spec: CodecSpec, pool?: CodecPool) {
@@ -48,10 +51,23 @@ export class BlockStore {
   async put(checksum: string, data: Buffer, opts?: PutOptions): Promise<number> {
     // Stored raw and in clear, a block needs only a header: no reason to visit a worker.
     const trivial = this.spec.compression.codec === 'none' && !this.spec.keys;
-    const chunks =
-      !this.#pool || trivial || data.length < POOL_MIN_BYTES
-        ? this.#codec.encode(checksum, data)
-        : await this.#pool.encode(checksum, data);
+    if (!this.#pool || trivial || data.length < POOL_MIN_BYTES) {
+      return this.#write(checksum, this.#codec.encode(checksum, data), opts);
+    }
+    const pool = this.#pool;
+    if (!this.spec.keys) return this.#write(checksum, await pool.encode(checksum, data), opts);
+    // Ciphertext is as large as the block: into a reused shared buffer, not a new one per block
+    // (garbage the size of every block stored would pile up before a collection).
+    const size = objectBufferSize(data.length);
+    if (!this.#outputs || this.#outputs.bufferSize < size) {
+      this.#outputs = new BufferPool(blocksInFlight(data.length), size);
+    }
+    return this.#outputs.with(async (dst) =>
+      this.#write(checksum, await pool.encode(checksum, data, dst), opts),
+    );
+  }
+
+  async #write(checksum: string, chunks: Uint8Array[], opts?: PutOptions): Promise<number> {
     const buffers = chunks.map((c) =>
       Buffer.isBuffer(c) ? c : Buffer.from(c.buffer, c.byteOffset, c.length),
     );

@@ -102,13 +102,15 @@ export type Decoded = { data: Uint8Array; shared: false } | { offset: number; le
 export type Encoded = Uint8Array[];
 
 export interface Codec {
+  /** Whether objects are encrypted (their encoding and decoding allocate per block). */
+  readonly encrypted: boolean;
   /** The object name of a plaintext block: 64 hex characters. */
   name(data: Uint8Array): string;
   /**
    * The object for `data` under `name`. The data itself may be one of the chunks (no copy when
-   * it is stored raw and unencrypted).
+   * it is stored raw and unencrypted); an encrypted object is written into `dst` when it fits.
    */
-  encode(name: string, data: Uint8Array): Encoded;
+  encode(name: string, data: Uint8Array, dst?: Uint8Array): Encoded;
   /**
    * Parses, authenticates, decompresses and verifies an object; throws an error with
    * `corrupt: true` when the object is damaged. `expectedLength` is checked before any work.
@@ -165,7 +167,7 @@ function makeCodec(spec, modules) {
     return h;
   }
 
-  function encode(objName, data) {
+  function encode(objName, data, dst) {
     let payload = data;
     let codec = 0;
     if (spec.compression.codec === 'zstd' && data.length >= 64) {
@@ -188,7 +190,8 @@ function makeCodec(spec, modules) {
       return codec ? [h, new Uint8Array(payload)] : [h, data];
     }
     const h = header(codec, AES_GCM, data.length);
-    const out = Buffer.from(new ArrayBuffer(HEADER + NONCE + payload.length + TAG));
+    const total = HEADER + NONCE + payload.length + TAG;
+    const out = dst && dst.length >= total ? Buffer.from(dst.buffer, dst.byteOffset, total) : Buffer.from(new ArrayBuffer(total));
     h.copy(out, 0);
     const nonce = crypto.randomBytes(NONCE);
     nonce.copy(out, HEADER);
@@ -262,7 +265,7 @@ function makeCodec(spec, modules) {
     return { shared: false, data: new Uint8Array(data) };
   }
 
-  return { name, encode, decode };
+  return { name, encode, decode, encrypted: !!keys };
 }
 `;
 

@@ -7,13 +7,14 @@
  * Buffers backed by a SharedArrayBuffer (see BufferPool) reach a worker without a copy; the
  * caller must not change them until the promise settles. Any other buffer is copied once (just
  * the view's bytes). A decoded block is written back into the shared buffer it was read into,
- * so reads cost no allocation on the main thread; an encoded object comes back as one buffer
- * per stored block (transferred, not copied), alive until its write completes.
+ * so reads cost no allocation on the main thread; an encrypted object is written into a
+ * shared output buffer of the caller's, and a compressed one comes back as one buffer per
+ * stored block (transferred, not copied), alive until its write completes.
  *
  * Memory: each worker keeps two scratch buffers of at most a block each (decrypted payload,
  * decompressed plaintext), ~13 MB of its own, and nothing per task; the main thread holds at
- * most one encoded object per block in flight. So the bound stays
- * (workers x 2 + blocks in flight x 2) x block size.
+ * most one encoded object per block in flight (BlockStore's output buffers with encryption).
+ * So the bound stays (workers x 2 + blocks in flight x 2) x block size.
  *
  * Workers are unref'd while idle, so a pool that is never closed does not keep the process
  * alive; close() terminates them. A worker that dies fails only its own pending tasks and is
@@ -37,17 +38,39 @@ try {
   setupError = String((err && err.message) || err);
 }
 const transferable = (u) => u.buffer instanceof SharedArrayBuffer ? [] : [u.buffer];
+// node:crypto's ciphers return a new buffer per call: a block's worth of garbage per block,
+// which V8 collects only once tens of MB of it have piled up, in each worker. Collecting the
+// young generation every few blocks keeps that off the peak RSS (a scavenge of a heap this
+// small takes well under a millisecond).
+// (Once the flag is set, workers started later have a global gc already.)
+let scavenge = typeof globalThis.gc === 'function' ? globalThis.gc : undefined;
+try {
+  if (!scavenge) {
+    require('node:v8').setFlagsFromString('--expose-gc');
+    scavenge = require('node:vm').runInNewContext('gc');
+  }
+} catch {}
+let sinceGc = 0;
+const collect = (bytes) => {
+  sinceGc += bytes;
+  if (scavenge && sinceGc >= 16 * 1024 * 1024) {
+    sinceGc = 0;
+    scavenge({ type: 'minor' });
+  }
+};
 parentPort.on('message', (m) => {
   let reply, transfer = [];
   try {
     if (setupError) throw new Error(setupError);
     if (m.op === 'name') reply = { id: m.id, name: codec.name(m.data) };
     else if (m.op === 'encode') {
-      const chunks = codec.encode(m.name, m.data);
-      // The block itself may be a chunk: never send back what the caller already has.
-      const out = chunks.map((c) => (c.buffer === m.data.buffer ? null : new Uint8Array(c.buffer, c.byteOffset, c.length)));
+      const chunks = codec.encode(m.name, m.data, m.dst);
+      // The block itself, or the caller's output buffer, may be a chunk: never send back what
+      // the caller already has.
+      const out = chunks.map((c) =>
+        c.buffer === m.data.buffer ? null : m.dst && c.buffer === m.dst.buffer ? c.length : new Uint8Array(c.buffer, c.byteOffset, c.length));
       reply = { id: m.id, chunks: out };
-      for (const c of out) if (c && c.byteOffset === 0 && c.length === c.buffer.byteLength) transfer.push(...transferable(c));
+      for (const c of out) if (c && typeof c === 'object' && c.byteOffset === 0 && c.length === c.buffer.byteLength) transfer.push(...transferable(c));
     } else {
       const shared = m.obj.buffer instanceof SharedArrayBuffer;
       let d = codec.decode(m.name, m.obj, m.expected, shared ? m.room : 0);
@@ -60,6 +83,7 @@ parentPort.on('message', (m) => {
     reply = { id: m.id, error: String((err && err.message) || err), corrupt: !!(err && err.corrupt) };
   }
   parentPort.postMessage(reply, transfer);
+  if (codec && codec.encrypted) collect((m.data || m.obj).length);
 });
 `;
 
@@ -74,7 +98,8 @@ interface Task {
 interface Reply {
   id: number;
   name?: string;
-  chunks?: (Uint8Array | null)[];
+  /** null: the block itself; a number: that many bytes of the caller's output buffer. */
+  chunks?: (Uint8Array | number | null)[];
   decoded?: Decoded;
   error?: string;
   corrupt?: boolean;
@@ -108,10 +133,15 @@ export class CodecPool {
     return r.name!;
   }
 
-  /** The object for `data` under `name`, as chunks; `data` itself may be one of them. */
-  async encode(name: string, data: Uint8Array): Promise<Encoded> {
-    const r = await this.#run({ op: 'encode', name, data }, [data]);
-    return r.chunks!.map((c) => (c === null ? data : c));
+  /**
+   * The object for `data` under `name`, as chunks; `data` itself may be one of them, and an
+   * encrypted object is written into `dst` (a SharedArrayBuffer view) when it fits.
+   */
+  async encode(name: string, data: Uint8Array, dst?: Uint8Array): Promise<Encoded> {
+    const msg: Record<string, unknown> = { op: 'encode', name, data };
+    if (dst && dst.buffer instanceof SharedArrayBuffer) msg.dst = dst;
+    const r = await this.#run(msg, [data]);
+    return r.chunks!.map((c) => (c === null ? data : typeof c === 'number' ? dst!.subarray(0, c) : c));
   }
 
   /**
