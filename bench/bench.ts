@@ -9,7 +9,13 @@
  * job by job, and the table shows medians. Wall time is measured here, CPU time (user+sys) and
  * peak RSS come from /usr/bin/time for the child process (worker threads included).
  *
- * Usage: npm run bench -- [--size 2G] [--reps 3] [--tools backy,borg,restic] [--dir PARENT] [--keep]
+ * backy runs with its default compression ('backy') and with AES-256-GCM on top
+ * ('backy+aes'); borg without encryption ('borg', -e none) and with it ('borg+aes',
+ * repokey-blake2), both lz4. `--compression none,zstd:1,zstd:3` adds a backy row per setting
+ * (how the default was chosen).
+ *
+ * Usage: npm run bench -- [--size 2G] [--reps 3] [--tools backy,borg,restic] [--compression LIST]
+ *                         [--dir PARENT] [--keep]
  */
 import { spawn } from 'node:child_process';
 import { createReadStream } from 'node:fs';
@@ -30,6 +36,7 @@ const { values: args } = parseArgs({
     dir: { type: 'string', default: tmpdir() },
     keep: { type: 'boolean', default: false },
     tools: { type: 'string', default: 'backy,borg,restic' },
+    compression: { type: 'string', default: '' },
   },
 });
 
@@ -151,19 +158,13 @@ await writeFile(
 await readAll(baseImg); // warm-up: everything below runs with the images in the page cache
 await readAll(changedImg);
 
-const backyCfg = join(work, 'backy.cfg');
-const backyStore = join(work, 'backy-store');
-await writeFile(
-  backyCfg,
-  `[MetaBackend]\nengine = sqlite:///${join(backyStore, 'backy.sqlite')}\n[DataBackend]\ntype = file\npath = ${join(backyStore, 'data')}\n`,
-);
-const backy = (argv: string[]) => timed(process.execPath, [BIN, '-c', backyCfg, ...argv], { cwd: work });
 const lastLine = (s: string) => s.trim().split('\n').pop()!;
 const hasScrub = (await run(process.execPath, [BIN, '--help'])).includes('scrub');
+const hasKeys = (await run(process.execPath, [BIN, '--help'])).includes('key');
 
-const borgRepo = join(work, 'borg-repo');
 const borgEnv = {
   BORG_BASE_DIR: join(work, 'borg-home'),
+  BORG_PASSPHRASE: 'bench',
   BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK: 'yes',
   BORG_RELOCATED_REPO_ACCESS_IS_OK: 'yes',
 };
@@ -184,44 +185,73 @@ interface Tool {
 }
 
 const restoreDir = join(work, 'restore');
-let backyFull = '';
-const tools: Tool[] = [
-  {
-    name: 'backy',
-    store: backyStore,
+
+/** backy with `dataLines` added to [DataBackend] (compression, encryption). */
+function backyTool(name: string, dataLines: (dir: string) => Promise<string>): Tool {
+  const dir = join(work, name);
+  const store = join(dir, 'store');
+  const cfg = join(dir, 'backy.cfg');
+  const backy = (argv: string[]) => timed(process.execPath, [BIN, '-c', cfg, ...argv], { cwd: work });
+  let full = '';
+  return {
+    name,
+    store,
     async reset() {
-      await rm(backyStore, { recursive: true, force: true });
+      await rm(dir, { recursive: true, force: true });
+      await mkdir(store, { recursive: true });
+      await writeFile(
+        cfg,
+        `[MetaBackend]\nengine = sqlite:///${join(store, 'backy.sqlite')}\n[DataBackend]\ntype = file\npath = ${join(store, 'data')}\n${await dataLines(dir)}\n`,
+      );
     },
     jobs: {
       'full backup': async () => {
         const r = await backy(['backup', baseImg, 'bench@full']);
-        backyFull = lastLine(r.stdout);
+        full = lastLine(r.stdout);
         return r;
       },
-      incremental: () => backy(['backup', '-r', hintsFile, '-f', backyFull, changedImg, 'bench@incr']),
-      restore: () => backy(['restore', backyFull, join(restoreDir, 'backy.img')]),
-      ...(hasScrub ? { scrub: () => backy(['scrub', backyFull]) } : {}),
+      incremental: () => backy(['backup', '-r', hintsFile, '-f', full, changedImg, 'bench@incr']),
+      restore: () => backy(['restore', full, join(restoreDir, name, 'backy.img')]),
+      ...(hasScrub ? { scrub: () => backy(['scrub', full]) } : {}),
     },
-  },
-];
+  };
+}
+
+const tools: Tool[] = [backyTool('backy', async () => '')];
+if (hasKeys) {
+  tools.push(
+    backyTool('backy+aes', async (dir) => {
+      const key = join(dir, 'bench.key');
+      await run(process.execPath, [BIN, 'key', 'create', key]);
+      return `encryption = aes-256-gcm\nkey_file = ${key}`;
+    }),
+  );
+}
+for (const c of args.compression!.split(',').filter(Boolean)) {
+  tools.push(backyTool(`backy[${c}]`, async () => `compression = ${c}`));
+}
 const wanted = new Set(args.tools!.split(','));
-if (wanted.has('borg') && (await installed('borg'))) {
+function borgTool(name: string, encryption: string): Tool {
   const chunker = ['--chunker-params', 'fixed,4194304', '--compression', 'lz4'];
-  tools.push({
-    name: 'borg',
-    store: borgRepo,
+  const repo = join(work, `${name}-repo`);
+  return {
+    name,
+    store: repo,
     async reset() {
-      await rm(borgRepo, { recursive: true, force: true });
+      await rm(repo, { recursive: true, force: true });
       await rm(borgEnv.BORG_BASE_DIR, { recursive: true, force: true });
-      await run('borg', ['init', '--encryption=none', borgRepo], { env: borgEnv });
+      await run('borg', ['init', `--encryption=${encryption}`, repo], { env: borgEnv });
     },
     jobs: {
-      'full backup': () => borg(['create', ...chunker, `${borgRepo}::full`, 'base.img']),
-      incremental: () => borg(['create', ...chunker, `${borgRepo}::incr`, 'changed.img']),
-      restore: () => borg(['extract', `${borgRepo}::full`, 'base.img'], join(restoreDir, 'borg')),
-      scrub: () => borg(['check', '--verify-data', borgRepo]),
+      'full backup': () => borg(['create', ...chunker, `${repo}::full`, 'base.img']),
+      incremental: () => borg(['create', ...chunker, `${repo}::incr`, 'changed.img']),
+      restore: () => borg(['extract', `${repo}::full`, 'base.img'], join(restoreDir, name)),
+      scrub: () => borg(['check', '--verify-data', repo]),
     },
-  });
+  };
+}
+if (wanted.has('borg') && (await installed('borg'))) {
+  tools.push(borgTool('borg', 'none'), borgTool('borg+aes', 'repokey-blake2'));
 }
 if (wanted.has('restic') && (await installed('restic'))) {
   let fullId = '';
@@ -399,6 +429,14 @@ const ratio = (a: string, b: string, goal: number, what: string) => {
 };
 out.push('', 'Goals:');
 out.push(ratio('full backup\0backy', 'full backup\0borg', 0.5, 'full backup vs borg'));
+out.push(
+  ratio(
+    'full backup\0backy+aes',
+    'full backup\0borg+aes',
+    0.5,
+    'encrypted full backup vs borg repokey-blake2',
+  ),
+);
 out.push(ratio('incremental\0backy', 'incremental\0borg', 0.2, 'hinted incremental vs borg'));
 out.push(ratio('restore\0backy', 'restore\0borg', 0.6, 'restore vs borg extract'));
 out.push(
@@ -406,7 +444,18 @@ out.push(
     ? ratio('scrub\0backy', 'limit\0read + sha256', 1.3, 'full scrub vs read + sha256')
     : '- full scrub vs read + sha256: n/a (no backy scrub in this build)',
 );
-const rss = Math.max(...JOBS.map((j) => med(`${j}\0backy`)?.rssMB ?? 0));
+const storeOf = (t: string) => med(`incremental\0${t}`)?.store;
+const [bs, gs] = [storeOf('backy'), storeOf('borg')];
+out.push(
+  bs && gs
+    ? `- store size after both backups vs borg's repository: ${mb(bs)} MB vs ${mb(gs)} MB (goal <=) ${bs <= gs ? 'met' : 'MISSED'}`
+    : '- store size vs borg: n/a',
+);
+const rss = Math.max(
+  ...tools
+    .filter((t) => t.name.startsWith('backy'))
+    .flatMap((t) => JOBS.map((j) => med(`${j}\0${t.name}`)?.rssMB ?? 0)),
+);
 out.push(`- backy peak RSS: ${rss.toFixed(0)} MB (goal <= 150 MB) ${rss <= 150 ? 'met' : 'MISSED'}`);
 const big = median(fromRuns.map((r) => r.big.incr));
 const small = median(fromRuns.map((r) => r.small.incr));

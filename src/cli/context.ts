@@ -1,12 +1,15 @@
 /** What every command gets: logger, output mode, and lazily opened config, metadata and store. */
 import { loadConfig, redactUrl } from '../config/config.js';
 import type { Config } from '../config/config.js';
-import { hasherFor } from '../blocks/hash.js';
 import { InputError } from '../errors.js';
+import { settleEncryption } from '../meta/encryption-setting.js';
 import { MetaStore } from '../meta/meta-store.js';
 import { BlockStore } from '../storage/block-store.js';
+import type { CodecSpec } from '../storage/codec.js';
 import { DirBackend } from '../storage/dir-backend.js';
-import { HashPool } from '../util/hash-pool.js';
+import { readKeyFile } from '../storage/keyfile.js';
+import type { StoreKeys } from '../storage/keyfile.js';
+import { CodecPool } from '../util/codec-pool.js';
 import type { Logger } from '../util/log.js';
 
 export class Context {
@@ -18,7 +21,8 @@ export class Context {
   #config: Config | undefined;
   #meta: MetaStore | undefined;
   #store: BlockStore | undefined;
-  #hashPool: HashPool | undefined;
+  #codecPool: CodecPool | undefined;
+  #keys: StoreKeys | undefined;
 
   constructor(log: Logger, opts: { machine: boolean; json?: boolean; config?: string }) {
     this.log = log;
@@ -42,20 +46,39 @@ export class Context {
     return this.#config;
   }
 
+  /**
+   * The metadata store, once the key (if the config asks for encryption) is read and matches
+   * the store's: a wrong or missing key fails here, before anything is read or written.
+   */
   async meta(): Promise<MetaStore> {
-    this.#meta ??= await MetaStore.open(this.config.engine, { hashFunction: this.config.hashFunction });
+    if (!this.#meta) {
+      const enc = this.config.dataBackend.encryption;
+      if (enc) this.#keys = readKeyFile(enc.keyFile);
+      const meta = await MetaStore.open(this.config.engine, { hashFunction: this.config.hashFunction });
+      try {
+        await settleEncryption(
+          meta,
+          this.#keys ? { codec: 'aes-256-gcm', fingerprint: this.#keys.fingerprint } : { codec: 'none' },
+        );
+      } catch (err) {
+        await meta.close();
+        throw err;
+      }
+      this.#meta = meta;
+    }
     return this.#meta;
   }
 
   async store(): Promise<BlockStore> {
     if (!this.#store) {
       const meta = await this.meta();
-      this.#hashPool = new HashPool(meta.hashFunction);
-      this.#store = new BlockStore(
-        new DirBackend(this.config.dataBackend.path),
-        hasherFor(meta.hashFunction),
-        this.#hashPool,
-      );
+      const spec: CodecSpec = {
+        hashFunction: meta.hashFunction,
+        compression: this.config.dataBackend.compression,
+        keys: this.#keys && { encryption: this.#keys.encryption, naming: this.#keys.naming },
+      };
+      this.#codecPool = new CodecPool(spec);
+      this.#store = new BlockStore(new DirBackend(this.config.dataBackend.path), spec, this.#codecPool);
     }
     return this.#store;
   }
@@ -67,7 +90,7 @@ export class Context {
 
   async close(): Promise<void> {
     await this.#store?.backend.close();
-    await this.#hashPool?.close();
+    await this.#codecPool?.close();
     await this.#meta?.close();
   }
 }

@@ -211,6 +211,15 @@ export async function main(argv: string[]): Promise<number> {
     .argument('[uids...]')
     .action(run(async (ctx, uids: string[]) => (await import('./commands/du.js')).duCommand(ctx, uids)));
 
+  const key = program.command('key').description('encryption keys');
+  key
+    .command('create')
+    .description('write a new random key file FILE (mode 0600; never overwrites)')
+    .argument('<file>')
+    .action(
+      run(async (ctx, file: string) => (await import('./commands/key.js')).keyCreateCommand(ctx, file)),
+    );
+
   try {
     await program.parseAsync(argv);
   } catch (err) {

@@ -57,7 +57,27 @@ describe('config', () => {
     ['bad engine', '[MetaBackend]\nengine = mysql://x', /\[MetaBackend\] engine must be/],
     ['bad backend type', '[DataBackend]\ntype = tape', /\[DataBackend\] type must be 'file'/],
     ['key outside a section', 'block_size = 4096', /outside any section/],
+    ['bad compression', '[DataBackend]\ncompression = gzip', /compression must be none, zstd or zstd:LEVEL/],
+    ['zstd level 0', '[DataBackend]\ncompression = zstd:0', /compression must be/],
+    ['zstd level too high', '[DataBackend]\ncompression = zstd:23', /compression must be/],
+    ['bad encryption', '[DataBackend]\nencryption = rot13', /encryption must be none or aes-256-gcm/],
+    [
+      'encryption without key_file',
+      '[DataBackend]\nencryption = aes-256-gcm',
+      /needs key_file = PATH .*backy key create/,
+    ],
+    ['key_file without encryption', '[DataBackend]\nkey_file = /k', /key_file is set but encryption is not/],
   ];
+  it('compression defaults to zstd level 1; none, zstd:LEVEL (negative too) and encryption parse', () => {
+    assert.deepEqual(embeddedDefault({}).dataBackend.compression, { codec: 'zstd', level: 1 });
+    const parse = (lines: string) => parseConfig(`[DataBackend]\n${lines}`, 'backy.cfg', {}).dataBackend;
+    assert.deepEqual(parse('compression = none').compression, { codec: 'none' });
+    assert.deepEqual(parse('compression = zstd:-3').compression, { codec: 'zstd', level: -3 });
+    assert.deepEqual(parse('compression = zstd:19').compression, { codec: 'zstd', level: 19 });
+    const d = parse('encryption = aes-256-gcm\nkey_file = /etc/backy/k');
+    assert.deepEqual(d.encryption, { codec: 'aes-256-gcm', keyFile: '/etc/backy/k' });
+    assert.equal(parse('encryption = none').encryption, undefined);
+  });
   for (const [name, text, re] of bad) {
     it(`rejects ${name}, naming the key`, () => {
       assert.throws(

@@ -11,6 +11,8 @@ import { homedir } from 'node:os';
 import { isAbsolute, join, resolve } from 'node:path';
 import { parse as parseIni } from 'ini';
 import { ConfigError, ioReason } from '../errors.js';
+import { DEFAULT_COMPRESSION, ZSTD_MAX_LEVEL, ZSTD_MIN_LEVEL, parseCompression } from '../storage/codec.js';
+import type { Compression } from '../storage/codec.js';
 import { TooLargeError, readTextLimitedSync } from '../util/read-limited.js';
 
 const MAX_CONFIG_FILE = 2 ** 20;
@@ -28,7 +30,14 @@ export interface Config {
   hashFunction?: HashFunction;
   /** Metadata engine URL, e.g. sqlite:////var/lib/backy/backy.sqlite or postgresql://... */
   engine: string;
-  dataBackend: { type: 'file'; path: string };
+  dataBackend: {
+    type: 'file';
+    path: string;
+    /** For new objects; objects keep the codec they were written with. */
+    compression: Compression;
+    /** Fixed when the store is created: the store refuses a config that differs. */
+    encryption?: { codec: 'aes-256-gcm'; keyFile: string };
+  };
 }
 
 export const DEFAULT_BLOCK_SIZE = 4 * 1024 * 1024;
@@ -46,7 +55,7 @@ export function embeddedDefault(env: NodeJS.ProcessEnv = process.env): Config {
     blockSize: DEFAULT_BLOCK_SIZE,
     hintCheckBlocks: 10,
     engine: `sqlite:///${join(home, 'backy.sqlite')}`,
-    dataBackend: { type: 'file', path: join(home, 'data') },
+    dataBackend: { type: 'file', path: join(home, 'data'), compression: DEFAULT_COMPRESSION },
   };
 }
 
@@ -126,7 +135,7 @@ export function parseConfig(text: string, file: string, env: NodeJS.ProcessEnv =
   const known: Record<string, readonly string[]> = {
     DEFAULTS: ['logfile', 'block_size', 'hint_check_blocks', 'hash_function'],
     MetaBackend: ['engine'],
-    DataBackend: ['type', 'path'],
+    DataBackend: ['type', 'path', 'compression', 'encryption', 'key_file'],
   };
   for (const [name, section] of Object.entries(sections)) {
     const keys = known[name];
@@ -180,7 +189,34 @@ export function parseConfig(text: string, file: string, env: NodeJS.ProcessEnv =
   }
   if (b.path !== undefined) {
     if (b.path === '') throw new ConfigError(`${file}: [DataBackend] path must not be empty`);
-    cfg.dataBackend = { type: 'file', path: resolve(b.path) };
+    cfg.dataBackend.path = resolve(b.path);
+  }
+  if (b.compression !== undefined) {
+    const c = parseCompression(b.compression);
+    if (!c) {
+      throw new ConfigError(
+        `${file}: [DataBackend] compression must be none, zstd or zstd:LEVEL (LEVEL ${ZSTD_MIN_LEVEL}..-1 or 1..${ZSTD_MAX_LEVEL}), got '${b.compression}'`,
+      );
+    }
+    cfg.dataBackend.compression = c;
+  }
+  const encryption = b.encryption ?? 'none';
+  if (encryption !== 'none' && encryption !== 'aes-256-gcm') {
+    throw new ConfigError(
+      `${file}: [DataBackend] encryption must be none or aes-256-gcm, got '${b.encryption}'`,
+    );
+  }
+  if (encryption === 'aes-256-gcm') {
+    if (!b.key_file) {
+      throw new ConfigError(
+        `${file}: [DataBackend] encryption = aes-256-gcm needs key_file = PATH (create one with 'backy key create PATH')`,
+      );
+    }
+    cfg.dataBackend.encryption = { codec: 'aes-256-gcm', keyFile: resolve(b.key_file) };
+  } else if (b.key_file !== undefined) {
+    throw new ConfigError(
+      `${file}: [DataBackend] key_file is set but encryption is not; add encryption = aes-256-gcm`,
+    );
   }
   return cfg;
 }

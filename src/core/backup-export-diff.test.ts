@@ -10,7 +10,6 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import fc from 'fast-check';
 import { blockCount } from '../blocks/blocks.js';
-import { hasherFor } from '../blocks/hash.js';
 import { MetaStore } from '../meta/meta-store.js';
 import { BlockStore } from '../storage/block-store.js';
 import { DirBackend } from '../storage/dir-backend.js';
@@ -62,7 +61,10 @@ describe('backupExportDiff (property)', () => {
   before(async () => {
     dir = await mkdtemp(join(tmpdir(), 'backy-export-diff-'));
     meta = await MetaStore.open(`sqlite:///${join(dir, 'meta.sqlite')}`);
-    store = new BlockStore(new DirBackend(join(dir, 'data')), hasherFor('blake3'));
+    store = new BlockStore(new DirBackend(join(dir, 'data')), {
+      hashFunction: 'blake3',
+      compression: { codec: 'none' },
+    });
   });
   after(async () => {
     await meta.close();

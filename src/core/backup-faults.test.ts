@@ -13,7 +13,6 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { hasherFor } from '../blocks/hash.js';
 import { BackyError } from '../errors.js';
 import { MetaStore } from '../meta/meta-store.js';
 import type { Version } from '../meta/meta-store.js';
@@ -103,7 +102,7 @@ describe('I/O errors during a backup (fault-injecting wrappers)', () => {
     dir = await mkdtemp(join(tmpdir(), 'backy-faults-'));
     meta = await MetaStore.open(`sqlite:///${join(dir, 'backy.sqlite')}`);
     backend = new DirBackend(join(dir, 'data'));
-    store = new BlockStore(backend, hasherFor(meta.hashFunction));
+    store = new BlockStore(backend, { hashFunction: meta.hashFunction, compression: { codec: 'none' } });
     imgA = join(dir, 'a.img');
     imgB = join(dir, 'b.img');
     await writeFile(imgA, seeded(1, BLOCKS * BS));
@@ -181,7 +180,7 @@ describe('I/O errors during a backup (fault-injecting wrappers)', () => {
   });
 
   it('a write error in the data store fails the backup; no row names a missing object', async () => {
-    const failing = new BlockStore(new FailingBackend(backend, 10), store.hash);
+    const failing = new BlockStore(new FailingBackend(backend, 10), store.spec);
     const source = await openSource(imgB);
     let created: Version | undefined;
     try {

@@ -3,7 +3,7 @@
  * dedup (this run, then the objects table) -> store -> record (batched transactions).
  *
  * Concurrency: blocksInFlight() blocks (8 of 4 MiB) are read, zero-checked, hashed (on the
- * HashPool's worker threads, when the store has one) and stored at once; results are recorded
+ * CodecPool's worker threads, when the store has one) and stored at once; results are recorded
  * in order. Each block lives in one buffer of a fixed BufferPool from read to store, so
  * memory is that many block buffers plus one batch of block rows, whatever the image size,
  * and nothing is allocated per block.

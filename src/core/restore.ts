@@ -2,7 +2,7 @@
  * The restore pipeline: block list in order -> fetch and verify (several in flight) -> write.
  * A missing or damaged block is recorded (object, block entries and versions marked invalid),
  * written as zeros, and the restore goes on: the image is always written whole.
- * Concurrency: blocksInFlight() blocks are fetched, verified (hashed on the HashPool's
+ * Concurrency: blocksInFlight() blocks are fetched, verified (decoded and hashed on the CodecPool's
  * workers when the store has one) and, for a positional target (file, block device), written
  * at their offsets at once; stdout gets them in order. Each block lives in one buffer of a
  * fixed BufferPool, so memory is that many block buffers plus one page of the block list.
@@ -10,7 +10,7 @@
 import { blockCount, blockLength, zeros } from '../blocks/blocks.js';
 import { CorruptBlockError, MissingBlockError } from '../errors.js';
 import type { BlockRow, MetaStore, Version } from '../meta/meta-store.js';
-import { HEADER_SIZE } from '../storage/block-store.js';
+import { objectBufferSize } from '../storage/block-store.js';
 import type { BlockStore } from '../storage/block-store.js';
 import type { Target } from '../target/target.js';
 import { BufferPool, blocksInFlight } from '../util/buffer-pool.js';
@@ -61,7 +61,7 @@ export async function restore(opts: {
   const positional = target.positional;
   const inFlight = blocksInFlight(blockSize);
   // Positional targets are written inside the tasks; for stdout one more buffer waits its turn.
-  const buffers = new BufferPool(inFlight + (positional ? 0 : 1), HEADER_SIZE + blockSize);
+  const buffers = new BufferPool(inFlight + (positional ? 0 : 1), objectBufferSize(blockSize));
 
   /** Writes a block's data, or zeros for a sparse/bad block (none with -s on a positional target). */
   const put = async (idx: number, length: number, data: Buffer | undefined): Promise<boolean> => {

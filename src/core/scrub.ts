@@ -11,7 +11,7 @@
  * invalid version valid again; a partial scrub never does.
  *
  * Memory: blocksInFlight() blocks in flight, each in a reused buffer of a fixed BufferPool
- * (verification hashes on the store's HashPool workers), one page of the block list, one byte
+ * (decoding and verification on the store's CodecPool workers), one page of the block list, one byte
  * per block for the pick map and the set of distinct checksums already verified in this run
  * (read once each).
  */
@@ -20,7 +20,7 @@ import { CorruptBlockError, InputError, MissingBlockError } from '../errors.js';
 import type { BlockRow, MetaStore, Version } from '../meta/meta-store.js';
 import type { RandomSource } from '../source/source.js';
 import { blocksWithData } from '../blocks/allocation.js';
-import { HEADER_SIZE } from '../storage/block-store.js';
+import { objectBufferSize } from '../storage/block-store.js';
 import type { BlockStore } from '../storage/block-store.js';
 import { BufferPool, blocksInFlight } from '../util/buffer-pool.js';
 import { mapOrdered } from '../util/concurrency.js';
@@ -125,7 +125,7 @@ export async function scrub(opts: ScrubOptions): Promise<ScrubResult> {
 
   // A task holds at most one buffer at a time (the stored block, then the source's block).
   const inFlight = blocksInFlight(blockSize);
-  const buffers = new BufferPool(inFlight, HEADER_SIZE + blockSize);
+  const buffers = new BufferPool(inFlight, objectBufferSize(blockSize));
 
   // A checksum is fetched and verified once per run, however many blocks share it.
   const verified = new Map<string, Promise<string | undefined>>();

@@ -7,7 +7,10 @@ import { hasherFor } from '../blocks/hash.js';
 import { CorruptBlockError, MissingBlockError } from '../errors.js';
 import { BlockStore, HEADER_SIZE } from './block-store.js';
 import { DirBackend } from './dir-backend.js';
-import { HashPool } from '../util/hash-pool.js';
+import { CodecPool } from '../util/codec-pool.js';
+import type { CodecSpec } from './codec.js';
+
+const PLAIN: CodecSpec = { hashFunction: 'blake3', compression: { codec: 'none' } };
 
 describe('BlockStore on DirBackend', () => {
   let dir: string;
@@ -16,7 +19,7 @@ describe('BlockStore on DirBackend', () => {
   before(async () => {
     dir = await mkdtemp(join(tmpdir(), 'backy-store-'));
     backend = new DirBackend(join(dir, 'data'));
-    store = new BlockStore(backend, hasherFor('blake3'));
+    store = new BlockStore(backend, PLAIN);
   });
   after(async () => rm(dir, { recursive: true, force: true }));
 
@@ -87,9 +90,9 @@ describe('BlockStore on DirBackend', () => {
     assert.throws(() => backend.path('ab/cd'), /invalid object key/);
   });
 
-  it('deferred puts, sync, reads into a pooled buffer and verification on a hash pool', async () => {
-    const pool = new HashPool('blake3', 1);
-    const pooled = new BlockStore(backend, hasherFor('blake3'), pool);
+  it('deferred puts, sync, reads into a pooled buffer and verification on a codec pool', async () => {
+    const pool = new CodecPool(PLAIN, 1);
+    const pooled = new BlockStore(backend, PLAIN, pool);
     try {
       const data = Buffer.alloc(200_000, 7);
       const checksum = await pooled.digest(data);

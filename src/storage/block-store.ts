@@ -1,84 +1,78 @@
 /**
- * Content-addressed blocks on a StorageBackend: the key is the hex checksum of the plaintext.
- *
- * Object format (version 1): a 16-byte header, then the payload.
- *   0..3   magic "BKYO"
- *   4      format version (1)
- *   5      compression codec (0 = none)
- *   6      encryption codec (0 = none)
- *   7      reserved (0)
- *   8..15  plaintext length, unsigned 64-bit little endian
- * New codecs get new ids, so old objects stay readable without a migration.
- * Every read is verified: header, length and checksum of the decoded plaintext.
+ * Content-addressed blocks on a StorageBackend: the key is the block's name, the store's hash
+ * of its plaintext (keyed when the store is encrypted). The object format, compression and
+ * encryption are in codec.ts; with a CodecPool they run on its worker threads.
+ * Every read is verified: header, length, authentication tag and name of the decoded plaintext.
  */
 import { CorruptBlockError } from '../errors.js';
 import { CHECKSUM_RE } from '../blocks/hash.js';
-import type { Hasher } from '../blocks/hash.js';
-import type { HashPool } from '../util/hash-pool.js';
+import { CorruptObject } from '../util/codec-pool.js';
+import type { CodecPool } from '../util/codec-pool.js';
+import { BufferPool, blocksInFlight } from '../util/buffer-pool.js';
+import { makeCodec, objectBufferSize } from './codec.js';
+import type { Codec, CodecSpec, Decoded } from './codec.js';
 import type { PutOptions, StorageBackend } from './backend.js';
 
-export const HEADER_SIZE = 16;
-const MAGIC = Buffer.from('BKYO', 'latin1');
-const FORMAT_VERSION = 1;
-const CODEC_NONE = 0;
+export { HEADER_SIZE, objectBufferSize } from './codec.js';
 
-export function encodeHeader(plainLength: number): Buffer {
-  const h = Buffer.alloc(HEADER_SIZE);
-  MAGIC.copy(h, 0);
-  h[4] = FORMAT_VERSION;
-  h[5] = CODEC_NONE;
-  h[6] = CODEC_NONE;
-  h.writeBigUInt64LE(BigInt(plainLength), 8);
-  return h;
-}
-
-/** Below this, a worker round trip costs more than hashing on the spot. */
+/** Below this, a worker round trip costs more than doing the work on the spot. */
 const POOL_MIN_BYTES = 64 << 10;
-
-/** Parses and checks an object; returns the plaintext or throws CorruptBlockError. */
-export function decodeObject(checksum: string, obj: Buffer): Buffer {
-  if (obj.length < HEADER_SIZE)
-    throw new CorruptBlockError(checksum, `object is ${obj.length} bytes, shorter than its header`);
-  if (!obj.subarray(0, 4).equals(MAGIC)) throw new CorruptBlockError(checksum, 'bad object header (magic)');
-  if (obj[4] !== FORMAT_VERSION)
-    throw new CorruptBlockError(checksum, `unknown object format version ${obj[4]}`);
-  if (obj[5] !== CODEC_NONE || obj[6] !== CODEC_NONE) {
-    throw new CorruptBlockError(checksum, `unknown codec (compression ${obj[5]}, encryption ${obj[6]})`);
-  }
-  const length = obj.readBigUInt64LE(8);
-  const payload = obj.subarray(HEADER_SIZE);
-  if (length !== BigInt(payload.length)) {
-    throw new CorruptBlockError(checksum, `object holds ${payload.length} bytes, header says ${length}`);
-  }
-  return payload;
-}
 
 export class BlockStore {
   readonly backend: StorageBackend;
-  /** Synchronous, on the calling thread. */
-  readonly hash: Hasher;
-  readonly #pool: HashPool | undefined;
+  readonly spec: CodecSpec;
+  readonly #codec: Codec;
+  readonly #pool: CodecPool | undefined;
+  /** With encryption and a pool: where workers write objects (see put). */
+  #outputs: BufferPool | undefined;
 
-  /** With a pool, digest() and verification run on its worker threads. */
-  constructor(backend: StorageBackend, hash: Hasher, pool?: HashPool) {
+  /** With a pool, naming, encoding and decoding run on its worker threads. */
+  constructor(backend: StorageBackend, spec: CodecSpec, pool?: CodecPool) {
     this.backend = backend;
-    this.hash = hash;
+    this.spec = spec;
+    this.#codec = makeCodec(spec);
     this.#pool = pool;
   }
 
-  /** The checksum of `data`; off the main thread when there is a pool. Leave `data` alone until it settles. */
+  /** The block name of `data`, synchronous, on the calling thread. */
+  readonly hash = (data: Buffer): string => this.#codec.name(data);
+
+  /** The block name of `data`; off the main thread when there is a pool. Leave `data` alone until it settles. */
   async digest(data: Buffer): Promise<string> {
-    if (!this.#pool || data.length < POOL_MIN_BYTES) return this.hash(data);
+    if (!this.#pool || data.length < POOL_MIN_BYTES) return this.#codec.name(data);
     return this.#pool.hash(data);
   }
 
   /**
-   * Stores a block under its checksum (computed by the caller with `hash`/`digest`). With
-   * `{ defer: true }` it is durable only after the next sync() (see StorageBackend).
+   * Stores a block under its name (computed by the caller with `hash`/`digest`); returns the
+   * stored size. With `{ defer: true }` it is durable only after the next sync() (see
+   * StorageBackend). Leave `data` alone until it settles.
    */
   async put(checksum: string, data: Buffer, opts?: PutOptions): Promise<number> {
-    await this.backend.put(checksum, [encodeHeader(data.length), data], opts);
-    return HEADER_SIZE + data.length;
+    // Stored raw and in clear, a block needs only a header: no reason to visit a worker.
+    const trivial = this.spec.compression.codec === 'none' && !this.spec.keys;
+    if (!this.#pool || trivial || data.length < POOL_MIN_BYTES) {
+      return this.#write(checksum, this.#codec.encode(checksum, data), opts);
+    }
+    const pool = this.#pool;
+    if (!this.spec.keys) return this.#write(checksum, await pool.encode(checksum, data), opts);
+    // Ciphertext is as large as the block: into a reused shared buffer, not a new one per block
+    // (garbage the size of every block stored would pile up before a collection).
+    const size = objectBufferSize(data.length);
+    if (!this.#outputs || this.#outputs.bufferSize < size) {
+      this.#outputs = new BufferPool(blocksInFlight(data.length), size);
+    }
+    return this.#outputs.with(async (dst) =>
+      this.#write(checksum, await pool.encode(checksum, data, dst), opts),
+    );
+  }
+
+  async #write(checksum: string, chunks: Uint8Array[], opts?: PutOptions): Promise<number> {
+    const buffers = chunks.map((c) =>
+      Buffer.isBuffer(c) ? c : Buffer.from(c.buffer, c.byteOffset, c.length),
+    );
+    await this.backend.put(checksum, buffers, opts);
+    return buffers.reduce((n, b) => n + b.length, 0);
   }
 
   /** Makes every deferred put durable. */
@@ -89,7 +83,7 @@ export class BlockStore {
   /**
    * Reads and verifies a block. Throws MissingBlockError or CorruptBlockError.
    * `expectedLength`, when given, is checked too (a block list entry's size). With `into`
-   * (at least HEADER_SIZE + block size bytes, e.g. from a BufferPool) and a backend that
+   * (at least objectBufferSize(block size) bytes, e.g. from a BufferPool) and a backend that
    * supports getInto, the result is a view of `into`: no allocation per block.
    */
   async get(checksum: string, expectedLength?: number, into?: Buffer): Promise<Buffer> {
@@ -102,13 +96,32 @@ export class BlockStore {
       into && this.backend.getInto
         ? await this.backend.getInto(checksum, into)
         : await this.backend.get(checksum);
-    const data = decodeObject(checksum, obj);
-    if (expectedLength !== undefined && data.length !== expectedLength) {
-      throw new CorruptBlockError(checksum, `block is ${data.length} bytes, expected ${expectedLength}`);
+    // The plaintext may be written over the object only inside the caller's buffer.
+    const room = into && obj.buffer === into.buffer && obj.byteOffset === into.byteOffset ? into.length : 0;
+    let d: Decoded;
+    try {
+      d =
+        !this.#pool || (obj.length < POOL_MIN_BYTES && plainLength(obj) < POOL_MIN_BYTES)
+          ? this.#codec.decode(checksum, obj, expectedLength, room)
+          : await this.#pool.decode(checksum, obj, expectedLength, room);
+    } catch (err) {
+      if (err instanceof CorruptObject || (err as { corrupt?: boolean }).corrupt === true) {
+        throw new CorruptBlockError(checksum, (err as Error).message);
+      }
+      throw err;
     }
-    const actual = await this.digest(data);
-    if (actual !== checksum)
-      throw new CorruptBlockError(checksum, `checksum mismatch (content hashes to ${actual.slice(0, 16)}…)`);
-    return data;
+    if (!d.shared) {
+      const data = Buffer.from(d.data.buffer, d.data.byteOffset, d.data.length);
+      // A worker could not write into an ordinary (not shared) buffer: keep the contract.
+      if (!room || data.length > room) return data;
+      data.copy(into!);
+      return into!.subarray(0, data.length);
+    }
+    return Buffer.from(obj.buffer, obj.byteOffset + d.offset, d.length);
   }
+}
+
+/** What the header claims (a compressed object may be far smaller); 0 when there is none. */
+function plainLength(obj: Buffer): number {
+  return obj.length >= 16 ? Number(obj.readBigUInt64LE(8)) : 0;
 }

@@ -1,7 +1,7 @@
 /**
  * A fixed set of equal-sized buffers, reused block after block: no per-block allocation (and
  * so no garbage-collector churn or RSS growth), and a hard cap on the memory a pipeline holds.
- * The buffers live on SharedArrayBuffers, so HashPool workers read them without a copy.
+ * The buffers live on SharedArrayBuffers, so CodecPool workers read them without a copy.
  */
 export class BufferPool {
   readonly bufferSize: number;

@@ -7,12 +7,12 @@ import { fileURLToPath, pathToFileURL } from 'node:url';
 import { hasherFor } from '../blocks/hash.js';
 import type { HashFunction } from '../config/config.js';
 import { BufferPool } from './buffer-pool.js';
-import { HashPool } from './hash-pool.js';
+import { CodecPool } from './codec-pool.js';
 
-describe('HashPool', () => {
+describe('CodecPool', () => {
   for (const fn of ['blake3', 'sha256'] as const) {
     it(`${fn}: matches the synchronous hash, for shared and ordinary buffers, many at once`, async () => {
-      const pool = new HashPool(fn, 2);
+      const pool = new CodecPool({ hashFunction: fn, compression: { codec: 'none' } }, 2);
       const sync = hasherFor(fn);
       try {
         const buffers = new BufferPool(3, 1 << 20);
@@ -36,17 +36,20 @@ describe('HashPool', () => {
 
   it("passes a worker's error on to the caller, for every call", async () => {
     // A hash function node:crypto does not know makes every call fail inside the worker.
-    const pool = new HashPool('no-such-hash' as HashFunction, 1);
+    const pool = new CodecPool(
+      { hashFunction: 'no-such-hash' as HashFunction, compression: { codec: 'none' } },
+      1,
+    );
     try {
-      await assert.rejects(pool.hash(Buffer.from('abc')), /hashing failed: .*Digest method not supported/i);
-      await assert.rejects(pool.hash(Buffer.alloc(100_000)), /hashing failed/);
+      await assert.rejects(pool.hash(Buffer.from('abc')), /block codec failed: .*unknown hash function/i);
+      await assert.rejects(pool.hash(Buffer.alloc(100_000)), /block codec failed/);
     } finally {
       await pool.close();
     }
   });
 
   it('rejects after close, and close rejects what is still pending', async () => {
-    const pool = new HashPool('blake3', 1);
+    const pool = new CodecPool({ hashFunction: 'blake3', compression: { codec: 'none' } }, 1);
     const pending = assert.rejects(pool.hash(randomBytes(8 << 20)), /closed/);
     await pool.close();
     await pending;
@@ -56,11 +59,18 @@ describe('HashPool', () => {
   // A pool that is never closed must not keep the process alive (its workers are unref'd
   // while idle); a real child process shows it. Uses the build in dist/ (npm test builds).
   it('lets the process exit when idle, closed or not', async () => {
-    const dist = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..', 'dist', 'util', 'hash-pool.js');
+    const dist = resolve(
+      dirname(fileURLToPath(import.meta.url)),
+      '..',
+      '..',
+      'dist',
+      'util',
+      'codec-pool.js',
+    );
     for (const close of [false, true]) {
       const code = `
-        import { HashPool } from ${JSON.stringify(pathToFileURL(dist).href)};
-        const pool = new HashPool('blake3', 2);
+        import { CodecPool } from ${JSON.stringify(pathToFileURL(dist).href)};
+        const pool = new CodecPool({ hashFunction: 'blake3', compression: { codec: 'none' } }, 2);
         const d = await Promise.all([pool.hash(Buffer.alloc(1 << 20, 1)), pool.hash(Buffer.from('x'))]);
         ${close ? 'await pool.close();' : ''}
         console.log(d.join(' '));`;
