@@ -272,7 +272,11 @@ export class BlockWriter {
 
   async #storeNew(checksum: string, data: Buffer): Promise<number> {
     // Refreshing last_seen under our lease keeps a concurrent cleanup away from this object.
-    if (await this.#meta.touchObject(checksum, nowMicros())) return 0;
+    // The row alone is not proof: a file deleted behind backy's back (or lost by the file
+    // system) would make this version valid yet unrestorable. Checked after the touch, so a
+    // cleanup cannot remove the file between the check and our use of it; a missing file is
+    // stored again, and recordObjects() then sets the row's size and validity afresh.
+    if ((await this.#meta.touchObject(checksum, nowMicros())) && (await this.#store.has(checksum))) return 0;
     const storedSize = await this.#store.put(checksum, data, { defer: true });
     this.#objects.push({ checksum, storedSize });
     return storedSize;
