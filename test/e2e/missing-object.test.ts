@@ -35,10 +35,9 @@ describe('a dedup hit whose object file is gone', () => {
     const ls = parseLsMachine((await sb.ok(['-m', 'ls'])).stdout);
     assert.equal(ls.find((v) => v.uid === second)?.valid, true, 'the new version is valid');
     assert.equal((await stat(path)).size, storedSize, 'the object file is back, whole');
-    assert.deepEqual(
-      query(sb, 'SELECT stored_size, valid FROM objects WHERE checksum = ?', victim),
-      [{ stored_size: storedSize, valid: 1 }],
-    );
+    assert.deepEqual(query(sb, 'SELECT stored_size, valid FROM objects WHERE checksum = ?', victim), [
+      { stored_size: storedSize, valid: 1 },
+    ]);
 
     const out = sb.path('second.img');
     const r = await sb.run(['restore', second, out]);
