@@ -12,15 +12,18 @@ import type { Logger } from '../util/log.js';
 export class Context {
   readonly log: Logger;
   readonly machine: boolean;
+  /** Aborted by SIGINT or SIGTERM; its reason is an InterruptedError. */
+  readonly signal: AbortSignal;
   readonly #configPath: string | undefined;
   #config: Config | undefined;
   #meta: MetaStore | undefined;
   #store: BlockStore | undefined;
   #hashPool: HashPool | undefined;
 
-  constructor(log: Logger, opts: { machine: boolean; config?: string }) {
+  constructor(log: Logger, opts: { machine: boolean; config?: string; signal?: AbortSignal }) {
     this.log = log;
     this.machine = opts.machine;
+    this.signal = opts.signal ?? new AbortController().signal;
     this.#configPath = opts.config;
   }
 

@@ -62,6 +62,8 @@ export interface BackupOptions {
   progress?: ProgressReporter;
   /** Called with the new version as soon as it exists (so the CLI can name it on failure). */
   onVersion?: (v: Version) => void;
+  /** Stops the backup (SIGINT): it rejects with the signal's reason, the version incomplete. */
+  signal?: AbortSignal;
 }
 
 export interface BackupStats {
@@ -131,14 +133,19 @@ export async function backup(opts: BackupOptions): Promise<BackupResult> {
           if (actions[idx] !== KEEP) yield idx;
         }
       };
-      const results = mapOrdered(work(), inFlight, async (idx) => {
-        const length = blockLength(idx, total, blockSize);
-        if (actions[idx] !== READ) return { idx, length, read: false, stored: undefined };
-        return buffers.with(async (buf) => {
-          const data = await source.read(idx * blockSize, length, buf);
-          return { idx, length, read: true, stored: await writer.store(data) };
-        });
-      });
+      const results = mapOrdered(
+        work(),
+        inFlight,
+        async (idx) => {
+          const length = blockLength(idx, total, blockSize);
+          if (actions[idx] !== READ) return { idx, length, read: false, stored: undefined };
+          return buffers.with(async (buf) => {
+            const data = await source.read(idx * blockSize, length, buf);
+            return { idx, length, read: true, stored: await writer.store(data) };
+          });
+        },
+        opts.signal,
+      );
       for await (const r of results) {
         if (r.read) {
           stats.read++;
@@ -155,13 +162,18 @@ export async function backup(opts: BackupOptions): Promise<BackupResult> {
         for await (const data of source.chunks(blockSize, () => buffers.acquire()))
           yield { idx: idx++, data };
       })();
-      const results = mapOrdered(chunks, inFlight, async ({ idx, data }) => {
-        try {
-          return { idx, length: data.length, stored: await writer.store(data) };
-        } finally {
-          buffers.release(data);
-        }
-      });
+      const results = mapOrdered(
+        chunks,
+        inFlight,
+        async ({ idx, data }) => {
+          try {
+            return { idx, length: data.length, stored: await writer.store(data) };
+          } finally {
+            buffers.release(data);
+          }
+        },
+        opts.signal,
+      );
       for await (const r of results) {
         stats.read++;
         stats.bytesRead += r.length;
@@ -174,6 +186,8 @@ export async function backup(opts: BackupOptions): Promise<BackupResult> {
       await meta.setVersionSize(version.uid, size);
       version.sizeBytes = size;
     }
+    // Interrupted after the last block: still nothing is made valid after a stop was asked for.
+    opts.signal?.throwIfAborted();
     await writer.flush();
     stats.bytesStored = writer.bytesStored;
     progress.stop();
