@@ -212,6 +212,49 @@ describe('signals', () => {
       child.stdout.destroy();
     });
 
+    it('SIGINT during an export to stdout that nobody reads: exit 130, one line', async () => {
+      const sparse = sb.path('sparse.img');
+      await writeImage(sparse, { blocks: 16384, blockSize: BS, kinds: () => 'zero' }); // 1 GiB of holes
+      const big = await sb.backup([sparse, 'vm-sparse']); // ~900 KB of block lines: more than a pipe holds
+      const child = spawn(process.execPath, [BIN, '-c', sb.config, 'export', big, '-'], {
+        cwd: sb.dir,
+        stdio: ['ignore', 'pipe', 'pipe'],
+      });
+      let stderr = '';
+      child.stderr.on('data', (b: Buffer) => (stderr += b.toString()));
+      const done = new Promise<number | null>((resolve) => child.on('close', (code) => resolve(code)));
+      await waitFor('the export to write to stdout', () => child.stdout.readableLength > 0);
+      const ms = await signalAndTime(child, done, 'SIGINT');
+      const code = await done;
+      assert.equal(code, 130, stderr);
+      assert.ok(ms < PROMPT_MS, `exited ${ms} ms after the signal`);
+      const errors = errorLines(stderr);
+      assert.equal(errors.length, 1, stderr);
+      assert.match(errors[0], new RegExp(`interrupted \\(SIGINT\\): export of ${big} to stdout stopped`));
+      child.stdout.destroy();
+    });
+
+    it('SIGTERM during an import from stdin: exit 143, nothing imported', async (t) => {
+      const exported = (await sb.ok(['export', uid, '-'])).stdoutBuf;
+      await sb.ok(['rm', '--force', uid]);
+      t.after(() => sb.run(['import', '-'], { input: exported })); // the restore tests' version back
+      const { child, done } = spawnBacky(sb, ['import', '-']);
+      t.after(() => child.kill('SIGKILL'));
+      child.stdin.write(exported.subarray(0, exported.length >> 1)); // half, and stdin stays open
+      let started = false;
+      child.stderr.on('data', (b: Buffer) => (started ||= b.toString().includes('INFO: $ backy')));
+      await waitFor('the import to start', () => started);
+      const ms = await signalAndTime(child, done, 'SIGTERM');
+      const r = await done;
+      assert.equal(r.code, 143, r.stderr);
+      assert.ok(ms < PROMPT_MS, `exited ${ms} ms after the signal`);
+      const errors = errorLines(r.stderr);
+      assert.equal(errors.length, 1, r.stderr);
+      assert.match(errors[0], /interrupted \(SIGTERM\): import of stdin stopped; nothing was imported/);
+      assert.equal(versionUid(sb, 'vm-restore'), '', 'no version was imported');
+      assert.deepEqual(query(sb, 'SELECT * FROM leases'), []);
+    });
+
     it('after all that, the version still restores byte for byte', async () => {
       const out = sb.path('again.img');
       const r = await sb.run(['restore', uid, out]);
