@@ -34,6 +34,27 @@ export class IntegrityError extends BackyError {
   override readonly exitCode = EXIT_INTEGRITY;
 }
 
+/**
+ * The command was stopped by SIGINT or SIGTERM. Exit 128 + the signal's number, as a shell
+ * reports a process the signal killed, so scripts see the same code whether or not backy
+ * caught it.
+ */
+export class InterruptedError extends BackyError {
+  override readonly exitCode: number;
+  constructor(
+    readonly signal: 'SIGINT' | 'SIGTERM',
+    what?: string,
+  ) {
+    super(`interrupted (${signal})${what ? `: ${what}` : ''}`);
+    this.exitCode = signal === 'SIGTERM' ? 143 : 130;
+  }
+
+  /** The same interruption, naming what it left behind. */
+  leaving(what: string): InterruptedError {
+    return new InterruptedError(this.signal, what);
+  }
+}
+
 /** A stored object failed verification on read. */
 export class CorruptBlockError extends BackyError {
   constructor(

@@ -17,6 +17,8 @@ export class Context {
   readonly machine: boolean;
   /** --json: results as JSON on stdout (one document per command). */
   readonly json: boolean;
+  /** Aborted by SIGINT or SIGTERM; its reason is an InterruptedError. */
+  readonly signal: AbortSignal;
   readonly #configPath: string | undefined;
   #config: Config | undefined;
   #meta: MetaStore | undefined;
@@ -24,10 +26,14 @@ export class Context {
   #codecPool: CodecPool | undefined;
   #keys: StoreKeys | undefined;
 
-  constructor(log: Logger, opts: { machine: boolean; json?: boolean; config?: string }) {
+  constructor(
+    log: Logger,
+    opts: { machine: boolean; json?: boolean; config?: string; signal?: AbortSignal },
+  ) {
     this.log = log;
     this.machine = opts.machine;
     this.json = opts.json ?? false;
+    this.signal = opts.signal ?? new AbortController().signal;
     this.#configPath = opts.config;
   }
 

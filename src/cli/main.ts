@@ -1,6 +1,6 @@
 /** argv -> command. The only place that turns errors into exit codes. */
 import { Command, CommanderError, Option } from 'commander';
-import { BackyError, EXIT_ERROR, EXIT_OK, EXIT_USAGE, errorMessage } from '../errors.js';
+import { BackyError, EXIT_ERROR, EXIT_OK, EXIT_USAGE, InterruptedError, errorMessage } from '../errors.js';
 import { Logger } from '../util/log.js';
 import type { Context } from './context.js';
 import type { BackupCliOptions } from './commands/backup.js';
@@ -10,6 +10,9 @@ import type { BackupCliOptions } from './commands/backup.js';
 // is split by esbuild along these dynamic imports (npm run bundle).
 const VERSION = '0.1.0';
 
+/** How long an interrupted command may take to release the database and workers before exiting anyway. */
+const CLOSE_GRACE_MS = 3000;
+
 export async function main(argv: string[]): Promise<number> {
   const log = new Logger(argv.includes('-v') || argv.includes('--verbose'));
   let ctx: Context | undefined;
@@ -17,6 +20,19 @@ export async function main(argv: string[]): Promise<number> {
   // A reader that goes away (`backy restore UID - | head`) surfaces as EPIPE on the write in
   // progress, which fails the command with one line; without a listener Node would crash.
   process.stdout.on('error', () => {});
+
+  // SIGINT and SIGTERM abort the command's work through this signal: every long wait in the
+  // core is raced with it, the command then names what it leaves behind (an incomplete
+  // version, a partial target) and releases what it holds. A second signal exits at once.
+  const interrupt = new AbortController();
+  const onSignal = (sig: 'SIGINT' | 'SIGTERM') => {
+    if (interrupt.signal.aborted) process.exit(new InterruptedError(sig).exitCode);
+    interrupt.abort(new InterruptedError(sig));
+  };
+  const onInt = () => onSignal('SIGINT');
+  const onTerm = () => onSignal('SIGTERM');
+  process.on('SIGINT', onInt);
+  process.on('SIGTERM', onTerm);
 
   const program = new Command('backy')
     .description('Block-based, deduplicating backup of VM disk images')
@@ -42,9 +58,15 @@ export async function main(argv: string[]): Promise<number> {
     async (...args: A) => {
       const g = program.opts<{ config?: string; machineOutput?: boolean; json?: boolean }>();
       const { Context } = await import('./context.js');
-      ctx = new Context(log, { machine: Boolean(g.machineOutput), json: Boolean(g.json), config: g.config });
+      ctx = new Context(log, {
+        machine: Boolean(g.machineOutput),
+        json: Boolean(g.json),
+        config: g.config,
+        signal: interrupt.signal,
+      });
       ctx.loadConfig(); // a bad config fails before any work
       log.info(`$ backy ${argv.slice(2).join(' ')}`);
+      interrupt.signal.throwIfAborted();
       await fn(ctx, ...args);
       log.info('Backy complete.');
     };
@@ -223,19 +245,38 @@ export async function main(argv: string[]): Promise<number> {
   try {
     await program.parseAsync(argv);
   } catch (err) {
-    exitCode = handleError(err, log);
+    exitCode = handleError(interrupted(err, interrupt.signal), log);
     // Set at once: after a failure, work still in flight (a restore's blocks waiting for a
     // buffer) can leave close() pending forever; Node then exits when nothing is left to run,
     // before main returns, and a failed restore would exit 0.
     process.exitCode = exitCode;
   } finally {
-    await ctx?.close().catch(() => {});
+    const closed = ctx?.close().catch(() => {});
+    if (interrupt.signal.aborted) {
+      // Work abandoned by the interruption may still wait on input or output that never comes
+      // (stdin, a pipe nobody reads): exit rather than wait for the event loop to drain.
+      await Promise.race([closed, new Promise((r) => setTimeout(r, CLOSE_GRACE_MS).unref())]);
+      process.exit(exitCode);
+    }
+    await closed;
+    process.off('SIGINT', onInt);
+    process.off('SIGTERM', onTerm);
   }
   return exitCode;
 }
 
 function collect(value: string, previous: string[]): string[] {
   return [...previous, value];
+}
+
+/**
+ * After a signal every failure is the interruption: work torn down by it may fail in other
+ * ways first (a closed pool, a destroyed stream), but the user stopped the command.
+ */
+function interrupted(err: unknown, signal: AbortSignal): unknown {
+  if (!signal.aborted || err instanceof InterruptedError || err instanceof CommanderError) return err;
+  const reason = signal.reason as InterruptedError;
+  return reason.leaving(errorMessage(err));
 }
 
 function handleError(err: unknown, log: Logger): number {

@@ -28,7 +28,7 @@ import type { MetaStore, Version } from '../meta/meta-store.js';
 import type { BlockStore } from '../storage/block-store.js';
 import { ExportDiffReader } from '../source/rbd-export-diff.js';
 import type { ExportDiffPiece } from '../source/rbd-export-diff.js';
-import { mapOrdered } from '../util/concurrency.js';
+import { abortableIterable, mapOrdered } from '../util/concurrency.js';
 import { BlockWriter, READ_AHEAD, completeOrInvalidate, emptyStats } from './backup.js';
 import { keepLeaseAlive } from './lease.js';
 import type { BackupResult, Stored } from './backup.js';
@@ -50,6 +50,8 @@ export interface ExportDiffBackupOptions {
   snapshotName?: string;
   progress?: ProgressReporter;
   onVersion?: (v: Version) => void;
+  /** Stops the backup (SIGINT): it rejects with the signal's reason and records nothing. */
+  signal?: AbortSignal;
 }
 
 interface Job {
@@ -68,7 +70,10 @@ export async function backupExportDiff(opts: ExportDiffBackupOptions): Promise<B
     );
   }
   const blockSize = base ? base.blockSize : opts.blockSize;
-  const reader = await ExportDiffReader.open(opts.input, { name: what, pieceSize: blockSize });
+  const reader = await ExportDiffReader.open(abortableIterable(opts.input, opts.signal), {
+    name: what,
+    pieceSize: blockSize,
+  });
   try {
     const { fromSnap, toSnap, size } = reader.header;
     if (fromSnap !== undefined && !base) {
@@ -207,7 +212,7 @@ async function apply(
     };
 
     progress.start('backup', undefined);
-    for await (const r of mapOrdered(jobs(), READ_AHEAD, build)) {
+    for await (const r of mapOrdered(jobs(), READ_AHEAD, build, opts.signal)) {
       if (r.data > 0) {
         stats.read++;
         stats.bytesRead += r.data;
@@ -215,6 +220,7 @@ async function apply(
       }
       await writer.add(r.idx, r.length, r.stored, stats);
     }
+    opts.signal?.throwIfAborted();
     await writer.flush();
     stats.bytesStored = writer.bytesStored;
     progress.stop();

@@ -68,6 +68,8 @@ export interface BackupOptions {
   progress?: ProgressReporter;
   /** Called with the new version as soon as it exists (so the CLI can name it on failure). */
   onVersion?: (v: Version) => void;
+  /** Stops the backup (SIGINT): it rejects with the signal's reason, the version incomplete. */
+  signal?: AbortSignal;
 }
 
 /** Hint extents, streamed; read once the source's size is known (see hint-plan.ts). */
@@ -150,14 +152,19 @@ export async function backup(opts: BackupOptions): Promise<BackupResult> {
           if (actions[idx] !== KEEP) yield idx;
         }
       };
-      const results = mapOrdered(work(), inFlight, async (idx) => {
-        const length = blockLength(idx, total, blockSize);
-        if (actions[idx] !== READ) return { idx, length, read: false, stored: undefined };
-        return buffers.with(async (buf) => {
-          const data = await source.read(idx * blockSize, length, buf);
-          return { idx, length, read: true, stored: await writer.store(data) };
-        });
-      });
+      const results = mapOrdered(
+        work(),
+        inFlight,
+        async (idx) => {
+          const length = blockLength(idx, total, blockSize);
+          if (actions[idx] !== READ) return { idx, length, read: false, stored: undefined };
+          return buffers.with(async (buf) => {
+            const data = await source.read(idx * blockSize, length, buf);
+            return { idx, length, read: true, stored: await writer.store(data) };
+          });
+        },
+        opts.signal,
+      );
       for await (const r of results) {
         if (r.read) {
           stats.read++;
@@ -174,13 +181,18 @@ export async function backup(opts: BackupOptions): Promise<BackupResult> {
         for await (const data of source.chunks(blockSize, () => buffers.acquire()))
           yield { idx: idx++, data };
       })();
-      const results = mapOrdered(chunks, inFlight, async ({ idx, data }) => {
-        try {
-          return { idx, length: data.length, stored: await writer.store(data) };
-        } finally {
-          buffers.release(data);
-        }
-      });
+      const results = mapOrdered(
+        chunks,
+        inFlight,
+        async ({ idx, data }) => {
+          try {
+            return { idx, length: data.length, stored: await writer.store(data) };
+          } finally {
+            buffers.release(data);
+          }
+        },
+        opts.signal,
+      );
       for await (const r of results) {
         stats.read++;
         stats.bytesRead += r.length;
@@ -193,6 +205,8 @@ export async function backup(opts: BackupOptions): Promise<BackupResult> {
       await meta.setVersionSize(version.uid, size);
       version.sizeBytes = size;
     }
+    // Interrupted after the last block: still nothing is made valid after a stop was asked for.
+    opts.signal?.throwIfAborted();
     await writer.flush();
     stats.bytesStored = writer.bytesStored;
     progress.stop();
@@ -326,7 +340,11 @@ export class BlockWriter {
 
   async #storeNew(checksum: string, data: Buffer): Promise<number> {
     // Refreshing last_seen under our lease keeps a concurrent cleanup away from this object.
-    if (await this.#meta.touchObject(checksum, nowMicros())) return 0;
+    // The row alone is not proof: a file deleted behind backy's back (or lost by the file
+    // system) would make this version valid yet unrestorable. Checked after the touch, so a
+    // cleanup cannot remove the file between the check and our use of it; a missing file is
+    // stored again, and recordObjects() then sets the row's size and validity afresh.
+    if ((await this.#meta.touchObject(checksum, nowMicros())) && (await this.#store.has(checksum))) return 0;
     const storedSize = await this.#store.put(checksum, data, { defer: true });
     this.#objects.push({ checksum, storedSize });
     return storedSize;

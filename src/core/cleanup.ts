@@ -83,8 +83,13 @@ export async function cleanup(opts: {
   backend: StorageBackend;
   dryRun: boolean;
   progress?: ProgressReporter;
+  /**
+   * Stops the cleanup (SIGINT) between its steps, each a transaction followed by its unlinks, so
+   * it leaves no more than a crash would: at most files whose rows are gone (swept next time).
+   */
+  signal?: AbortSignal;
 }): Promise<CleanupResult> {
-  const { meta, backend, dryRun } = opts;
+  const { meta, backend, dryRun, signal } = opts;
   const progress = opts.progress ?? noProgress;
   const start = nowMicros();
   const startMs = start / 1000;
@@ -115,6 +120,7 @@ export async function cleanup(opts: {
 
   const leased = new Set(live.map((l) => l.versionUid));
   for (const v of await meta.listVersions()) {
+    signal?.throwIfAborted();
     if (v.status !== 'incomplete' || leased.has(v.uid)) continue;
     if (dryRun || (await meta.removeOrphanedIncompleteVersion(v.uid))) result.versionsRemoved.push(v);
   }
@@ -123,6 +129,7 @@ export async function cleanup(opts: {
   try {
     let after = '';
     for (;;) {
+      signal?.throwIfAborted();
       const page = await meta.garbageCandidates(
         cutoff,
         after,
@@ -152,7 +159,8 @@ export async function cleanup(opts: {
       result.sweepSkipped = true;
       return result;
     }
-    await sweepUnrecorded(meta, backend, startMs, result);
+    await sweepUnrecorded(meta, backend, startMs, result, signal);
+    signal?.throwIfAborted();
     if (hasTemp(backend)) await sweepTemp(meta, backend, startMs, result);
   } finally {
     progress.stop();
@@ -165,6 +173,7 @@ async function sweepUnrecorded(
   backend: StorageBackend,
   startMs: number,
   result: CleanupResult,
+  signal: AbortSignal | undefined,
 ): Promise<void> {
   let batch: { key: string; size: number }[] = [];
   const flush = async () => {
@@ -192,6 +201,7 @@ async function sweepUnrecorded(
     if (!swept) result.sweepSkipped = true;
   };
   for await (const o of backend.list()) {
+    signal?.throwIfAborted();
     if (result.sweepSkipped) return;
     if (o.mtimeMs >= startMs) continue;
     batch.push(o);

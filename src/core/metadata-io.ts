@@ -42,6 +42,7 @@ import type { HashFunction } from '../config/config.js';
 import { BackyError, InputError, NotFoundError } from '../errors.js';
 import type { BlockRow, MetaStore, Version } from '../meta/meta-store.js';
 import type { BlockStore } from '../storage/block-store.js';
+import { abortable, abortableIterable } from '../util/concurrency.js';
 import { keepLeaseAlive } from './lease.js';
 import { noProgress } from './progress.js';
 import type { ProgressReporter } from './progress.js';
@@ -262,8 +263,14 @@ export function headerOf(v: Version, hashFunction: HashFunction): ExportHeader {
 }
 
 /** Writes version `uid` to `out` in the export format; returns the number of block lines. */
-export async function exportVersion(opts: { meta: MetaStore; uid: string; out: Writable }): Promise<number> {
-  const { meta, out } = opts;
+export async function exportVersion(opts: {
+  meta: MetaStore;
+  uid: string;
+  out: Writable;
+  /** Stops the export (SIGINT): it rejects with the signal's reason. */
+  signal?: AbortSignal;
+}): Promise<number> {
+  const { meta, out, signal } = opts;
   const v = await meta.getVersion(opts.uid);
   if (v.status === 'incomplete') {
     throw new InputError(
@@ -271,7 +278,9 @@ export async function exportVersion(opts: { meta: MetaStore; uid: string; out: W
     );
   }
   const write = async (s: string) => {
-    if (!out.write(s)) await once(out, 'drain');
+    signal?.throwIfAborted();
+    // A pipe nobody reads never drains: the wait is raced with the signal.
+    if (!out.write(s)) await abortable(once(out, 'drain'), signal);
   };
   await write(`${JSON.stringify(headerOf(v, meta.hashFunction))}\n`);
   let n = 0;
@@ -344,8 +353,10 @@ export async function importVersion(opts: {
   path: string;
   stdin?: Readable;
   progress?: ProgressReporter;
+  /** Stops the import (SIGINT): it rejects with the signal's reason and imports nothing. */
+  signal?: AbortSignal;
 }): Promise<ImportResult> {
-  const { meta, store } = opts;
+  const { meta, store, signal } = opts;
   const progress = opts.progress ?? noProgress;
   const name = opts.path === '-' ? 'export on stdin' : `export file ${opts.path}`;
   let spoolDir: string | undefined;
@@ -357,12 +368,15 @@ export async function importVersion(opts: {
       path = join(spoolDir, 'export.jsonl');
       const spool = await open(path, 'wx', 0o600);
       try {
-        checked = await validate(spooled(opts.stdin ?? process.stdin, spool), name);
+        checked = await validate(
+          abortableIterable(spooled(opts.stdin ?? process.stdin, spool), signal),
+          name,
+        );
       } finally {
         await spool.close();
       }
     } else {
-      checked = await validate(fileChunks(path), name);
+      checked = await validate(abortableIterable(fileChunks(path), signal), name);
     }
     const h = checked.header;
     if (h.hash_function !== meta.hashFunction) {
@@ -375,7 +389,7 @@ export async function importVersion(opts: {
         `version ${h.uid} exists already; remove it first ('backy rm') to import it again`,
       );
     }
-    return await insert(meta, store, path, name, checked, progress);
+    return await insert(meta, store, path, name, checked, progress, signal);
   } finally {
     if (spoolDir) await rm(spoolDir, { recursive: true, force: true }).catch(() => {});
   }
@@ -388,6 +402,7 @@ async function insert(
   name: string,
   checked: { header: ExportHeader; blocks: number },
   progress: ProgressReporter,
+  signal: AbortSignal | undefined,
 ): Promise<ImportResult> {
   const h = checked.header;
   const version: Version = {
@@ -409,6 +424,7 @@ async function insert(
   try {
     const present = async (checksum: string) => (await store.backend.stat(checksum))?.size;
     const flush = async (rows: BlockRow[]) => {
+      signal?.throwIfAborted();
       const checksums = [...new Set(rows.flatMap((r) => (r.checksum === null ? [] : [r.checksum])))];
       const ok = checksums.length > 0 ? await meta.adoptObjects(checksums, present) : new Set<string>();
       for (const r of rows) {
@@ -439,6 +455,7 @@ async function insert(
     }
     parser.finish();
     await flush(rows);
+    signal?.throwIfAborted();
     let downgraded = false;
     if (h.status === 'valid') {
       const problem = await meta.completeVersion(version.uid);

@@ -14,7 +14,7 @@ import { objectBufferSize } from '../storage/block-store.js';
 import type { BlockStore } from '../storage/block-store.js';
 import type { Target } from '../target/target.js';
 import { BufferPool, blocksInFlight } from '../util/buffer-pool.js';
-import { mapOrdered } from '../util/concurrency.js';
+import { abortable, mapOrdered } from '../util/concurrency.js';
 import { noProgress } from './progress.js';
 import type { ProgressReporter } from './progress.js';
 
@@ -39,8 +39,10 @@ export async function restore(opts: {
   /** Do not write zero blocks (the target reads back zeros). */
   sparse: boolean;
   progress?: ProgressReporter;
+  /** Stops the restore (SIGINT): it rejects with the signal's reason; the target is partial. */
+  signal?: AbortSignal;
 }): Promise<RestoreResult> {
-  const { meta, store, version, target } = opts;
+  const { meta, store, version, target, signal } = opts;
   const progress = opts.progress ?? noProgress;
   const { sizeBytes: size, blockSize } = version;
   const n = blockCount(size, blockSize);
@@ -73,30 +75,35 @@ export async function restore(opts: {
 
   progress.start('restore', size);
   try {
-    const fetched = mapOrdered(entries(), inFlight, async ({ idx, row }) => {
-      const length = blockLength(idx, size, blockSize);
-      let bad: BadBlock | undefined;
-      let data: Buffer | undefined;
-      let buf: Buffer | undefined;
-      if (!row) bad = { idx, checksum: null, reason: 'no entry in the block list' };
-      else if (row.checksum !== null) {
-        buf = await buffers.acquire();
-        try {
-          data = await store.get(row.checksum, length, buf);
-        } catch (err) {
-          buffers.release(buf);
-          buf = undefined;
-          if (!(err instanceof MissingBlockError || err instanceof CorruptBlockError)) throw err;
-          bad = { idx, checksum: row.checksum, reason: err.message };
+    const fetched = mapOrdered(
+      entries(),
+      inFlight,
+      async ({ idx, row }) => {
+        const length = blockLength(idx, size, blockSize);
+        let bad: BadBlock | undefined;
+        let data: Buffer | undefined;
+        let buf: Buffer | undefined;
+        if (!row) bad = { idx, checksum: null, reason: 'no entry in the block list' };
+        else if (row.checksum !== null) {
+          buf = await buffers.acquire();
+          try {
+            data = await store.get(row.checksum, length, buf);
+          } catch (err) {
+            buffers.release(buf);
+            buf = undefined;
+            if (!(err instanceof MissingBlockError || err instanceof CorruptBlockError)) throw err;
+            bad = { idx, checksum: row.checksum, reason: err.message };
+          }
         }
-      }
-      if (!positional) return { idx, length, bad, data, buf, written: undefined };
-      try {
-        return { idx, length, bad, data: undefined, buf: undefined, written: await put(idx, length, data) };
-      } finally {
-        if (buf) buffers.release(buf);
-      }
-    });
+        if (!positional) return { idx, length, bad, data, buf, written: undefined };
+        try {
+          return { idx, length, bad, data: undefined, buf: undefined, written: await put(idx, length, data) };
+        } finally {
+          if (buf) buffers.release(buf);
+        }
+      },
+      signal,
+    );
     const marked = new Set<string>();
     for await (const r of fetched) {
       if (r.bad) {
@@ -113,7 +120,8 @@ export async function restore(opts: {
       let written = r.written;
       if (written === undefined) {
         try {
-          written = await put(r.idx, r.length, r.data);
+          // A pipe nobody reads (stdout) may block forever: the write is raced with the signal.
+          written = await abortable(put(r.idx, r.length, r.data), signal);
         } finally {
           if (r.buf) buffers.release(r.buf);
         }
@@ -122,6 +130,7 @@ export async function restore(opts: {
       else result.blocksSkipped++;
       progress.advance(r.length);
     }
+    signal?.throwIfAborted();
     await target.finish();
   } finally {
     progress.stop();

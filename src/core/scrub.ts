@@ -66,6 +66,8 @@ export interface ScrubOptions {
   random?: () => number;
   /** Problems kept in the result (all are counted). */
   maxProblems?: number;
+  /** Stops the scrub (SIGINT): it rejects with the signal's reason; damage found so far stays recorded. */
+  signal?: AbortSignal;
 }
 
 /** Which blocks to check: each independently with probability percent/100; never none. */
@@ -155,26 +157,31 @@ export async function scrub(opts: ScrubOptions): Promise<ScrubResult> {
   for (let i = 0; i < n; i++) if (picks[i]) total += blockLength(i, size, blockSize);
   progress.start(source ? 'deep scrub' : 'scrub', total);
   try {
-    const checked = mapOrdered(picked(), inFlight, async ({ idx, row }) => {
-      const length = blockLength(idx, size, blockSize);
-      let damage: string | undefined;
-      if (!row) damage = 'no entry in the block list';
-      else if (row.checksum !== null) damage = await verify(row.checksum, length);
-      else if (row.size !== length) damage = `sparse entry of ${row.size} bytes, expected ${length}`;
-      let differs: string | undefined;
-      if (source && row && hasData?.[idx] === 0) {
-        // The source block lies in a hole: zeros without a read. Backups never store a zero
-        // block, so only a sparse entry matches.
-        if (row.checksum !== null) differs = `differs from ${source.name} at offset ${idx * blockSize}`;
-      } else if (source && row) {
-        const same = await buffers.with(async (buf) => {
-          const data = await source.read(idx * blockSize, length, buf);
-          return row.checksum === null ? isZero(data) : (await store.digest(data)) === row.checksum;
-        });
-        if (!same) differs = `differs from ${source.name} at offset ${idx * blockSize}`;
-      }
-      return { idx, row, length, damage, differs };
-    });
+    const checked = mapOrdered(
+      picked(),
+      inFlight,
+      async ({ idx, row }) => {
+        const length = blockLength(idx, size, blockSize);
+        let damage: string | undefined;
+        if (!row) damage = 'no entry in the block list';
+        else if (row.checksum !== null) damage = await verify(row.checksum, length);
+        else if (row.size !== length) damage = `sparse entry of ${row.size} bytes, expected ${length}`;
+        let differs: string | undefined;
+        if (source && row && hasData?.[idx] === 0) {
+          // The source block lies in a hole: zeros without a read. Backups never store a zero
+          // block, so only a sparse entry matches.
+          if (row.checksum !== null) differs = `differs from ${source.name} at offset ${idx * blockSize}`;
+        } else if (source && row) {
+          const same = await buffers.with(async (buf) => {
+            const data = await source.read(idx * blockSize, length, buf);
+            return row.checksum === null ? isZero(data) : (await store.digest(data)) === row.checksum;
+          });
+          if (!same) differs = `differs from ${source.name} at offset ${idx * blockSize}`;
+        }
+        return { idx, row, length, damage, differs };
+      },
+      opts.signal,
+    );
     const marked = new Set<string>();
     for await (const r of checked) {
       result.checked++;
@@ -204,6 +211,7 @@ export async function scrub(opts: ScrubOptions): Promise<ScrubResult> {
     progress.stop();
   }
   result.versionsAffected = [...affected].sort();
+  opts.signal?.throwIfAborted();
 
   if (full && result.bad === 0 && version.status === 'invalid') {
     const problem = await meta.revalidateVersion(version.uid);

@@ -44,6 +44,13 @@ describe('BlockStore on DirBackend', () => {
     assert.deepEqual(keys, [checksum]);
   });
 
+  it('has() tells whether the object file exists', async () => {
+    const { checksum, path } = await put('there');
+    assert.equal(await store.has(checksum), true);
+    await rm(path);
+    assert.equal(await store.has(checksum), false);
+  });
+
   it('detects a flipped byte', async () => {
     const { checksum, path } = await put('flip');
     const raw = await readFile(path);

@@ -75,6 +75,14 @@ export class BlockStore {
     return buffers.reduce((n, b) => n + b.length, 0);
   }
 
+  /**
+   * Whether the object exists in the backend (a stat, or a HEAD on object stores); not
+   * verified. A dedup hit is trusted only for an object that exists.
+   */
+  async has(checksum: string): Promise<boolean> {
+    return (await this.backend.stat(checksum)) !== undefined;
+  }
+
   /** Makes every deferred put durable. */
   async sync(): Promise<void> {
     await this.backend.sync?.();

@@ -14,6 +14,8 @@ export interface Target {
   readonly name: string;
   /** Positional targets accept writes in any order and can leave holes; stdout cannot. */
   readonly positional: boolean;
+  /** A new file this restore made (an interrupted restore removes it again). */
+  readonly created: boolean;
   write(offset: number, data: Buffer): Promise<void>;
   /** Extends a file to its full size (sparse tail) and makes everything durable. */
   finish(): Promise<void>;
@@ -106,7 +108,7 @@ export async function openTarget(path: string, size: number, opts: { force: bool
   } catch (err) {
     throw new InputError(`cannot open restore target ${path}: ${ioReason(err)}`);
   }
-  return new FileTarget(path, fh, size, kind);
+  return new FileTarget(path, fh, size, kind, !st);
 }
 
 /**
@@ -119,6 +121,7 @@ const FLUSH_BYTES = 256 << 20;
 class FileTarget implements Target {
   readonly positional = true;
   readonly name: string;
+  readonly created: boolean;
   readonly #fh: FileHandle;
   readonly #size: number;
   readonly #kind: 'file' | 'device';
@@ -126,8 +129,9 @@ class FileTarget implements Target {
   #flushing: Promise<void> | undefined;
   #flushError: unknown;
 
-  constructor(name: string, fh: FileHandle, size: number, kind: 'file' | 'device') {
+  constructor(name: string, fh: FileHandle, size: number, kind: 'file' | 'device', created: boolean) {
     this.name = name;
+    this.created = created;
     this.#fh = fh;
     this.#size = size;
     this.#kind = kind;
@@ -176,6 +180,7 @@ class FileTarget implements Target {
 class StdoutTarget implements Target {
   readonly name = 'stdout';
   readonly positional = false;
+  readonly created = false;
   #offset = 0;
 
   async write(offset: number, data: Buffer): Promise<void> {

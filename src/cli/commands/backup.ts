@@ -3,7 +3,15 @@ import type { FileHandle } from 'node:fs/promises';
 import { backup } from '../../core/backup.js';
 import type { BackupResult, HintSource } from '../../core/backup.js';
 import { backupExportDiff } from '../../core/backup-export-diff.js';
-import { InputError, NotFoundError, UsageError, ioReason } from '../../errors.js';
+import {
+  IntegrityError,
+  InputError,
+  InterruptedError,
+  NotFoundError,
+  UsageError,
+  ioReason,
+} from '../../errors.js';
+import type { Version } from '../../meta/meta-store.js';
 import { RbdDiffParser } from '../../hints/rbd-diff.js';
 import { parseThinDelta } from '../../hints/thin-delta.js';
 import type { HintExtent } from '../../hints/rbd-diff.js';
@@ -153,6 +161,7 @@ async function backupFromSource(
   const meta = await ctx.meta();
   const store = await ctx.store();
   const source = await openSource(sourcePath);
+  let created: Version | undefined;
   try {
     const { version, stats } = await backup({
       meta,
@@ -165,15 +174,35 @@ async function backupFromSource(
       baseUid,
       hintCheckBlocks: ctx.config.hintCheckBlocks,
       progress: progressBar(ctx.log),
-      onVersion: (v) => ctx.log.debug(`new version ${v.uid}`),
       onInfo: (m) => ctx.log.info(m),
+      signal: ctx.signal,
+      onVersion: (v) => {
+        created = v;
+        ctx.log.debug(`new version ${v.uid}`);
+      },
     });
     await markVersion(ctx, version, opts);
     report(ctx, source.name, version, stats);
     printResult(ctx, version, stats);
+  } catch (err) {
+    throw leftBehind(ctx, err, created);
   } finally {
     await source.close().catch(() => {});
   }
+}
+
+/**
+ * A failed backup names the version it leaves incomplete (a failed verification has named it
+ * invalid already), so the user knows what `ls` shows and that cleanup reclaims it. Interrupted:
+ * that is the error's one line; otherwise a warning beside the error, which stays as it is.
+ */
+function leftBehind(ctx: Context, err: unknown, created: Version | undefined): unknown {
+  if (!created || err instanceof IntegrityError) return err;
+  const what = `backup ${created.uid} of ${created.name} is incomplete`;
+  if (err instanceof InterruptedError)
+    return err.leaving(`${what}; run the backup again (cleanup reclaims it)`);
+  ctx.log.warn(`${what} (cleanup reclaims it)`);
+  return err;
 }
 
 /** rbd diff JSON is ~60 bytes per extent: 256 MiB is millions of extents, far beyond real use. */
@@ -303,11 +332,18 @@ async function exportDiffBackup(ctx: Context, file: string, name: string, opts: 
       baseUid,
       snapshotName,
       progress: progressBar(ctx.log),
+      signal: ctx.signal,
       onVersion: (v) => ctx.log.debug(`new version ${v.uid}`),
     });
     await markVersion(ctx, version, opts);
     report(ctx, `export-diff ${inputName}`, version, stats);
     printResult(ctx, version, stats);
+  } catch (err) {
+    // An export-diff backup that fails half-way removes its version again (backupExportDiff).
+    if (err instanceof InterruptedError) {
+      throw err.leaving(`backup of ${name} from export-diff ${inputName} stopped; no version was recorded`);
+    }
+    throw err;
   } finally {
     input.destroy();
   }

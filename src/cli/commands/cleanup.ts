@@ -1,4 +1,5 @@
 import { cleanup } from '../../core/cleanup.js';
+import { InterruptedError } from '../../errors.js';
 import type { Context } from '../context.js';
 import { formatBytes, progressBar } from '../render.js';
 
@@ -6,7 +7,21 @@ export async function cleanupCommand(ctx: Context, opts: { dryRun?: boolean }) {
   const meta = await ctx.meta();
   const store = await ctx.store();
   const dryRun = Boolean(opts.dryRun);
-  const r = await cleanup({ meta, backend: store.backend, dryRun, progress: progressBar(ctx.log) });
+  let r;
+  try {
+    r = await cleanup({
+      meta,
+      backend: store.backend,
+      dryRun,
+      progress: progressBar(ctx.log),
+      signal: ctx.signal,
+    });
+  } catch (err) {
+    if (err instanceof InterruptedError) {
+      throw err.leaving('cleanup stopped before it finished; run it again to reclaim the rest');
+    }
+    throw err;
+  }
   const would = dryRun ? 'would be ' : '';
   if (r.leasesReleased > 0) ctx.log.info(`${r.leasesReleased} leases of crashed backups ${would}released`);
   for (const v of r.versionsRemoved) {

@@ -1,4 +1,5 @@
 import { exportVersion, openExportTarget } from '../../core/metadata-io.js';
+import { InterruptedError } from '../../errors.js';
 import type { Context } from '../context.js';
 import { parseUid } from '../context.js';
 import { storePaths } from './restore.js';
@@ -12,9 +13,17 @@ export async function exportCommand(ctx: Context, uidArg: string, file: string) 
   const target = await openExportTarget(file);
   let blocks: number;
   try {
-    blocks = await exportVersion({ meta, uid, out: target.out });
+    blocks = await exportVersion({ meta, uid, out: target.out, signal: ctx.signal });
   } catch (err) {
+    // A partial export file is removed, so no partial export passes for a whole one.
     await target.done(false);
+    if (err instanceof InterruptedError) {
+      throw err.leaving(
+        file === '-'
+          ? `export of ${uid} to stdout stopped; the output is incomplete`
+          : `export of ${uid} to ${file} stopped; the partial file was removed`,
+      );
+    }
     throw err;
   }
   await target.done(true);

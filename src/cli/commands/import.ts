@@ -1,11 +1,20 @@
 import { importVersion } from '../../core/metadata-io.js';
+import { InterruptedError } from '../../errors.js';
 import type { Context } from '../context.js';
 import { progressBar } from '../render.js';
 
 export async function importCommand(ctx: Context, file: string) {
   const meta = await ctx.meta();
   const store = await ctx.store();
-  const r = await importVersion({ meta, store, path: file, progress: progressBar(ctx.log) });
+  let r;
+  try {
+    r = await importVersion({ meta, store, path: file, progress: progressBar(ctx.log), signal: ctx.signal });
+  } catch (err) {
+    if (err instanceof InterruptedError) {
+      throw err.leaving(`import of ${file === '-' ? 'stdin' : file} stopped; nothing was imported`);
+    }
+    throw err;
+  }
   if (r.missing > 0) {
     ctx.log.warn(
       `${r.missing} blocks reference objects that are missing or invalid in the data store; they are marked invalid`,

@@ -1,5 +1,6 @@
 import { restore } from '../../core/restore.js';
-import { IntegrityError } from '../../errors.js';
+import { IntegrityError, InterruptedError } from '../../errors.js';
+import { unlink } from 'node:fs/promises';
 import { checkTargetOutsideStore, openTarget } from '../../target/target.js';
 import { sqlitePath } from '../../config/config.js';
 import { resolve } from 'node:path';
@@ -33,7 +34,29 @@ export async function restoreCommand(
       target,
       sparse: Boolean(opts.sparse),
       progress: progressBar(ctx.log),
+      signal: ctx.signal,
     });
+  } catch (err) {
+    if (!(err instanceof InterruptedError)) throw err;
+    await target.close().catch(() => {});
+    // A partial image must not pass for a finished restore: a file made by this restore goes;
+    // an existing file or device that was partly overwritten is named as such.
+    if (
+      target.created &&
+      (await unlink(target.name).then(
+        () => true,
+        () => false,
+      ))
+    ) {
+      throw err.leaving(
+        `restore of ${uid} to ${target.name} stopped; the partial file ${target.name} was removed`,
+      );
+    }
+    throw err.leaving(
+      target.positional
+        ? `restore of ${uid} to ${target.name} stopped; ${target.name} is now incomplete (partly overwritten): restore again before using it`
+        : `restore of ${uid} to ${target.name} stopped; the output is incomplete`,
+    );
   } finally {
     await target.close().catch(() => {});
   }

@@ -1,5 +1,5 @@
 import { scrub } from '../../core/scrub.js';
-import { InputError, IntegrityError, UsageError } from '../../errors.js';
+import { InputError, IntegrityError, InterruptedError, UsageError } from '../../errors.js';
 import { openSource } from '../../source/source.js';
 import type { RandomSource } from '../../source/source.js';
 import type { Context } from '../context.js';
@@ -42,7 +42,22 @@ export async function scrubCommand(
   }
   let result;
   try {
-    result = await scrub({ meta, store, version, percent, source, progress: progressBar(ctx.log) });
+    result = await scrub({
+      meta,
+      store,
+      version,
+      percent,
+      source,
+      progress: progressBar(ctx.log),
+      signal: ctx.signal,
+    });
+  } catch (err) {
+    if (err instanceof InterruptedError) {
+      throw err.leaving(
+        `scrub of ${uid} stopped before it finished; damage it found so far is recorded, nothing else changed`,
+      );
+    }
+    throw err;
   } finally {
     await source?.close().catch(() => {});
   }
