@@ -39,20 +39,29 @@ export class Context {
     return this.#config;
   }
 
-  async meta(): Promise<MetaStore> {
+  /**
+   * The metadata store. `write` names a command that must write (backup, rm...): on a
+   * read-only database it is refused at once, naming the store, before anything is done.
+   */
+  async meta(opts: { write?: string } = {}): Promise<MetaStore> {
     this.#meta ??= await MetaStore.open(this.config.engine, { hashFunction: this.config.hashFunction });
+    if (opts.write !== undefined) this.#meta.requireWritable(opts.write);
     return this.#meta;
   }
 
-  async store(): Promise<BlockStore> {
+  /**
+   * The block store. `create`: a writer (backup, import) makes the data directory now, so that
+   * a store whose versions are all sparse still has one. Otherwise (readers: restore, scrub)
+   * the directory must exist: a missing or unmounted one is an I/O error, never missing blocks.
+   */
+  async store(opts: { create?: boolean } = {}): Promise<BlockStore> {
     if (!this.#store) {
       const meta = await this.meta();
+      const backend = new DirBackend(this.config.dataBackend.path);
+      if (opts.create) await backend.createRoot();
+      else await backend.checkRoot();
       this.#hashPool = new HashPool(meta.hashFunction);
-      this.#store = new BlockStore(
-        new DirBackend(this.config.dataBackend.path),
-        hasherFor(meta.hashFunction),
-        this.#hashPool,
-      );
+      this.#store = new BlockStore(backend, hasherFor(meta.hashFunction), this.#hashPool);
     }
     return this.#store;
   }

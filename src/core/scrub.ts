@@ -65,6 +65,8 @@ export interface ScrubOptions {
   random?: () => number;
   /** Problems kept in the result (all are counted). */
   maxProblems?: number;
+  /** Record damage and revalidate (default). Off for a read-only store: report only. */
+  record?: boolean;
 }
 
 /** Which blocks to check: each independently with probability percent/100; never none. */
@@ -87,6 +89,7 @@ export async function scrub(opts: ScrubOptions): Promise<ScrubResult> {
   const { meta, store, version, source } = opts;
   const progress = opts.progress ?? noProgress;
   const maxProblems = opts.maxProblems ?? 1000;
+  const record = opts.record ?? true;
   const { sizeBytes: size, blockSize } = version;
   if (source && source.size !== size) {
     throw new InputError(
@@ -173,7 +176,9 @@ export async function scrub(opts: ScrubOptions): Promise<ScrubResult> {
         result.bad++;
         note({ idx: r.idx, checksum: r.row?.checksum ?? null, kind: 'damaged', reason: r.damage });
         const checksum = r.row?.checksum ?? null;
-        if (checksum !== null) {
+        if (!record) {
+          // read-only store: reported, recorded nowhere (versionsAffected stays empty)
+        } else if (checksum !== null) {
           if (!marked.has(checksum)) {
             marked.add(checksum);
             for (const uid of await meta.markObjectInvalid(checksum)) affected.add(uid);
@@ -195,7 +200,9 @@ export async function scrub(opts: ScrubOptions): Promise<ScrubResult> {
   }
   result.versionsAffected = [...affected].sort();
 
-  if (full && result.bad === 0 && version.status === 'invalid') {
+  if (full && result.bad === 0 && version.status === 'invalid' && !record) {
+    result.notRevalidated = 'the metadata database is read-only';
+  } else if (full && result.bad === 0 && version.status === 'invalid') {
     const problem = await meta.revalidateVersion(version.uid);
     if (problem === undefined) result.revalidated = true;
     else result.notRevalidated = problem;

@@ -8,19 +8,18 @@
  * advisory lock held on a connection of its own for the whole run, so the lease dies with the
  * session (process crash, host loss) wherever the holder ran; see isLeaseAlive.
  */
-import { closeSync, openSync } from 'node:fs';
 import { hostname } from 'node:os';
-import { dirname, resolve } from 'node:path';
+import { resolve } from 'node:path';
 import { randomUUID } from 'node:crypto';
-import SQLite from 'better-sqlite3';
 import type pg from 'pg';
 import { Kysely, Migrator, PostgresDialect, SqliteDialect, sql } from 'kysely';
 import type { PostgresPool, PostgresPoolClient, Transaction } from 'kysely';
 import { BackyError, ConfigError, InputError, NotFoundError, ioReason } from '../errors.js';
 import { HASH_FUNCTIONS, redactUrl, sqlitePath } from '../config/config.js';
 import type { HashFunction } from '../config/config.js';
-import { mkdirpSync } from '../util/mkdirp.js';
 import { migrationProvider } from './migrations.js';
+import { ReadOnlyStoreError, checkSchemaCurrent } from './read-only.js';
+import { openSqlite } from './sqlite-open.js';
 import type { Database, VersionStatus } from './schema.js';
 
 export type { VersionStatus };
@@ -159,6 +158,7 @@ export class MetaStore {
   readonly dialect: 'sqlite' | 'postgres';
   readonly url: string;
   #hashFunction: HashFunction = 'blake3';
+  #readOnly = false;
   /** PostgreSQL: the connection holding each lease's advisory lock, by lease id. */
   readonly #leaseClients = new Map<string, pg.Client>();
 
@@ -171,27 +171,12 @@ export class MetaStore {
   /** Opens (creating and migrating as needed) the metadata database named by an engine URL. */
   static async open(engine: string, opts: { hashFunction?: HashFunction } = {}): Promise<MetaStore> {
     let store: MetaStore;
+    let readOnly = false;
     if (engine.startsWith('sqlite:///')) {
-      const path = resolve(sqlitePath(engine));
-      try {
-        mkdirpSync(dirname(path), 0o700);
-        closeSync(openSync(path, 'a', 0o600));
-      } catch (err) {
-        throw new BackyError(`cannot create metadata database ${path}: ${ioReason(err)}`);
-      }
-      let sqlite: SQLite.Database;
-      try {
-        sqlite = new SQLite(path, { timeout: 60_000 });
-        sqlite.pragma('journal_mode = WAL');
-        // WAL + NORMAL: consistent after any crash; a power loss may drop the last commits, which
-        // leaves the running version incomplete (never wrongly valid). Objects are fsynced themselves.
-        sqlite.pragma('synchronous = NORMAL');
-        sqlite.pragma('foreign_keys = ON');
-      } catch (err) {
-        throw new BackyError(`cannot open metadata database ${path}: ${(err as Error).message}`);
-      }
+      const opened = openSqlite(resolve(sqlitePath(engine)));
+      readOnly = opened.readOnly;
       store = new MetaStore(
-        new Kysely<Database>({ dialect: new SqliteDialect({ database: sqlite }) }),
+        new Kysely<Database>({ dialect: new SqliteDialect({ database: opened.sqlite }) }),
         'sqlite',
         engine,
       );
@@ -215,8 +200,14 @@ export class MetaStore {
       throw new ConfigError(`unsupported metadata engine '${redactUrl(engine)}'`);
     }
     try {
-      await store.#migrate();
-      await store.#loadSettings(opts.hashFunction);
+      if (readOnly) {
+        store.#readOnly = true;
+        await checkSchemaCurrent(store.#db, sqlitePath(engine));
+        await store.#readSettings(opts.hashFunction);
+      } else {
+        await store.#migrate();
+        await store.#loadSettings(opts.hashFunction);
+      }
     } catch (err) {
       await store.close().catch(() => {});
       if (err instanceof BackyError) throw err;
@@ -227,6 +218,22 @@ export class MetaStore {
 
   get hashFunction(): HashFunction {
     return this.#hashFunction;
+  }
+
+  /**
+   * True when the database was opened read-only (a store on read-only media, or a file this
+   * user cannot write): nothing can be recorded. Commands that must write refuse up front
+   * (requireWritable); readers (restore, scrub, export) report damage without marking it and
+   * take no lease, which they could not write: nothing can remove a version from a read-only
+   * database under them anyway.
+   */
+  get readOnly(): boolean {
+    return this.#readOnly;
+  }
+
+  /** Throws, naming the store, when the database is read-only and `what` must write to it. */
+  requireWritable(what: string): void {
+    if (this.#readOnly) throw new ReadOnlyStoreError(sqlitePath(this.url), what);
   }
 
   async close(): Promise<void> {
@@ -254,6 +261,28 @@ export class MetaStore {
     }
   }
 
+  /** The settings of a read-only database: nothing to create, only to check. */
+  async #readSettings(wanted: HashFunction | undefined): Promise<void> {
+    const row = await this.#db
+      .selectFrom('settings')
+      .select('value')
+      .where('key', '=', 'hash_function')
+      .executeTakeFirst();
+    this.#checkHashFunction(row?.value ?? 'blake3', wanted);
+  }
+
+  #checkHashFunction(value: string, wanted: HashFunction | undefined): void {
+    if (!HASH_FUNCTIONS.includes(value as HashFunction)) {
+      throw new BackyError(`metadata database records unknown hash function '${value}'`);
+    }
+    this.#hashFunction = value as HashFunction;
+    if (wanted && wanted !== this.#hashFunction) {
+      throw new ConfigError(
+        `[DEFAULTS] hash_function is '${wanted}' but this store was created with '${this.#hashFunction}'; remove the key or use a new store`,
+      );
+    }
+  }
+
   async #loadSettings(wanted: HashFunction | undefined): Promise<void> {
     await this.write(async (tx) => {
       let row = await tx
@@ -278,15 +307,7 @@ export class MetaStore {
         if (stored.value === this.#hashFunction) return;
         row = stored;
       }
-      if (!HASH_FUNCTIONS.includes(row.value as HashFunction)) {
-        throw new BackyError(`metadata database records unknown hash function '${row.value}'`);
-      }
-      this.#hashFunction = row.value as HashFunction;
-      if (wanted && wanted !== this.#hashFunction) {
-        throw new ConfigError(
-          `[DEFAULTS] hash_function is '${wanted}' but this store was created with '${this.#hashFunction}'; remove the key or use a new store`,
-        );
-      }
+      this.#checkHashFunction(row.value, wanted);
     });
   }
 

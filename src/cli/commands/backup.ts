@@ -69,8 +69,8 @@ export async function backupCommand(
     }
     hints = parseRbdDiff(text, `hint file ${opts.rbd}`);
   }
-  const meta = await ctx.meta();
-  const store = await ctx.store();
+  const meta = await ctx.meta({ write: 'backup' });
+  const store = await ctx.store({ create: true });
   const source = await openSource(sourcePath);
   try {
     const { version, stats } = await backup({
@@ -188,8 +188,8 @@ async function exportDiffBackup(ctx: Context, file: string, name: string, opts: 
     inputName = file;
   }
   try {
-    const meta = await ctx.meta();
-    const store = await ctx.store();
+    const meta = await ctx.meta({ write: 'backup' });
+    const store = await ctx.store({ create: true });
     const { version, stats } = await backupExportDiff({
       meta,
       store,

@@ -3,7 +3,7 @@ import type { Context } from '../context.js';
 import { formatBytes, progressBar } from '../render.js';
 
 export async function cleanupCommand(ctx: Context, opts: { dryRun?: boolean }) {
-  const meta = await ctx.meta();
+  const meta = await ctx.meta({ write: 'cleanup' });
   const store = await ctx.store();
   const dryRun = Boolean(opts.dryRun);
   const r = await cleanup({ meta, backend: store.backend, dryRun, progress: progressBar(ctx.log) });

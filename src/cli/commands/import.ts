@@ -3,8 +3,8 @@ import type { Context } from '../context.js';
 import { progressBar } from '../render.js';
 
 export async function importCommand(ctx: Context, file: string) {
-  const meta = await ctx.meta();
-  const store = await ctx.store();
+  const meta = await ctx.meta({ write: 'import' });
+  const store = await ctx.store({ create: true });
   const r = await importVersion({ meta, store, path: file, progress: progressBar(ctx.log) });
   if (r.missing > 0) {
     ctx.log.warn(

@@ -42,7 +42,15 @@ export async function scrubCommand(
   }
   let result;
   try {
-    result = await scrub({ meta, store, version, percent, source, progress: progressBar(ctx.log) });
+    result = await scrub({
+      meta,
+      store,
+      version,
+      percent,
+      source,
+      record: !meta.readOnly,
+      progress: progressBar(ctx.log),
+    });
   } finally {
     await source?.close().catch(() => {});
   }
@@ -69,7 +77,10 @@ export async function scrubCommand(
   }
   if (result.bad > 0) {
     throw new IntegrityError(
-      `scrub of ${uid} found ${result.bad} damaged or missing blocks; ${result.versionsAffected.length} versions marked invalid`,
+      `scrub of ${uid} found ${result.bad} damaged or missing blocks; ` +
+        (meta.readOnly
+          ? 'the metadata database is read-only, so nothing could be marked invalid'
+          : `${result.versionsAffected.length} versions marked invalid`),
     );
   }
   if (result.differing > 0) {
