@@ -14,7 +14,7 @@ import { randomUUID } from 'node:crypto';
 import type pg from 'pg';
 import { Kysely, Migrator, PostgresDialect, SqliteDialect, sql } from 'kysely';
 import type { PostgresPool, PostgresPoolClient, Transaction } from 'kysely';
-import { BackyError, ConfigError, InputError, NotFoundError, ioReason } from '../errors.js';
+import { BackyError, ConfigError, InputError, NotFoundError } from '../errors.js';
 import { HASH_FUNCTIONS, redactUrl, sqlitePath } from '../config/config.js';
 import type { HashFunction } from '../config/config.js';
 import { migrationProvider } from './migrations.js';
