@@ -31,7 +31,11 @@ export async function restoreCommand(
       `version ${uid} is ${version.status}; restoring what is there (damaged or missing blocks are written as zeros)`,
     );
   }
-  const target = await openTarget(targetPath, version.sizeBytes, { force: Boolean(opts.force) });
+  // Checked again on the opened file: the database's -wal/-shm may exist only now.
+  const target = await openTarget(targetPath, version.sizeBytes, {
+    force: Boolean(opts.force),
+    store: paths,
+  });
   let result;
   try {
     result = await restore({
