@@ -18,6 +18,7 @@ import { BackyError, ConfigError, InputError, NotFoundError } from '../errors.js
 import { HASH_FUNCTIONS, redactUrl, sqlitePath } from '../config/config.js';
 import type { HashFunction } from '../config/config.js';
 import { migrationProvider } from './migrations.js';
+import { endClient, endPool } from './pg-end.js';
 import { ReadOnlyStoreError, checkSchemaCurrent } from './read-only.js';
 import { openSqlite } from './sqlite-open.js';
 import type { Database, VersionStatus } from './schema.js';
@@ -94,6 +95,23 @@ export class MetaDatabaseError extends BackyError {
   }
 }
 
+/** The `query_timeout` URL parameter of a PostgreSQL engine in ms (default 60 s). */
+export function queryTimeoutMs(engine: string): number {
+  let value: string | null = null;
+  try {
+    value = new URL(engine).searchParams.get('query_timeout');
+  } catch {
+    // not a parseable URL: pg reports it when connecting
+  }
+  if (value === null) return 60_000;
+  if (!/^\d{1,9}$/.test(value) || Number(value) < 1) {
+    throw new ConfigError(
+      `query_timeout in the engine URL must be a whole number of milliseconds (at least 1), got '${value}'`,
+    );
+  }
+  return Number(value);
+}
+
 /** Wraps a pg error: names the database (password redacted) and never repeats the password. */
 function pgError(err: unknown, engine: string): unknown {
   if (err instanceof BackyError) return err;
@@ -108,14 +126,22 @@ function pgError(err: unknown, engine: string): unknown {
     // not a parseable URL: redactUrl below is all there is
   }
   for (const p of passwords) if (p) msg = msg.split(p).join('***');
-  const what = /ECONNREFUSED|ENOTFOUND|EHOSTUNREACH|ETIMEDOUT|timeout expired/i.test(msg)
+  if (/Query read timeout/i.test(msg)) {
+    const s = queryTimeoutMs(engine) / 1000;
+    return new MetaDatabaseError(
+      `metadata database ${redactUrl(engine)} did not answer within ${s} s (query_timeout): the server is stalled or unreachable`,
+      'ETIMEDOUT',
+      err,
+    );
+  }
+  const what = /ECONNREFUSED|ENOTFOUND|EHOSTUNREACH|ETIMEDOUT|timeout expired|timeout exceeded/i.test(msg)
     ? 'cannot reach metadata database'
     : 'metadata database';
   return new MetaDatabaseError(`${what} ${redactUrl(engine)}: ${redactUrl(msg)}`, e?.code, err);
 }
 
 /** A pg.Pool as Kysely sees it, with every error passed through pgError. */
-function wrapPool(pool: pg.Pool, engine: string): PostgresPool {
+function wrapPool(pool: pg.Pool, engine: string, clients: Set<pg.PoolClient>, endMs: number): PostgresPool {
   return {
     async connect() {
       let client: pg.PoolClient;
@@ -124,20 +150,23 @@ function wrapPool(pool: pg.Pool, engine: string): PostgresPool {
       } catch (err) {
         throw pgError(err, engine);
       }
+      // A query that timed out is still on the wire: this connection is not reused.
+      let timedOut = false;
       const wrapped = {
         query(...args: unknown[]) {
           const r = (client.query as (...a: unknown[]) => unknown)(...args);
           return r instanceof Promise
             ? r.catch((err: unknown) => {
+                if (/Query read timeout/.test((err as Error)?.message ?? '')) timedOut = true;
                 throw pgError(err, engine);
               })
             : r;
         },
-        release: (destroy?: boolean) => client.release(destroy),
+        release: (destroy?: boolean) => client.release(timedOut || destroy),
       };
       return wrapped as unknown as PostgresPoolClient;
     },
-    end: () => pool.end(),
+    end: () => endPool(pool, clients, endMs),
   };
 }
 
@@ -181,18 +210,30 @@ export class MetaStore {
         engine,
       );
     } else if (/^postgres(ql)?:\/\//.test(engine)) {
+      // A stalled server (frozen, or a network that drops packets) answers nothing, and without
+      // a client-side bound a command would wait for ever: every query and connection attempt
+      // is bounded by query_timeout (ms; URL parameter, default 60 s), and fails naming it.
+      const timeout = queryTimeoutMs(engine);
       const pool = new (await loadPg()).Pool({
         connectionString: engine,
         max: 4,
-        connectionTimeoutMillis: 60_000,
+        connectionTimeoutMillis: timeout,
+        query_timeout: timeout,
       });
       // A lost connection surfaces as the failure of the query that needs it, never as an
       // 'error' event nobody listens to (which would crash the process): the pool handles idle
       // clients' errors, this handler those of clients in use.
       pool.on('error', () => {});
-      pool.on('connect', (client) => client.on('error', () => {}));
+      const clients = new Set<pg.PoolClient>();
+      pool.on('connect', (client) => {
+        client.on('error', () => {});
+        clients.add(client);
+      });
+      pool.on('remove', (client) => clients.delete(client));
       store = new MetaStore(
-        new Kysely<Database>({ dialect: new PostgresDialect({ pool: wrapPool(pool, engine) }) }),
+        new Kysely<Database>({
+          dialect: new PostgresDialect({ pool: wrapPool(pool, engine, clients, Math.min(timeout, 5000)) }),
+        }),
         'postgres',
         engine,
       );
@@ -239,7 +280,7 @@ export class MetaStore {
   async close(): Promise<void> {
     for (const [id, client] of this.#leaseClients) {
       this.#leaseClients.delete(id);
-      await client.end().catch(() => {});
+      await endClient(client, Math.min(queryTimeoutMs(this.url), 5000));
     }
     await this.#db.destroy();
   }
@@ -1060,7 +1101,12 @@ export class MetaStore {
    */
   async #holdLeaseLock(id: string): Promise<void> {
     if (this.dialect !== 'postgres') return;
-    const client = new (await loadPg()).Client({ connectionString: this.url });
+    const timeout = queryTimeoutMs(this.url);
+    const client = new (await loadPg()).Client({
+      connectionString: this.url,
+      connectionTimeoutMillis: timeout,
+      query_timeout: timeout,
+    });
     client.on('error', () => {}); // a lost session shows up on the next statement or not at all
     try {
       await client.connect();
@@ -1084,7 +1130,7 @@ export class MetaStore {
   async #dropLeaseLock(id: string): Promise<void> {
     const client = this.#leaseClients.get(id);
     this.#leaseClients.delete(id);
-    await client?.end().catch(() => {});
+    if (client) await endClient(client, Math.min(queryTimeoutMs(this.url), 5000));
   }
 
   /**
