@@ -50,9 +50,9 @@ export class Context {
   }
 
   /**
-   * The block store. `create`: a writer (backup, import) makes the data directory now, so that
-   * a store whose versions are all sparse still has one. Otherwise (readers: restore, scrub)
-   * the directory must exist: a missing or unmounted one is an I/O error, never missing blocks.
+   * The block store. `create`: backup makes the data directory now, so that a store whose
+   * versions are all sparse still has one. Otherwise (restore, scrub, import, cleanup) the
+   * directory must exist: a missing or unmounted one is an I/O error, never missing blocks.
    */
   async store(opts: { create?: boolean } = {}): Promise<BlockStore> {
     if (!this.#store) {

@@ -25,9 +25,8 @@ function notWritable(path: string): string | undefined {
     fd = openSync(path, constants.O_RDWR);
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
-    if (code === 'ENOENT') return undefined;
     if (code === 'EROFS' || code === 'EACCES' || code === 'EPERM') return code;
-    throw new BackyError(`cannot open metadata database ${path}: ${ioReason(err)}`);
+    return undefined; // absent, or not a file (EISDIR...): creating it says what is wrong
   }
   closeSync(fd);
   // SQLite also creates -wal and -shm beside the file: a read-only directory makes a reader too.

@@ -4,7 +4,7 @@ import { progressBar } from '../render.js';
 
 export async function importCommand(ctx: Context, file: string) {
   const meta = await ctx.meta({ write: 'import' });
-  const store = await ctx.store({ create: true });
+  const store = await ctx.store();
   const r = await importVersion({ meta, store, path: file, progress: progressBar(ctx.log) });
   if (r.missing > 0) {
     ctx.log.warn(
