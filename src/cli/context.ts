@@ -50,16 +50,18 @@ export class Context {
   }
 
   /**
-   * The block store. `create`: backup makes the data directory now, so that a store whose
-   * versions are all sparse still has one. Otherwise (restore, scrub, import, cleanup) the
-   * directory must exist: a missing or unmounted one is an I/O error, never missing blocks.
+   * The block store. `root`: 'create' (backup) makes the data directory now, so that a store
+   * whose versions are all sparse still has one; 'check' (the default: restore, scrub, import)
+   * insists that it exists, since a missing or unmounted one is an I/O error, never missing
+   * blocks; 'any' (cleanup, which never marks anything invalid) takes it as it is.
    */
-  async store(opts: { create?: boolean } = {}): Promise<BlockStore> {
+  async store(opts: { root?: 'create' | 'check' | 'any' } = {}): Promise<BlockStore> {
     if (!this.#store) {
       const meta = await this.meta();
       const backend = new DirBackend(this.config.dataBackend.path);
-      if (opts.create) await backend.createRoot();
-      else await backend.checkRoot();
+      const root = opts.root ?? 'check';
+      if (root === 'create') await backend.createRoot();
+      else if (root === 'check') await backend.checkRoot();
       this.#hashPool = new HashPool(meta.hashFunction);
       this.#store = new BlockStore(backend, hasherFor(meta.hashFunction), this.#hashPool);
     }

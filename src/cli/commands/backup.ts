@@ -70,7 +70,7 @@ export async function backupCommand(
     hints = parseRbdDiff(text, `hint file ${opts.rbd}`);
   }
   const meta = await ctx.meta({ write: 'backup' });
-  const store = await ctx.store({ create: true });
+  const store = await ctx.store({ root: 'create' });
   const source = await openSource(sourcePath);
   try {
     const { version, stats } = await backup({
@@ -189,7 +189,7 @@ async function exportDiffBackup(ctx: Context, file: string, name: string, opts: 
   }
   try {
     const meta = await ctx.meta({ write: 'backup' });
-    const store = await ctx.store({ create: true });
+    const store = await ctx.store({ root: 'create' });
     const { version, stats } = await backupExportDiff({
       meta,
       store,

@@ -4,7 +4,7 @@ import { formatBytes, progressBar } from '../render.js';
 
 export async function cleanupCommand(ctx: Context, opts: { dryRun?: boolean }) {
   const meta = await ctx.meta({ write: 'cleanup' });
-  const store = await ctx.store();
+  const store = await ctx.store({ root: 'any' });
   const dryRun = Boolean(opts.dryRun);
   const r = await cleanup({ meta, backend: store.backend, dryRun, progress: progressBar(ctx.log) });
   const would = dryRun ? 'would be ' : '';
