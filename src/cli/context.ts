@@ -55,8 +55,10 @@ export class Context {
   /**
    * The metadata store, once the key (if the config asks for encryption) is read and matches
    * the store's: a wrong or missing key fails here, before anything is read or written.
+   * `write` names a command that must write (backup, rm...): on a read-only database it is
+   * refused at once, naming the store, before anything is done.
    */
-  async meta(): Promise<MetaStore> {
+  async meta(opts: { write?: string } = {}): Promise<MetaStore> {
     if (!this.#meta) {
       const enc = this.config.dataBackend.encryption;
       if (enc) this.#keys = readKeyFile(enc.keyFile);
@@ -72,10 +74,17 @@ export class Context {
       }
       this.#meta = meta;
     }
+    if (opts.write !== undefined) this.#meta.requireWritable(opts.write);
     return this.#meta;
   }
 
-  async store(): Promise<BlockStore> {
+  /**
+   * The block store. `root`: 'create' (backup) makes the data directory now, so that a store
+   * whose versions are all sparse still has one; 'check' (the default: restore, scrub, import)
+   * insists that it exists, since a missing or unmounted one is an I/O error, never missing
+   * blocks; 'any' (cleanup, which never marks anything invalid) takes it as it is.
+   */
+  async store(opts: { root?: 'create' | 'check' | 'any' } = {}): Promise<BlockStore> {
     if (!this.#store) {
       const meta = await this.meta();
       const spec: CodecSpec = {
@@ -83,8 +92,12 @@ export class Context {
         compression: this.config.dataBackend.compression,
         keys: this.#keys && { encryption: this.#keys.encryption, naming: this.#keys.naming },
       };
+      const backend = new DirBackend(this.config.dataBackend.path);
+      const root = opts.root ?? 'check';
+      if (root === 'create') await backend.createRoot();
+      else if (root === 'check') await backend.checkRoot();
       this.#codecPool = new CodecPool(spec);
-      this.#store = new BlockStore(new DirBackend(this.config.dataBackend.path), spec, this.#codecPool);
+      this.#store = new BlockStore(backend, spec, this.#codecPool);
     }
     return this.#store;
   }

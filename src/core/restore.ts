@@ -38,6 +38,8 @@ export async function restore(opts: {
   target: Target;
   /** Do not write zero blocks (the target reads back zeros). */
   sparse: boolean;
+  /** Mark bad blocks and the version invalid (default). Off for a read-only store. */
+  record?: boolean;
   progress?: ProgressReporter;
   /** Stops the restore (SIGINT): it rejects with the signal's reason; the target is partial. */
   signal?: AbortSignal;
@@ -48,6 +50,7 @@ export async function restore(opts: {
   const n = blockCount(size, blockSize);
   const skipZeros = opts.sparse && target.positional;
   const result: RestoreResult = { bytes: size, blocksWritten: 0, blocksSkipped: 0, bad: [] };
+  const record = opts.record ?? true;
 
   // Every index 0..n-1, with its row or a gap where the block list lacks one (incomplete version).
   async function* entries(): AsyncIterable<{ idx: number; row: BlockRow | undefined }> {
@@ -108,11 +111,12 @@ export async function restore(opts: {
     for await (const r of fetched) {
       if (r.bad) {
         result.bad.push(r.bad);
-        if (r.bad.checksum && !marked.has(r.bad.checksum)) {
+        if (!record) {
+          // read-only store: reported by the caller, recorded nowhere
+        } else if (r.bad.checksum && !marked.has(r.bad.checksum)) {
           marked.add(r.bad.checksum);
           await meta.markObjectInvalid(r.bad.checksum);
-        }
-        if (!r.bad.checksum && version.status === 'valid') {
+        } else if (!r.bad.checksum && version.status === 'valid') {
           version.status = 'invalid';
           await meta.setVersionStatus(version.uid, 'invalid');
         }

@@ -68,6 +68,8 @@ export interface ScrubOptions {
   maxProblems?: number;
   /** Stops the scrub (SIGINT): it rejects with the signal's reason; damage found so far stays recorded. */
   signal?: AbortSignal;
+  /** Record damage and revalidate (default). Off for a read-only store: report only. */
+  record?: boolean;
 }
 
 /** Which blocks to check: each independently with probability percent/100; never none. */
@@ -90,6 +92,7 @@ export async function scrub(opts: ScrubOptions): Promise<ScrubResult> {
   const { meta, store, version, source } = opts;
   const progress = opts.progress ?? noProgress;
   const maxProblems = opts.maxProblems ?? 1000;
+  const record = opts.record ?? true;
   const { sizeBytes: size, blockSize } = version;
   if (source && source.size !== size) {
     throw new InputError(
@@ -190,7 +193,9 @@ export async function scrub(opts: ScrubOptions): Promise<ScrubResult> {
         result.bad++;
         note({ idx: r.idx, checksum: r.row?.checksum ?? null, kind: 'damaged', reason: r.damage });
         const checksum = r.row?.checksum ?? null;
-        if (checksum !== null) {
+        if (!record) {
+          // read-only store: reported, recorded nowhere (versionsAffected stays empty)
+        } else if (checksum !== null) {
           if (!marked.has(checksum)) {
             marked.add(checksum);
             for (const uid of await meta.markObjectInvalid(checksum)) affected.add(uid);
@@ -213,7 +218,9 @@ export async function scrub(opts: ScrubOptions): Promise<ScrubResult> {
   result.versionsAffected = [...affected].sort();
   opts.signal?.throwIfAborted();
 
-  if (full && result.bad === 0 && version.status === 'invalid') {
+  if (full && result.bad === 0 && version.status === 'invalid' && !record) {
+    result.notRevalidated = 'the metadata database is read-only';
+  } else if (full && result.bad === 0 && version.status === 'invalid') {
     const problem = await meta.revalidateVersion(version.uid);
     if (problem === undefined) result.revalidated = true;
     else result.notRevalidated = problem;

@@ -14,7 +14,28 @@ export type StoreEncryption = { codec: 'none' } | { codec: 'aes-256-gcm'; finger
  * Throws ConfigError (one line, naming what to do) when they differ.
  */
 export async function settleEncryption(meta: MetaStore, wanted: StoreEncryption): Promise<void> {
-  const recorded = await meta.write(async (tx) => {
+  // Read first: an existing store is only compared with (no write transaction on every command,
+  // and a read-only store opens at all); only a new one records its setting.
+  const existing = await meta.db
+    .selectFrom('settings')
+    .select(['key', 'value'])
+    .where('key', 'in', ['encryption', 'key_fingerprint'])
+    .execute();
+  const known = existing.find((r) => r.key === 'encryption')?.value;
+  const recorded =
+    known === 'aes-256-gcm'
+      ? ({
+          codec: known,
+          fingerprint: existing.find((r) => r.key === 'key_fingerprint')?.value ?? '',
+        } as StoreEncryption)
+      : known === 'none' || (known === undefined && meta.readOnly)
+        ? ({ codec: 'none' } as StoreEncryption)
+        : await recordEncryption(meta, wanted);
+  checkEncryption(recorded, wanted);
+}
+
+async function recordEncryption(meta: MetaStore, wanted: StoreEncryption): Promise<StoreEncryption> {
+  return meta.write(async (tx) => {
     const rows = await tx
       .selectFrom('settings')
       .select(['key', 'value'])
@@ -48,6 +69,9 @@ export async function settleEncryption(meta: MetaStore, wanted: StoreEncryption)
     const fingerprint = now.find((r) => r.key === 'key_fingerprint')?.value ?? '';
     return (c === 'aes-256-gcm' ? { codec: c, fingerprint } : { codec: 'none' }) as StoreEncryption;
   });
+}
+
+function checkEncryption(recorded: StoreEncryption, wanted: StoreEncryption): void {
   if (recorded.codec === 'none' && wanted.codec !== 'none') {
     throw new ConfigError(
       'this store was created without encryption and cannot be encrypted later: remove encryption and key_file from [DataBackend], or back up into a new store (new path and database)',

@@ -8,19 +8,19 @@
  * advisory lock held on a connection of its own for the whole run, so the lease dies with the
  * session (process crash, host loss) wherever the holder ran; see isLeaseAlive.
  */
-import { closeSync, openSync } from 'node:fs';
 import { hostname } from 'node:os';
-import { dirname, resolve } from 'node:path';
+import { resolve } from 'node:path';
 import { randomUUID } from 'node:crypto';
-import SQLite from 'better-sqlite3';
 import type pg from 'pg';
 import { Kysely, Migrator, PostgresDialect, SqliteDialect, sql } from 'kysely';
 import type { PostgresPool, PostgresPoolClient, Transaction } from 'kysely';
-import { BackyError, ConfigError, InputError, NotFoundError, ioReason } from '../errors.js';
+import { BackyError, ConfigError, InputError, NotFoundError } from '../errors.js';
 import { HASH_FUNCTIONS, redactUrl, sqlitePath } from '../config/config.js';
 import type { HashFunction } from '../config/config.js';
-import { mkdirpSync } from '../util/mkdirp.js';
 import { migrationProvider } from './migrations.js';
+import { endClient, endPool } from './pg-end.js';
+import { ReadOnlyStoreError, checkSchemaCurrent } from './read-only.js';
+import { openSqlite } from './sqlite-open.js';
 import type { Database, VersionStatus } from './schema.js';
 
 export type { VersionStatus };
@@ -95,6 +95,23 @@ export class MetaDatabaseError extends BackyError {
   }
 }
 
+/** The `query_timeout` URL parameter of a PostgreSQL engine in ms (default 60 s). */
+export function queryTimeoutMs(engine: string): number {
+  let value: string | null = null;
+  try {
+    value = new URL(engine).searchParams.get('query_timeout');
+  } catch {
+    // not a parseable URL: pg reports it when connecting
+  }
+  if (value === null) return 60_000;
+  if (!/^\d{1,9}$/.test(value) || Number(value) < 1) {
+    throw new ConfigError(
+      `query_timeout in the engine URL must be a whole number of milliseconds (at least 1), got '${value}'`,
+    );
+  }
+  return Number(value);
+}
+
 /** Wraps a pg error: names the database (password redacted) and never repeats the password. */
 function pgError(err: unknown, engine: string): unknown {
   if (err instanceof BackyError) return err;
@@ -109,14 +126,22 @@ function pgError(err: unknown, engine: string): unknown {
     // not a parseable URL: redactUrl below is all there is
   }
   for (const p of passwords) if (p) msg = msg.split(p).join('***');
-  const what = /ECONNREFUSED|ENOTFOUND|EHOSTUNREACH|ETIMEDOUT|timeout expired/i.test(msg)
+  if (/Query read timeout/i.test(msg)) {
+    const s = queryTimeoutMs(engine) / 1000;
+    return new MetaDatabaseError(
+      `metadata database ${redactUrl(engine)} did not answer within ${s} s (query_timeout): the server is stalled or unreachable`,
+      'ETIMEDOUT',
+      err,
+    );
+  }
+  const what = /ECONNREFUSED|ENOTFOUND|EHOSTUNREACH|ETIMEDOUT|timeout expired|timeout exceeded/i.test(msg)
     ? 'cannot reach metadata database'
     : 'metadata database';
   return new MetaDatabaseError(`${what} ${redactUrl(engine)}: ${redactUrl(msg)}`, e?.code, err);
 }
 
 /** A pg.Pool as Kysely sees it, with every error passed through pgError. */
-function wrapPool(pool: pg.Pool, engine: string): PostgresPool {
+function wrapPool(pool: pg.Pool, engine: string, clients: Set<pg.PoolClient>, endMs: number): PostgresPool {
   return {
     async connect() {
       let client: pg.PoolClient;
@@ -125,20 +150,23 @@ function wrapPool(pool: pg.Pool, engine: string): PostgresPool {
       } catch (err) {
         throw pgError(err, engine);
       }
+      // A query that timed out is still on the wire: this connection is not reused.
+      let timedOut = false;
       const wrapped = {
         query(...args: unknown[]) {
           const r = (client.query as (...a: unknown[]) => unknown)(...args);
           return r instanceof Promise
             ? r.catch((err: unknown) => {
+                if (/Query read timeout/.test((err as Error)?.message ?? '')) timedOut = true;
                 throw pgError(err, engine);
               })
             : r;
         },
-        release: (destroy?: boolean) => client.release(destroy),
+        release: (destroy?: boolean) => client.release(timedOut || destroy),
       };
       return wrapped as unknown as PostgresPoolClient;
     },
-    end: () => pool.end(),
+    end: () => endPool(pool, clients, endMs),
   };
 }
 
@@ -159,6 +187,7 @@ export class MetaStore {
   readonly dialect: 'sqlite' | 'postgres';
   readonly url: string;
   #hashFunction: HashFunction = 'blake3';
+  #readOnly = false;
   /** PostgreSQL: the connection holding each lease's advisory lock, by lease id. */
   readonly #leaseClients = new Map<string, pg.Client>();
 
@@ -171,43 +200,40 @@ export class MetaStore {
   /** Opens (creating and migrating as needed) the metadata database named by an engine URL. */
   static async open(engine: string, opts: { hashFunction?: HashFunction } = {}): Promise<MetaStore> {
     let store: MetaStore;
+    let readOnly = false;
     if (engine.startsWith('sqlite:///')) {
-      const path = resolve(sqlitePath(engine));
-      try {
-        mkdirpSync(dirname(path), 0o700);
-        closeSync(openSync(path, 'a', 0o600));
-      } catch (err) {
-        throw new BackyError(`cannot create metadata database ${path}: ${ioReason(err)}`);
-      }
-      let sqlite: SQLite.Database;
-      try {
-        sqlite = new SQLite(path, { timeout: 60_000 });
-        sqlite.pragma('journal_mode = WAL');
-        // WAL + NORMAL: consistent after any crash; a power loss may drop the last commits, which
-        // leaves the running version incomplete (never wrongly valid). Objects are fsynced themselves.
-        sqlite.pragma('synchronous = NORMAL');
-        sqlite.pragma('foreign_keys = ON');
-      } catch (err) {
-        throw new BackyError(`cannot open metadata database ${path}: ${(err as Error).message}`);
-      }
+      const opened = openSqlite(resolve(sqlitePath(engine)));
+      readOnly = opened.readOnly;
       store = new MetaStore(
-        new Kysely<Database>({ dialect: new SqliteDialect({ database: sqlite }) }),
+        new Kysely<Database>({ dialect: new SqliteDialect({ database: opened.sqlite }) }),
         'sqlite',
         engine,
       );
     } else if (/^postgres(ql)?:\/\//.test(engine)) {
+      // A stalled server (frozen, or a network that drops packets) answers nothing, and without
+      // a client-side bound a command would wait for ever: every query and connection attempt
+      // is bounded by query_timeout (ms; URL parameter, default 60 s), and fails naming it.
+      const timeout = queryTimeoutMs(engine);
       const pool = new (await loadPg()).Pool({
         connectionString: engine,
         max: 4,
-        connectionTimeoutMillis: 60_000,
+        connectionTimeoutMillis: timeout,
+        query_timeout: timeout,
       });
       // A lost connection surfaces as the failure of the query that needs it, never as an
       // 'error' event nobody listens to (which would crash the process): the pool handles idle
       // clients' errors, this handler those of clients in use.
       pool.on('error', () => {});
-      pool.on('connect', (client) => client.on('error', () => {}));
+      const clients = new Set<pg.PoolClient>();
+      pool.on('connect', (client) => {
+        client.on('error', () => {});
+        clients.add(client);
+      });
+      pool.on('remove', (client) => clients.delete(client));
       store = new MetaStore(
-        new Kysely<Database>({ dialect: new PostgresDialect({ pool: wrapPool(pool, engine) }) }),
+        new Kysely<Database>({
+          dialect: new PostgresDialect({ pool: wrapPool(pool, engine, clients, Math.min(timeout, 5000)) }),
+        }),
         'postgres',
         engine,
       );
@@ -215,8 +241,14 @@ export class MetaStore {
       throw new ConfigError(`unsupported metadata engine '${redactUrl(engine)}'`);
     }
     try {
-      await store.#migrate();
-      await store.#loadSettings(opts.hashFunction);
+      if (readOnly) {
+        store.#readOnly = true;
+        await checkSchemaCurrent(store.#db, sqlitePath(engine));
+        await store.#readSettings(opts.hashFunction);
+      } else {
+        await store.#migrate();
+        await store.#loadSettings(opts.hashFunction);
+      }
     } catch (err) {
       await store.close().catch(() => {});
       if (err instanceof BackyError) throw err;
@@ -234,10 +266,26 @@ export class MetaStore {
     return this.#hashFunction;
   }
 
+  /**
+   * True when the database was opened read-only (a store on read-only media, or a file this
+   * user cannot write): nothing can be recorded. Commands that must write refuse up front
+   * (requireWritable); readers (restore, scrub, export) report damage without marking it and
+   * take no lease, which they could not write: nothing can remove a version from a read-only
+   * database under them anyway.
+   */
+  get readOnly(): boolean {
+    return this.#readOnly;
+  }
+
+  /** Throws, naming the store, when the database is read-only and `what` must write to it. */
+  requireWritable(what: string): void {
+    if (this.#readOnly) throw new ReadOnlyStoreError(sqlitePath(this.url), what);
+  }
+
   async close(): Promise<void> {
     for (const [id, client] of this.#leaseClients) {
       this.#leaseClients.delete(id);
-      await client.end().catch(() => {});
+      await endClient(client, Math.min(queryTimeoutMs(this.url), 5000));
     }
     await this.#db.destroy();
   }
@@ -256,6 +304,28 @@ export class MetaStore {
         continue;
       }
       throw error;
+    }
+  }
+
+  /** The settings of a read-only database: nothing to create, only to check. */
+  async #readSettings(wanted: HashFunction | undefined): Promise<void> {
+    const row = await this.#db
+      .selectFrom('settings')
+      .select('value')
+      .where('key', '=', 'hash_function')
+      .executeTakeFirst();
+    this.#checkHashFunction(row?.value ?? 'blake3', wanted);
+  }
+
+  #checkHashFunction(value: string, wanted: HashFunction | undefined): void {
+    if (!HASH_FUNCTIONS.includes(value as HashFunction)) {
+      throw new BackyError(`metadata database records unknown hash function '${value}'`);
+    }
+    this.#hashFunction = value as HashFunction;
+    if (wanted && wanted !== this.#hashFunction) {
+      throw new ConfigError(
+        `[DEFAULTS] hash_function is '${wanted}' but this store was created with '${this.#hashFunction}'; remove the key or use a new store`,
+      );
     }
   }
 
@@ -283,15 +353,7 @@ export class MetaStore {
         if (stored.value === this.#hashFunction) return;
         row = stored;
       }
-      if (!HASH_FUNCTIONS.includes(row.value as HashFunction)) {
-        throw new BackyError(`metadata database records unknown hash function '${row.value}'`);
-      }
-      this.#hashFunction = row.value as HashFunction;
-      if (wanted && wanted !== this.#hashFunction) {
-        throw new ConfigError(
-          `[DEFAULTS] hash_function is '${wanted}' but this store was created with '${this.#hashFunction}'; remove the key or use a new store`,
-        );
-      }
+      this.#checkHashFunction(row.value, wanted);
     });
   }
 
@@ -1054,7 +1116,12 @@ export class MetaStore {
    */
   async #holdLeaseLock(id: string): Promise<void> {
     if (this.dialect !== 'postgres') return;
-    const client = new (await loadPg()).Client({ connectionString: this.url });
+    const timeout = queryTimeoutMs(this.url);
+    const client = new (await loadPg()).Client({
+      connectionString: this.url,
+      connectionTimeoutMillis: timeout,
+      query_timeout: timeout,
+    });
     client.on('error', () => {}); // a lost session shows up on the next statement or not at all
     try {
       await client.connect();
@@ -1078,7 +1145,7 @@ export class MetaStore {
   async #dropLeaseLock(id: string): Promise<void> {
     const client = this.#leaseClients.get(id);
     this.#leaseClients.delete(id);
-    await client?.end().catch(() => {});
+    if (client) await endClient(client, Math.min(queryTimeoutMs(this.url), 5000));
   }
 
   /**

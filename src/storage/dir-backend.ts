@@ -31,6 +31,42 @@ export class DirBackend implements StorageBackend {
     return this.#root;
   }
 
+  /** Creates the data directory (and its parents) if missing. */
+  async createRoot(): Promise<void> {
+    try {
+      await mkdirp(this.#root, 0o700);
+    } catch (err) {
+      throw new BackyError(`cannot create data directory ${this.#root}: ${ioReason(err)}`, { cause: err });
+    }
+  }
+
+  /**
+   * Throws an I/O error unless the data directory exists and is a directory. An unmounted or
+   * deleted data directory makes every object look missing; taken for missing blocks, that
+   * would mark every version invalid.
+   */
+  async checkRoot(): Promise<void> {
+    let st;
+    try {
+      st = await stat(this.#root);
+    } catch (err) {
+      const why =
+        (err as NodeJS.ErrnoException).code === 'ENOENT'
+          ? 'does not exist (not mounted, or moved?)'
+          : `cannot be read: ${ioReason(err)}`;
+      throw new BackyError(`data directory ${this.#root} ${why}; nothing was marked invalid`, { cause: err });
+    }
+    if (!st.isDirectory()) {
+      throw new BackyError(`data directory ${this.#root} is not a directory; nothing was marked invalid`);
+    }
+  }
+
+  /** A missing object only counts as missing while the data directory itself is there. */
+  async #missing(key: string): Promise<MissingBlockError> {
+    await this.checkRoot();
+    return new MissingBlockError(key);
+  }
+
   #dir(key: string): string {
     if (!KEY_RE.test(key)) throw new Error(`invalid object key '${key}'`);
     return join(this.#root, key.slice(0, 2), key.slice(2, 4));
@@ -107,7 +143,7 @@ export class DirBackend implements StorageBackend {
     try {
       return await readFile(this.path(key));
     } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'ENOENT') throw new MissingBlockError(key);
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') throw await this.#missing(key);
       throw new BackyError(`cannot read block ${key} from ${this.#root}: ${ioReason(err)}`, { cause: err });
     }
   }
@@ -117,7 +153,7 @@ export class DirBackend implements StorageBackend {
     try {
       fh = await open(this.path(key), constants.O_RDONLY);
     } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'ENOENT') throw new MissingBlockError(key);
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') throw await this.#missing(key);
       throw err;
     }
     try {

@@ -3,7 +3,7 @@
  * or stdout ('-', sequential, zeros written out since a pipe cannot be sparse).
  */
 import { constants } from 'node:fs';
-import { open, realpath, stat } from 'node:fs/promises';
+import { open, readlink, realpath, stat } from 'node:fs/promises';
 import { basename, dirname, join, resolve, sep } from 'node:path';
 import type { FileHandle } from 'node:fs/promises';
 import type { Stats } from 'node:fs';
@@ -71,7 +71,11 @@ async function canonical(path: string): Promise<string> {
   }
 }
 
-export async function openTarget(path: string, size: number, opts: { force: boolean }): Promise<Target> {
+export async function openTarget(
+  path: string,
+  size: number,
+  opts: { force: boolean; store?: { dataDir: string; dbPath?: string } },
+): Promise<Target> {
   if (path === '-') return new StdoutTarget();
   let st: Stats | undefined;
   try {
@@ -84,6 +88,14 @@ export async function openTarget(path: string, size: number, opts: { force: bool
   let flags: number;
   let kind: 'file' | 'device';
   if (!st) {
+    const link = await readlink(path).catch(() => undefined);
+    if (link !== undefined) {
+      // GNU cp's choice: creating a file wherever a dangling link points is how a restore
+      // would land somewhere unexpected (or in a file that appears there later).
+      throw new InputError(
+        `restore target ${path} is a symlink to ${link}, which does not exist; backy does not write through dangling symlinks: name the file itself`,
+      );
+    }
     flags = constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL;
     kind = 'file';
   } else if (st.isDirectory()) {
@@ -97,7 +109,8 @@ export async function openTarget(path: string, size: number, opts: { force: bool
     kind = 'device';
   } else if (st.isFile()) {
     if (!opts.force) throw new InputError(`restore target ${path} exists; use --force to overwrite it`);
-    flags = constants.O_WRONLY | constants.O_TRUNC;
+    // Truncated only after the opened file is checked below: never a store file, even briefly.
+    flags = constants.O_WRONLY;
     kind = 'file';
   } else {
     throw new InputError(`restore target ${path} is neither a regular file nor a block device`);
@@ -106,9 +119,55 @@ export async function openTarget(path: string, size: number, opts: { force: bool
   try {
     fh = await open(path, flags, 0o600);
   } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === 'EEXIST') {
+      throw new InputError(
+        `restore target ${path} appeared while backy was opening it; run the restore again`,
+      );
+    }
     throw new InputError(`cannot open restore target ${path}: ${ioReason(err)}`);
   }
+  try {
+    if (opts.store) await checkOpenedOutsideStore(fh, path, opts.store);
+    if (st?.isFile()) await fh.truncate(0);
+  } catch (err) {
+    await fh.close().catch(() => {});
+    if (err instanceof BackyError) throw err;
+    throw new InputError(`cannot use restore target ${path}: ${ioReason(err)}`);
+  }
   return new FileTarget(path, fh, size, kind, !st);
+}
+
+/**
+ * The same check as checkTargetOutsideStore, on the file actually opened: its device and
+ * inode against whatever database files exist now (SQLite creates -wal and -shm when the
+ * database is opened, after a check by path could run), and its real path (as the kernel
+ * names the open file) against the data directory.
+ */
+async function checkOpenedOutsideStore(
+  fh: FileHandle,
+  path: string,
+  store: { dataDir: string; dbPath?: string },
+): Promise<void> {
+  const st = await fh.stat();
+  for (const suffix of store.dbPath === undefined ? [] : ['', '-wal', '-shm', '-journal']) {
+    const db = store.dbPath + suffix;
+    const dbSt = await stat(db).catch(() => undefined);
+    if (dbSt && dbSt.dev === st.dev && dbSt.ino === st.ino) {
+      throw new InputError(
+        `restore target ${path} is backy's metadata database ${db}; choose a file outside the store`,
+      );
+    }
+  }
+  const real = await readlink(`/proc/self/fd/${fh.fd}`).catch(() => undefined);
+  if (real !== undefined && real.startsWith('/')) {
+    const dataDir = await canonical(store.dataDir);
+    if (real === dataDir || real.startsWith(dataDir.endsWith(sep) ? dataDir : dataDir + sep)) {
+      throw new InputError(
+        `restore target ${path} is inside backy's data directory ${store.dataDir}; choose a file outside the store`,
+      );
+    }
+  }
 }
 
 /**

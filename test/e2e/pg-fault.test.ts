@@ -9,8 +9,9 @@
  * server stops (a file source would make this a race with the backup's speed).
  */
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import { copyFile } from 'node:fs/promises';
+import { execFileSync, spawn } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import { copyFile, writeFile } from 'node:fs/promises';
 import { after, before, describe, it } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { BIN, Sandbox, assertSameBytes, parseLsMachine } from '../lib/cli.js';
@@ -112,3 +113,113 @@ describe('PostgreSQL goes away during a backup', { skip: pgSkipReason({ ownClust
     }
   });
 });
+
+/** The postmaster and every backend of a cluster: SIGSTOP on all of them freezes the server. */
+function serverPids(cluster: PgCluster): number[] {
+  const postmaster = Number(readFileSync(`${cluster.dir}/data/postmaster.pid`, 'utf8').split('\n')[0]);
+  const children = execFileSync('ps', ['-o', 'pid=', '--ppid', String(postmaster)], { encoding: 'utf8' })
+    .split('\n')
+    .map((l) => Number(l.trim()))
+    .filter((n) => n > 0);
+  return [postmaster, ...children];
+}
+
+/** Signals a process that may have exited since it was listed (a closing backend). */
+function signal(pid: number, sig: NodeJS.Signals): void {
+  try {
+    process.kill(pid, sig);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ESRCH') throw err;
+  }
+}
+
+function thaw(pids: number[]): void {
+  for (const pid of pids) signal(pid, 'SIGCONT');
+}
+
+describe(
+  'a frozen PostgreSQL server (SIGSTOP) during a backup',
+  { skip: pgSkipReason({ ownCluster: true }) },
+  () => {
+    let cluster: PgCluster;
+    let engine: string;
+    let sb: Sandbox;
+    let frozen: number[] = [];
+    before(async () => {
+      cluster = await startCluster();
+      engine = await createDatabase(cluster.url, 'backy_frozen');
+      sb = await Sandbox.create({ defaults: `block_size = ${BS}`, engine });
+    });
+    after(async () => {
+      thaw(frozen);
+      await sb?.remove();
+      await cluster?.stop();
+    });
+
+    it('fails within the query timeout with one line naming the server; works again once it thaws', async () => {
+      const img = sb.path('disk.img');
+      await writeImage(img, { blocks: 12, blockSize: BS, kinds: mixedKind });
+      const uid1 = await sb.backup([img, 'vm@1']);
+      // A short timeout for this test, through the engine URL as a user would set it.
+      const cfg = sb.path('frozen.cfg');
+      const shortEngine = `${engine}${engine.includes('?') ? '&' : '?'}query_timeout=1500`;
+      await writeFile(
+        cfg,
+        `[DEFAULTS]\nblock_size = ${BS}\n[MetaBackend]\nengine = ${shortEngine}\n[DataBackend]\ntype = file\npath = ${sb.dataDir}\n`,
+      );
+      const child = spawn(process.execPath, [BIN, '-c', cfg, 'backup', '-', 'vm@frozen'], {
+        cwd: sb.dir,
+        stdio: ['pipe', 'pipe', 'pipe'],
+      });
+      let stderr = '';
+      child.stderr.on('data', (b: Buffer) => (stderr += b.toString()));
+      child.stdin.on('error', () => {});
+      const exited = new Promise<number | null>((resolve) => child.on('close', (code) => resolve(code)));
+      const guard = setTimeout(() => child.kill('SIGKILL'), 30_000);
+      try {
+        child.stdin.write(randomBytesSeeded('frozen-a', 4 * BS));
+        const meta = await MetaStore.open(engine);
+        try {
+          let started = false;
+          for (let i = 0; i < 200 && !started; i++) {
+            const v = (await meta.listVersions({ name: 'vm@frozen' }))[0];
+            if (v && (await meta.leases()).some((l) => l.versionUid === v.uid)) started = true;
+            else await sleep(50);
+          }
+          assert.ok(started, `the backup never started:\n${stderr}`);
+        } finally {
+          await meta.close();
+        }
+        frozen = serverPids(cluster);
+        for (const pid of frozen) signal(pid, 'SIGSTOP');
+        const t0 = Date.now();
+        child.stdin.end(randomBytesSeeded('frozen-b', 6 * BS));
+        const code = await exited;
+        const seconds = (Date.now() - t0) / 1000;
+        assert.equal(code, 1, stderr);
+        assert.ok(seconds < 20, `failed after ${seconds} s, not within the query timeout`);
+        const errors = stderr.split('\n').filter((l) => l.includes('ERROR:'));
+        assert.equal(errors.length, 1, stderr);
+        assert.match(
+          errors[0],
+          /metadata database postgresql:\/\/postgres:\*\*\*@127\.0\.0\.1:\d+\/backy_frozen_\w+\?query_timeout=1500 did not answer within 1\.5 s/,
+        );
+        assert.doesNotMatch(stderr, /^\s+at /m, 'no stack trace');
+        assert.ok(!stderr.includes(new URL(cluster.url).password), 'no password');
+        console.log(`# frozen server: backup failed after ${seconds.toFixed(1)} s: ${errors[0].trim()}`);
+      } finally {
+        clearTimeout(guard);
+        child.kill('SIGKILL');
+        thaw(frozen);
+        frozen = [];
+      }
+      const out1 = sb.path('v1.out');
+      await sb.ok(['restore', uid1, out1]);
+      await assertSameBytes(img, out1);
+      const uid2 = await sb.backup([img, 'vm@2']);
+      const out2 = sb.path('v2.out');
+      await sb.ok(['restore', uid2, out2]);
+      await assertSameBytes(img, out2);
+    });
+  },
+);

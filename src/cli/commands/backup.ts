@@ -158,8 +158,8 @@ async function backupFromSource(
   hints: HintSource | undefined,
   opts: BackupCliOptions,
 ) {
-  const meta = await ctx.meta();
-  const store = await ctx.store();
+  const meta = await ctx.meta({ write: 'backup' });
+  const store = await ctx.store({ root: 'create' });
   const source = await openSource(sourcePath);
   let created: Version | undefined;
   try {
@@ -320,8 +320,8 @@ async function exportDiffBackup(ctx: Context, file: string, name: string, opts: 
     inputName = file;
   }
   try {
-    const meta = await ctx.meta();
-    const store = await ctx.store();
+    const meta = await ctx.meta({ write: 'backup' });
+    const store = await ctx.store({ root: 'create' });
     const { version, stats } = await backupExportDiff({
       meta,
       store,

@@ -4,8 +4,8 @@ import type { Context } from '../context.js';
 import { formatBytes, progressBar } from '../render.js';
 
 export async function cleanupCommand(ctx: Context, opts: { dryRun?: boolean }) {
-  const meta = await ctx.meta();
-  const store = await ctx.store();
+  const meta = await ctx.meta({ write: 'cleanup' });
+  const store = await ctx.store({ root: 'any' });
   const dryRun = Boolean(opts.dryRun);
   let r;
   try {

@@ -4,7 +4,7 @@ import type { Context } from '../context.js';
 import { progressBar } from '../render.js';
 
 export async function importCommand(ctx: Context, file: string) {
-  const meta = await ctx.meta();
+  const meta = await ctx.meta({ write: 'import' });
   const store = await ctx.store();
   let r;
   try {

@@ -1,5 +1,5 @@
 import { restore } from '../../core/restore.js';
-import { IntegrityError, InterruptedError } from '../../errors.js';
+import { InputError, IntegrityError, InterruptedError } from '../../errors.js';
 import { unlink } from 'node:fs/promises';
 import { checkTargetOutsideStore, openTarget } from '../../target/target.js';
 import { sqlitePath } from '../../config/config.js';
@@ -15,16 +15,28 @@ export async function restoreCommand(
   opts: { sparse?: boolean; force?: boolean },
 ) {
   const uid = parseUid(uidArg);
-  await checkTargetOutsideStore(targetPath, storePaths(ctx));
+  const paths = storePaths(ctx);
+  await checkTargetOutsideStore(targetPath, paths);
   const meta = await ctx.meta();
-  const store = await ctx.store();
   const version = await meta.getVersion(uid);
+  if (version.status === 'incomplete') {
+    // Its recorded size and block list may be anything a running or crashed backup left (a
+    // stdin backup records its size only at the end): never written out as if it were whole.
+    throw new InputError(
+      `version ${uid} is incomplete (its backup is running or crashed) and cannot be restored; restore a valid version, or remove it with 'backy rm'`,
+    );
+  }
+  const store = await ctx.store();
   if (version.status !== 'valid') {
     ctx.log.warn(
       `version ${uid} is ${version.status}; restoring what is there (damaged or missing blocks are written as zeros)`,
     );
   }
-  const target = await openTarget(targetPath, version.sizeBytes, { force: Boolean(opts.force) });
+  // Checked again on the opened file: the database's -wal/-shm may exist only now.
+  const target = await openTarget(targetPath, version.sizeBytes, {
+    force: Boolean(opts.force),
+    store: paths,
+  });
   let result;
   try {
     result = await restore({
@@ -32,7 +44,10 @@ export async function restoreCommand(
       store,
       version,
       target,
-      sparse: Boolean(opts.sparse),
+      // A file this restore created reads back zeros where nothing is written: zero blocks stay
+      // holes without -s (devices and existing files are written in full unless -s).
+      sparse: Boolean(opts.sparse) || target.created,
+      record: !meta.readOnly,
       progress: progressBar(ctx.log),
       signal: ctx.signal,
     });
@@ -68,8 +83,11 @@ export async function restoreCommand(
       `${result.blocksWritten} blocks written, ${result.blocksSkipped} zero blocks skipped`,
   );
   if (result.bad.length > 0) {
+    const recorded = meta.readOnly
+      ? `the metadata database is read-only, so this could not be recorded (the version still shows as ${version.status})`
+      : `the version is marked ${(await meta.getVersion(uid).catch(() => version)).status}`;
     throw new IntegrityError(
-      `restore of ${uid} finished with ${result.bad.length} missing or damaged blocks written as zeros; the version is marked invalid`,
+      `restore of ${uid} finished with ${result.bad.length} missing or damaged blocks written as zeros; ${recorded}`,
     );
   }
 }

@@ -4,7 +4,7 @@ import { parseUid } from '../context.js';
 
 export async function rmCommand(ctx: Context, uidArg: string, opts: { force?: boolean }) {
   const uid = parseUid(uidArg);
-  const meta = await ctx.meta();
+  const meta = await ctx.meta({ write: 'rm' });
   const version = await meta.getVersion(uid);
   const running = [];
   for (const l of await meta.leases()) {

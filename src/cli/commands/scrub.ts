@@ -48,6 +48,7 @@ export async function scrubCommand(
       version,
       percent,
       source,
+      record: !meta.readOnly,
       progress: progressBar(ctx.log),
       signal: ctx.signal,
     });
@@ -84,7 +85,10 @@ export async function scrubCommand(
   }
   if (result.bad > 0) {
     throw new IntegrityError(
-      `scrub of ${uid} found ${result.bad} damaged or missing blocks; ${result.versionsAffected.length} versions marked invalid`,
+      `scrub of ${uid} found ${result.bad} damaged or missing blocks; ` +
+        (meta.readOnly
+          ? 'the metadata database is read-only, so nothing could be marked invalid'
+          : `${result.versionsAffected.length} versions marked invalid`),
     );
   }
   if (result.differing > 0) {
