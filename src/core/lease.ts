@@ -1,4 +1,4 @@
-import type { MetaStore } from '../meta/meta-store.js';
+import type { Lease, MetaStore, Version } from '../meta/meta-store.js';
 
 const HEARTBEAT_MS = 30_000;
 
@@ -10,4 +10,66 @@ export function keepLeaseAlive(meta: MetaStore, leaseId: string): () => void {
   const timer = setInterval(() => void meta.heartbeat(leaseId).catch(() => {}), HEARTBEAT_MS);
   timer.unref();
   return () => clearInterval(timer);
+}
+
+/** A lease held with its heartbeat; release() ends both and never throws. */
+export interface Hold {
+  lease: Lease;
+  release(): Promise<void>;
+}
+
+/** What holds a version, as rm names it: "a restore", "a backup as its base". */
+const HOLDERS: Record<string, string> = {
+  backup: 'a backup',
+  base: 'a backup as its base',
+  restore: 'a restore',
+  scrub: 'a scrub',
+  export: 'an export',
+  import: 'an import',
+  recover: 'a recover',
+  nbd: 'an NBD export',
+};
+
+export function holderName(kind: string): string {
+  return HOLDERS[kind] ?? `a ${kind}`;
+}
+
+/**
+ * Takes a lease of `kind` (naming `versionUid`, or no version) and keeps it alive. A lease
+ * naming no version keeps nothing by itself except unrecorded files (cleanup sweeps them only
+ * while no lease exists); an import's kind keeps every object (ANY_OBJECT_LEASE_KINDS).
+ */
+export async function hold(meta: MetaStore, kind: string, versionUid: string | null): Promise<Hold> {
+  const lease = await meta.acquireLease(kind, versionUid);
+  const stop = keepLeaseAlive(meta, lease.id);
+  let released = false;
+  return {
+    lease,
+    async release() {
+      if (released) return;
+      released = true;
+      stop();
+      await meta.releaseLease(lease.id).catch(() => {});
+    },
+  };
+}
+
+/**
+ * Holds version `uid` for a reader (restore, scrub, export, the base of a backup): rm refuses
+ * it without --force, and if it is removed anyway, cleanup deletes no object while the lease
+ * lives. The version is looked up after the lease exists: rm checks leases and removes in one
+ * transaction, so either it saw this lease or the version is gone now (NotFoundError).
+ */
+export async function holdVersion(
+  meta: MetaStore,
+  uid: string,
+  kind: string,
+): Promise<Hold & { version: Version }> {
+  const h = await hold(meta, kind, uid);
+  try {
+    return { ...h, version: await meta.getVersion(uid) };
+  } catch (err) {
+    await h.release();
+    throw err;
+  }
 }

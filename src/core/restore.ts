@@ -6,9 +6,12 @@
  * workers when the store has one) and, for a positional target (file, block device), written
  * at their offsets at once; stdout gets them in order. Each block lives in one buffer of a
  * fixed BufferPool, so memory is that many block buffers plus one page of the block list.
+ * The caller holds the version (core/lease.ts holdVersion): if it is removed anyway (rm
+ * --force), the block list has gaps from then on, and the restore fails saying so instead of
+ * marking anything invalid.
  */
 import { blockCount, blockLength, zeros } from '../blocks/blocks.js';
-import { CorruptBlockError, MissingBlockError } from '../errors.js';
+import { CorruptBlockError, MissingBlockError, VersionRemovedError } from '../errors.js';
 import type { BlockRow, MetaStore, Version } from '../meta/meta-store.js';
 import { HEADER_SIZE } from '../storage/block-store.js';
 import type { BlockStore } from '../storage/block-store.js';
@@ -100,6 +103,12 @@ export async function restore(opts: {
     const marked = new Set<string>();
     for await (const r of fetched) {
       if (r.bad) {
+        // rm --force took the block list away: nothing is damaged, the version is just gone.
+        if (!(await meta.findVersion(version.uid))) {
+          throw new VersionRemovedError(
+            `version ${version.uid} was removed while being restored; the target is incomplete`,
+          );
+        }
         result.bad.push(r.bad);
         if (r.bad.checksum && !marked.has(r.bad.checksum)) {
           marked.add(r.bad.checksum);

@@ -14,9 +14,12 @@
  * (verification hashes on the store's HashPool workers), one page of the block list, one byte
  * per block for the pick map and the set of distinct checksums already verified in this run
  * (read once each).
+ *
+ * The caller holds the version (core/lease.ts holdVersion). If it is removed anyway (rm
+ * --force), its block list has gaps from then on: the scrub fails saying so and takes no gap for damage.
  */
 import { blockCount, blockLength, isZero } from '../blocks/blocks.js';
-import { CorruptBlockError, InputError, MissingBlockError } from '../errors.js';
+import { CorruptBlockError, InputError, MissingBlockError, VersionRemovedError } from '../errors.js';
 import type { BlockRow, MetaStore, Version } from '../meta/meta-store.js';
 import type { RandomSource } from '../source/source.js';
 import { HEADER_SIZE } from '../storage/block-store.js';
@@ -169,6 +172,10 @@ export async function scrub(opts: ScrubOptions): Promise<ScrubResult> {
     for await (const r of checked) {
       result.checked++;
       progress.advance(r.length);
+      if (r.damage !== undefined && !(await meta.findVersion(version.uid))) {
+        // rm --force took the block list away: a gap that is no damage.
+        throw new VersionRemovedError(`version ${version.uid} was removed while being scrubbed`);
+      }
       if (r.damage !== undefined) {
         result.bad++;
         note({ idx: r.idx, checksum: r.row?.checksum ?? null, kind: 'damaged', reason: r.damage });

@@ -1,3 +1,4 @@
+import { holdVersion } from '../../core/lease.js';
 import { restore } from '../../core/restore.js';
 import { IntegrityError } from '../../errors.js';
 import { checkTargetOutsideStore, openTarget } from '../../target/target.js';
@@ -17,31 +18,39 @@ export async function restoreCommand(
   await checkTargetOutsideStore(targetPath, storePaths(ctx));
   const meta = await ctx.meta();
   const store = await ctx.store();
-  const version = await meta.getVersion(uid);
-  if (version.status !== 'valid') {
-    ctx.log.warn(
-      `version ${uid} is ${version.status}; restoring what is there (damaged or missing blocks are written as zeros)`,
-    );
-  }
-  const target = await openTarget(targetPath, version.sizeBytes, { force: Boolean(opts.force) });
+  const held = await holdVersion(meta, uid, 'restore');
   let result;
+  let targetName = targetPath;
   try {
-    result = await restore({
-      meta,
-      store,
-      version,
-      target,
-      sparse: Boolean(opts.sparse),
-      progress: progressBar(ctx.log),
-    });
+    const { version } = held;
+    if (version.status !== 'valid') {
+      ctx.log.warn(
+        `version ${uid} is ${version.status}; restoring what is there (damaged or missing blocks are written as zeros)`,
+      );
+    }
+    const target = await openTarget(targetPath, version.sizeBytes, { force: Boolean(opts.force) });
+    targetName = target.name;
+    try {
+      result = await restore({
+        meta,
+        store,
+        version,
+        target,
+        sparse: Boolean(opts.sparse),
+        progress: progressBar(ctx.log),
+      });
+    } finally {
+      await target.close().catch(() => {});
+    }
   } finally {
-    await target.close().catch(() => {});
+    await held.release();
   }
+  const { version } = held;
   for (const bad of result.bad.slice(0, 20))
     ctx.log.error(`block ${bad.idx}: ${bad.reason}; written as zeros`);
   if (result.bad.length > 20) ctx.log.error(`... and ${result.bad.length - 20} more bad blocks`);
   ctx.log.info(
-    `Restored ${version.name} (${uid}, ${formatBytes(version.sizeBytes)}) to ${target.name}: ` +
+    `Restored ${version.name} (${uid}, ${formatBytes(version.sizeBytes)}) to ${targetName}: ` +
       `${result.blocksWritten} blocks written, ${result.blocksSkipped} zero blocks skipped`,
   );
   if (result.bad.length > 0) {
