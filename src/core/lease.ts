@@ -1,3 +1,4 @@
+import { VersionRemovedError } from '../errors.js';
 import type { Lease, MetaStore, Version } from '../meta/meta-store.js';
 
 const HEARTBEAT_MS = 30_000;
@@ -72,4 +73,34 @@ export async function holdVersion(
     await h.release();
     throw err;
   }
+}
+
+/** Block indices per removal check: a page of the block list. */
+const CHECK_WINDOW = 1000;
+
+/**
+ * Tells a reader's gaps in a block list from the removal of its version (rm --force deletes
+ * the whole list at once, so every later page is empty). `atBad` looks the version up at the
+ * first bad block of each window of CHECK_WINDOW indices, `atEnd` once more: a heavily damaged
+ * or incomplete version costs one query per window, not one per block. Both throw
+ * VersionRemovedError with `message` once the version is gone.
+ */
+export function removalCheck(
+  meta: MetaStore,
+  uid: string,
+  message: string,
+): { atBad(idx: number): Promise<void>; atEnd(): Promise<void> } {
+  let checked = -1;
+  const atEnd = async () => {
+    if (!(await meta.findVersion(uid))) throw new VersionRemovedError(message);
+  };
+  return {
+    async atBad(idx) {
+      const window = Math.floor(idx / CHECK_WINDOW);
+      if (window === checked) return;
+      checked = window;
+      await atEnd();
+    },
+    atEnd,
+  };
 }

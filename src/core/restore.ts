@@ -11,13 +11,14 @@
  * marking anything invalid.
  */
 import { blockCount, blockLength, zeros } from '../blocks/blocks.js';
-import { CorruptBlockError, MissingBlockError, VersionRemovedError } from '../errors.js';
+import { CorruptBlockError, MissingBlockError } from '../errors.js';
 import type { BlockRow, MetaStore, Version } from '../meta/meta-store.js';
 import { HEADER_SIZE } from '../storage/block-store.js';
 import type { BlockStore } from '../storage/block-store.js';
 import type { Target } from '../target/target.js';
 import { BufferPool, blocksInFlight } from '../util/buffer-pool.js';
 import { mapOrdered } from '../util/concurrency.js';
+import { removalCheck } from './lease.js';
 import { noProgress } from './progress.js';
 import type { ProgressReporter } from './progress.js';
 
@@ -101,14 +102,15 @@ export async function restore(opts: {
       }
     });
     const marked = new Set<string>();
+    // rm --force took the block list away: nothing is damaged, the version is just gone.
+    const removed = removalCheck(
+      meta,
+      version.uid,
+      `version ${version.uid} was removed while being restored; the target is incomplete`,
+    );
     for await (const r of fetched) {
       if (r.bad) {
-        // rm --force took the block list away: nothing is damaged, the version is just gone.
-        if (!(await meta.findVersion(version.uid))) {
-          throw new VersionRemovedError(
-            `version ${version.uid} was removed while being restored; the target is incomplete`,
-          );
-        }
+        await removed.atBad(r.idx);
         result.bad.push(r.bad);
         if (r.bad.checksum && !marked.has(r.bad.checksum)) {
           marked.add(r.bad.checksum);
@@ -131,6 +133,7 @@ export async function restore(opts: {
       else result.blocksSkipped++;
       progress.advance(r.length);
     }
+    if (result.bad.length > 0) await removed.atEnd();
     await target.finish();
   } finally {
     progress.stop();
