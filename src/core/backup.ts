@@ -9,9 +9,9 @@
  * and nothing is allocated per block.
  *
  * Safety: a version starts incomplete and under a lease (cleanup keeps everything a leased
- * backup stores or references), and a -f base is held by a lease of its own (rm refuses it); an object is durable before any row names it; the version
- * becomes valid in one transaction that checks every block entry is present and backed by a
- * valid object. A crash at any point leaves an incomplete version that is never a base.
+ * backup stores or references), and a -f base under a lease of its own (rm refuses it); an
+ * object is durable before any row names it; the version becomes valid in one transaction
+ * that checks every block entry is present and backed by a valid object. A crash at any point leaves an incomplete version that is never a base.
  */
 import { blockCount, blockLength, isZero } from '../blocks/blocks.js';
 import { InputError, IntegrityError, UsageError } from '../errors.js';

@@ -56,9 +56,9 @@
  *   entries name; while the version exists those entries keep them. rm without --force cannot
  *   remove it while the reader's lease lives. After rm --force the entries are gone, but the
  *   lease still names the removed version, and every delete transaction re-reads the leases
- *   and deletes nothing while such a lease exists; the reader itself stops at the first gap in
- *   the block list ("version ... was removed while being restored") instead of taking it for
- *   damage.
+ *   and deletes nothing while such a lease exists; the reader itself stops within a page of
+ *   the first gap in the block list ("version ... was removed while being restored") instead
+ *   of taking the gaps for damage (core/lease.ts removalCheck).
  * - An import adopts objects only as it reads its file: files without a row get a row with
  *   last_seen = now, recorded rows are touched, both before any block entry names them. A row
  *   that is unreferenced and old when the import starts would still qualify as garbage under

@@ -307,5 +307,16 @@ for (const e of engines) {
       await assertSameBytes(sb.path('ed.expected'), sb.path('ed.restored'));
       assert.ok((await readFile(sb.path('ed.restored'))).equals(expected));
     });
+
+    it('a reader killed with SIGKILL holds nothing: rm works without --force, cleanup drops its lease', async () => {
+      const exp = start(sb.config, sb.dir, ['export', uid, '-']);
+      await waitFor('the export lease', () => hasLease(db, 'export', uid));
+      exp.child.kill('SIGKILL');
+      await exp.done();
+      assert.equal(await hasLease(db, 'export', uid), true, 'its row is left behind');
+      await sb.ok(['rm', uid]);
+      await sb.ok(['cleanup']);
+      assert.equal(await hasLease(db, 'export'), false);
+    });
   });
 }
