@@ -29,6 +29,9 @@ export class InputError extends BackyError {}
 /** A version, uid or file that does not exist. */
 export class NotFoundError extends BackyError {}
 
+/** A version removed (rm --force) while a restore, scrub or export was reading it. */
+export class VersionRemovedError extends BackyError {}
+
 /** Damage found: corrupt or missing blocks. The operation may have completed otherwise. */
 export class IntegrityError extends BackyError {
   override readonly exitCode = EXIT_INTEGRITY;

@@ -30,7 +30,7 @@ import { ExportDiffReader } from '../source/rbd-export-diff.js';
 import type { ExportDiffPiece } from '../source/rbd-export-diff.js';
 import { abortableIterable, mapOrdered } from '../util/concurrency.js';
 import { BlockWriter, READ_AHEAD, completeOrInvalidate, emptyStats } from './backup.js';
-import { keepLeaseAlive } from './lease.js';
+import { holdVersion, keepLeaseAlive } from './lease.js';
 import type { BackupResult, Stored } from './backup.js';
 import { noProgress } from './progress.js';
 import type { ProgressReporter } from './progress.js';
@@ -60,10 +60,21 @@ interface Job {
 }
 
 export async function backupExportDiff(opts: ExportDiffBackupOptions): Promise<BackupResult> {
-  const { meta } = opts;
+  // The base is in use until the backup ends: rm refuses it, cleanup keeps its objects.
+  const held = opts.baseUid !== undefined ? await holdVersion(opts.meta, opts.baseUid, 'base') : undefined;
+  try {
+    return await backupExportDiffOnto(opts, held?.version);
+  } finally {
+    await held?.release();
+  }
+}
+
+async function backupExportDiffOnto(
+  opts: ExportDiffBackupOptions,
+  base: Version | undefined,
+): Promise<BackupResult> {
   const progress = opts.progress ?? noProgress;
   const what = `export-diff ${opts.inputName}`;
-  const base = opts.baseUid !== undefined ? await meta.getVersion(opts.baseUid) : undefined;
   if (base && base.status !== 'valid') {
     throw new InputError(
       `version ${base.uid} is ${base.status} and cannot be the base of a backup; choose a valid version (see 'backy ls')`,

@@ -9,9 +9,9 @@
  * and nothing is allocated per block.
  *
  * Safety: a version starts incomplete and under a lease (cleanup keeps everything a leased
- * backup stores or references); an object is durable before any row names it; the version
- * becomes valid in one transaction that checks every block entry is present and backed by a
- * valid object. A crash at any point leaves an incomplete version that is never a base.
+ * backup stores or references), and a -f base under a lease of its own (rm refuses it); an
+ * object is durable before any row names it; the version becomes valid in one transaction
+ * that checks every block entry is present and backed by a valid object. A crash at any point leaves an incomplete version that is never a base.
  */
 import { blockCount, blockLength, isZero } from '../blocks/blocks.js';
 import { InputError, IntegrityError, UsageError } from '../errors.js';
@@ -26,7 +26,7 @@ import { blocksWithData } from '../blocks/allocation.js';
 import type { Extent } from '../source/extents.js';
 import { planFromHints } from './hint-plan.js';
 import type { HintReader } from './hint-plan.js';
-import { keepLeaseAlive } from './lease.js';
+import { holdVersion, keepLeaseAlive } from './lease.js';
 import { noProgress } from './progress.js';
 import type { ProgressReporter } from './progress.js';
 
@@ -92,9 +92,18 @@ export interface BackupResult {
 }
 
 export async function backup(opts: BackupOptions): Promise<BackupResult> {
+  // The base is in use until the backup ends: rm refuses it, cleanup keeps its objects.
+  const held = opts.baseUid !== undefined ? await holdVersion(opts.meta, opts.baseUid, 'base') : undefined;
+  try {
+    return await backupOnto(opts, held?.version);
+  } finally {
+    await held?.release();
+  }
+}
+
+async function backupOnto(opts: BackupOptions, base: Version | undefined): Promise<BackupResult> {
   const { meta, store, source } = opts;
   const progress = opts.progress ?? noProgress;
-  const base = opts.baseUid !== undefined ? await meta.getVersion(opts.baseUid) : undefined;
   if (base && base.status !== 'valid') {
     throw new InputError(
       `version ${base.uid} is ${base.status} and cannot be the base of a backup; choose a valid version (see 'backy ls')`,

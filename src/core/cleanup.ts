@@ -1,6 +1,13 @@
 /**
- * Cleanup: deletes stored objects that no version references, safely while backups run in
- * other processes or on other hosts sharing the metadata database.
+ * Cleanup: deletes stored objects that no version references, safely while backups, imports
+ * and readers (restore, scrub, export) run in other processes or on other hosts sharing the
+ * metadata database.
+ *
+ * Holders: everything that uses a version holds a lease (core/lease.ts): a backup on its new
+ * version (created in the same transaction) and on its -f base, a restore, scrub or export on
+ * the version it reads, an import from before it reads its input (a lease naming no version)
+ * until its version is recorded. rm refuses a version a live lease names (re-checked in the
+ * transaction that removes it, which keeps new leases out); rm --force removes it anyway.
  *
  * What goes:
  * 1. Lease rows whose process is gone (MetaStore.isLeaseAlive; PostgreSQL: the lease's
@@ -10,12 +17,15 @@
  *    block entries would keep everything they wrote alive forever, and an incomplete version
  *    is never a base.
  * 2. Objects with no block entry and last_seen before the cutoff: the start of the oldest live
- *    lease, or cleanup's own start when none runs.
+ *    lease, or cleanup's own start when none runs. None at all while a lease exists that may
+ *    reference objects no block entry names: an import's or recover's
+ *    (ANY_OBJECT_LEASE_KINDS), or one naming a version that no longer exists (a reader, or a
+ *    backup's base, removed with --force).
  * 3. Object files without an objects row (a backup crashed between renaming the file into
  *    place and recording it) and `.tmp-*` files, older than cleanup's start, only while no
  *    lease exists at all.
  *
- * Why this never deletes an object that a valid version, or a running backup, references or
+ * Why this never deletes an object that a valid version, or a running holder, references or
  * is about to reference:
  * - A valid version's block entries name its objects; step 2 deletes only objects that no
  *   block entry names, re-checked inside the transaction that deletes them.
@@ -37,14 +47,29 @@
  *   inside the transaction, before the commit: unlinking after the commit could remove the
  *   copy a backup stored in between.
  * - Files without a row may belong to a backup that renamed them into place and has not yet
- *   recorded them; they are removed only inside a transaction that sees no lease at all and
- *   keeps new leases out until it ends (SQLite: BEGIN IMMEDIATE; PostgreSQL: the leases table
- *   locked against writes), so no backup can be between those two steps (it needs its lease
- *   first).
+ *   recorded them, or be what an import is about to adopt (a database rebuilt from exports
+ *   over the old data directory); they are removed only inside a transaction that sees no
+ *   lease at all and keeps new leases out until it ends (SQLite: BEGIN IMMEDIATE; PostgreSQL:
+ *   the leases table locked against writes), so no backup or import can be between those two
+ *   steps (each takes its lease before it writes or reads anything).
+ * - A reader (restore, scrub, export, a backup's base) reads objects its version's block
+ *   entries name; while the version exists those entries keep them. rm without --force cannot
+ *   remove it while the reader's lease lives. After rm --force the entries are gone, but the
+ *   lease still names the removed version, and every delete transaction re-reads the leases
+ *   and deletes nothing while such a lease exists; the reader itself stops within a page of
+ *   the first gap in the block list ("version ... was removed while being restored") instead
+ *   of taking the gaps for damage (core/lease.ts removalCheck).
+ * - An import adopts objects only as it reads its file: files without a row get a row with
+ *   last_seen = now, recorded rows are touched, both before any block entry names them. A row
+ *   that is unreferenced and old when the import starts would still qualify as garbage under
+ *   the cutoff rule, so the delete transaction deletes nothing at all while an import's lease
+ *   exists. One that committed its decision before the import's lease became visible acts as
+ *   a cleanup that ran before the import: the import then finds the object gone and imports
+ *   its blocks invalid, never a reference to a deleted file as valid.
  */
 import { rm, stat } from 'node:fs/promises';
 import type { MetaStore, Version } from '../meta/meta-store.js';
-import { nowMicros } from '../meta/meta-store.js';
+import { ANY_OBJECT_LEASE_KINDS, nowMicros } from '../meta/meta-store.js';
 import type { StorageBackend } from '../storage/backend.js';
 import { mapOrdered } from '../util/concurrency.js';
 import { noProgress } from './progress.js';
@@ -67,6 +92,8 @@ export interface CleanupResult {
   tempBytes: number;
   /** Files without rows were not swept because a backup was running. */
   sweepSkipped: boolean;
+  /** No object was deleted: an import runs, or a reader whose version was removed under it. */
+  objectsHeld: boolean;
 }
 
 /** A backend that can list leftovers of interrupted writes (the directory backend). */
@@ -105,6 +132,7 @@ export async function cleanup(opts: {
     tempFiles: 0,
     tempBytes: 0,
     sweepSkipped: false,
+    objectsHeld: false,
   };
 
   const leases = await meta.leases();
@@ -119,16 +147,22 @@ export async function cleanup(opts: {
   const cutoff = Math.min(start, ...live.map((l) => l.started));
 
   const leased = new Set(live.map((l) => l.versionUid));
-  for (const v of await meta.listVersions()) {
+  const versions = await meta.listVersions();
+  for (const v of versions) {
     signal?.throwIfAborted();
     if (v.status !== 'incomplete' || leased.has(v.uid)) continue;
     if (dryRun || (await meta.removeOrphanedIncompleteVersion(v.uid))) result.versionsRemoved.push(v);
   }
+  // deleteGarbage re-checks this inside its transaction; here it saves a pointless pass.
+  const uids = new Set(versions.map((v) => v.uid));
+  result.objectsHeld = live.some(
+    (l) => ANY_OBJECT_LEASE_KINDS.includes(l.kind) || (l.versionUid !== null && !uids.has(l.versionUid)),
+  );
 
   progress.start(dryRun ? 'cleanup (dry run)' : 'cleanup', undefined);
   try {
     let after = '';
-    for (;;) {
+    while (!result.objectsHeld) {
       signal?.throwIfAborted();
       const page = await meta.garbageCandidates(
         cutoff,

@@ -15,7 +15,9 @@
  *
  * Streaming: export writes page by page; import reads line by line (at most MAX_LINE bytes
  * buffered), validates the whole file with zod before it writes anything (stdin is spooled to
- * a temp file for that), then reads it again and inserts in batches under a lease.
+ * a temp file for that), then reads it again and inserts in batches. A lease is held from
+ * before the first byte is read until the version is recorded: cleanup deletes no object while
+ * an import's lease exists (MetaStore.ANY_OBJECT_LEASE_KINDS) and sweeps no unrecorded file.
  *
  * Import and the data store: the point is rebuilding a lost database, so every object a block
  * names is looked up in the data store (stat). A file without an objects row gets one (its
@@ -39,11 +41,11 @@ import { blockCount, blockLength } from '../blocks/blocks.js';
 import { CHECKSUM_RE } from '../blocks/hash.js';
 import { HASH_FUNCTIONS } from '../config/config.js';
 import type { HashFunction } from '../config/config.js';
-import { BackyError, InputError, NotFoundError } from '../errors.js';
+import { BackyError, InputError, NotFoundError, VersionRemovedError } from '../errors.js';
 import type { BlockRow, MetaStore, Version } from '../meta/meta-store.js';
 import type { BlockStore } from '../storage/block-store.js';
 import { abortable, abortableIterable } from '../util/concurrency.js';
-import { keepLeaseAlive } from './lease.js';
+import { hold, keepLeaseAlive } from './lease.js';
 import { noProgress } from './progress.js';
 import type { ProgressReporter } from './progress.js';
 
@@ -286,12 +288,16 @@ export async function exportVersion(opts: {
   let n = 0;
   let buf = '';
   const expected = blockCount(v.sizeBytes, v.blockSize);
-  const gap = () =>
-    new InputError(
-      `version ${v.uid} lacks block entries (a backup that failed verification); it cannot be exported, only restored or removed`,
-    );
+  const gap = async () =>
+    (await meta.findVersion(v.uid))
+      ? new InputError(
+          `version ${v.uid} lacks block entries (a backup that failed verification); it cannot be exported, only restored or removed`,
+        )
+      : new VersionRemovedError(
+          `version ${v.uid} was removed while being exported; the export is incomplete`,
+        );
   for await (const b of meta.blocks(v.uid)) {
-    if (b.idx !== n || b.idx >= expected) throw gap();
+    if (b.idx !== n || b.idx >= expected) throw await gap();
     buf += `${JSON.stringify({ idx: b.idx, checksum: b.checksum, size: b.size, valid: b.valid })}\n`;
     n++;
     if (buf.length >= 64 * 1024) {
@@ -299,7 +305,7 @@ export async function exportVersion(opts: {
       buf = '';
     }
   }
-  if (n !== expected) throw gap();
+  if (n !== expected) throw await gap();
   await write(`${buf}${JSON.stringify({ end: EXPORT_FORMAT, blocks: n })}\n`);
   return n;
 }
@@ -359,6 +365,10 @@ export async function importVersion(opts: {
   const { meta, store, signal } = opts;
   const progress = opts.progress ?? noProgress;
   const name = opts.path === '-' ? 'export on stdin' : `export file ${opts.path}`;
+  // Held from before the first byte is read until the version is recorded: the objects the
+  // file names may be files without rows (a rebuilt database), which cleanup sweeps only while
+  // no lease exists, or unreferenced rows, which it keeps while an import's lease exists.
+  const held = await hold(meta, 'import', null);
   let spoolDir: string | undefined;
   try {
     let path = opts.path;
@@ -392,6 +402,7 @@ export async function importVersion(opts: {
     return await insert(meta, store, path, name, checked, progress, signal);
   } finally {
     if (spoolDir) await rm(spoolDir, { recursive: true, force: true }).catch(() => {});
+    await held.release();
   }
 }
 

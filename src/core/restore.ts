@@ -6,6 +6,9 @@
  * workers when the store has one) and, for a positional target (file, block device), written
  * at their offsets at once; stdout gets them in order. Each block lives in one buffer of a
  * fixed BufferPool, so memory is that many block buffers plus one page of the block list.
+ * The caller holds the version (core/lease.ts holdVersion): if it is removed anyway (rm
+ * --force), the block list has gaps from then on, and the restore fails saying so instead of
+ * marking anything invalid.
  */
 import { blockCount, blockLength, zeros } from '../blocks/blocks.js';
 import { CorruptBlockError, MissingBlockError } from '../errors.js';
@@ -15,6 +18,7 @@ import type { BlockStore } from '../storage/block-store.js';
 import type { Target } from '../target/target.js';
 import { BufferPool, blocksInFlight } from '../util/buffer-pool.js';
 import { abortable, mapOrdered } from '../util/concurrency.js';
+import { removalCheck } from './lease.js';
 import { noProgress } from './progress.js';
 import type { ProgressReporter } from './progress.js';
 
@@ -108,8 +112,15 @@ export async function restore(opts: {
       signal,
     );
     const marked = new Set<string>();
+    // rm --force took the block list away: nothing is damaged, the version is just gone.
+    const removed = removalCheck(
+      meta,
+      version.uid,
+      `version ${version.uid} was removed while being restored; the target is incomplete`,
+    );
     for await (const r of fetched) {
       if (r.bad) {
+        await removed.atBad(r.idx);
         result.bad.push(r.bad);
         if (!record) {
           // read-only store: reported by the caller, recorded nowhere
@@ -135,6 +146,7 @@ export async function restore(opts: {
       progress.advance(r.length);
     }
     signal?.throwIfAborted();
+    if (result.bad.length > 0) await removed.atEnd();
     await target.finish();
   } finally {
     progress.stop();

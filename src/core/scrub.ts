@@ -14,6 +14,9 @@
  * (decoding and verification on the store's CodecPool workers), one page of the block list, one byte
  * per block for the pick map and the set of distinct checksums already verified in this run
  * (read once each).
+ *
+ * The caller holds the version (core/lease.ts holdVersion). If it is removed anyway (rm
+ * --force), its block list has gaps from then on: the scrub fails saying so and takes no gap for damage.
  */
 import { blockCount, blockLength, isZero } from '../blocks/blocks.js';
 import { CorruptBlockError, InputError, MissingBlockError } from '../errors.js';
@@ -24,6 +27,7 @@ import { objectBufferSize } from '../storage/block-store.js';
 import type { BlockStore } from '../storage/block-store.js';
 import { BufferPool, blocksInFlight } from '../util/buffer-pool.js';
 import { mapOrdered } from '../util/concurrency.js';
+import { removalCheck } from './lease.js';
 import { noProgress } from './progress.js';
 import type { ProgressReporter } from './progress.js';
 
@@ -186,10 +190,17 @@ export async function scrub(opts: ScrubOptions): Promise<ScrubResult> {
       opts.signal,
     );
     const marked = new Set<string>();
+    // rm --force took the block list away: gaps that are no damage.
+    const removed = removalCheck(
+      meta,
+      version.uid,
+      `version ${version.uid} was removed while being scrubbed`,
+    );
     for await (const r of checked) {
       result.checked++;
       progress.advance(r.length);
       if (r.damage !== undefined) {
+        await removed.atBad(r.idx);
         result.bad++;
         note({ idx: r.idx, checksum: r.row?.checksum ?? null, kind: 'damaged', reason: r.damage });
         const checksum = r.row?.checksum ?? null;
@@ -202,7 +213,10 @@ export async function scrub(opts: ScrubOptions): Promise<ScrubResult> {
           }
         } else {
           // A gap or a malformed sparse entry: only this version is concerned.
-          if (r.row) await meta.putBlocks(version.uid, [{ ...r.row, valid: false }]);
+          if (r.row) {
+            await removed.atEnd(); // the row would have no version to belong to
+            await meta.putBlocks(version.uid, [{ ...r.row, valid: false }]);
+          }
           if (version.status === 'valid') await meta.setVersionStatus(version.uid, 'invalid');
           affected.add(version.uid);
         }
@@ -212,6 +226,7 @@ export async function scrub(opts: ScrubOptions): Promise<ScrubResult> {
         note({ idx: r.idx, checksum: r.row?.checksum ?? null, kind: 'differs', reason: r.differs });
       }
     }
+    if (result.bad > 0) await removed.atEnd();
   } finally {
     progress.stop();
   }

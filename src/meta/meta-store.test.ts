@@ -260,6 +260,52 @@ for (const dialect of dialects) {
       assert.ok(!(await meta.leases()).some((l) => l.id === lease.id));
     });
 
+    it('removeVersionUnlessHeld keeps a version a live lease names, removes it when none is live', async () => {
+      const v = await meta.createVersion({ name: 'held', sizeBytes: 4096, blockSize: 4096 });
+      await meta.putBlocks(
+        v.uid,
+        rows(1, 0, () => sum(6000)),
+      );
+      const lease = await meta.acquireLease('restore', v.uid);
+      const holders = await meta.removeVersionUnlessHeld(v.uid, (l) => meta.isLeaseAlive(l));
+      assert.deepEqual(
+        holders.map((l) => [l.id, l.kind, l.versionUid, l.pid]),
+        [[lease.id, 'restore', v.uid, process.pid]],
+      );
+      assert.ok(await meta.findVersion(v.uid), 'kept');
+      assert.equal((await meta.blockPage(v.uid, 0)).length, 1);
+      // A holder judged dead (crashed reader) does not keep it.
+      assert.deepEqual(await meta.removeVersionUnlessHeld(v.uid, async () => false), []);
+      assert.equal(await meta.findVersion(v.uid), undefined);
+      assert.deepEqual(await meta.blockPage(v.uid, 0), []);
+      await meta.releaseLease(lease.id);
+    });
+
+    it("deleteGarbage deletes nothing while an import's lease, or a lease naming a removed version, exists", async () => {
+      const x = sum(7000);
+      const none = async () => {};
+      await meta.recordObjects([{ checksum: x, storedSize: 10 }], 1000);
+      const imp = await meta.acquireLease('import', null);
+      assert.deepEqual(await meta.deleteGarbage([x], Number.MAX_SAFE_INTEGER, none), [], 'import');
+      await meta.releaseLease(imp.id);
+
+      const v = await meta.createVersion({ name: 'read', sizeBytes: 4096, blockSize: 4096 });
+      const reader = await meta.acquireLease('restore', v.uid);
+      await meta.removeVersion(v.uid); // rm --force under the reader
+      assert.deepEqual(await meta.deleteGarbage([x], Number.MAX_SAFE_INTEGER, none), [], 'reader');
+      await meta.releaseLease(reader.id);
+
+      // A lease of another kind naming no version keeps only what it touched (cutoff rule).
+      const backup = await meta.acquireLease('backup', null);
+      const unlinked: string[] = [];
+      const gone = await meta.deleteGarbage([x], Number.MAX_SAFE_INTEGER, async (c) => {
+        unlinked.push(...c);
+      });
+      assert.deepEqual(gone, [{ checksum: x, storedSize: 10 }]);
+      assert.deepEqual(unlinked, [x]);
+      await meta.releaseLease(backup.id);
+    });
+
     it('opens a fresh database from several connections at once, and keeps its hash function', async () => {
       const url = await dialect.fresh();
       const stores = await Promise.all(

@@ -56,6 +56,13 @@ export interface Lease {
   heartbeat: number;
 }
 
+/**
+ * Lease kinds whose holder may reference any stored object, which it learns only as it reads
+ * its input (an import's export file, recover's metadata copies): while one is held, cleanup
+ * deletes no object at all.
+ */
+export const ANY_OBJECT_LEASE_KINDS: readonly string[] = ['import', 'recover'];
+
 /** Rows per INSERT statement: well under SQLite's 32766 bound parameters and PostgreSQL's 65535. */
 const INSERT_BATCH = 1000;
 /** Block rows per PostgreSQL INSERT ... SELECT FROM unnest(arrays). */
@@ -594,6 +601,29 @@ export class MetaStore {
   }
 
   /**
+   * Removes a version unless a lease naming it is live (`isLive` decides), inside one
+   * transaction that keeps new leases out (SQLite: BEGIN IMMEDIATE; PostgreSQL: the leases table
+   * locked): a reader that takes its lease after this looks for the version and finds it gone.
+   * Returns the live holders, and removes nothing, when there are any.
+   */
+  async removeVersionUnlessHeld(uid: string, isLive: (l: Lease) => Promise<boolean>): Promise<Lease[]> {
+    return this.#cleanupTx({ leases: true }, async (tx) => {
+      const rows = await tx.selectFrom('leases').selectAll().where('version_uid', '=', uid).execute();
+      const live: Lease[] = [];
+      for (const l of rows.map(toLease)) if (await isLive(l)) live.push(l);
+      if (live.length > 0) return live;
+      const v = await tx.selectFrom('versions').select('protected').where('uid', '=', uid).executeTakeFirst();
+      if (v && Number(v.protected) === 1) {
+        throw new InputError(`version ${uid} is protected; run 'backy unprotect ${uid}' first to remove it`);
+      }
+      await tx.deleteFrom('labels').where('version_uid', '=', uid).execute();
+      await tx.deleteFrom('blocks').where('version_uid', '=', uid).execute();
+      await tx.deleteFrom('versions').where('uid', '=', uid).execute();
+      return [];
+    });
+  }
+
+  /**
    * Removes a version, its block list and labels. Objects stay; cleanup removes unreferenced
    * ones. A protected version is refused, checked in the same transaction (so a concurrent
    * `protect` wins), unless `protectedToo` (a command undoing the version it just created).
@@ -929,6 +959,26 @@ export class MetaStore {
           .forUpdate()
           .execute();
       }
+      // A holder that may reference anything keeps everything: an import, or a reader whose
+      // version was removed under it (its block list, which named its objects, is gone).
+      const holdsAll = await tx
+        .selectFrom('leases as l')
+        .select('l.id')
+        .where((eb) =>
+          eb.or([
+            eb('l.kind', 'in', ANY_OBJECT_LEASE_KINDS),
+            eb.and([
+              eb('l.version_uid', 'is not', null),
+              eb.not(
+                eb.exists(
+                  eb.selectFrom('versions as v').select('v.uid').whereRef('v.uid', '=', 'l.version_uid'),
+                ),
+              ),
+            ]),
+          ]),
+        )
+        .executeTakeFirst();
+      if (holdsAll) return [];
       const oldest = await tx
         .selectFrom('leases')
         .select((eb) => eb.fn.min('started').as('started'))
@@ -1167,16 +1217,28 @@ export class MetaStore {
 
   async leases(): Promise<Lease[]> {
     const rows = await this.#db.selectFrom('leases').selectAll().execute();
-    return rows.map((r) => ({
-      id: r.id,
-      versionUid: r.version_uid,
-      kind: r.kind,
-      hostname: r.hostname,
-      pid: Number(r.pid),
-      started: Number(r.started),
-      heartbeat: Number(r.heartbeat),
-    }));
+    return rows.map(toLease);
   }
+}
+
+function toLease(r: {
+  id: string;
+  version_uid: string | null;
+  kind: string;
+  hostname: string;
+  pid: number;
+  started: number;
+  heartbeat: number;
+}): Lease {
+  return {
+    id: r.id,
+    versionUid: r.version_uid,
+    kind: r.kind,
+    hostname: r.hostname,
+    pid: Number(r.pid),
+    started: Number(r.started),
+    heartbeat: Number(r.heartbeat),
+  };
 }
 
 type NewVersion = {

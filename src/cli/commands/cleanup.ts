@@ -30,6 +30,11 @@ export async function cleanupCommand(ctx: Context, opts: { dryRun?: boolean }) {
   if (r.leasesLive > 0) {
     ctx.log.info(`${r.leasesLive} backups running: objects they may use are kept`);
   }
+  if (r.objectsHeld) {
+    ctx.log.info(
+      'No objects are deleted while an import runs, or a reader whose version was removed with --force; run cleanup again later',
+    );
+  }
   if (r.sweepSkipped) {
     ctx.log.info('Files without a database entry are kept while a backup runs; run cleanup again later');
   }

@@ -1,3 +1,4 @@
+import { holdVersion } from '../../core/lease.js';
 import { exportVersion, openExportTarget } from '../../core/metadata-io.js';
 import { InterruptedError } from '../../errors.js';
 import type { Context } from '../context.js';
@@ -8,24 +9,28 @@ import { checkTargetOutsideStore } from '../../target/target.js';
 export async function exportCommand(ctx: Context, uidArg: string, file: string) {
   const uid = parseUid(uidArg);
   const meta = await ctx.meta();
-  await meta.getVersion(uid); // not found: fail before creating FILE
-  await checkTargetOutsideStore(file, storePaths(ctx), 'export file');
-  const target = await openExportTarget(file);
+  const held = await holdVersion(meta, uid, 'export'); // not found: fail before creating FILE
   let blocks: number;
   try {
-    blocks = await exportVersion({ meta, uid, out: target.out, signal: ctx.signal });
-  } catch (err) {
-    // A partial export file is removed, so no partial export passes for a whole one.
-    await target.done(false);
-    if (err instanceof InterruptedError) {
-      throw err.leaving(
-        file === '-'
-          ? `export of ${uid} to stdout stopped; the output is incomplete`
-          : `export of ${uid} to ${file} stopped; the partial file was removed`,
-      );
+    await checkTargetOutsideStore(file, storePaths(ctx), 'export file');
+    const target = await openExportTarget(file);
+    try {
+      blocks = await exportVersion({ meta, uid, out: target.out, signal: ctx.signal });
+    } catch (err) {
+      // A partial export file is removed, so no partial export passes for a whole one.
+      await target.done(false);
+      if (err instanceof InterruptedError) {
+        throw err.leaving(
+          file === '-'
+            ? `export of ${uid} to stdout stopped; the output is incomplete`
+            : `export of ${uid} to ${file} stopped; the partial file was removed`,
+        );
+      }
+      throw err;
     }
-    throw err;
+    await target.done(true);
+  } finally {
+    await held.release();
   }
-  await target.done(true);
   ctx.log.info(`Exported version ${uid} (${blocks} blocks) to ${file === '-' ? 'stdout' : file}`);
 }

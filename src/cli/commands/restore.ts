@@ -1,9 +1,12 @@
-import { restore } from '../../core/restore.js';
-import { InputError, IntegrityError, InterruptedError } from '../../errors.js';
 import { unlink } from 'node:fs/promises';
-import { checkTargetOutsideStore, openTarget } from '../../target/target.js';
-import { sqlitePath } from '../../config/config.js';
 import { resolve } from 'node:path';
+import { sqlitePath } from '../../config/config.js';
+import { holdVersion } from '../../core/lease.js';
+import { restore } from '../../core/restore.js';
+import type { RestoreResult } from '../../core/restore.js';
+import { InputError, IntegrityError, InterruptedError } from '../../errors.js';
+import { checkTargetOutsideStore, openTarget } from '../../target/target.js';
+import type { Target } from '../../target/target.js';
 import type { Context } from '../context.js';
 import { parseUid } from '../context.js';
 import { formatBytes, progressBar } from '../render.js';
@@ -18,27 +21,27 @@ export async function restoreCommand(
   const paths = storePaths(ctx);
   await checkTargetOutsideStore(targetPath, paths);
   const meta = await ctx.meta();
-  const version = await meta.getVersion(uid);
-  if (version.status === 'incomplete') {
-    // Its recorded size and block list may be anything a running or crashed backup left (a
-    // stdin backup records its size only at the end): never written out as if it were whole.
-    throw new InputError(
-      `version ${uid} is incomplete (its backup is running or crashed) and cannot be restored; restore a valid version, or remove it with 'backy rm'`,
-    );
-  }
   const store = await ctx.store();
-  if (version.status !== 'valid') {
-    ctx.log.warn(
-      `version ${uid} is ${version.status}; restoring what is there (damaged or missing blocks are written as zeros)`,
-    );
-  }
-  // Checked again on the opened file: the database's -wal/-shm may exist only now.
-  const target = await openTarget(targetPath, version.sizeBytes, {
-    force: Boolean(opts.force),
-    store: paths,
-  });
-  let result;
+  // Held from before the version is looked up until the restore ends: rm refuses it meanwhile.
+  const held = await holdVersion(meta, uid, 'restore');
+  const { version } = held;
+  let result: RestoreResult;
+  let target: Target | undefined;
   try {
+    if (version.status === 'incomplete') {
+      // Its recorded size and block list may be anything a running or crashed backup left (a
+      // stdin backup records its size only at the end): never written out as if it were whole.
+      throw new InputError(
+        `version ${uid} is incomplete (its backup is running or crashed) and cannot be restored; restore a valid version, or remove it with 'backy rm'`,
+      );
+    }
+    if (version.status !== 'valid') {
+      ctx.log.warn(
+        `version ${uid} is ${version.status}; restoring what is there (damaged or missing blocks are written as zeros)`,
+      );
+    }
+    // Checked again on the opened file: the database's -wal/-shm may exist only now.
+    target = await openTarget(targetPath, version.sizeBytes, { force: Boolean(opts.force), store: paths });
     result = await restore({
       meta,
       store,
@@ -52,7 +55,7 @@ export async function restoreCommand(
       signal: ctx.signal,
     });
   } catch (err) {
-    if (!(err instanceof InterruptedError)) throw err;
+    if (!(err instanceof InterruptedError) || !target) throw err;
     await target.close().catch(() => {});
     // A partial image must not pass for a finished restore: a file made by this restore goes;
     // an existing file or device that was partly overwritten is named as such.
@@ -73,13 +76,14 @@ export async function restoreCommand(
         : `restore of ${uid} to ${target.name} stopped; the output is incomplete`,
     );
   } finally {
-    await target.close().catch(() => {});
+    await target?.close().catch(() => {});
+    await held.release();
   }
   for (const bad of result.bad.slice(0, 20))
     ctx.log.error(`block ${bad.idx}: ${bad.reason}; written as zeros`);
   if (result.bad.length > 20) ctx.log.error(`... and ${result.bad.length - 20} more bad blocks`);
   ctx.log.info(
-    `Restored ${version.name} (${uid}, ${formatBytes(version.sizeBytes)}) to ${target.name}: ` +
+    `Restored ${version.name} (${uid}, ${formatBytes(version.sizeBytes)}) to ${target!.name}: ` +
       `${result.blocksWritten} blocks written, ${result.blocksSkipped} zero blocks skipped`,
   );
   if (result.bad.length > 0) {

@@ -1,3 +1,4 @@
+import { holderName } from '../../core/lease.js';
 import { InputError } from '../../errors.js';
 import type { Context } from '../context.js';
 import { parseUid } from '../context.js';
@@ -6,17 +7,21 @@ export async function rmCommand(ctx: Context, uidArg: string, opts: { force?: bo
   const uid = parseUid(uidArg);
   const meta = await ctx.meta({ write: 'rm' });
   const version = await meta.getVersion(uid);
-  const running = [];
-  for (const l of await meta.leases()) {
-    if (l.versionUid === uid && (await meta.isLeaseAlive(l))) running.push(l);
+  if (opts.force) await meta.removeVersion(uid);
+  else {
+    const holders = await meta.removeVersionUnlessHeld(uid, (l) => meta.isLeaseAlive(l));
+    const l = holders.find((h) => h.kind === 'backup') ?? holders[0];
+    if (l?.kind === 'backup') {
+      throw new InputError(
+        `version ${uid} is still being written by pid ${l.pid} on ${l.hostname}; wait for it, or use --force`,
+      );
+    }
+    if (l) {
+      throw new InputError(
+        `version ${uid} is in use by ${holderName(l.kind)} (pid ${l.pid} on ${l.hostname}); wait for it, or use --force to remove it anyway`,
+      );
+    }
   }
-  if (running.length > 0 && !opts.force) {
-    const l = running[0];
-    throw new InputError(
-      `version ${uid} is still being written by pid ${l.pid} on ${l.hostname}; wait for it, or use --force`,
-    );
-  }
-  await meta.removeVersion(uid);
   ctx.log.info(
     `Removed version ${uid} (${version.name}, ${version.status}); run 'backy cleanup' to free blocks no other version uses`,
   );

@@ -1,3 +1,4 @@
+import { holdVersion } from '../../core/lease.js';
 import { scrub } from '../../core/scrub.js';
 import { InputError, IntegrityError, InterruptedError, UsageError } from '../../errors.js';
 import { openSource } from '../../source/source.js';
@@ -25,23 +26,24 @@ export async function scrubCommand(
   if (opts.source === '-') throw new UsageError('-s SOURCE must be a file or block device, not stdin');
   const meta = await ctx.meta();
   const store = await ctx.store();
-  const version = await meta.getVersion(uid);
-  if (version.status === 'incomplete') {
-    throw new InputError(
-      `version ${uid} is incomplete (its backup is running or crashed): nothing to verify yet; wait for it, or remove it with 'backy rm'`,
-    );
-  }
+  const held = await holdVersion(meta, uid, 'scrub');
+  const { version } = held;
   let source: RandomSource | undefined;
-  if (opts.source !== undefined) {
-    const s = await openSource(opts.source);
-    if (s.kind !== 'random') {
-      await s.close().catch(() => {});
-      throw new UsageError(`-s SOURCE must be a file or block device, not a stream (${opts.source})`);
-    }
-    source = s;
-  }
   let result;
   try {
+    if (version.status === 'incomplete') {
+      throw new InputError(
+        `version ${uid} is incomplete (its backup is running or crashed): nothing to verify yet; wait for it, or remove it with 'backy rm'`,
+      );
+    }
+    if (opts.source !== undefined) {
+      const s = await openSource(opts.source);
+      if (s.kind !== 'random') {
+        await s.close().catch(() => {});
+        throw new UsageError(`-s SOURCE must be a file or block device, not a stream (${opts.source})`);
+      }
+      source = s;
+    }
     result = await scrub({
       meta,
       store,
@@ -61,6 +63,7 @@ export async function scrubCommand(
     throw err;
   } finally {
     await source?.close().catch(() => {});
+    await held.release();
   }
   for (const p of result.problems.slice(0, 20)) {
     ctx.log.error(`block ${p.idx}: ${p.reason}`);
