@@ -28,7 +28,10 @@ describe('readers of a version removed under them', () => {
   before(async () => {
     dir = await mkdtemp(join(tmpdir(), 'backy-removal-'));
     meta = await MetaStore.open(`sqlite:///${join(dir, 'backy.sqlite')}`);
-    store = new BlockStore(new DirBackend(join(dir, 'data')), { hashFunction: meta.hashFunction, compression: { codec: 'none' } });
+    store = new BlockStore(new DirBackend(join(dir, 'data')), {
+      hashFunction: meta.hashFunction,
+      compression: { codec: 'none' },
+    });
   });
   after(async () => {
     await meta?.close();
