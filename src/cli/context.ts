@@ -1,11 +1,11 @@
 /** What every command gets: logger, output mode, and lazily opened config, metadata and store. */
-import { loadConfig, redactUrl } from '../config/config.js';
+import { describeDataBackend, loadConfig, redactUrl } from '../config/config.js';
 import type { Config } from '../config/config.js';
 import { hasherFor } from '../blocks/hash.js';
 import { InputError } from '../errors.js';
 import { MetaStore } from '../meta/meta-store.js';
 import { BlockStore } from '../storage/block-store.js';
-import { DirBackend } from '../storage/dir-backend.js';
+import { openBackend } from '../storage/open-backend.js';
 import { HashPool } from '../util/hash-pool.js';
 import type { Logger } from '../util/log.js';
 
@@ -33,7 +33,7 @@ export class Context {
       this.#config = loadConfig(this.#configPath);
       this.log.setLogfile(this.#config.logfile);
       this.log.debug(
-        `config: ${this.#config.source}; metadata: ${redactUrl(this.#config.engine)}; data: ${this.#config.dataBackend.path}`,
+        `config: ${this.#config.source}; metadata: ${redactUrl(this.#config.engine)}; data: ${describeDataBackend(this.#config.dataBackend)}`,
       );
     }
     return this.#config;
@@ -47,12 +47,9 @@ export class Context {
   async store(): Promise<BlockStore> {
     if (!this.#store) {
       const meta = await this.meta();
+      const backend = await openBackend(this.config.dataBackend);
       this.#hashPool = new HashPool(meta.hashFunction);
-      this.#store = new BlockStore(
-        new DirBackend(this.config.dataBackend.path),
-        hasherFor(meta.hashFunction),
-        this.#hashPool,
-      );
+      this.#store = new BlockStore(backend, hasherFor(meta.hashFunction), this.#hashPool);
     }
     return this.#store;
   }

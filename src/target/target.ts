@@ -28,13 +28,17 @@ export interface Target {
  */
 export async function checkTargetOutsideStore(
   path: string,
-  store: { dataDir: string; dbPath?: string },
+  store: { dataDir?: string; dbPath?: string },
   what = 'restore target',
 ): Promise<void> {
   if (path === '-') return;
   const target = await canonical(path);
-  const dataDir = await canonical(store.dataDir);
-  if (target === dataDir || target.startsWith(dataDir.endsWith(sep) ? dataDir : dataDir + sep)) {
+  // No data directory: the blocks are remote (S3).
+  const dataDir = store.dataDir === undefined ? undefined : await canonical(store.dataDir);
+  if (
+    dataDir !== undefined &&
+    (target === dataDir || target.startsWith(dataDir.endsWith(sep) ? dataDir : dataDir + sep))
+  ) {
     throw new InputError(
       `${what} ${path} is inside backy's data directory ${store.dataDir}; choose a file outside the store`,
     );
