@@ -4,10 +4,12 @@
  * images small and block counts meaningful.
  */
 import assert from 'node:assert/strict';
-import { copyFile, open, readFile, writeFile } from 'node:fs/promises';
+import { execFileSync } from 'node:child_process';
+import { copyFile, mkdir, open, readFile, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import Database from 'better-sqlite3';
-import { Sandbox, assertSameBytes, parseLsMachine } from '../lib/cli.js';
+import { BIN, REPO, Sandbox, assertSameBytes, parseLsMachine } from '../lib/cli.js';
 import { scribble, writeImage } from '../lib/image.js';
 import type { BlockKind } from '../lib/image.js';
 import {
@@ -236,6 +238,51 @@ describe('S3 end to end (radosgw)', { skip }, () => {
     } finally {
       c.destroy();
       await dsb.remove();
+    }
+  });
+
+  it("the README's S3 section works as written (only the gateway's port differs)", async () => {
+    const readme = await readFile(join(REPO, 'README.md'), 'utf8');
+    const section = /^### S3 object storage\n([\s\S]*?)\n#/m.exec(readme)?.[1];
+    assert.ok(section, 'README has an S3 section');
+    const cfg = /^```ini\n([\s\S]*?)```$/m.exec(section)?.[1];
+    assert.ok(cfg?.includes('type = s3'), 'with an ini block');
+    const cmds = [...section.matchAll(/^ {4}(\S.*)$/gm)].map((m) => m[1]);
+    assert.ok(
+      cmds.some((c) => c.startsWith('backy -c s3.cfg backup')),
+      cmds.join('\n'),
+    );
+    const rsb = await Sandbox.create();
+    try {
+      await writeFile(rsb.path('s3.cfg'), cfg!.replace('http://127.0.0.1:7480', server.endpoint));
+      await writeImage(rsb.path('disk.img'), { blocks: 5, blockSize: BS, tail: 77, kinds, seed: 'readme' });
+      const env = {
+        HOME: rsb.path('home'),
+        XDG_DATA_HOME: '',
+        BACKY_CONFIG: '',
+        AWS_ACCESS_KEY_ID: server.accessKeyId,
+        AWS_SECRET_ACCESS_KEY: server.secretAccessKey,
+      };
+      await mkdir(env.HOME);
+      let uid = '';
+      for (const line of cmds) {
+        if (line.startsWith('export ')) continue; // credentials: set in env above
+        const cmd = line.replace('<uid>', uid).replace(/^backy /, `${process.execPath} ${BIN} `);
+        const out = execFileSync('bash', ['-c', `set -euo pipefail; ${cmd}`], {
+          cwd: rsb.dir,
+          env: { ...process.env, ...env },
+          encoding: 'utf8',
+        });
+        if (line.startsWith('backy -c s3.cfg backup')) uid = out.trim().split('\n').pop()!;
+      }
+      assert.match(uid, /^[0-9a-f-]{36}$/);
+      await assertSameBytes(rsb.path('disk.img'), rsb.path('restored.img'));
+      const c = s3Client(server);
+      const keys = await listKeys(c, 'backy', 'vms/');
+      c.destroy();
+      assert.ok(keys.length >= 1 && keys.every((k) => /^vms\/[0-9a-f]{64}$/.test(k)), keys.join(' '));
+    } finally {
+      await rsb.remove();
     }
   });
 
