@@ -5,6 +5,8 @@
  */
 import assert from 'node:assert/strict';
 import { mkdtemp, rm } from 'node:fs/promises';
+import { createServer as createHttpServer, request as httpRequest } from 'node:http';
+import type { Server } from 'node:http';
 import { createServer } from 'node:net';
 import type { Socket } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -239,6 +241,101 @@ describe('S3Backend: failures against the real gateway', { skip: s3Skip }, () =>
     }
   });
 });
+
+describe(
+  'S3Backend: transient errors from a fault-injecting proxy in front of the real gateway',
+  { skip: s3Skip },
+  () => {
+    // The gateway cannot be made to answer 503 or reset a connection on demand; the proxy
+    // forwards everything else to it unchanged.
+    let proxy: Server;
+    let port: number;
+    /** What the next requests get instead of the gateway's answer. */
+    let faults: ('503' | 'reset')[] = [];
+    let always: '503' | undefined;
+    let requests = 0;
+    before(async () => {
+      server ??= await rgwServer();
+      const target = new URL(server.endpoint);
+      proxy = createHttpServer((req, res) => {
+        requests++;
+        const fault = always ?? faults.shift();
+        if (fault === 'reset') {
+          req.socket.destroy();
+          return;
+        }
+        if (fault === '503') {
+          req.resume();
+          res.writeHead(503, { 'content-type': 'application/xml' });
+          res.end('<?xml version="1.0"?><Error><Code>SlowDown</Code><Message>slow down</Message></Error>');
+          return;
+        }
+        const up = httpRequest(
+          {
+            host: target.hostname,
+            port: target.port,
+            method: req.method,
+            path: req.url,
+            headers: req.headers,
+          },
+          (upRes) => {
+            res.writeHead(upRes.statusCode ?? 502, upRes.headers);
+            upRes.pipe(res);
+          },
+        );
+        up.on('error', () => res.destroy());
+        req.pipe(up);
+      });
+      await new Promise<void>((r) => proxy.listen(0, '127.0.0.1', r));
+      port = (proxy.address() as { port: number }).port;
+    });
+    after(() => proxy?.close());
+
+    it('503 SlowDown and connection resets are retried; the operation succeeds', async () => {
+      const b = new S3Backend(
+        s3Options({ ...server!, endpoint: `http://127.0.0.1:${port}` }, newBucket('retry')),
+      );
+      try {
+        await b.put(key(1), [Buffer.from('warm-up')]); // creates the bucket; the client has now reached the gateway
+        faults = ['503', 'reset', '503'];
+        requests = 0;
+        await b.put(key(2), [Buffer.from('after faults')]);
+        assert.equal(requests, 4, 'three failed attempts, then the one that worked');
+        faults = ['reset', '503'];
+        assert.deepEqual(await b.get(key(2)), Buffer.from('after faults'));
+        faults = ['503'];
+        assert.equal((await b.stat(key(2)))?.size, 12);
+      } finally {
+        await b.close();
+      }
+    });
+
+    it('a gateway that keeps failing: one line after the bounded retries, within the timeout', async () => {
+      const b = new S3Backend(
+        s3Options({ ...server!, endpoint: `http://127.0.0.1:${port}` }, newBucket('retry'), {
+          timeoutMs: 2000,
+        }),
+      );
+      always = '503';
+      try {
+        const t0 = performance.now();
+        await assert.rejects(b.get(key(1)), (err: Error) => {
+          assert.ok(!(err instanceof MissingBlockError));
+          assert.match(
+            err.message,
+            /^cannot read block \w+ from s3:\/\/backy-retry-\w+\/p\/ at http:\/\/127\.0\.0\.1:\d+: .*SlowDown.*\(after \d+ attempts\)$/,
+          );
+          return true;
+        });
+        const ms = performance.now() - t0;
+        assert.ok(ms < 2500, `gave up after ${ms} ms`);
+      } finally {
+        always = undefined;
+        await b.close();
+      }
+    });
+  },
+);
 
 describe('S3Backend: a server that accepts connections and never answers', () => {
   // A real listening socket that stays silent: a stalled gateway without stopping the real one.
