@@ -10,6 +10,12 @@
  * peak RSS come from /usr/bin/time for the child process (worker threads included).
  *
  * Usage: npm run bench -- [--size 2G] [--reps 3] [--tools backy,borg,restic] [--dir PARENT] [--keep]
+ *        [--store s3]
+ *
+ * `--store s3`: backy's blocks and restic's repository go to an S3 gateway (a fresh bucket
+ * each per repetition; borg has no S3 backend and is left out): the radosgw of
+ * $BACKY_TEST_S3_ENDPOINT (with $BACKY_TEST_S3_ACCESS_KEY, $BACKY_TEST_S3_SECRET_KEY), or one
+ * started for the run with ../shared/tools/mini-ceph.sh. Store sizes are not shown then.
  */
 import { spawn } from 'node:child_process';
 import { createReadStream } from 'node:fs';
@@ -19,6 +25,7 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { BIN, REPO } from '../test/lib/cli.js';
 import { mixedKind, scribble, writeImage } from '../test/lib/image.js';
+import { newBucket, rgwServer } from '../test/lib/rgw.js';
 
 const BLOCK = 4 << 20;
 const MB = 1e6;
@@ -30,8 +37,11 @@ const { values: args } = parseArgs({
     dir: { type: 'string', default: tmpdir() },
     keep: { type: 'boolean', default: false },
     tools: { type: 'string', default: 'backy,borg,restic' },
+    store: { type: 'string', default: 'file' },
   },
 });
+if (args.store !== 'file' && args.store !== 's3') throw new Error(`--store: file or s3, got '${args.store}'`);
+const onS3 = args.store === 's3';
 
 function parseSize(s: string): number {
   const m = /^(\d+(?:\.\d+)?)\s*([KMGT]?)(i?B)?$/i.exec(s.trim());
@@ -151,13 +161,22 @@ await writeFile(
 await readAll(baseImg); // warm-up: everything below runs with the images in the page cache
 await readAll(changedImg);
 
+const s3 = onS3 ? await rgwServer() : undefined;
+const s3Env = s3 ? { AWS_ACCESS_KEY_ID: s3.accessKeyId, AWS_SECRET_ACCESS_KEY: s3.secretAccessKey } : {};
 const backyCfg = join(work, 'backy.cfg');
 const backyStore = join(work, 'backy-store');
-await writeFile(
-  backyCfg,
-  `[MetaBackend]\nengine = sqlite:///${join(backyStore, 'backy.sqlite')}\n[DataBackend]\ntype = file\npath = ${join(backyStore, 'data')}\n`,
-);
-const backy = (argv: string[]) => timed(process.execPath, [BIN, '-c', backyCfg, ...argv], { cwd: work });
+const writeBackyCfg = async () => {
+  const data = s3
+    ? `type = s3\nendpoint = ${s3.endpoint}\nbucket = ${newBucket('bench')}\n`
+    : `type = file\npath = ${join(backyStore, 'data')}\n`;
+  await writeFile(
+    backyCfg,
+    `[MetaBackend]\nengine = sqlite:///${join(backyStore, 'backy.sqlite')}\n[DataBackend]\n${data}`,
+  );
+};
+await writeBackyCfg();
+const backy = (argv: string[]) =>
+  timed(process.execPath, [BIN, '-c', backyCfg, ...argv], { cwd: work, env: s3Env });
 const lastLine = (s: string) => s.trim().split('\n').pop()!;
 const hasScrub = (await run(process.execPath, [BIN, '--help'])).includes('scrub');
 
@@ -167,8 +186,8 @@ const borgEnv = {
   BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK: 'yes',
   BORG_RELOCATED_REPO_ACCESS_IS_OK: 'yes',
 };
-const resticRepo = join(work, 'restic-repo');
-const resticEnv = { RESTIC_PASSWORD: 'bench', RESTIC_CACHE_DIR: join(work, 'restic-cache') };
+let resticRepo = join(work, 'restic-repo');
+const resticEnv = { RESTIC_PASSWORD: 'bench', RESTIC_CACHE_DIR: join(work, 'restic-cache'), ...s3Env };
 const borg = (argv: string[], cwd = work) => timed('borg', argv, { cwd, env: borgEnv });
 const restic = (argv: string[]) =>
   timed('restic', ['-r', resticRepo, ...argv], { cwd: work, env: resticEnv });
@@ -191,6 +210,7 @@ const tools: Tool[] = [
     store: backyStore,
     async reset() {
       await rm(backyStore, { recursive: true, force: true });
+      await writeBackyCfg();
     },
     jobs: {
       'full backup': async () => {
@@ -205,7 +225,7 @@ const tools: Tool[] = [
   },
 ];
 const wanted = new Set(args.tools!.split(','));
-if (wanted.has('borg') && (await installed('borg'))) {
+if (wanted.has('borg') && !onS3 && (await installed('borg'))) {
   const chunker = ['--chunker-params', 'fixed,4194304', '--compression', 'lz4'];
   tools.push({
     name: 'borg',
@@ -229,7 +249,8 @@ if (wanted.has('restic') && (await installed('restic'))) {
     name: 'restic',
     store: resticRepo,
     async reset() {
-      await rm(resticRepo, { recursive: true, force: true });
+      if (s3) resticRepo = `s3:${s3.endpoint}/${newBucket('restic')}`;
+      else await rm(resticRepo, { recursive: true, force: true });
       await rm(resticEnv.RESTIC_CACHE_DIR, { recursive: true, force: true });
       await run('restic', ['-r', resticRepo, 'init'], { env: resticEnv });
     },
@@ -290,7 +311,8 @@ for (let rep = 0; rep < reps; rep++) {
       await run('sync', []); // start each run without the previous one's dirty pages
       process.stderr.write(`bench: rep ${rep + 1}/${reps} ${t.name} ${job}\n`);
       const r = await fn();
-      const store = job === 'full backup' || job === 'incremental' ? await diskUsage(t.store) : undefined;
+      const store =
+        !onS3 && (job === 'full backup' || job === 'incremental') ? await diskUsage(t.store) : undefined;
       add(`${job}\0${t.name}`, { ...r, store });
     }
   }
@@ -326,7 +348,7 @@ async function fromCost(imgSize: number): Promise<{ base: number; incr: number }
   return { base: base.wall, incr: incr.wall };
 }
 const fromRuns: { big: { base: number; incr: number }; small: { base: number; incr: number } }[] = [];
-for (let rep = 0; rep < reps; rep++) {
+for (let rep = 0; rep < (onS3 ? 0 : reps); rep++) {
   process.stderr.write(`bench: rep ${rep + 1}/${reps} -f on a 262,144-block base\n`);
   fromRuns.push({ big: await fromCost(262_144 * BLOCK), small: await fromCost(BLOCK) });
 }
@@ -398,6 +420,16 @@ const ratio = (a: string, b: string, goal: number, what: string) => {
   return `- ${what}: ${r.toFixed(2)}x (goal <= ${goal}x) ${r <= goal ? 'met' : 'MISSED'}`;
 };
 out.push('', 'Goals:');
+if (onS3) {
+  out.splice(
+    1,
+    0,
+    `store: S3 (radosgw ${s3!.endpoint}), backy and restic each in a fresh bucket per repetition`,
+  );
+  out.push(ratio('full backup\0backy', 'full backup\0restic', 0.5, 'full backup vs restic (S3)'));
+  out.push(ratio('incremental\0backy', 'incremental\0restic', 0.2, 'hinted incremental vs restic (S3)'));
+  out.push(ratio('restore\0backy', 'restore\0restic', 0.8, 'restore vs restic (S3)'));
+}
 out.push(ratio('full backup\0backy', 'full backup\0borg', 0.5, 'full backup vs borg'));
 out.push(ratio('incremental\0backy', 'incremental\0borg', 0.2, 'hinted incremental vs borg'));
 out.push(ratio('restore\0backy', 'restore\0borg', 0.6, 'restore vs borg extract'));
@@ -410,12 +442,14 @@ const rss = Math.max(...JOBS.map((j) => med(`${j}\0backy`)?.rssMB ?? 0));
 out.push(`- backy peak RSS: ${rss.toFixed(0)} MB (goal <= 150 MB) ${rss <= 150 ? 'met' : 'MISSED'}`);
 const big = median(fromRuns.map((r) => r.big.incr));
 const small = median(fromRuns.map((r) => r.small.incr));
-out.push(
-  `- -f on a 262,144-block base: ${big.toFixed(2)} s vs ${small.toFixed(2)} s on a 1-block base: ` +
-    `${(big - small).toFixed(2)} s of metadata work (goal <= ~2 s) ${big - small <= 2 ? 'met' : 'MISSED'}` +
-    ` (writing that base: ${median(fromRuns.map((r) => r.big.base)).toFixed(2)} s)`,
-);
+if (fromRuns.length > 0)
+  out.push(
+    `- -f on a 262,144-block base: ${big.toFixed(2)} s vs ${small.toFixed(2)} s on a 1-block base: ` +
+      `${(big - small).toFixed(2)} s of metadata work (goal <= ~2 s) ${big - small <= 2 ? 'met' : 'MISSED'}` +
+      ` (writing that base: ${median(fromRuns.map((r) => r.big.base)).toFixed(2)} s)`,
+  );
 process.stdout.write(`${out.join('\n')}\n`);
 
+await s3?.stop();
 if (args.keep) process.stderr.write(`bench: kept ${work}\n`);
 else await rm(work, { recursive: true, force: true });
