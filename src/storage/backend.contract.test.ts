@@ -143,6 +143,22 @@ for (const c of cases) {
       );
     });
 
+    it('stat and list never date an object before its write (cleanup keeps what is newer than its start)', async () => {
+      // Kernel file times are coarse by a few ms; S3's Last-Modified by up to a second.
+      for (let i = 0; i < 3; i++) {
+        const t0 = Date.now();
+        await backend.put(key(7), [Buffer.from(`t${i}`)]);
+        const st = await backend.stat(key(7));
+        assert.ok(st!.mtimeMs >= t0 - 20, `stat: mtime ${st!.mtimeMs} < write start ${t0}`);
+        for await (const o of backend.list()) {
+          if (o.key === key(7))
+            assert.ok(o.mtimeMs >= t0 - 20, `list: mtime ${o.mtimeMs} < write start ${t0}`);
+        }
+        await new Promise((r) => setTimeout(r, 150));
+      }
+      await backend.delete(key(7));
+    });
+
     it('refuses a key that is not plain hex', async () => {
       await assert.rejects(backend.put('../../etc/passwd', [Buffer.from('x')]));
       await assert.rejects(backend.get('ab/../../cd'));

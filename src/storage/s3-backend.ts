@@ -163,7 +163,7 @@ export class S3Backend implements StorageBackend {
       const res = await this.#retry(`cannot look up block ${key} in ${this.where}`, (signal) =>
         this.#client.send(new HeadObjectCommand({ Bucket: this.#o.bucket, Key }), { abortSignal: signal }),
       );
-      return { key, size: res.ContentLength ?? 0, mtimeMs: res.LastModified?.getTime() ?? 0 };
+      return { key, size: res.ContentLength ?? 0, mtimeMs: latestMs(res.LastModified) };
     } catch (err) {
       if (err instanceof S3Error && isNotFound(err.cause)) {
         await this.#checkBucket();
@@ -206,7 +206,7 @@ export class S3Backend implements StorageBackend {
       for (const o of res.Contents ?? []) {
         const name = o.Key?.slice(this.#o.prefix.length) ?? '';
         if (!o.Key?.startsWith(this.#o.prefix) || !KEY_RE.test(name)) continue;
-        yield { key: name, size: o.Size ?? 0, mtimeMs: o.LastModified?.getTime() ?? 0 };
+        yield { key: name, size: o.Size ?? 0, mtimeMs: latestMs(o.LastModified) };
       }
       token = res.IsTruncated ? res.NextContinuationToken : undefined;
     } while (token);
@@ -305,6 +305,16 @@ export class S3Backend implements StorageBackend {
       ].includes(code)
     );
   }
+}
+
+/**
+ * Last-Modified has whole seconds: report the latest moment it may stand for, so that
+ * cleanup's "written before I started" test errs towards keeping an object.
+ */
+function latestMs(d: Date | undefined): number {
+  if (d === undefined) return Date.now();
+  const ms = d.getTime();
+  return ms % 1000 === 0 ? ms + 999 : ms;
 }
 
 function statusOf(err: unknown): number | undefined {

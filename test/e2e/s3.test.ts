@@ -151,7 +151,7 @@ describe('S3 end to end (radosgw)', { skip }, () => {
       await putObject(c, bucket, stray, Buffer.from('stray'));
       // Cleanup sweeps objects without a row only when they are older than its start (1 s
       // resolution of Last-Modified).
-      await new Promise((r) => setTimeout(r, 1100));
+      await new Promise((r) => setTimeout(r, 1500));
       await sb.ok(['rm', uid1]);
       const r = await sb.ok(['-m', 'cleanup']);
       const m = /^cleanup 0 (\d+) (\d+) (\d+) (\d+) 0$/m.exec(r.stdout);
