@@ -336,14 +336,16 @@ function describe(err: unknown): string {
   const status = statusOf(err);
   const code = e.code ?? (e as { cause?: { code?: string } }).cause?.code;
   const msg = errorMessage(err).split('\n')[0];
+  const text = msg === '' || msg === 'UnknownError' ? (e.name ?? 'unknown error') : msg;
   const parts = [
     e.name && e.name !== 'Error' ? e.name : undefined,
     code,
     status ? `HTTP ${status}` : undefined,
   ]
-    .filter((p) => p !== undefined && !msg.includes(p))
+    .filter((p) => p !== undefined && !text.includes(p))
     .join(', ');
-  const text = msg === '' || msg === 'UnknownError' ? (e.name ?? 'unknown error') : msg;
+  if (status === 403)
+    return `${text} (${parts || 'HTTP 403'}; check the credentials and their rights on the bucket)`;
   return parts ? `${text} (${parts})` : text;
 }
 
