@@ -220,6 +220,21 @@ describe('S3Backend: failures against the real gateway', { skip: s3Skip }, () =>
     }
   });
 
+  it('parallel 4 MiB puts into a missing bucket (refused before their bodies are read) create it, no crash', async () => {
+    // radosgw answers NoSuchBucket and hangs up without reading the body: the unread rest of
+    // the upload meets a closed socket (EPIPE), which once crashed the process.
+    const big = Buffer.alloc(4 << 20, 9);
+    for (let round = 0; round < 3; round++) {
+      const b = new S3Backend(s3Options(s, newBucket('fresh')));
+      try {
+        await Promise.all(Array.from({ length: 8 }, (_, i) => b.put(key(100 + i), [big])));
+        for (let i = 0; i < 8; i++) assert.equal((await b.stat(key(100 + i)))?.size, big.length);
+      } finally {
+        await b.close();
+      }
+    }
+  });
+
   it('wrong credentials fail at once, naming endpoint and bucket, never the secret', async () => {
     const secret = 'wrong-secret-' + 'x'.repeat(20);
     const b = new S3Backend(s3Options(s, newBucket('creds'), { secretAccessKey: secret, timeoutMs: 20_000 }));
@@ -227,9 +242,9 @@ describe('S3Backend: failures against the real gateway', { skip: s3Skip }, () =>
       const t0 = performance.now();
       await assert.rejects(b.put(key(1), [Buffer.from('x')]), (err: Error) => {
         assert.ok(err instanceof BackyError);
-        assert.match(err.message, new RegExp(`cannot store block ${key(1)} in s3://backy-creds-`));
+        assert.match(err.message, /^cannot reach bucket s3:\/\/backy-creds-\w+\/p\/ at /);
         assert.ok(err.message.includes(s.endpoint), err.message);
-        assert.match(err.message, /403|SignatureDoesNotMatch|AccessDenied/);
+        assert.match(err.message, /403.*check the credentials/);
         assert.ok(!err.message.includes(secret) && !err.message.includes(s.secretAccessKey));
         return true;
       });
@@ -267,7 +282,7 @@ describe(
     let proxy: Server;
     let port: number;
     /** What the next requests get instead of the gateway's answer. */
-    let faults: ('503' | 'reset')[] = [];
+    let faults: ('503' | 'reset' | 'answer-early')[] = [];
     let always: '503' | undefined;
     let requests = 0;
     before(async () => {
@@ -278,6 +293,15 @@ describe(
         const fault = always ?? faults.shift();
         if (fault === 'reset') {
           req.socket.destroy();
+          return;
+        }
+        if (fault === 'answer-early') {
+          // As a gateway that refuses a request before reading its body (full, overloaded):
+          // answer, then close while the client is still sending.
+          res.writeHead(503, { 'content-type': 'application/xml', connection: 'close' });
+          res.end('<?xml version="1.0"?><Error><Code>ServiceUnavailable</Code></Error>', () =>
+            req.socket.destroy(),
+          );
           return;
         }
         if (fault === '503') {
@@ -322,6 +346,24 @@ describe(
         faults = ['503'];
         assert.equal((await b.stat(key(2)))?.size, 12);
       } finally {
+        await b.close();
+      }
+    });
+
+    it('a gateway that answers and hangs up before reading a 4 MiB body: retried, no crash', async () => {
+      const b = new S3Backend(
+        s3Options({ ...server!, endpoint: `http://127.0.0.1:${port}` }, newBucket('early')),
+      );
+      try {
+        await b.put(key(1), [Buffer.from('warm-up')]);
+        const big = Buffer.alloc(4 << 20, 7);
+        for (let i = 0; i < 5; i++) {
+          faults = ['answer-early', 'answer-early'];
+          await b.put(key(2 + i), [big]);
+          assert.ok((await b.get(key(2 + i))).equals(big));
+        }
+      } finally {
+        faults = [];
         await b.close();
       }
     });

@@ -18,7 +18,9 @@
  * the end (or the socket destroyed), or the agent's sockets leak.
  */
 import { Agent } from 'node:http';
+import type { ClientRequestArgs } from 'node:http';
 import { Agent as HttpsAgent } from 'node:https';
+import type { Duplex } from 'node:stream';
 import type { Readable } from 'node:stream';
 import {
   CreateBucketCommand,
@@ -65,6 +67,7 @@ export class S3Backend implements StorageBackend {
   readonly #agent: Agent;
   /** Set once the bucket is known to exist (a 404 for an object is then the object's). */
   #bucketChecked: Promise<void> | undefined;
+  #bucketWritable: Promise<void> | undefined;
   /** Connection refused before the first success means a wrong endpoint: no retry. */
   #reachedOnce = false;
 
@@ -75,7 +78,10 @@ export class S3Backend implements StorageBackend {
     // version and writes only its own one-line messages there.
     process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
     const https = o.endpoint === undefined || o.endpoint.startsWith('https:');
-    this.#agent = new (https ? HttpsAgent : Agent)({ keepAlive: true, maxSockets: o.maxConnections });
+    this.#agent = new (https ? QuietHttpsAgent : QuietAgent)({
+      keepAlive: true,
+      maxSockets: o.maxConnections,
+    });
     this.#client = new S3Client({
       endpoint: o.endpoint,
       region: o.region,
@@ -111,6 +117,7 @@ export class S3Backend implements StorageBackend {
 
   async put(key: string, data: readonly Buffer[], _opts?: PutOptions): Promise<void> {
     const Key = this.#key(key);
+    await this.#bucketForWrites();
     const body = data.length === 1 ? data[0] : Buffer.concat(data as Buffer[]);
     const send = () =>
       this.#retry(`cannot store block ${key} in ${this.where}`, (signal) =>
@@ -217,6 +224,25 @@ export class S3Backend implements StorageBackend {
     this.#agent.destroy();
   }
 
+  /**
+   * Once per process, before the first put: the bucket, created if missing. Without it the
+   * first puts of a backup into a new bucket all meet NoSuchBucket, which radosgw answers
+   * before reading their 4 MiB bodies and then hangs up on.
+   */
+  #bucketForWrites(): Promise<void> {
+    this.#bucketWritable ??= this.#checkBucket().catch(async (err: unknown) => {
+      if (!(err instanceof S3Error && isNotFound(err.cause))) {
+        this.#bucketWritable = undefined;
+        throw err;
+      }
+      await this.#createBucket().catch((e: unknown) => {
+        this.#bucketWritable = undefined;
+        throw e;
+      });
+    });
+    return this.#bucketWritable;
+  }
+
   #checkBucket(): Promise<void> {
     this.#bucketChecked ??= this.#retry(`cannot reach bucket ${this.where}`, (signal) =>
       this.#client.send(new HeadBucketCommand({ Bucket: this.#o.bucket }), { abortSignal: signal }),
@@ -315,6 +341,28 @@ function latestMs(d: Date | undefined): number {
   if (d === undefined) return Date.now();
   const ms = d.getTime();
   return ms % 1000 === 0 ? ms + 999 : ms;
+}
+
+/**
+ * An error on a socket after its response was read (the server hung up while the rest of a
+ * request body was still being sent: EPIPE) has no request left to report to; unhandled, it
+ * would end the process. The request's own failure, if any, is reported through the request.
+ */
+function quiet(sock: Duplex | null | undefined): Duplex | null | undefined {
+  sock?.on('error', () => {});
+  return sock;
+}
+
+class QuietAgent extends Agent {
+  override createConnection(options: ClientRequestArgs, cb?: (err: Error | null, s: Duplex) => void) {
+    return quiet(super.createConnection(options, cb));
+  }
+}
+
+class QuietHttpsAgent extends HttpsAgent {
+  override createConnection(options: ClientRequestArgs, cb?: (err: Error | null, s: Duplex) => void) {
+    return quiet(super.createConnection(options, cb));
+  }
 }
 
 function statusOf(err: unknown): number | undefined {
