@@ -1,5 +1,5 @@
 /** What every command gets: logger, output mode, and lazily opened config, metadata and store. */
-import { loadConfig, redactUrl } from '../config/config.js';
+import { describeDataBackend, loadConfig, redactUrl } from '../config/config.js';
 import type { Config } from '../config/config.js';
 import { InputError } from '../errors.js';
 import { settleEncryption } from '../meta/encryption-setting.js';
@@ -10,6 +10,7 @@ import { DirBackend } from '../storage/dir-backend.js';
 import { readKeyFile } from '../storage/keyfile.js';
 import type { StoreKeys } from '../storage/keyfile.js';
 import { CodecPool } from '../util/codec-pool.js';
+import { openBackend } from '../storage/open-backend.js';
 import type { Logger } from '../util/log.js';
 
 export class Context {
@@ -46,7 +47,7 @@ export class Context {
       this.#config = loadConfig(this.#configPath);
       this.log.setLogfile(this.#config.logfile);
       this.log.debug(
-        `config: ${this.#config.source}; metadata: ${redactUrl(this.#config.engine)}; data: ${this.#config.dataBackend.path}`,
+        `config: ${this.#config.source}; metadata: ${redactUrl(this.#config.engine)}; data: ${describeDataBackend(this.#config.dataBackend)}`,
       );
     }
     return this.#config;
@@ -92,10 +93,14 @@ export class Context {
         compression: this.config.dataBackend.compression,
         keys: this.#keys && { encryption: this.#keys.encryption, naming: this.#keys.naming },
       };
-      const backend = new DirBackend(this.config.dataBackend.path);
-      const root = opts.root ?? 'check';
-      if (root === 'create') await backend.createRoot();
-      else if (root === 'check') await backend.checkRoot();
+      const backend = await openBackend(this.config.dataBackend);
+      // The data root: a directory must exist (an unmounted one is an I/O error, never missing
+      // blocks); a bucket is checked by the S3 backend itself on first use.
+      if (backend instanceof DirBackend) {
+        const root = opts.root ?? 'check';
+        if (root === 'create') await backend.createRoot();
+        else if (root === 'check') await backend.checkRoot();
+      }
       this.#codecPool = new CodecPool(spec);
       this.#store = new BlockStore(backend, spec, this.#codecPool);
     }

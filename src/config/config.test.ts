@@ -10,13 +10,13 @@ describe('config', () => {
   it('embedded default honours XDG_DATA_HOME', () => {
     const c = embeddedDefault({ HOME: '/home/x', XDG_DATA_HOME: '/xdg' });
     assert.equal(c.engine, 'sqlite:////xdg/backy/backy.sqlite');
-    assert.equal(c.dataBackend.path, '/xdg/backy/data');
+    assert.deepEqual(c.dataBackend, { type: 'file', path: '/xdg/backy/data' });
     assert.equal(c.blockSize, 4 * 1024 * 1024);
     assert.equal(c.hintCheckBlocks, 10);
   });
   it('embedded default falls back to ~/.local/share', () => {
     const c = embeddedDefault({ HOME: '/home/x' });
-    assert.equal(c.dataBackend.path, '/home/x/.local/share/backy/data');
+    assert.deepEqual(c.dataBackend, { type: 'file', path: '/home/x/.local/share/backy/data' });
   });
   it('parses the design example, with = and : separators and comments', () => {
     const c = parseConfig(
@@ -40,7 +40,39 @@ describe('config', () => {
     assert.equal(c.hintCheckBlocks, 3);
     assert.equal(c.hashFunction, 'sha256');
     assert.equal(sqlitePath(c.engine), '/var/lib/backy/backy.sqlite');
-    assert.equal(c.dataBackend.path, '/var/lib/backy/data');
+    assert.deepEqual(c.dataBackend, { type: 'file', path: '/var/lib/backy/data' });
+  });
+  it('parses an s3 data backend with its defaults', () => {
+    const c = parseConfig(
+      '[DataBackend]\ntype = s3\nendpoint = http://127.0.0.1:7480/\nbucket = backy\nprefix = host1\n',
+      'backy.cfg',
+      {},
+    );
+    assert.deepEqual(c.dataBackend, {
+      type: 's3',
+      endpoint: 'http://127.0.0.1:7480',
+      bucket: 'backy',
+      prefix: 'host1/',
+      region: 'us-east-1',
+      pathStyle: true,
+      accessKeyId: undefined,
+      secretAccessKey: undefined,
+      maxConnections: 16,
+      timeout: 30,
+    });
+    const aws = parseConfig(
+      '[DataBackend]\ntype = s3\nbucket = backy\nregion = eu-west-1\naccess_key_id = AK\nsecret_access_key = SK\ntimeout = 5\nmax_connections = 4',
+      'backy.cfg',
+      {},
+    ).dataBackend;
+    assert.equal(aws.type, 's3');
+    if (aws.type !== 's3') return;
+    assert.equal(aws.endpoint, undefined);
+    assert.equal(aws.pathStyle, false, 'AWS itself: virtual-hosted style');
+    assert.deepEqual(
+      [aws.region, aws.accessKeyId, aws.secretAccessKey, aws.timeout, aws.maxConnections],
+      ['eu-west-1', 'AK', 'SK', 5, 4],
+    );
   });
   it('sqlite:///rel is relative, sqlite:////abs absolute', () => {
     assert.equal(sqlitePath('sqlite:///rel/db.sqlite'), 'rel/db.sqlite');
@@ -55,7 +87,29 @@ describe('config', () => {
     ['negative hint_check_blocks', '[DEFAULTS]\nhint_check_blocks = -1', /hint_check_blocks/],
     ['bad hash function', '[DEFAULTS]\nhash_function = md5', /hash_function must be one of/],
     ['bad engine', '[MetaBackend]\nengine = mysql://x', /\[MetaBackend\] engine must be/],
-    ['bad backend type', '[DataBackend]\ntype = tape', /\[DataBackend\] type must be 'file'/],
+    ['bad backend type', '[DataBackend]\ntype = tape', /\[DataBackend\] type must be 'file' or 's3'/],
+    ['s3 key with type file', '[DataBackend]\nbucket = b1b', /\[DataBackend\] bucket needs type = s3/],
+    ['s3 without bucket', '[DataBackend]\ntype = s3', /\[DataBackend\] bucket must be a bucket name/],
+    ['s3 bad bucket', '[DataBackend]\ntype = s3\nbucket = Bad_Bucket', /bucket must be a bucket name/],
+    ['s3 with path', '[DataBackend]\ntype = s3\nbucket = b1b\npath = /x', /path is for type = file/],
+    [
+      's3 bad endpoint',
+      '[DataBackend]\ntype = s3\nbucket = b1b\nendpoint = 127.0.0.1:7480',
+      /endpoint must be a URL/,
+    ],
+    [
+      's3 endpoint with credentials',
+      '[DataBackend]\ntype = s3\nbucket = b1b\nendpoint = http://a:b@h',
+      /must not hold credentials/,
+    ],
+    ['s3 half the credentials', '[DataBackend]\ntype = s3\nbucket = b1b\naccess_key_id = AK', /go together/],
+    [
+      's3 bad path_style',
+      '[DataBackend]\ntype = s3\nbucket = b1b\npath_style = maybe',
+      /path_style must be true or false/,
+    ],
+    ['s3 bad timeout', '[DataBackend]\ntype = s3\nbucket = b1b\ntimeout = 0', /timeout must be between 1/],
+    ['s3 bad prefix', '[DataBackend]\ntype = s3\nbucket = b1b\nprefix = ../x', /prefix may hold only/],
     ['key outside a section', 'block_size = 4096', /outside any section/],
     ['bad compression', '[DataBackend]\ncompression = gzip', /compression must be none, zstd or zstd:LEVEL/],
     ['zstd level 0', '[DataBackend]\ncompression = zstd:0', /compression must be/],

@@ -30,14 +30,53 @@ export interface Config {
   hashFunction?: HashFunction;
   /** Metadata engine URL, e.g. sqlite:////var/lib/backy/backy.sqlite or postgresql://... */
   engine: string;
-  dataBackend: {
-    type: 'file';
-    path: string;
-    /** For new objects; objects keep the codec they were written with. */
-    compression: Compression;
-    /** Fixed when the store is created: the store refuses a config that differs. */
-    encryption?: { codec: 'aes-256-gcm'; keyFile: string };
-  };
+  dataBackend: (FileBackendConfig | S3BackendConfig) & CodecConfig;
+}
+
+/** Codec settings of [DataBackend], whatever the backend type. */
+export interface CodecConfig {
+  /** For new objects; objects keep the codec they were written with. */
+  compression: Compression;
+  /** Fixed when the store is created: the store refuses a config that differs. */
+  encryption?: { codec: 'aes-256-gcm'; keyFile: string };
+}
+
+export interface FileBackendConfig {
+  type: 'file';
+  path: string;
+}
+
+/** [DataBackend] type = s3; credentials may be missing here and come from the environment. */
+export interface S3BackendConfig {
+  type: 's3';
+  endpoint?: string;
+  bucket: string;
+  /** '' or ending in '/'. */
+  prefix: string;
+  region: string;
+  pathStyle: boolean;
+  accessKeyId?: string;
+  secretAccessKey?: string;
+  maxConnections: number;
+  /** Seconds one object operation may take, retries included. */
+  timeout: number;
+}
+
+export const S3_KEYS = [
+  'endpoint',
+  'bucket',
+  'prefix',
+  'region',
+  'path_style',
+  'access_key_id',
+  'secret_access_key',
+  'max_connections',
+  'timeout',
+] as const;
+
+/** One word for logs: the directory, or the bucket and endpoint (never a credential). */
+export function describeDataBackend(b: Config['dataBackend']): string {
+  return b.type === 'file' ? b.path : `s3://${b.bucket}/${b.prefix} at ${b.endpoint ?? 'AWS S3'}`;
 }
 
 export const DEFAULT_BLOCK_SIZE = 4 * 1024 * 1024;
@@ -135,7 +174,7 @@ export function parseConfig(text: string, file: string, env: NodeJS.ProcessEnv =
   const known: Record<string, readonly string[]> = {
     DEFAULTS: ['logfile', 'block_size', 'hint_check_blocks', 'hash_function'],
     MetaBackend: ['engine'],
-    DataBackend: ['type', 'path', 'compression', 'encryption', 'key_file'],
+    DataBackend: ['type', 'path', 'compression', 'encryption', 'key_file', ...S3_KEYS],
   };
   for (const [name, section] of Object.entries(sections)) {
     const keys = known[name];
@@ -184,12 +223,19 @@ export function parseConfig(text: string, file: string, env: NodeJS.ProcessEnv =
     cfg.engine = m.engine;
   }
   const b = sections.DataBackend ?? {};
-  if (b.type !== undefined && b.type !== 'file') {
-    throw new ConfigError(`${file}: [DataBackend] type must be 'file', got '${b.type}'`);
+  if (b.type !== undefined && b.type !== 'file' && b.type !== 's3') {
+    throw new ConfigError(`${file}: [DataBackend] type must be 'file' or 's3', got '${b.type}'`);
   }
-  if (b.path !== undefined) {
-    if (b.path === '') throw new ConfigError(`${file}: [DataBackend] path must not be empty`);
-    cfg.dataBackend.path = resolve(b.path);
+  const codec = { compression: cfg.dataBackend.compression };
+  if (b.type === 's3') cfg.dataBackend = { ...parseS3(b, file), ...codec };
+  else {
+    for (const k of S3_KEYS) {
+      if (b[k] !== undefined) throw new ConfigError(`${file}: [DataBackend] ${k} needs type = s3`);
+    }
+    if (b.path !== undefined) {
+      if (b.path === '') throw new ConfigError(`${file}: [DataBackend] path must not be empty`);
+      cfg.dataBackend = { type: 'file', path: resolve(b.path), ...codec };
+    }
   }
   if (b.compression !== undefined) {
     const c = parseCompression(b.compression);
@@ -219,6 +265,78 @@ export function parseConfig(text: string, file: string, env: NodeJS.ProcessEnv =
     );
   }
   return cfg;
+}
+
+function parseS3(b: Section, file: string): S3BackendConfig {
+  const what = (k: string) => `${file}: [DataBackend] ${k}`;
+  if (b.path !== undefined)
+    throw new ConfigError(`${what('path')} is for type = file; s3 uses bucket and prefix`);
+  let endpoint: string | undefined;
+  if (b.endpoint !== undefined && b.endpoint !== '') {
+    let u: URL;
+    try {
+      u = new URL(b.endpoint);
+    } catch {
+      throw new ConfigError(
+        `${what('endpoint')} must be a URL such as http://127.0.0.1:7480, got '${b.endpoint}'`,
+      );
+    }
+    if (u.protocol !== 'http:' && u.protocol !== 'https:') {
+      throw new ConfigError(`${what('endpoint')} must be an http:// or https:// URL, got '${b.endpoint}'`);
+    }
+    if (u.username || u.password) {
+      throw new ConfigError(
+        `${what('endpoint')} must not hold credentials; use access_key_id and secret_access_key`,
+      );
+    }
+    endpoint = b.endpoint.replace(/\/+$/, '');
+  }
+  // S3's bucket naming rules (lower case, 3-63 characters); RGW and MinIO follow them.
+  if (b.bucket === undefined || !/^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/.test(b.bucket)) {
+    throw new ConfigError(
+      `${what('bucket')} must be a bucket name (3-63 characters: a-z, 0-9, '.', '-'), got '${b.bucket ?? ''}'`,
+    );
+  }
+  let prefix = b.prefix ?? '';
+  if (prefix !== '') {
+    if (!/^[A-Za-z0-9._/-]+$/.test(prefix) || prefix.startsWith('/') || prefix.split('/').includes('..')) {
+      throw new ConfigError(
+        `${what('prefix')} may hold only A-Z a-z 0-9 . _ - / and no leading '/', got '${prefix}'`,
+      );
+    }
+    if (!prefix.endsWith('/')) prefix += '/';
+  }
+  const region = b.region || 'us-east-1';
+  if (!/^[a-z0-9-]+$/.test(region))
+    throw new ConfigError(`${what('region')} must look like us-east-1, got '${region}'`);
+  // Virtual-hosted style needs DNS for every bucket name; other gateways rarely have it.
+  let pathStyle = endpoint === undefined ? false : !/\.amazonaws\.com(:\d+)?$/.test(new URL(endpoint).host);
+  if (b.path_style !== undefined) {
+    if (!['true', 'false', '1', '0', 'yes', 'no'].includes(b.path_style.toLowerCase())) {
+      throw new ConfigError(`${what('path_style')} must be true or false, got '${b.path_style}'`);
+    }
+    pathStyle = ['true', '1', 'yes'].includes(b.path_style.toLowerCase());
+  }
+  if ((b.access_key_id === undefined) !== (b.secret_access_key === undefined)) {
+    throw new ConfigError(
+      `${file}: [DataBackend] access_key_id and secret_access_key go together; give both or neither`,
+    );
+  }
+  return {
+    type: 's3',
+    endpoint,
+    bucket: b.bucket,
+    prefix,
+    region,
+    pathStyle,
+    accessKeyId: b.access_key_id,
+    secretAccessKey: b.secret_access_key,
+    maxConnections:
+      b.max_connections === undefined
+        ? 16
+        : parseInteger(b.max_connections, what('max_connections'), 1, 1024),
+    timeout: b.timeout === undefined ? 30 : parseInteger(b.timeout, what('timeout'), 1, 3600),
+  };
 }
 
 function parseInteger(value: string, what: string, min: number, max: number): number {

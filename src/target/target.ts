@@ -30,13 +30,17 @@ export interface Target {
  */
 export async function checkTargetOutsideStore(
   path: string,
-  store: { dataDir: string; dbPath?: string },
+  store: { dataDir?: string; dbPath?: string },
   what = 'restore target',
 ): Promise<void> {
   if (path === '-') return;
   const target = await canonical(path);
-  const dataDir = await canonical(store.dataDir);
-  if (target === dataDir || target.startsWith(dataDir.endsWith(sep) ? dataDir : dataDir + sep)) {
+  // No data directory: the blocks are remote (S3).
+  const dataDir = store.dataDir === undefined ? undefined : await canonical(store.dataDir);
+  if (
+    dataDir !== undefined &&
+    (target === dataDir || target.startsWith(dataDir.endsWith(sep) ? dataDir : dataDir + sep))
+  ) {
     throw new InputError(
       `${what} ${path} is inside backy's data directory ${store.dataDir}; choose a file outside the store`,
     );
@@ -74,7 +78,7 @@ async function canonical(path: string): Promise<string> {
 export async function openTarget(
   path: string,
   size: number,
-  opts: { force: boolean; store?: { dataDir: string; dbPath?: string } },
+  opts: { force: boolean; store?: { dataDir?: string; dbPath?: string } },
 ): Promise<Target> {
   if (path === '-') return new StdoutTarget();
   let st: Stats | undefined;
@@ -147,7 +151,7 @@ export async function openTarget(
 async function checkOpenedOutsideStore(
   fh: FileHandle,
   path: string,
-  store: { dataDir: string; dbPath?: string },
+  store: { dataDir?: string; dbPath?: string },
 ): Promise<void> {
   const st = await fh.stat();
   for (const suffix of store.dbPath === undefined ? [] : ['', '-wal', '-shm', '-journal']) {
@@ -160,7 +164,7 @@ async function checkOpenedOutsideStore(
     }
   }
   const real = await readlink(`/proc/self/fd/${fh.fd}`).catch(() => undefined);
-  if (real !== undefined && real.startsWith('/')) {
+  if (store.dataDir !== undefined && real !== undefined && real.startsWith('/')) {
     const dataDir = await canonical(store.dataDir);
     if (real === dataDir || real.startsWith(dataDir.endsWith(sep) ? dataDir : dataDir + sep)) {
       throw new InputError(

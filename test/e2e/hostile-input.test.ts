@@ -263,8 +263,13 @@ describe('hostile input is refused with one line and changes nothing', { concurr
     config('sqlite URL without a path', '[MetaBackend]\nengine = sqlite:///\n', /sqlite URL has no path/),
     config(
       'unknown backend type',
+      '[DataBackend]\ntype = tape\n',
+      /\[DataBackend\] type must be 'file' or 's3', got 'tape'/,
+    ),
+    config(
+      's3 without a bucket',
       '[DataBackend]\ntype = s3\n',
-      /\[DataBackend\] type must be 'file', got 's3'/,
+      /\[DataBackend\] bucket must be a bucket name/,
     ),
     config('empty data path', '[DataBackend]\npath =\n', /path must not be empty/),
     config(

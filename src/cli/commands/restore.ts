@@ -97,10 +97,10 @@ export async function restoreCommand(
 }
 
 /** What a file written by backy (restore TARGET, export FILE) must never be or be inside. */
-export function storePaths(ctx: Context): { dataDir: string; dbPath?: string } {
+export function storePaths(ctx: Context): { dataDir?: string; dbPath?: string } {
   const { engine, dataBackend } = ctx.config;
   return {
-    dataDir: dataBackend.path,
+    dataDir: dataBackend.type === 'file' ? dataBackend.path : undefined,
     dbPath: engine.startsWith('sqlite:///') ? resolve(sqlitePath(engine)) : undefined,
   };
 }
