@@ -11,6 +11,7 @@ import { after, before, describe, it } from 'node:test';
 import { encodeExportDiff } from '../../src/source/rbd-export-diff.js';
 import { Sandbox, assertSameBytes } from '../lib/cli.js';
 import { writeImage } from '../lib/image.js';
+import { pgDatabase, pgSkipReason } from '../lib/pg.js';
 import { blockRows, dumpDb, objectFiles, objectPath } from '../lib/store.js';
 
 const BS = 64 * 1024;
@@ -356,5 +357,34 @@ describe('an encrypted store: every path that names blocks uses the keyed names'
     await sb.ok(['restore', d2, sb.path('d2.import.out')]);
     await assertSameBytes(sb.path('d2.import.out'), expected);
     await sb.ok(['scrub', d2]);
+  });
+});
+
+describe('an encrypted store with its metadata in PostgreSQL', { skip: pgSkipReason() }, () => {
+  it('records the key fingerprint there: restores byte for byte, refuses another key', async () => {
+    const sb = await Sandbox.create({
+      defaults: `block_size = ${BS}`,
+      engine: await pgDatabase('backy_codec'),
+    });
+    try {
+      await sb.ok(['key', 'create', sb.path('k')]);
+      await sb.ok(['key', 'create', sb.path('other')]);
+      await setData(sb, `encryption = aes-256-gcm\nkey_file = ${sb.path('k')}`);
+      const img = sb.path('img');
+      await markedImage(img, 6, 'pg');
+      const uid = await sb.backup([img, 'vm1']);
+      await sb.ok(['restore', uid, sb.path('out')]);
+      await assertSameBytes(img, sb.path('out'));
+      assert.deepEqual(await filesContaining(await allFiles(sb.dataDir), MARKER), []);
+      await setData(sb, `encryption = aes-256-gcm\nkey_file = ${sb.path('other')}`);
+      const r = await sb.run(['restore', uid, sb.path('out2')]);
+      assert.equal(r.code, 1);
+      assert.equal(errorLines(r.stderr).length, 1, r.stderr);
+      assert.match(r.stderr, /not this store's key/);
+      await setData(sb, '');
+      assert.match((await sb.run(['ls'])).stderr, /this store is encrypted/);
+    } finally {
+      await sb.remove();
+    }
   });
 });
