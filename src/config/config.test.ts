@@ -10,13 +10,21 @@ describe('config', () => {
   it('embedded default honours XDG_DATA_HOME', () => {
     const c = embeddedDefault({ HOME: '/home/x', XDG_DATA_HOME: '/xdg' });
     assert.equal(c.engine, 'sqlite:////xdg/backy/backy.sqlite');
-    assert.deepEqual(c.dataBackend, { type: 'file', path: '/xdg/backy/data' });
+    assert.deepEqual(c.dataBackend, {
+      type: 'file',
+      path: '/xdg/backy/data',
+      compression: { codec: 'zstd', level: 1 },
+    });
     assert.equal(c.blockSize, 4 * 1024 * 1024);
     assert.equal(c.hintCheckBlocks, 10);
   });
   it('embedded default falls back to ~/.local/share', () => {
     const c = embeddedDefault({ HOME: '/home/x' });
-    assert.deepEqual(c.dataBackend, { type: 'file', path: '/home/x/.local/share/backy/data' });
+    assert.deepEqual(c.dataBackend, {
+      type: 'file',
+      path: '/home/x/.local/share/backy/data',
+      compression: { codec: 'zstd', level: 1 },
+    });
   });
   it('parses the design example, with = and : separators and comments', () => {
     const c = parseConfig(
@@ -40,7 +48,11 @@ describe('config', () => {
     assert.equal(c.hintCheckBlocks, 3);
     assert.equal(c.hashFunction, 'sha256');
     assert.equal(sqlitePath(c.engine), '/var/lib/backy/backy.sqlite');
-    assert.deepEqual(c.dataBackend, { type: 'file', path: '/var/lib/backy/data' });
+    assert.deepEqual(c.dataBackend, {
+      type: 'file',
+      path: '/var/lib/backy/data',
+      compression: { codec: 'zstd', level: 1 },
+    });
   });
   it('parses an s3 data backend with its defaults', () => {
     const c = parseConfig(
@@ -59,6 +71,7 @@ describe('config', () => {
       secretAccessKey: undefined,
       maxConnections: 16,
       timeout: 30,
+      compression: { codec: 'zstd', level: 1 },
     });
     const aws = parseConfig(
       '[DataBackend]\ntype = s3\nbucket = backy\nregion = eu-west-1\naccess_key_id = AK\nsecret_access_key = SK\ntimeout = 5\nmax_connections = 4',

@@ -84,11 +84,21 @@ describe('backup and restore', () => {
     await assertSameBytes(img, sb.path('plain.img'));
     await sb.ok(['restore', '-s', uid, sb.path('sparse.img')]);
     await assertSameBytes(img, sb.path('sparse.img'));
+    // An existing file is written in full (zeros too) unless -s ...
+    await writeFile(sb.path('existing.img'), Buffer.alloc(1));
+    await sb.ok(['restore', '--force', uid, sb.path('existing.img')]);
+    await assertSameBytes(img, sb.path('existing.img'));
     const sparse = await stat(sb.path('sparse.img'));
     const plain = await stat(sb.path('plain.img'));
+    const existing = await stat(sb.path('existing.img'));
     assert.ok(
-      sparse.blocks < plain.blocks,
-      `sparse restore allocates less (${sparse.blocks} < ${plain.blocks})`,
+      sparse.blocks < existing.blocks,
+      `sparse restore allocates less (${sparse.blocks} < ${existing.blocks})`,
+    );
+    // ... while a file the restore creates reads back zeros, so its zero blocks stay holes anyway.
+    assert.ok(
+      plain.blocks < existing.blocks,
+      `a new file keeps holes (${plain.blocks} < ${existing.blocks})`,
     );
     const out = await sb.ok(['restore', uid, '-']);
     await assertSameBytes(img, out.stdoutBuf);
