@@ -8,14 +8,14 @@
  * at most DIRTY_LIMIT modified blocks before storing them. Reads in flight are bounded by the
  * server (request size and count).
  */
-import { blockCount, blockLength, zeros } from '../blocks/blocks.js';
+import { blockCount, blockLength } from '../blocks/blocks.js';
 import { CHECKSUM_RE } from '../blocks/hash.js';
 import { BlockWriter, completeOrInvalidate, emptyStats } from '../core/backup.js';
 import { CorruptBlockError, MissingBlockError, errorMessage } from '../errors.js';
 import type { MetaStore, Version } from '../meta/meta-store.js';
 import type { BlockStore } from '../storage/block-store.js';
 
-const MISSING = 0;
+// Block kinds in BlockTable; 0: no entry in the block list.
 const SPARSE = 1;
 const DATA = 2;
 const ODD = 3; // a checksum that is not plain hex: kept as is, and fails verification on read
@@ -350,9 +350,4 @@ export class ExportWriter extends ExportReader {
   get blocksWritten(): number {
     return this.#overlay.size + this.#dirty.size;
   }
-}
-
-/** Zeros of a given length, for DF reads that must send holes as data. */
-export function zeroFill(length: number): Buffer {
-  return zeros(length);
 }

@@ -202,6 +202,8 @@ class Connection {
   #device: ExportReader | undefined;
   #writer: ExportWriter | undefined;
   #cleanDisconnect = false;
+  /** A write, trim or zero reached the writer: without one no new version is kept. */
+  #wrote = false;
   #undo: (() => Promise<void>)[] = [];
 
   constructor(
@@ -443,7 +445,10 @@ class Connection {
     try {
       if (w) {
         const uid = w.newVersion.uid;
-        if (this.#cleanDisconnect && !this.#opts.discard) {
+        if (this.#cleanDisconnect && !this.#opts.discard && !this.#wrote) {
+          await this.#opts.meta.removeVersion(uid);
+          this.#log('info', `no writes: no new version kept`);
+        } else if (this.#cleanDisconnect && !this.#opts.discard) {
           try {
             await w.complete();
             this.#log(
@@ -561,6 +566,7 @@ class Connection {
             req.offset + req.length > device.size ? NBD_ERR.ENOSPC : NBD_ERR.EINVAL,
             bad,
           );
+        this.#wrote = true;
         try {
           if (req.type === CMD.WRITE) await w.write(req.offset, payload!);
           else await w.zero(req.offset, req.length);
