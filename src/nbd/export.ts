@@ -117,6 +117,9 @@ export interface Extent {
   flags: number;
 }
 
+/** Blocks after a read's last one fetched ahead into the cache. */
+const READ_AHEAD = 2;
+
 /** A block's state as a reader sees it. */
 type BlockState =
   | { kind: 'data'; checksum: string }
@@ -210,7 +213,21 @@ export class ExportReader {
         ),
       );
     }
+    this.#readAhead(last + 1);
     return Promise.all(jobs);
+  }
+
+  /**
+   * A reader one request at a time (a boot, `dd`, a single-request copy) would otherwise wait
+   * for every block's fetch and verification in turn: the next blocks are fetched into the
+   * cache while it reads this one. Failures are left for the real read to meet and report.
+   */
+  #readAhead(from: number): void {
+    for (let idx = from; idx < Math.min(from + READ_AHEAD, this.table.n); idx++) {
+      const st = this.state(idx);
+      if (st.kind === 'data')
+        this.#cache.get(this.store, st.checksum, blockLength(idx, this.size, this.blockSize)).catch(() => {});
+    }
   }
 
   /** base:allocation extents from `offset`, covering at most `length` bytes (one with `one`). */
