@@ -13,6 +13,7 @@ import { CHECKSUM_RE } from '../blocks/hash.js';
 import { BlockWriter, completeOrInvalidate, emptyStats } from '../core/backup.js';
 import { CorruptBlockError, MissingBlockError, errorMessage } from '../errors.js';
 import type { MetaStore, Version } from '../meta/meta-store.js';
+import { HEADER_SIZE } from '../storage/block-store.js';
 import type { BlockStore } from '../storage/block-store.js';
 
 // Block kinds in BlockTable; 0: no entry in the block list.
@@ -68,48 +69,115 @@ export class BlockTable {
   }
 }
 
+/** A cached block handed to a reader; release() when its data has been sent. */
+export interface BlockRef {
+  data: Buffer;
+  release: () => void;
+}
+
+interface Entry {
+  /** The object buffer (shared memory) the data is a view of. */
+  buf: Buffer;
+  ready: Promise<Buffer>;
+  /** Readers holding or waiting for it; its buffer is reused only at 0 and once evicted. */
+  refs: number;
+  cached: boolean;
+}
+
 /**
  * Verified block contents by checksum, shared by all connections and versions (content
  * addressed, so never stale). A fixed number of entries, least recently used first out; one
- * fetch per checksum at a time, however many readers want it.
+ * fetch per checksum at a time, however many readers want it. Blocks are read into shared
+ * memory (verification hashes them on a worker without a copy) from a free list: a buffer is
+ * reused only when it is out of the cache and no reader holds it (a reply still being sent),
+ * so neither the garbage collector nor RSS grows with the data served.
  */
 export class BlockCache {
   readonly #capacity: number;
-  readonly #entries = new Map<string, Buffer>();
-  readonly #pending = new Map<string, Promise<Buffer>>();
+  readonly #entries = new Map<string, Entry>();
+  readonly #pending = new Map<string, Entry>();
+  readonly #free = new Map<number, Buffer[]>();
 
   constructor(capacity: number) {
     this.#capacity = Math.max(1, capacity);
   }
 
-  get(store: BlockStore, checksum: string, length: number): Promise<Buffer> {
-    const hit = this.#entries.get(checksum);
-    if (hit && hit.length === length) {
+  /** Block `checksum` of `length` bytes (at most `blockSize`), verified; release() it after use. */
+  async get(store: BlockStore, checksum: string, length: number, blockSize: number): Promise<BlockRef> {
+    let e = this.#entries.get(checksum);
+    if (e) {
       this.#entries.delete(checksum);
-      this.#entries.set(checksum, hit);
-      return Promise.resolve(hit);
+      this.#entries.set(checksum, e);
+    } else e = this.#pending.get(checksum);
+    if (!e) e = this.#fetch(store, checksum, length, HEADER_SIZE + blockSize);
+    e.refs++;
+    const entry = e;
+    let data: Buffer;
+    try {
+      data = await entry.ready;
+    } catch (err) {
+      entry.refs--;
+      throw err;
     }
-    let p = this.#pending.get(checksum);
-    if (!p) {
-      p = store.get(checksum, length).finally(() => this.#pending.delete(checksum));
-      this.#pending.set(checksum, p);
-      p.then(
-        (data) => {
-          this.#entries.set(checksum, data);
-          while (this.#entries.size > this.#capacity)
-            this.#entries.delete(this.#entries.keys().next().value!);
-        },
-        () => {},
-      );
+    if (data.length !== length) {
+      this.#unref(entry);
+      throw new CorruptBlockError(checksum, `block is ${data.length} bytes, expected ${length}`);
     }
-    return p;
+    let released = false;
+    return {
+      data,
+      release: () => {
+        if (!released) this.#unref(entry);
+        released = true;
+      },
+    };
+  }
+
+  #fetch(store: BlockStore, checksum: string, length: number, size: number): Entry {
+    const buf = this.#free.get(size)?.pop() ?? Buffer.from(new SharedArrayBuffer(size));
+    const entry: Entry = { buf, ready: store.get(checksum, length, buf), refs: 0, cached: false };
+    this.#pending.set(checksum, entry);
+    entry.ready.then(
+      () => {
+        this.#pending.delete(checksum);
+        entry.cached = true;
+        this.#entries.set(checksum, entry);
+        while (this.#entries.size > this.#capacity) {
+          const [oldest, old] = this.#entries.entries().next().value!;
+          this.#entries.delete(oldest);
+          old.cached = false;
+          if (old.refs === 0) this.#recycle(old.buf);
+        }
+      },
+      () => {
+        // Nobody ever saw this buffer's contents: it can go back at once.
+        this.#pending.delete(checksum);
+        this.#recycle(buf);
+      },
+    );
+    return entry;
+  }
+
+  #unref(e: Entry): void {
+    if (--e.refs === 0 && !e.cached) this.#recycle(e.buf);
+  }
+
+  #recycle(buf: Buffer): void {
+    let list = this.#free.get(buf.length);
+    if (!list) this.#free.set(buf.length, (list = []));
+    if (list.length < this.#capacity) list.push(buf);
   }
 }
 
 export type Piece =
-  | { kind: 'data'; offset: number; data: Buffer }
+  | { kind: 'data'; offset: number; data: Buffer; release: () => void }
   | { kind: 'hole'; offset: number; length: number }
   | { kind: 'error'; offset: number; length: number; reason: string };
+
+/** Gives back the cached blocks that a read's data pieces are views of. */
+export function releasePieces(pieces: readonly Piece[]): void {
+  for (const p of pieces) if (p.kind === 'data') p.release();
+}
 
 export interface Extent {
   length: number;
@@ -167,14 +235,17 @@ export class ExportReader {
     return c === null ? { kind: 'sparse' } : { kind: 'data', checksum: c };
   }
 
-  /** The whole block idx, verified; throws MissingBlockError/CorruptBlockError/Error. */
-  protected async blockData(idx: number, st: BlockState): Promise<Buffer | undefined> {
+  /**
+   * The whole block idx, verified (undefined when sparse); release() it when done. Throws
+   * MissingBlockError, CorruptBlockError, or another error for an I/O failure.
+   */
+  protected async blockData(idx: number, st: BlockState): Promise<BlockRef | undefined> {
     const length = blockLength(idx, this.size, this.blockSize);
     if (st.kind === 'sparse') return undefined;
-    if (st.kind === 'dirty') return st.data;
+    if (st.kind === 'dirty') return { data: st.data, release: () => {} };
     if (st.kind === 'missing') throw new Error('no entry in the block list');
     try {
-      return await this.#cache.get(this.store, st.checksum, length);
+      return await this.#cache.get(this.store, st.checksum, length, this.blockSize);
     } catch (err) {
       if (err instanceof MissingBlockError || err instanceof CorruptBlockError) {
         // Like restore: the damage is recorded so scrub, backups and ls know of it.
@@ -187,7 +258,8 @@ export class ExportReader {
   /**
    * Reads [offset, offset+length): one piece per block part, in order; a block that cannot be
    * read is an error piece (the rest still reads). Blocks are fetched in parallel. Data pieces
-   * are views of immutable buffers, or copies of blocks that may still change.
+   * are views of cached blocks, or copies of blocks that may still change: call
+   * releasePieces() once they have been sent.
    */
   async read(offset: number, length: number): Promise<Piece[]> {
     const bs = this.blockSize;
@@ -200,10 +272,12 @@ export class ExportReader {
       const st = this.state(idx);
       jobs.push(
         this.blockData(idx, st).then(
-          (data): Piece => {
-            if (!data) return { kind: 'hole', offset: start, length: end - start };
-            const view = data.subarray(start - idx * bs, end - idx * bs);
-            return { kind: 'data', offset: start, data: st.kind === 'dirty' ? Buffer.from(view) : view };
+          (ref): Piece => {
+            if (!ref) return { kind: 'hole', offset: start, length: end - start };
+            const view = ref.data.subarray(start - idx * bs, end - idx * bs);
+            if (st.kind === 'dirty')
+              return { kind: 'data', offset: start, data: Buffer.from(view), release: ref.release };
+            return { kind: 'data', offset: start, data: view, release: ref.release };
           },
           (err: unknown): Piece => {
             const reason = errorMessage(err);
@@ -226,7 +300,10 @@ export class ExportReader {
     for (let idx = from; idx < Math.min(from + READ_AHEAD, this.table.n); idx++) {
       const st = this.state(idx);
       if (st.kind === 'data')
-        this.#cache.get(this.store, st.checksum, blockLength(idx, this.size, this.blockSize)).catch(() => {});
+        this.#cache
+          .get(this.store, st.checksum, blockLength(idx, this.size, this.blockSize), this.blockSize)
+          .then((ref) => ref.release())
+          .catch(() => {});
     }
   }
 
@@ -328,7 +405,10 @@ export class ExportWriter extends ExportReader {
         block = Buffer.alloc(blen);
         if (!whole) {
           const cur = await this.blockData(idx, this.state(idx));
-          if (cur) cur.copy(block);
+          if (cur) {
+            cur.data.copy(block);
+            cur.release();
+          }
         }
       } else this.#dirty.delete(idx); // re-inserted below as the newest
       apply(block, pos - idx * bs, pos - offset, end - pos);

@@ -20,6 +20,7 @@ import type { MetaStore, Version } from '../meta/meta-store.js';
 import type { BlockStore } from '../storage/block-store.js';
 import { ByteReader, ConnectionClosed } from './byte-reader.js';
 import { BlockCache, BlockTable, ExportReader, ExportWriter } from './export.js';
+import { releasePieces } from './export.js';
 import type { Piece } from './export.js';
 import * as P from './protocol.js';
 
@@ -29,7 +30,7 @@ export const MAX_REQUEST = 32 << 20;
 const MAX_OPTION_DATA = 64 << 10;
 /** A client haggling longer than this many options is dropped. */
 const MAX_OPTIONS = 1024;
-const MAX_IN_FLIGHT = 16;
+const MAX_IN_FLIGHT = 64;
 const PAYLOAD_BUDGET = 256 << 20;
 const BASE_ALLOCATION_ID = 1;
 
@@ -219,11 +220,16 @@ class Connection {
     this.#log = log;
   }
 
-  #send(...bufs: Buffer[]): void {
-    if (this.#socket.destroyed) return;
+  /** Writes one reply; `sent` runs once its buffers are no longer needed. */
+  #send(reply: Buffer | Buffer[], sent?: () => void): void {
+    const bufs = Array.isArray(reply) ? reply : [reply];
+    if (this.#socket.destroyed) {
+      sent?.();
+      return;
+    }
     // One reply is written in one go: replies to concurrent requests never interleave.
     this.#socket.cork();
-    for (const b of bufs) this.#socket.write(b);
+    bufs.forEach((b, i) => this.#socket.write(b, i === bufs.length - 1 && sent ? () => sent() : undefined));
     this.#socket.uncork();
   }
 
@@ -549,7 +555,8 @@ class Connection {
         const bad = this.#checkRange(device, req);
         if (bad) return this.#error(req, NBD_ERR.EINVAL, bad);
         if (req.length === 0) return this.#ok(req);
-        return this.#replyRead(req, await device.read(req.offset, req.length));
+        const pieces = await device.read(req.offset, req.length);
+        return this.#replyRead(req, pieces, () => releasePieces(pieces));
       }
       case CMD.WRITE:
       case CMD.TRIM:
@@ -602,23 +609,23 @@ class Connection {
     }
   }
 
-  #replyRead(req: P.Request, pieces: Piece[]): void {
+  #replyRead(req: P.Request, pieces: Piece[], sent: () => void): void {
     const errors = pieces.filter((p) => p.kind === 'error');
     if (!this.#structured) {
-      if (errors.length > 0) return this.#send(P.encodeSimpleReply(req.cookie, P.NBD_ERR.EIO));
+      if (errors.length > 0) return this.#send([P.encodeSimpleReply(req.cookie, P.NBD_ERR.EIO)], sent);
       const bufs: Buffer[] = [P.encodeSimpleReply(req.cookie, 0)];
       for (const p of pieces) bufs.push(p.kind === 'data' ? p.data : Buffer.alloc(p.length));
-      return this.#send(...bufs);
+      return this.#send(bufs, sent);
     }
     if (req.flags & P.CMD_FLAG.DF) {
       if (errors.length > 0) {
         const e = errors[0] as Piece & { kind: 'error' };
-        return this.#send(P.encodeErrorChunk(req.cookie, P.REPLY_FLAG_DONE, P.NBD_ERR.EIO, e.reason));
+        return this.#send([P.encodeErrorChunk(req.cookie, P.REPLY_FLAG_DONE, P.NBD_ERR.EIO, e.reason)], sent);
       }
       const bufs: Buffer[] = [P.encodeDataChunkHeader(req.cookie, P.REPLY_FLAG_DONE, req.offset, req.length)];
       for (const p of pieces)
         bufs.push(p.kind === 'data' ? p.data : Buffer.alloc(p.kind === 'hole' ? p.length : 0));
-      return this.#send(...bufs);
+      return this.#send(bufs, sent);
     }
     // Adjacent holes merge into one chunk; content first, then errors (with their offsets).
     const bufs: Buffer[] = [];
@@ -643,6 +650,6 @@ class Connection {
       if (e.kind === 'error')
         bufs.push(P.encodeErrorChunk(req.cookie, flags, P.NBD_ERR.EIO, e.reason, e.offset));
     }
-    this.#send(...bufs);
+    this.#send(bufs, sent);
   }
 }
