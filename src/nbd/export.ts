@@ -165,7 +165,9 @@ export class BlockCache {
   #recycle(buf: Buffer): void {
     let list = this.#free.get(buf.length);
     if (!list) this.#free.set(buf.length, (list = []));
-    if (list.length < this.#capacity) list.push(buf);
+    // Cached plus spare buffers stay within the capacity (and two spares): more than that,
+    // left over from a burst of readers, goes to the garbage collector.
+    if (list.length < 2 || list.length + this.#entries.size < this.#capacity) list.push(buf);
   }
 }
 
@@ -185,6 +187,8 @@ export interface Extent {
   flags: number;
 }
 
+/** Blocks one NBD_CMD_BLOCK_STATUS looks at, at most. */
+const MAX_STATUS_BLOCKS = 65536;
 /** Blocks after a read's last one fetched ahead into the cache. */
 const READ_AHEAD = 2;
 
@@ -313,9 +317,11 @@ export class ExportReader {
     const end = Math.min(this.size, offset + length);
     const out: Extent[] = [];
     let pos = offset;
-    while (pos < end) {
+    // A reply may describe less than was asked: bound the work one request can cause.
+    const stop = Math.min(end, (Math.floor(offset / bs) + MAX_STATUS_BLOCKS) * bs);
+    while (pos < stop) {
       const idx = Math.floor(pos / bs);
-      const blockEnd = Math.min(end, (idx + 1) * bs);
+      const blockEnd = Math.min(stop, (idx + 1) * bs);
       const flags = this.isSparse(idx) ? 3 : 0;
       const prev = out[out.length - 1];
       // 32-bit lengths on the wire: a run stops short of 4 GiB.

@@ -486,6 +486,16 @@ class Connection {
     const device = this.#device!;
     const inFlight = new Set<Promise<void>>();
     const budget = this.#server.budget;
+    try {
+      await this.#requests(device, inFlight, budget);
+    } finally {
+      // Whatever ended the loop, requests already accepted finish before the new version is
+      // completed or removed.
+      await Promise.allSettled(inFlight);
+    }
+  }
+
+  async #requests(device: ExportReader, inFlight: Set<Promise<void>>, budget: Budget): Promise<void> {
     for (;;) {
       await this.#drained();
       while (inFlight.size >= MAX_IN_FLIGHT) await Promise.race(inFlight);

@@ -233,6 +233,40 @@ describe('backy nbd with real clients', () => {
     },
   );
 
+  it('serves old-style clients: NBD_OPT_EXPORT_NAME with padding, simple replies', { skip }, async () => {
+    const srv = await startServer(sb);
+    try {
+      const c = await RawClient.connect(srv.socket);
+      c.send(P.encodeClientFlags(P.FLAG_FIXED_NEWSTYLE)); // no NO_ZEROES: 124 bytes of padding
+      c.send(P.encodeOption(P.OPT.EXPORT_NAME, Buffer.from(uid)));
+      const reply = await c.reader.read(10 + P.EXPORT_NAME_PADDING);
+      assert.equal(Number(reply.readBigUInt64BE(0)), SIZE);
+      assert.ok(reply.readUInt16BE(8) & P.TFLAG.READ_ONLY);
+      assert.ok(reply.subarray(10).every((b) => b === 0));
+      // Without structured replies a read is a simple reply followed by the data, holes included.
+      c.request(P.CMD.READ, 42n, BS - 100, BS + 200);
+      const h = P.decodeReplyHeader(await c.reader.read(P.SIMPLE_REPLY_SIZE));
+      assert.deepEqual(h, { kind: 'simple', error: 0, cookie: 42n });
+      assert.deepEqual(await c.reader.read(BS + 200), await slice(image, BS - 100, BS + 200));
+      c.request(P.CMD.READ, 43n, SIZE, 1);
+      assert.deepEqual(P.decodeReplyHeader(await c.reader.read(P.SIMPLE_REPLY_SIZE)), {
+        kind: 'simple',
+        error: P.NBD_ERR.EINVAL,
+        cookie: 43n,
+      });
+      c.request(P.CMD.DISC, 44n, 0, 0);
+      await c.closed();
+
+      // An unknown name with EXPORT_NAME: the only answer the protocol allows is a closed connection.
+      const d = await RawClient.connect(srv.socket);
+      d.send(P.encodeClientFlags(3));
+      d.send(P.encodeOption(P.OPT.EXPORT_NAME, Buffer.from('nope')));
+      await d.closed();
+    } finally {
+      await stopClean(srv);
+    }
+  });
+
   it('survives hostile clients and still serves a well-behaved one', { skip }, async () => {
     const srv = await startServer(sb);
     try {
