@@ -69,6 +69,9 @@ export class BlockTable {
   }
 }
 
+/** Shared buffers beyond the cache's capacity, for blocks held by readers after eviction. */
+const SPARE_BUFFERS = 8;
+
 /** A cached block handed to a reader; release() when its data has been sent. */
 export interface BlockRef {
   data: Buffer;
@@ -97,6 +100,8 @@ export class BlockCache {
   readonly #entries = new Map<string, Entry>();
   readonly #pending = new Map<string, Entry>();
   readonly #free = new Map<number, Buffer[]>();
+  /** Shared buffers ever made: at most the capacity plus SPARE_BUFFERS, all reused. */
+  #shared = 0;
 
   constructor(capacity: number) {
     this.#capacity = Math.max(1, capacity);
@@ -134,7 +139,7 @@ export class BlockCache {
   }
 
   #fetch(store: BlockStore, checksum: string, length: number, size: number): Entry {
-    const buf = this.#free.get(size)?.pop() ?? Buffer.from(new SharedArrayBuffer(size));
+    const buf = this.#buffer(size);
     const entry: Entry = { buf, ready: store.get(checksum, length, buf), refs: 0, cached: false };
     this.#pending.set(checksum, entry);
     entry.ready.then(
@@ -162,12 +167,23 @@ export class BlockCache {
     if (--e.refs === 0 && !e.cached) this.#recycle(e.buf);
   }
 
+  #buffer(size: number): Buffer {
+    const spare = this.#free.get(size)?.pop();
+    if (spare) return spare;
+    if (this.#shared < this.#capacity + SPARE_BUFFERS) {
+      this.#shared++;
+      return Buffer.from(new SharedArrayBuffer(size));
+    }
+    // Beyond the pool (many readers holding blocks at once): an ordinary buffer, which the
+    // garbage collector reclaims promptly. Dropped shared buffers were not, and RSS grew to ~1 GB.
+    return Buffer.allocUnsafe(size);
+  }
+
   #recycle(buf: Buffer): void {
+    if (!(buf.buffer instanceof SharedArrayBuffer)) return;
     let list = this.#free.get(buf.length);
     if (!list) this.#free.set(buf.length, (list = []));
-    // Cached plus spare buffers stay within the capacity (and two spares): more than that,
-    // left over from a burst of readers, goes to the garbage collector.
-    if (list.length < 2 || list.length + this.#entries.size < this.#capacity) list.push(buf);
+    list.push(buf);
   }
 }
 
@@ -247,7 +263,14 @@ export class ExportReader {
     const length = blockLength(idx, this.size, this.blockSize);
     if (st.kind === 'sparse') return undefined;
     if (st.kind === 'dirty') return { data: st.data, release: () => {} };
-    if (st.kind === 'missing') throw new Error('no entry in the block list');
+    if (st.kind === 'missing') {
+      // As restore does: a version with a gap in its block list is not valid.
+      if (this.version.status === 'valid') {
+        this.version.status = 'invalid';
+        await this.meta.setVersionStatus(this.version.uid, 'invalid').catch(() => {});
+      }
+      throw new Error('no entry in the block list');
+    }
     try {
       return await this.#cache.get(this.store, st.checksum, length, this.blockSize);
     } catch (err) {

@@ -9,6 +9,7 @@ import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { mkdir, open, readFile, stat, writeFile } from 'node:fs/promises';
 import { after, before, describe, it } from 'node:test';
+import SQLite from 'better-sqlite3';
 import { Sandbox, assertSameBytes, parseLsMachine } from '../lib/cli.js';
 import { randomBytesSeeded, writeImage } from '../lib/image.js';
 import type { BlockKind } from '../lib/image.js';
@@ -229,6 +230,38 @@ describe('backy nbd with real clients', () => {
       assert.match(srv.stderr(), new RegExp(`block ${bad} of ${dUid}: .*damaged`));
       // Marked as restore would: the version is invalid now.
       const v = parseLsMachine((await sb.ok(['-m', 'ls', 'damaged'])).stdout)[0];
+      assert.equal(v.valid, false);
+    },
+  );
+
+  it(
+    'a block missing from the block list fails its reads with EIO and marks the version invalid',
+    { skip },
+    async () => {
+      const img = sb.path('gap.img');
+      await writeImage(img, { blocks: 4, blockSize: BS, seed: 'gap', kinds: () => 'random' });
+      const gUid = await sb.backup([img, 'gap']);
+      const db = new SQLite(sb.dbPath);
+      try {
+        db.prepare('DELETE FROM blocks WHERE version_uid = ? AND idx = 2').run(gUid);
+      } finally {
+        db.close();
+      }
+      const srv = await startServer(sb);
+      try {
+        const c = await RawClient.connect(srv.socket);
+        await c.open(gUid);
+        c.request(P.CMD.READ, 1n, 2 * BS, 10);
+        assert.equal((await c.reply(2 * BS, 10)).error, P.NBD_ERR.EIO);
+        c.request(P.CMD.READ, 2n, BS, 10);
+        const ok = await c.reply(BS, 10);
+        assert.equal(ok.error, 0);
+        assert.deepEqual(ok.data, await slice(img, BS, 10));
+        c.end();
+      } finally {
+        await stopClean(srv);
+      }
+      const v = parseLsMachine((await sb.ok(['-m', 'ls', 'gap'])).stdout)[0];
       assert.equal(v.valid, false);
     },
   );
@@ -563,5 +596,26 @@ describe('file-level restore: ext4 image through nbdfuse and a read-only loop mo
       }
       await stopClean(srv);
     }
+  });
+});
+
+describe('backy nbd command line', () => {
+  let sb: Sandbox;
+  before(async () => {
+    sb = await Sandbox.create();
+  });
+  after(async () => sb?.remove());
+
+  it('refuses bad options with one line and exit 2, an existing socket path with exit 1', async () => {
+    for (const args of [['--discard'], ['-u', 's.sock', '-p', '1'], ['-p', '70000'], ['-p', 'x']]) {
+      const r = await sb.run(['nbd', ...args]);
+      assert.equal(r.code, 2, `${args.join(' ')}: ${r.stderr}`);
+      assert.equal(r.stderr.trim().split('\n').length, 1, r.stderr);
+    }
+    await writeFile(sb.path('taken'), '');
+    const r = await sb.run(['nbd', '-u', sb.path('taken')]);
+    assert.equal(r.code, 1);
+    assert.match(r.stderr, /ERROR: .*taken.* exists/);
+    assert.doesNotMatch(r.stderr, /\n\s+at /);
   });
 });
