@@ -4,6 +4,7 @@ import { BackyError, EXIT_ERROR, EXIT_OK, EXIT_USAGE, InterruptedError, errorMes
 import { Logger } from '../util/log.js';
 import type { Context } from './context.js';
 import type { BackupCliOptions } from './commands/backup.js';
+import type { NbdCliOptions } from './commands/nbd.js';
 
 // Each command's module (and with it kysely, zod, the storage and pipeline code) is loaded only
 // when that command runs: `backy --version` or a usage error loads commander alone. The bundle
@@ -241,6 +242,22 @@ export async function main(argv: string[]): Promise<number> {
     .action(
       run(async (ctx, file: string) => (await import('./commands/key.js')).keyCreateCommand(ctx, file)),
     );
+
+  program
+    .command('nbd')
+    .description(
+      'serve versions over NBD (export name = version uid) until SIGINT/SIGTERM; -w: copy-on-write into a new version',
+    )
+    .option('-a, --address <address>', 'address to listen on (default 127.0.0.1)')
+    .option('-p, --port <port>', 'TCP port (default 10809)')
+    .option('-u, --socket <path>', 'listen on a Unix socket (created 0600) instead of TCP')
+    .option('-w, --write', 'copy-on-write: writes go to a new version, completed at a clean disconnect')
+    .option('--discard', 'with -w: throw the writes away at disconnect')
+    .action(async (opts: NbdCliOptions) => {
+      const { nbdCommand, nbdOptions } = await import('./commands/nbd.js');
+      nbdOptions(opts); // usage errors before anything is logged
+      return run(async (ctx) => nbdCommand(ctx, opts))();
+    });
 
   try {
     await program.parseAsync(argv);

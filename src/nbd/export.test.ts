@@ -1,0 +1,64 @@
+import assert from 'node:assert/strict';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { hasherFor } from '../blocks/hash.js';
+import { CorruptBlockError } from '../errors.js';
+import { BlockStore } from '../storage/block-store.js';
+import { DirBackend } from '../storage/dir-backend.js';
+import { BlockCache } from './export.js';
+
+const BS = 4096;
+
+describe('BlockCache (real store in a temp dir)', () => {
+  let dir: string;
+  let store: BlockStore;
+  const blocks = ['a', 'b', 'c', 'd'].map((c) => Buffer.alloc(BS, c));
+  const sums = blocks.map((b) => hasherFor('blake3')(b));
+
+  before(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'backy-cache-'));
+    store = new BlockStore(new DirBackend(dir), { hashFunction: 'blake3', compression: { codec: 'none' } });
+    for (let i = 0; i < blocks.length; i++) await store.put(sums[i], blocks[i]);
+  });
+  after(async () => {
+    await store.backend.close();
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  it('never reuses the buffer of a block a reader still holds, however many blocks pass through', async () => {
+    const cache = new BlockCache(1);
+    const held = await cache.get(store, sums[0], BS, BS);
+    // Each of these evicts the one before; the held block must keep its contents.
+    for (let round = 0; round < 3; round++) {
+      for (let i = 1; i < blocks.length; i++) {
+        const r = await cache.get(store, sums[i], BS, BS);
+        assert.deepEqual(r.data, blocks[i]);
+        r.release();
+      }
+    }
+    assert.deepEqual(held.data, blocks[0]);
+    held.release();
+    held.release(); // a second release is harmless
+    const again = await Promise.all(sums.map((s) => cache.get(store, s, BS, BS)));
+    again.forEach((r, i) => assert.deepEqual(r.data, blocks[i]));
+    for (const r of again) r.release();
+  });
+
+  it('shares one fetch among concurrent readers and fails them all on a damaged object', async () => {
+    const cache = new BlockCache(2);
+    const refs = await Promise.all([1, 2, 3].map(() => cache.get(store, sums[1], BS, BS)));
+    assert.equal(refs[0].data.buffer, refs[2].data.buffer);
+    for (const r of refs) r.release();
+
+    const bad = Buffer.alloc(BS, 'z');
+    const badSum = hasherFor('blake3')(bad);
+    await store.put(badSum, bad);
+    await writeFile(join(dir, badSum.slice(0, 2), badSum.slice(2, 4), badSum), Buffer.alloc(20));
+    const results = await Promise.allSettled([1, 2].map(() => cache.get(store, badSum, BS, BS)));
+    for (const r of results) assert.ok(r.status === 'rejected' && r.reason instanceof CorruptBlockError);
+    // A wrong expected length is damage too, not a short read.
+    await assert.rejects(cache.get(store, sums[2], BS - 1, BS), CorruptBlockError);
+  });
+});

@@ -1,0 +1,479 @@
+/**
+ * A version as a block device for the NBD server: reads verified like a restore, block status
+ * from the block list, and (ExportWriter) copy-on-write into a new version.
+ *
+ * Memory: the block list of each exported version is held once, in compact form (33 bytes a
+ * block: 8.6 MB for a 1 TiB image of 4 MiB blocks), shared by every connection to it; block
+ * contents live in one BlockCache shared by all (a fixed number of blocks); a writer holds
+ * at most DIRTY_LIMIT modified blocks before storing them. Reads in flight are bounded by the
+ * server (request size and count).
+ */
+import { blockCount, blockLength } from '../blocks/blocks.js';
+import { CHECKSUM_RE } from '../blocks/hash.js';
+import { BlockWriter, completeOrInvalidate, emptyStats } from '../core/backup.js';
+import { CorruptBlockError, MissingBlockError, errorMessage } from '../errors.js';
+import type { MetaStore, Version } from '../meta/meta-store.js';
+import { objectBufferSize } from '../storage/block-store.js';
+import type { BlockStore } from '../storage/block-store.js';
+
+// Block kinds in BlockTable; 0: no entry in the block list.
+const SPARSE = 1;
+const DATA = 2;
+const ODD = 3; // a checksum that is not plain hex: kept as is, and fails verification on read
+
+/** A version's block list, immutable once loaded. */
+export class BlockTable {
+  readonly n: number;
+  readonly #kind: Uint8Array;
+  readonly #sums: Buffer;
+  readonly #odd = new Map<number, string>();
+
+  private constructor(n: number) {
+    this.n = n;
+    this.#kind = new Uint8Array(n);
+    this.#sums = Buffer.alloc(32 * n);
+  }
+
+  static async load(meta: MetaStore, version: Version): Promise<BlockTable> {
+    const t = new BlockTable(blockCount(version.sizeBytes, version.blockSize));
+    for await (const row of meta.blocks(version.uid)) {
+      if (row.idx >= t.n) break;
+      if (row.checksum === null) t.#kind[row.idx] = SPARSE;
+      else if (CHECKSUM_RE.test(row.checksum)) {
+        t.#kind[row.idx] = DATA;
+        t.#sums.write(row.checksum, 32 * row.idx, 'hex');
+      } else {
+        t.#kind[row.idx] = ODD;
+        t.#odd.set(row.idx, row.checksum);
+      }
+    }
+    return t;
+  }
+
+  /** The block's checksum, null for a sparse block, undefined when the list has no entry. */
+  get(idx: number): string | null | undefined {
+    switch (this.#kind[idx]) {
+      case SPARSE:
+        return null;
+      case DATA:
+        return this.#sums.toString('hex', 32 * idx, 32 * idx + 32);
+      case ODD:
+        return this.#odd.get(idx);
+      default:
+        return undefined;
+    }
+  }
+
+  isSparse(idx: number): boolean {
+    return this.#kind[idx] === SPARSE;
+  }
+}
+
+/** Shared buffers beyond the cache's capacity, for blocks held by readers after eviction. */
+const SPARE_BUFFERS = 8;
+
+/** A cached block handed to a reader; release() when its data has been sent. */
+export interface BlockRef {
+  data: Buffer;
+  release: () => void;
+}
+
+interface Entry {
+  /** The object buffer (shared memory) the data is a view of. */
+  buf: Buffer;
+  ready: Promise<Buffer>;
+  /** Readers holding or waiting for it; its buffer is reused only at 0 and once evicted. */
+  refs: number;
+  cached: boolean;
+}
+
+/**
+ * Verified block contents by checksum, shared by all connections and versions (content
+ * addressed, so never stale). A fixed number of entries, least recently used first out; one
+ * fetch per checksum at a time, however many readers want it. Blocks are read into shared
+ * memory (verification hashes them on a worker without a copy) from a free list: a buffer is
+ * reused only when it is out of the cache and no reader holds it (a reply still being sent),
+ * so neither the garbage collector nor RSS grows with the data served.
+ */
+export class BlockCache {
+  readonly #capacity: number;
+  readonly #entries = new Map<string, Entry>();
+  readonly #pending = new Map<string, Entry>();
+  readonly #free = new Map<number, Buffer[]>();
+  /** Shared buffers ever made: at most the capacity plus SPARE_BUFFERS, all reused. */
+  #shared = 0;
+
+  constructor(capacity: number) {
+    this.#capacity = Math.max(1, capacity);
+  }
+
+  /** Block `checksum` of `length` bytes (at most `blockSize`), verified; release() it after use. */
+  async get(store: BlockStore, checksum: string, length: number, blockSize: number): Promise<BlockRef> {
+    let e = this.#entries.get(checksum);
+    if (e) {
+      this.#entries.delete(checksum);
+      this.#entries.set(checksum, e);
+    } else e = this.#pending.get(checksum);
+    if (!e) e = this.#fetch(store, checksum, length, objectBufferSize(blockSize));
+    e.refs++;
+    const entry = e;
+    let data: Buffer;
+    try {
+      data = await entry.ready;
+    } catch (err) {
+      entry.refs--;
+      throw err;
+    }
+    if (data.length !== length) {
+      this.#unref(entry);
+      throw new CorruptBlockError(checksum, `block is ${data.length} bytes, expected ${length}`);
+    }
+    let released = false;
+    return {
+      data,
+      release: () => {
+        if (!released) this.#unref(entry);
+        released = true;
+      },
+    };
+  }
+
+  #fetch(store: BlockStore, checksum: string, length: number, size: number): Entry {
+    const buf = this.#buffer(size);
+    const entry: Entry = { buf, ready: store.get(checksum, length, buf), refs: 0, cached: false };
+    this.#pending.set(checksum, entry);
+    entry.ready.then(
+      () => {
+        this.#pending.delete(checksum);
+        entry.cached = true;
+        this.#entries.set(checksum, entry);
+        while (this.#entries.size > this.#capacity) {
+          const [oldest, old] = this.#entries.entries().next().value!;
+          this.#entries.delete(oldest);
+          old.cached = false;
+          if (old.refs === 0) this.#recycle(old.buf);
+        }
+      },
+      () => {
+        // Nobody ever saw this buffer's contents: it can go back at once.
+        this.#pending.delete(checksum);
+        this.#recycle(buf);
+      },
+    );
+    return entry;
+  }
+
+  #unref(e: Entry): void {
+    if (--e.refs === 0 && !e.cached) this.#recycle(e.buf);
+  }
+
+  #buffer(size: number): Buffer {
+    const spare = this.#free.get(size)?.pop();
+    if (spare) return spare;
+    if (this.#shared < this.#capacity + SPARE_BUFFERS) {
+      this.#shared++;
+      return Buffer.from(new SharedArrayBuffer(size));
+    }
+    // Beyond the pool (many readers holding blocks at once): an ordinary buffer, which the
+    // garbage collector reclaims promptly. Dropped shared buffers were not, and RSS grew to ~1 GB.
+    return Buffer.allocUnsafe(size);
+  }
+
+  #recycle(buf: Buffer): void {
+    if (!(buf.buffer instanceof SharedArrayBuffer)) return;
+    let list = this.#free.get(buf.length);
+    if (!list) this.#free.set(buf.length, (list = []));
+    list.push(buf);
+  }
+}
+
+export type Piece =
+  | { kind: 'data'; offset: number; data: Buffer; release: () => void }
+  | { kind: 'hole'; offset: number; length: number }
+  | { kind: 'error'; offset: number; length: number; reason: string };
+
+/** Gives back the cached blocks that a read's data pieces are views of. */
+export function releasePieces(pieces: readonly Piece[]): void {
+  for (const p of pieces) if (p.kind === 'data') p.release();
+}
+
+export interface Extent {
+  length: number;
+  /** base:allocation flags: 0 data, 3 hole reading as zeros. */
+  flags: number;
+}
+
+/** Blocks one NBD_CMD_BLOCK_STATUS looks at, at most. */
+const MAX_STATUS_BLOCKS = 65536;
+/** Blocks after a read's last one fetched ahead into the cache. */
+const READ_AHEAD = 2;
+
+/** A block's state as a reader sees it. */
+type BlockState =
+  | { kind: 'data'; checksum: string }
+  | { kind: 'sparse' }
+  | { kind: 'missing' }
+  | { kind: 'dirty'; data: Buffer };
+
+export interface DeviceEvents {
+  /** A damaged or missing block was met (already marked invalid). */
+  onBadBlock?: (idx: number, reason: string) => void;
+}
+
+/** Read access to one version. */
+export class ExportReader {
+  readonly version: Version;
+  readonly size: number;
+  readonly blockSize: number;
+  protected readonly meta: MetaStore;
+  protected readonly store: BlockStore;
+  protected readonly table: BlockTable;
+  readonly #cache: BlockCache;
+  readonly #events: DeviceEvents;
+
+  constructor(opts: {
+    meta: MetaStore;
+    store: BlockStore;
+    version: Version;
+    table: BlockTable;
+    cache: BlockCache;
+    events?: DeviceEvents;
+  }) {
+    this.meta = opts.meta;
+    this.store = opts.store;
+    this.version = opts.version;
+    this.table = opts.table;
+    this.size = opts.version.sizeBytes;
+    this.blockSize = opts.version.blockSize;
+    this.#cache = opts.cache;
+    this.#events = opts.events ?? {};
+  }
+
+  protected state(idx: number): BlockState {
+    const c = this.table.get(idx);
+    if (c === undefined) return { kind: 'missing' };
+    return c === null ? { kind: 'sparse' } : { kind: 'data', checksum: c };
+  }
+
+  /**
+   * The whole block idx, verified (undefined when sparse); release() it when done. Throws
+   * MissingBlockError, CorruptBlockError, or another error for an I/O failure.
+   */
+  protected async blockData(idx: number, st: BlockState): Promise<BlockRef | undefined> {
+    const length = blockLength(idx, this.size, this.blockSize);
+    if (st.kind === 'sparse') return undefined;
+    if (st.kind === 'dirty') return { data: st.data, release: () => {} };
+    if (st.kind === 'missing') {
+      // As restore does: a version with a gap in its block list is not valid.
+      if (this.version.status === 'valid') {
+        this.version.status = 'invalid';
+        await this.meta.setVersionStatus(this.version.uid, 'invalid').catch(() => {});
+      }
+      throw new Error('no entry in the block list');
+    }
+    try {
+      return await this.#cache.get(this.store, st.checksum, length, this.blockSize);
+    } catch (err) {
+      if (err instanceof MissingBlockError || err instanceof CorruptBlockError) {
+        // Like restore: the damage is recorded so scrub, backups and ls know of it.
+        await this.meta.markObjectInvalid(st.checksum).catch(() => {});
+      }
+      throw err;
+    }
+  }
+
+  /**
+   * Reads [offset, offset+length): one piece per block part, in order; a block that cannot be
+   * read is an error piece (the rest still reads). Blocks are fetched in parallel. Data pieces
+   * are views of cached blocks, or copies of blocks that may still change: call
+   * releasePieces() once they have been sent.
+   */
+  async read(offset: number, length: number): Promise<Piece[]> {
+    const bs = this.blockSize;
+    const first = Math.floor(offset / bs);
+    const last = Math.floor((offset + length - 1) / bs);
+    const jobs: Promise<Piece>[] = [];
+    for (let idx = first; idx <= last; idx++) {
+      const start = Math.max(offset, idx * bs);
+      const end = Math.min(offset + length, (idx + 1) * bs);
+      const st = this.state(idx);
+      jobs.push(
+        this.blockData(idx, st).then(
+          (ref): Piece => {
+            if (!ref) return { kind: 'hole', offset: start, length: end - start };
+            const view = ref.data.subarray(start - idx * bs, end - idx * bs);
+            if (st.kind === 'dirty')
+              return { kind: 'data', offset: start, data: Buffer.from(view), release: ref.release };
+            return { kind: 'data', offset: start, data: view, release: ref.release };
+          },
+          (err: unknown): Piece => {
+            const reason = errorMessage(err);
+            this.#events.onBadBlock?.(idx, reason);
+            return { kind: 'error', offset: start, length: end - start, reason };
+          },
+        ),
+      );
+    }
+    this.#readAhead(last + 1);
+    return Promise.all(jobs);
+  }
+
+  /**
+   * A reader one request at a time (a boot, `dd`, a single-request copy) would otherwise wait
+   * for every block's fetch and verification in turn: the next blocks are fetched into the
+   * cache while it reads this one. Failures are left for the real read to meet and report.
+   */
+  #readAhead(from: number): void {
+    for (let idx = from; idx < Math.min(from + READ_AHEAD, this.table.n); idx++) {
+      const st = this.state(idx);
+      if (st.kind === 'data')
+        this.#cache
+          .get(this.store, st.checksum, blockLength(idx, this.size, this.blockSize), this.blockSize)
+          .then((ref) => ref.release())
+          .catch(() => {});
+    }
+  }
+
+  /** base:allocation extents from `offset`, covering at most `length` bytes (one with `one`). */
+  status(offset: number, length: number, one: boolean): Extent[] {
+    const bs = this.blockSize;
+    const end = Math.min(this.size, offset + length);
+    const out: Extent[] = [];
+    let pos = offset;
+    // A reply may describe less than was asked: bound the work one request can cause.
+    const stop = Math.min(end, (Math.floor(offset / bs) + MAX_STATUS_BLOCKS) * bs);
+    while (pos < stop) {
+      const idx = Math.floor(pos / bs);
+      const blockEnd = Math.min(stop, (idx + 1) * bs);
+      const flags = this.isSparse(idx) ? 3 : 0;
+      const prev = out[out.length - 1];
+      // 32-bit lengths on the wire: a run stops short of 4 GiB.
+      if (prev && prev.flags === flags && prev.length + (blockEnd - pos) <= 0xffffffff - bs)
+        prev.length += blockEnd - pos;
+      else {
+        if (one && prev) break;
+        out.push({ length: blockEnd - pos, flags });
+      }
+      pos = blockEnd;
+    }
+    return out;
+  }
+
+  protected isSparse(idx: number): boolean {
+    return this.state(idx).kind === 'sparse';
+  }
+}
+
+/** Modified blocks held in memory before they are stored (bounds a writer's memory). */
+const DIRTY_LIMIT = 8;
+
+/**
+ * Copy-on-write: reads see the exported version with this connection's writes on top; written
+ * blocks go through the normal BlockWriter (dedup, codecs) into a new version that started as
+ * a copy of the exported one's block list. The exported version is never touched.
+ * Writes are serialised (a read-modify-write of a block must not race another); reads are not.
+ */
+export class ExportWriter extends ExportReader {
+  readonly newVersion: Version;
+  readonly #writer: BlockWriter;
+  readonly #stats = emptyStats();
+  /** Blocks stored by this writer: checksum, or null for sparse. */
+  readonly #overlay = new Map<number, string | null>();
+  /** Modified blocks not stored yet, oldest first. */
+  readonly #dirty = new Map<number, Buffer>();
+  #queue: Promise<unknown> = Promise.resolve();
+
+  constructor(opts: ConstructorParameters<typeof ExportReader>[0] & { newVersion: Version }) {
+    super(opts);
+    this.newVersion = opts.newVersion;
+    this.#writer = new BlockWriter(this.meta, this.store, this.newVersion.uid);
+  }
+
+  protected override state(idx: number): BlockState {
+    const d = this.#dirty.get(idx);
+    if (d) return { kind: 'dirty', data: d };
+    if (this.#overlay.has(idx)) {
+      const c = this.#overlay.get(idx)!;
+      return c === null ? { kind: 'sparse' } : { kind: 'data', checksum: c };
+    }
+    return super.state(idx);
+  }
+
+  #serial<T>(fn: () => Promise<T>): Promise<T> {
+    const p = this.#queue.then(fn);
+    this.#queue = p.catch(() => {});
+    return p;
+  }
+
+  write(offset: number, data: Buffer): Promise<void> {
+    return this.#serial(() =>
+      this.#modify(offset, data.length, (block, at, from, len) => data.copy(block, at, from, from + len)),
+    );
+  }
+
+  /** TRIM and WRITE_ZEROES: both read back zeros afterwards (whole blocks become sparse). */
+  zero(offset: number, length: number): Promise<void> {
+    return this.#serial(() =>
+      this.#modify(offset, length, (block, at, _from, len) => block.fill(0, at, at + len)),
+    );
+  }
+
+  async #modify(
+    offset: number,
+    length: number,
+    apply: (block: Buffer, at: number, from: number, len: number) => void,
+  ) {
+    const bs = this.blockSize;
+    for (let pos = offset; pos < offset + length;) {
+      const idx = Math.floor(pos / bs);
+      const blen = blockLength(idx, this.size, bs);
+      const end = Math.min(offset + length, idx * bs + blen);
+      let block = this.#dirty.get(idx);
+      if (!block) {
+        const whole = pos === idx * bs && end === idx * bs + blen;
+        block = Buffer.alloc(blen);
+        if (!whole) {
+          const cur = await this.blockData(idx, this.state(idx));
+          if (cur) {
+            cur.data.copy(block);
+            cur.release();
+          }
+        }
+      } else this.#dirty.delete(idx); // re-inserted below as the newest
+      apply(block, pos - idx * bs, pos - offset, end - pos);
+      this.#dirty.set(idx, block);
+      pos = end;
+    }
+    while (this.#dirty.size > DIRTY_LIMIT) {
+      const [idx, block] = this.#dirty.entries().next().value!;
+      await this.#storeBlock(idx, block);
+    }
+  }
+
+  async #storeBlock(idx: number, block: Buffer): Promise<void> {
+    const stored = await this.#writer.store(block);
+    await this.#writer.add(idx, block.length, stored, this.#stats);
+    // Only now may readers stop seeing the in-memory copy.
+    this.#overlay.set(idx, stored?.checksum ?? null);
+    if (this.#dirty.get(idx) === block) this.#dirty.delete(idx);
+  }
+
+  /** Makes every write so far durable in the new version's block list (FLUSH, FUA). */
+  flush(): Promise<void> {
+    return this.#serial(async () => {
+      for (const [idx, block] of [...this.#dirty]) await this.#storeBlock(idx, block);
+      await this.#writer.flush();
+    });
+  }
+
+  /** Clean end: stores what is left and makes the new version valid (or invalid, and throws). */
+  async complete(): Promise<void> {
+    await this.flush();
+    await completeOrInvalidate(this.meta, this.newVersion.uid);
+    this.newVersion.status = 'valid';
+  }
+
+  get blocksWritten(): number {
+    return this.#overlay.size + this.#dirty.size;
+  }
+}

@@ -1,0 +1,202 @@
+/**
+ * NBD test helpers: a `backy nbd` server spawned on a Unix socket in the sandbox (stopped
+ * with SIGTERM, its exit checked), a check for the real clients (libnbd-bin, qemu-utils), and
+ * a raw client on the protocol module for what no real client sends (hostile input).
+ *
+ * Without the clients the tests are skipped with a message; in CI (CI=true) a missing client
+ * is a failure instead, so CI cannot silently stop testing NBD.
+ */
+import { execFile, spawn } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
+import { accessSync, constants } from 'node:fs';
+import { connect } from 'node:net';
+import type { Socket } from 'node:net';
+import { delimiter, join } from 'node:path';
+import { ByteReader } from '../../src/nbd/byte-reader.js';
+import * as P from '../../src/nbd/protocol.js';
+import { BIN } from './cli.js';
+import type { Sandbox } from './cli.js';
+
+const CLIENTS = ['nbdinfo', 'nbdcopy', 'nbdfuse', 'qemu-img', 'qemu-io'];
+
+function onPath(bin: string): boolean {
+  return (process.env.PATH ?? '').split(delimiter).some((d) => {
+    try {
+      accessSync(join(d, bin), constants.X_OK);
+      return true;
+    } catch {
+      return false;
+    }
+  });
+}
+
+/** Why the NBD client tests cannot run here, or undefined; throws in CI instead. */
+export function nbdClientsMissing(extra: string[] = []): string | undefined {
+  const missing = [...CLIENTS, ...extra].filter((b) => !onPath(b));
+  if (missing.length === 0) return undefined;
+  const reason = `NBD tests need real clients (missing: ${missing.join(', ')}); install them with: apt-get install libnbd-bin qemu-utils fuse3 e2fsprogs`;
+  if (process.env.CI === 'true' || process.env.CI === '1') {
+    throw new Error(`${reason} (CI=true: a missing client fails the run; .ci/run installs them)`);
+  }
+  return reason;
+}
+
+export interface ServerHandle {
+  child: ChildProcess;
+  socket: string;
+  /** nbd+unix URI of an export. */
+  uri(uid: string): string;
+  stderr(): string;
+  /** SIGTERM, then waits; returns the exit code. */
+  stop(): Promise<number | null>;
+}
+
+let serial = 0;
+
+/** Starts `backy nbd -u SOCKET ...args` and waits until it listens. */
+export async function startServer(sb: Sandbox, args: string[] = []): Promise<ServerHandle> {
+  const socket = sb.path(`nbd-${++serial}.sock`);
+  const child = spawn(process.execPath, [BIN, '-c', sb.config, 'nbd', '-u', socket, ...args], {
+    cwd: sb.dir,
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let err = '';
+  child.stderr!.on('data', (b: Buffer) => (err += b.toString()));
+  child.stdout!.resume();
+  const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
+  const deadline = Date.now() + 15_000;
+  while (!err.includes('NBD server listening')) {
+    if (child.exitCode !== null || Date.now() > deadline) {
+      child.kill('SIGKILL');
+      throw new Error(`backy nbd did not start:\n${err}`);
+    }
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  return {
+    child,
+    socket,
+    uri: (uid) => `nbd+unix:///${uid}?socket=${socket}`,
+    stderr: () => err,
+    stop: async () => {
+      if (child.exitCode === null) child.kill('SIGTERM');
+      return exited;
+    },
+  };
+}
+
+export interface ExecResult {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+/** Runs a program (no shell); never throws for a non-zero exit. */
+export function run(cmd: string, args: string[], timeoutMs = 120_000): Promise<ExecResult> {
+  return new Promise((resolve) => {
+    execFile(cmd, args, { timeout: timeoutMs, maxBuffer: 64 << 20 }, (error, stdout, stderr) => {
+      const code = error ? (typeof error.code === 'number' ? error.code : 1) : 0;
+      resolve({ code, stdout: String(stdout), stderr: String(stderr) });
+    });
+  });
+}
+
+export async function mustRun(cmd: string, args: string[], timeoutMs?: number): Promise<ExecResult> {
+  const r = await run(cmd, args, timeoutMs);
+  if (r.code !== 0) throw new Error(`${cmd} ${args.join(' ')} exited ${r.code}:\n${r.stderr}`);
+  return r;
+}
+
+/**
+ * A bare-hands client on the protocol module: connects, reads the handshake, and then sends
+ * whatever the test wants, including what no well-behaved client would.
+ */
+export class RawClient {
+  readonly socket: Socket;
+  readonly reader: ByteReader;
+
+  private constructor(socket: Socket) {
+    this.socket = socket;
+    this.reader = new ByteReader(socket);
+  }
+
+  static async connect(path: string): Promise<RawClient> {
+    const socket = connect(path);
+    await new Promise<void>((resolve, reject) => {
+      socket.once('connect', resolve);
+      socket.once('error', reject);
+    });
+    socket.on('error', () => {});
+    const c = new RawClient(socket);
+    P.decodeHandshake(await c.reader.read(P.HANDSHAKE_SIZE));
+    return c;
+  }
+
+  send(b: Buffer): void {
+    this.socket.write(b);
+  }
+
+  async optionReply(): Promise<{ type: number; data: Buffer }> {
+    const h = P.decodeOptionReplyHeader(await this.reader.read(P.OPTION_REPLY_HEADER_SIZE));
+    return { type: h.type, data: await this.reader.read(h.length) };
+  }
+
+  /** Fixed newstyle, NO_ZEROES, structured replies, base:allocation, GO `name`. */
+  async open(name: string): Promise<{ size: number; flags: number }> {
+    this.send(P.encodeClientFlags(P.FLAG_FIXED_NEWSTYLE | P.FLAG_NO_ZEROES));
+    this.send(P.encodeOption(P.OPT.STRUCTURED_REPLY));
+    if ((await this.optionReply()).type !== P.REP.ACK) throw new Error('structured replies refused');
+    this.send(P.encodeOption(P.OPT.SET_META_CONTEXT, P.encodeMetaContextRequest(name, [P.BASE_ALLOCATION])));
+    while ((await this.optionReply()).type !== P.REP.ACK);
+    this.send(P.encodeOption(P.OPT.GO, P.encodeInfoRequest(name, [])));
+    let size = -1;
+    let flags = 0;
+    for (;;) {
+      const r = await this.optionReply();
+      if (P.isOptionError(r.type)) throw new Error(`GO refused: ${r.type.toString(16)} ${r.data.toString()}`);
+      if (r.type === P.REP.ACK) return { size, flags };
+      const info = P.decodeInfoReply(r.data);
+      if (info.type === P.INFO.EXPORT && 'size' in info) ({ size, flags } = info);
+    }
+  }
+
+  request(type: number, cookie: bigint, offset: number, length: number, flags = 0): void {
+    this.send(P.encodeRequest({ flags, type, cookie, offset, length }));
+  }
+
+  /**
+   * Reads structured chunks up to DONE; returns the error value (0 for none) and, for a read
+   * of [offset, offset+length), the data assembled from data and hole chunks.
+   */
+  async reply(offset = 0, length = 0): Promise<{ cookie: bigint; error: number; data: Buffer }> {
+    let error = 0;
+    const data = Buffer.alloc(length, 0xee);
+    for (;;) {
+      const h = P.decodeReplyHeader(await this.reader.read(P.STRUCTURED_REPLY_HEADER_SIZE));
+      if (h.kind !== 'structured') throw new Error('expected a structured reply');
+      const payload = await this.reader.read(h.length);
+      if (h.type === P.REPLY_TYPE.ERROR || h.type === P.REPLY_TYPE.ERROR_OFFSET)
+        error = P.decodeErrorChunk(payload, h.type === P.REPLY_TYPE.ERROR_OFFSET).error;
+      else if (h.type === P.REPLY_TYPE.OFFSET_DATA) {
+        const d = P.decodeDataChunk(payload);
+        d.data.copy(data, d.offset - offset);
+      } else if (h.type === P.REPLY_TYPE.OFFSET_HOLE) {
+        const hole = P.decodeHoleChunk(payload);
+        data.fill(0, hole.offset - offset, hole.offset - offset + hole.length);
+      }
+      if (h.flags & P.REPLY_FLAG_DONE) return { cookie: h.cookie, error, data };
+    }
+  }
+
+  /** Resolves when the server has closed the connection. */
+  closed(): Promise<void> {
+    return new Promise((resolve) => {
+      if (this.socket.destroyed || this.socket.readableEnded) return resolve();
+      this.socket.once('close', () => resolve());
+      this.socket.resume();
+    });
+  }
+
+  end(): void {
+    this.socket.destroy();
+  }
+}
