@@ -321,3 +321,34 @@ describe('du', () => {
     await assertSameBytes(a, sb.path('a.out'));
   });
 });
+
+describe('--json', () => {
+  let sb: Sandbox;
+  before(async () => {
+    sb = await Sandbox.create({ defaults: `block_size = ${BS}` });
+  });
+  after(() => sb.remove());
+
+  it('scrub, cleanup, import and backup print one JSON document each', async () => {
+    const img = sb.path('j.img');
+    await writeImage(img, { blocks: 3, blockSize: BS, kinds: () => 'random', seed: 'json' });
+    const b = JSON.parse((await sb.ok(['--json', 'backup', img, 'j'])).stdout) as {
+      uid: string;
+      valid: boolean;
+      stats: { blocks: number; stored: number };
+    };
+    assert.equal(b.valid, true);
+    assert.deepEqual([b.stats.blocks, b.stats.stored], [3, 3]);
+    const s = JSON.parse((await sb.ok(['--json', 'scrub', b.uid])).stdout);
+    assert.deepEqual([s.uid, s.checked, s.bad, s.differing], [b.uid, 3, 0, 0]);
+    await sb.ok(['export', b.uid, sb.path('j.export')]);
+    await sb.ok(['rm', b.uid]);
+    const c = JSON.parse((await sb.ok(['--json', 'cleanup', '--dry-run'])).stdout);
+    assert.equal(c.dry_run, true);
+    assert.equal(c.objects, 3);
+    const i = JSON.parse((await sb.ok(['--json', 'import', sb.path('j.export')])).stdout);
+    assert.deepEqual([i.uid, i.status, i.blocks_imported], [b.uid, 'valid', 3]);
+    await sb.ok(['restore', b.uid, sb.path('j.out')]);
+    await assertSameBytes(img, sb.path('j.out'));
+  });
+});

@@ -46,7 +46,18 @@ export async function cleanupCommand(ctx: Context, opts: { dryRun?: boolean }) {
       (r.tempFiles > 0 ? `, ${r.tempFiles} temp files (${formatBytes(r.tempBytes)})` : '') +
       `, ${r.versionsRemoved.length} incomplete versions ${would}removed`,
   );
-  if (ctx.machine) {
+  if (ctx.json) {
+    ctx.out(
+      JSON.stringify({
+        dry_run: dryRun,
+        objects: r.objects,
+        bytes: r.bytes,
+        files: r.unrecordedFiles + r.tempFiles,
+        file_bytes: r.unrecordedBytes + r.tempBytes,
+        versions_removed: r.versionsRemoved.map((v) => v.uid),
+      }),
+    );
+  } else if (ctx.machine) {
     ctx.out(
       `cleanup ${dryRun ? 1 : 0} ${r.objects} ${r.bytes} ${r.unrecordedFiles + r.tempFiles} ${r.unrecordedBytes + r.tempBytes} ${r.versionsRemoved.length}`,
     );

@@ -1,7 +1,7 @@
 import { importVersion } from '../../core/metadata-io.js';
 import { InterruptedError } from '../../errors.js';
 import type { Context } from '../context.js';
-import { progressBar } from '../render.js';
+import { progressBar, versionJsonFields } from '../render.js';
 
 export async function importCommand(ctx: Context, file: string) {
   const meta = await ctx.meta({ write: 'import' });
@@ -25,5 +25,9 @@ export async function importCommand(ctx: Context, file: string) {
   ctx.log.info(
     `Imported version ${r.version.uid} (${r.version.name}, ${r.blocks} blocks, ${r.version.status}) from ${file === '-' ? 'stdin' : file}`,
   );
-  ctx.out(r.version.uid);
+  if (ctx.json) {
+    ctx.out(
+      JSON.stringify({ ...versionJsonFields(r.version), blocks_imported: r.blocks, missing: r.missing }),
+    );
+  } else ctx.out(r.version.uid);
 }

@@ -81,7 +81,19 @@ export async function scrubCommand(
   if (result.revalidated)
     ctx.log.info(`Version ${uid} was invalid; every block is sound now, so it is valid again`);
   if (result.notRevalidated) ctx.log.warn(`version ${uid} stays invalid: ${result.notRevalidated}`);
-  if (ctx.machine) {
+  if (ctx.json) {
+    ctx.out(
+      JSON.stringify({
+        uid,
+        checked: result.checked,
+        bad: result.bad,
+        differing: result.differing,
+        versions_affected: result.versionsAffected,
+        revalidated: Boolean(result.revalidated),
+        problems: result.problems.map((p) => ({ idx: p.idx, kind: p.kind, reason: p.reason })),
+      }),
+    );
+  } else if (ctx.machine) {
     ctx.out(
       `scrub ${uid} ${result.checked} ${result.bad} ${result.differing} ${result.versionsAffected.length} ${result.revalidated ? 1 : 0}`,
     );
