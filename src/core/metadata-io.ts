@@ -1,17 +1,7 @@
 /**
  * Version metadata export and import: everything a restore needs, so a store whose database
  * is lost can be rebuilt from export files plus its data directory.
- *
- * Format "backy-export" version 1: JSON Lines (UTF-8, one JSON object per line, '\n'):
- *   line 1   header  {"format":"backy-export","version":1,"hash_function":"blake3",
- *                     "uid":"<uuid>","name":"vm1@b1","snapshot_name":"","date":<µs since epoch, UTC>,
- *                     "size_bytes":<n>,"block_size":<n>,"status":"valid"|"invalid",
- *                     "base_uid":<uuid>|null,"protected":false,"hostname":"<host>"}
- *   then     one line per block, idx 0, 1, 2, ... without gaps:
- *                    {"idx":0,"checksum":"<64 lower-case hex>"|null,"size":<bytes>,"valid":true}
- *            (checksum null: a sparse, all-zero block; size is the block's length in the image)
- *   last     trailer {"end":"backy-export","blocks":<number of block lines>}
- * The trailer makes a truncated file detectable. Readers reject unknown keys and versions.
+ * The format is described in export-format.ts.
  *
  * Streaming: export writes page by page; import reads line by line (at most MAX_LINE bytes
  * buffered), validates the whole file with zod before it writes anything (stdin is spooled to
@@ -36,233 +26,22 @@ import type { FileHandle } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Readable, Writable } from 'node:stream';
-import { z } from 'zod';
-import { blockCount, blockLength } from '../blocks/blocks.js';
-import { CHECKSUM_RE } from '../blocks/hash.js';
-import { HASH_FUNCTIONS } from '../config/config.js';
-import type { HashFunction } from '../config/config.js';
+import { blockCount } from '../blocks/blocks.js';
 import { BackyError, InputError, NotFoundError, VersionRemovedError } from '../errors.js';
 import type { BlockRow, MetaStore, Version } from '../meta/meta-store.js';
 import type { BlockStore } from '../storage/block-store.js';
 import { abortable, abortableIterable } from '../util/concurrency.js';
+import { EXPORT_FORMAT, ExportParser, headerOf, splitLines } from './export-format.js';
+import type { ExportHeader } from './export-format.js';
 import { hold, keepLeaseAlive } from './lease.js';
 import { noProgress } from './progress.js';
 import type { ProgressReporter } from './progress.js';
 
-export const EXPORT_FORMAT = 'backy-export';
-export const EXPORT_VERSION = 1;
-/** Longest line accepted on import; real lines are under 400 bytes. */
-export const MAX_LINE = 64 * 1024;
-/** Largest image size accepted on import: 1 PiB. */
-export const MAX_SIZE_BYTES = 2 ** 50;
+export { EXPORT_FORMAT, EXPORT_VERSION, ExportParser, MAX_LINE, splitLines } from './export-format.js';
+
 const BATCH = 1000;
 
-const UUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
-const uid = z.string().regex(UUID_RE, 'must be a lower-case UUID');
-const count = z.int('must be an integer').min(0, 'must not be negative');
-
-const headerSchema = z.strictObject({
-  format: z.literal(EXPORT_FORMAT, `must be "${EXPORT_FORMAT}"`),
-  version: z.literal(
-    EXPORT_VERSION,
-    `unsupported format version (this backy reads version ${EXPORT_VERSION})`,
-  ),
-  hash_function: z.enum(HASH_FUNCTIONS, `must be one of ${HASH_FUNCTIONS.join(', ')}`),
-  uid,
-  name: z
-    .string()
-    .min(1, 'must not be empty')
-    .max(255, 'is longer than 255 characters')
-    .regex(/^\S+$/, 'must not contain whitespace'),
-  snapshot_name: z
-    .string()
-    .max(255, 'is longer than 255 characters')
-    .regex(/^[^\n\r]*$/, 'must be one line'),
-  date: count.max(Number.MAX_SAFE_INTEGER, 'is too large'),
-  size_bytes: count.max(MAX_SIZE_BYTES, `is larger than ${MAX_SIZE_BYTES} (1 PiB)`),
-  block_size: z
-    .int('must be an integer')
-    .min(4096, 'must be at least 4096')
-    .max(2 ** 30, 'must be at most 1 GiB')
-    .refine((n) => n % 512 === 0, 'must be a multiple of 512'),
-  status: z.enum(['valid', 'invalid'], 'must be "valid" or "invalid"'),
-  base_uid: uid.nullable(),
-  protected: z.boolean('must be true or false'),
-  hostname: z
-    .string()
-    .max(255, 'is longer than 255 characters')
-    .regex(/^[^\n\r]*$/, 'must be one line'),
-});
-
-const blockSchema = z.strictObject({
-  idx: count,
-  checksum: z.string().regex(CHECKSUM_RE, 'must be 64 lower-case hex characters or null').nullable(),
-  size: count,
-  valid: z.boolean('must be true or false'),
-});
-
-const trailerSchema = z.strictObject({
-  end: z.literal(EXPORT_FORMAT, `must be "${EXPORT_FORMAT}"`),
-  blocks: count,
-});
-
-export type ExportHeader = z.infer<typeof headerSchema>;
-
-/**
- * Validates an export file line by line (pure: no I/O). `line` returns the header or a block
- * row; `finish` checks that the trailer came. Every problem is an InputError naming the line.
- */
-export class ExportParser {
-  readonly #name: string;
-  #header: ExportHeader | undefined;
-  #blocks = 0;
-  #expected = 0;
-  #ended = false;
-  #lineNo = 0;
-
-  constructor(name: string) {
-    this.#name = name;
-  }
-
-  get header(): ExportHeader | undefined {
-    return this.#header;
-  }
-
-  #fail(msg: string): never {
-    throw new InputError(`${this.#name} line ${this.#lineNo}: ${msg}`);
-  }
-
-  #check<T>(schema: z.ZodType<T>, value: unknown, what: string): T {
-    const r = schema.safeParse(value);
-    if (r.success) return r.data;
-    const issue = r.error.issues[0];
-    const path = issue.path.join('.');
-    if (issue.code === 'unrecognized_keys')
-      this.#fail(`${what}: unknown field ${issue.keys.map((k) => `'${k}'`).join(', ')}`);
-    if (issue.code === 'invalid_type' && issue.input === undefined)
-      this.#fail(`${what}: field '${path}' is missing`);
-    this.#fail(`${what}: ${path ? `'${path}' ` : ''}${issue.message}`);
-  }
-
-  line(text: string): { header: ExportHeader } | { block: BlockRow } | undefined {
-    this.#lineNo++;
-    if (this.#ended) this.#fail('unexpected content after the end line');
-    let value: unknown;
-    try {
-      value = JSON.parse(text);
-    } catch {
-      this.#fail(
-        this.#lineNo === 1 ? 'not a backy export file (not JSON)' : 'not valid JSON (truncated or damaged?)',
-      );
-    }
-    if (typeof value !== 'object' || value === null || Array.isArray(value))
-      this.#fail('expected a JSON object');
-    if (!this.#header) {
-      if ((value as { format?: unknown }).format !== EXPORT_FORMAT) {
-        this.#fail(`not a backy export file (the first line needs "format":"${EXPORT_FORMAT}")`);
-      }
-      const h = this.#check(headerSchema, value, 'header');
-      if (h.base_uid === h.uid) this.#fail("header: 'base_uid' must differ from 'uid'");
-      this.#header = h;
-      this.#expected = blockCount(h.size_bytes, h.block_size);
-      return { header: h };
-    }
-    if ('end' in value) {
-      const t = this.#check(trailerSchema, value, 'end line');
-      if (t.blocks !== this.#blocks)
-        this.#fail(`end line says ${t.blocks} blocks, the file has ${this.#blocks}`);
-      if (this.#blocks !== this.#expected) {
-        this.#fail(`${this.#blocks} blocks, but size_bytes and block_size need ${this.#expected}`);
-      }
-      this.#ended = true;
-      return undefined;
-    }
-    const b = this.#check(blockSchema, value, 'block');
-    if (b.idx !== this.#blocks) {
-      if (b.idx < this.#blocks)
-        this.#fail(`block idx ${b.idx} repeats or goes backwards (expected ${this.#blocks})`);
-      if (b.idx >= this.#expected)
-        this.#fail(`block idx ${b.idx} is out of range (the image has ${this.#expected} blocks)`);
-      this.#fail(`block idx ${b.idx} leaves a gap (expected ${this.#blocks})`);
-    }
-    if (b.idx >= this.#expected)
-      this.#fail(`block idx ${b.idx} is out of range (the image has ${this.#expected} blocks)`);
-    const want = blockLength(b.idx, this.#header.size_bytes, this.#header.block_size);
-    if (b.size !== want) this.#fail(`block ${b.idx} has size ${b.size}, but the image needs ${want}`);
-    this.#blocks++;
-    return { block: { idx: b.idx, checksum: b.checksum, size: b.size, valid: b.valid } };
-  }
-
-  /** The file ended: throws unless header, every block and the end line were there. */
-  finish(): { header: ExportHeader; blocks: number } {
-    if (!this.#header) throw new InputError(`${this.#name} is empty; expected a backy export file`);
-    if (!this.#ended) {
-      throw new InputError(
-        `${this.#name} is truncated: it ends after ${this.#blocks} of ${this.#expected} blocks without its end line`,
-      );
-    }
-    return { header: this.#header, blocks: this.#blocks };
-  }
-}
-
-/** Splits a byte stream into lines of at most `max` bytes (strict UTF-8). */
-export async function* splitLines(
-  chunks: AsyncIterable<Buffer>,
-  name: string,
-  max = MAX_LINE,
-): AsyncGenerator<string> {
-  const decoder = new TextDecoder('utf-8', { fatal: true });
-  const decode = (b: Buffer, lineNo: number) => {
-    try {
-      return decoder.decode(b);
-    } catch {
-      throw new InputError(`${name} line ${lineNo}: not valid UTF-8`);
-    }
-  };
-  let pending: Buffer[] = [];
-  let pendingLength = 0;
-  let lineNo = 0;
-  for await (const chunk of chunks) {
-    let start = 0;
-    for (;;) {
-      const nl = chunk.indexOf(10, start);
-      const piece = chunk.subarray(start, nl === -1 ? chunk.length : nl);
-      pendingLength += piece.length;
-      if (pendingLength > max) throw new InputError(`${name} line ${lineNo + 1}: longer than ${max} bytes`);
-      if (nl === -1) {
-        if (piece.length > 0) pending.push(Buffer.from(piece));
-        break;
-      }
-      const line = pending.length > 0 ? Buffer.concat([...pending, piece]) : piece;
-      pending = [];
-      pendingLength = 0;
-      lineNo++;
-      yield decode(line, lineNo);
-      start = nl + 1;
-    }
-  }
-  if (pendingLength > 0) yield decode(Buffer.concat(pending), lineNo + 1);
-}
-
 // ---- export ----
-
-export function headerOf(v: Version, hashFunction: HashFunction): ExportHeader {
-  return {
-    format: EXPORT_FORMAT,
-    version: EXPORT_VERSION,
-    hash_function: hashFunction,
-    uid: v.uid,
-    name: v.name,
-    snapshot_name: v.snapshotName,
-    date: v.date,
-    size_bytes: v.sizeBytes,
-    block_size: v.blockSize,
-    status: v.status === 'valid' ? 'valid' : 'invalid',
-    base_uid: v.baseUid,
-    protected: v.protected,
-    hostname: v.hostname,
-  };
-}
 
 /** Writes version `uid` to `out` in the export format; returns the number of block lines. */
 export async function exportVersion(opts: {

@@ -1,0 +1,167 @@
+/**
+ * Garbage collection: orphaned incomplete versions, unreferenced objects, unrecorded files.
+ * Every removal re-checks inside a cleanup transaction (MetaBase.cleanupTx) what it found.
+ */
+import { ANY_OBJECT_LEASE_KINDS, INSERT_BATCH, toVersion } from './meta-types.js';
+import type { Version } from './meta-types.js';
+import { MetaObjects } from './meta-objects.js';
+
+export class MetaGarbage extends MetaObjects {
+  /** Incomplete versions that no lease row names: crashed backups or imports. */
+  async orphanedIncompleteVersions(): Promise<Version[]> {
+    const rows = await this.db
+      .selectFrom('versions as v')
+      .selectAll('v')
+      .where('v.status', '=', 'incomplete')
+      .where((eb) =>
+        eb.not(
+          eb.exists(eb.selectFrom('leases as l').select('l.id').whereRef('l.version_uid', '=', 'v.uid')),
+        ),
+      )
+      .orderBy('v.date')
+      .execute();
+    return rows.map(toVersion);
+  }
+
+  /** Removes an incomplete version if still no lease names it (re-checked in the transaction). */
+  async removeOrphanedIncompleteVersion(uid: string): Promise<boolean> {
+    return this.cleanupTx({ leases: true }, async (tx) => {
+      const v = await tx.selectFrom('versions').select('status').where('uid', '=', uid).executeTakeFirst();
+      if (!v || v.status !== 'incomplete') return false;
+      const lease = await tx
+        .selectFrom('leases')
+        .select('id')
+        .where('version_uid', '=', uid)
+        .executeTakeFirst();
+      if (lease) return false;
+      await tx.deleteFrom('labels').where('version_uid', '=', uid).execute();
+      await tx.deleteFrom('blocks').where('version_uid', '=', uid).execute();
+      await tx.deleteFrom('versions').where('uid', '=', uid).execute();
+      return true;
+    });
+  }
+
+  /** One page of unreferenced objects last seen before `cutoff`, by checksum after `after`. */
+  async garbageCandidates(
+    cutoff: number,
+    after: string,
+    limit = INSERT_BATCH,
+    /** Count these versions' block entries as gone (a dry run that would remove them). */
+    ignoreVersions: readonly string[] = [],
+  ): Promise<{ checksum: string; storedSize: number }[]> {
+    const rows = await this.db
+      .selectFrom('objects as o')
+      .select(['o.checksum', 'o.stored_size'])
+      .where('o.checksum', '>', after)
+      .where('o.last_seen', '<', cutoff)
+      .where((eb) => {
+        let refs = eb.selectFrom('blocks as b').select('b.idx').whereRef('b.checksum', '=', 'o.checksum');
+        if (ignoreVersions.length > 0) refs = refs.where('b.version_uid', 'not in', ignoreVersions);
+        return eb.not(eb.exists(refs));
+      })
+      .orderBy('o.checksum')
+      .limit(limit)
+      .execute();
+    return rows.map((r) => ({ checksum: r.checksum, storedSize: Number(r.stored_size) }));
+  }
+
+  /**
+   * Deletes the given objects that are, re-checked inside one write transaction that no
+   * other writer of these objects can interleave with (SQLite: BEGIN IMMEDIATE; PostgreSQL:
+   * their rows locked FOR UPDATE), still unreferenced and last seen before both `cutoff` and the start of every lease now
+   * in the table. `unlink` removes their files inside the transaction, before the rows go.
+   * Returns what was deleted.
+   */
+  async deleteGarbage(
+    checksums: readonly string[],
+    cutoff: number,
+    unlink: (checksums: string[]) => Promise<void>,
+  ): Promise<{ checksum: string; storedSize: number }[]> {
+    if (checksums.length === 0) return [];
+    return this.cleanupTx({ leases: false }, async (tx) => {
+      if (this.dialect === 'postgres') {
+        // Row locks: a concurrent touchObject or recordObjects of these objects waits for our
+        // commit and then finds the row gone (touch fails, so the backup stores it anew).
+        await tx
+          .selectFrom('objects')
+          .select('checksum')
+          .where('checksum', 'in', checksums)
+          .forUpdate()
+          .execute();
+      }
+      // A holder that may reference anything keeps everything: an import, or a reader whose
+      // version was removed under it (its block list, which named its objects, is gone).
+      const holdsAll = await tx
+        .selectFrom('leases as l')
+        .select('l.id')
+        .where((eb) =>
+          eb.or([
+            eb('l.kind', 'in', ANY_OBJECT_LEASE_KINDS),
+            eb.and([
+              eb('l.version_uid', 'is not', null),
+              eb.not(
+                eb.exists(
+                  eb.selectFrom('versions as v').select('v.uid').whereRef('v.uid', '=', 'l.version_uid'),
+                ),
+              ),
+            ]),
+          ]),
+        )
+        .executeTakeFirst();
+      if (holdsAll) return [];
+      const oldest = await tx
+        .selectFrom('leases')
+        .select((eb) => eb.fn.min('started').as('started'))
+        .executeTakeFirst();
+      const limit = oldest?.started == null ? cutoff : Math.min(cutoff, Number(oldest.started));
+      const rows = await tx
+        .selectFrom('objects as o')
+        .select(['o.checksum', 'o.stored_size'])
+        .where('o.checksum', 'in', checksums)
+        .where('o.last_seen', '<', limit)
+        .where((eb) =>
+          eb.not(
+            eb.exists(eb.selectFrom('blocks as b').select('b.idx').whereRef('b.checksum', '=', 'o.checksum')),
+          ),
+        )
+        .execute();
+      if (rows.length === 0) return [];
+      const doomed = rows.map((r) => r.checksum);
+      await unlink(doomed);
+      for (let i = 0; i < doomed.length; i += INSERT_BATCH) {
+        await tx
+          .deleteFrom('objects')
+          .where('checksum', 'in', doomed.slice(i, i + INSERT_BATCH))
+          .execute();
+      }
+      return rows.map((r) => ({ checksum: r.checksum, storedSize: Number(r.stored_size) }));
+    });
+  }
+
+  /**
+   * Runs `fn` on the keys among `keys` that have no objects row, inside one write transaction
+   * that keeps new leases out (SQLite: BEGIN IMMEDIATE; PostgreSQL: leases locked), but only when no lease exists at all: a running backup may have renamed an
+   * object into place and not yet recorded it, and its lease keeps such files. Returns false
+   * (without calling fn) when a lease exists.
+   */
+  async sweepUnrecorded(
+    keys: readonly string[],
+    fn: (unrecorded: string[]) => Promise<void>,
+  ): Promise<boolean> {
+    return this.cleanupTx({ leases: true }, async (tx) => {
+      const lease = await tx.selectFrom('leases').select('id').executeTakeFirst();
+      if (lease) return false;
+      const recorded = new Set<string>();
+      for (let i = 0; i < keys.length; i += INSERT_BATCH) {
+        const rows = await tx
+          .selectFrom('objects')
+          .select('checksum')
+          .where('checksum', 'in', keys.slice(i, i + INSERT_BATCH))
+          .execute();
+        for (const r of rows) recorded.add(r.checksum);
+      }
+      await fn(keys.filter((k) => !recorded.has(k)));
+      return true;
+    });
+  }
+}

@@ -1,0 +1,178 @@
+/**
+ * Stored objects: record, touch, mark damaged, look up, count, and adopt an import's objects.
+ */
+import { MetaBlocks } from './meta-blocks.js';
+import { INSERT_BATCH, nowMicros } from './meta-types.js';
+
+export class MetaObjects extends MetaBlocks {
+  /**
+   * Marks an object damaged: the object, every block entry referencing it, and every version
+   * holding such an entry become invalid. Returns the uids of the versions affected.
+   */
+  async markObjectInvalid(checksum: string): Promise<string[]> {
+    return this.write(async (tx) => {
+      await tx.updateTable('objects').set({ valid: 0 }).where('checksum', '=', checksum).execute();
+      await tx.updateTable('blocks').set({ valid: 0 }).where('checksum', '=', checksum).execute();
+      const rows = await tx
+        .selectFrom('blocks')
+        .select('version_uid')
+        .distinct()
+        .where('checksum', '=', checksum)
+        .execute();
+      const uids = rows.map((r) => r.version_uid);
+      if (uids.length > 0) {
+        await tx
+          .updateTable('versions')
+          .set({ status: 'invalid' })
+          .where('uid', 'in', uids)
+          .where('status', '=', 'valid')
+          .execute();
+      }
+      return uids;
+    });
+  }
+
+  /**
+   * Refreshes the last_seen of a recorded object (so a concurrent cleanup keeps it) and
+   * returns true if it is valid. Invalid objects are never dedup targets, but their last_seen
+   * is refreshed too: the caller is about to store the object again under the same name, and
+   * a cleanup must not unlink that new file because the row looked stale.
+   */
+  async touchObject(checksum: string, now: number): Promise<boolean> {
+    const row = await this.db
+      .updateTable('objects')
+      .set({ last_seen: now })
+      .where('checksum', '=', checksum)
+      .returning('valid')
+      .executeTakeFirst();
+    return row !== undefined && Number(row.valid) === 1;
+  }
+
+  /** Records objects just written durably (valid, last_seen = now), replacing damaged entries. */
+  async recordObjects(
+    objects: readonly { checksum: string; storedSize: number }[],
+    now: number,
+  ): Promise<void> {
+    if (objects.length === 0) return;
+    // One order for every writer: concurrent backups recording the same objects lock their rows
+    // in the same sequence instead of deadlocking. Duplicates would make one upsert hit a row twice.
+    const unique = [...new Map(objects.map((o) => [o.checksum, o])).values()].sort((a, b) =>
+      a.checksum < b.checksum ? -1 : a.checksum > b.checksum ? 1 : 0,
+    );
+    await this.write(async (tx) => {
+      for (let i = 0; i < unique.length; i += INSERT_BATCH) {
+        const batch = unique.slice(i, i + INSERT_BATCH);
+        await tx
+          .insertInto('objects')
+          .values(
+            batch.map((o) => ({ checksum: o.checksum, stored_size: o.storedSize, valid: 1, last_seen: now })),
+          )
+          .onConflict((oc) =>
+            oc.column('checksum').doUpdateSet((eb) => ({
+              stored_size: eb.ref('excluded.stored_size'),
+              valid: 1,
+              last_seen: eb.ref('excluded.last_seen'),
+            })),
+          )
+          .execute();
+        // A re-stored object is sound again: so are the block entries that reference it.
+        await tx
+          .updateTable('blocks')
+          .set({ valid: 1 })
+          .where(
+            'checksum',
+            'in',
+            batch.map((o) => o.checksum),
+          )
+          .where('valid', '=', 0)
+          .execute();
+      }
+    });
+  }
+
+  async objectStats(): Promise<{ count: number; bytes: number }> {
+    const r = await this.db
+      .selectFrom('objects')
+      .select((eb) => [eb.fn.countAll<number>().as('n'), eb.fn.sum<number>('stored_size').as('bytes')])
+      .executeTakeFirstOrThrow();
+    return { count: Number(r.n), bytes: Number(r.bytes ?? 0) };
+  }
+
+  /** Which of `checksums` have an objects row. */
+  async recordedObjects(checksums: readonly string[]): Promise<Map<string, { valid: boolean }>> {
+    const out = new Map<string, { valid: boolean }>();
+    for (let i = 0; i < checksums.length; i += INSERT_BATCH) {
+      const rows = await this.db
+        .selectFrom('objects')
+        .select(['checksum', 'valid'])
+        .where('checksum', 'in', checksums.slice(i, i + INSERT_BATCH))
+        .execute();
+      for (const r of rows) out.set(r.checksum, { valid: Number(r.valid) === 1 });
+    }
+    return out;
+  }
+
+  /**
+   * Makes `checksums` usable by an imported version under the caller's lease. First refreshes
+   * last_seen of recorded objects (from then on a concurrent cleanup keeps them; files without
+   * a row are kept by the lease itself), then asks `present` for each object's stored size in
+   * the data store: a file without a row gets one; a recorded object whose file is gone is
+   * marked invalid, so that no backup dedups against it. Returns the checksums that are
+   * recorded, valid and present.
+   */
+  async adoptObjects(
+    checksums: readonly string[],
+    present: (checksum: string) => Promise<number | undefined>,
+  ): Promise<Set<string>> {
+    const now = nowMicros();
+    const known = await this.write(async (tx) => {
+      await tx
+        .updateTable('objects')
+        .set({ last_seen: now })
+        .where('checksum', 'in', checksums)
+        .where('valid', '=', 1)
+        .execute();
+      const rows = await tx
+        .selectFrom('objects')
+        .select(['checksum', 'valid'])
+        .where('checksum', 'in', checksums)
+        .execute();
+      return new Map(rows.map((r) => [r.checksum, Number(r.valid) === 1]));
+    });
+    const found: { checksum: string; storedSize: number }[] = [];
+    const gone: string[] = [];
+    const ok = new Set<string>();
+    for (const c of checksums) {
+      const size = await present(c);
+      const recorded = known.get(c);
+      if (size === undefined) {
+        if (recorded) gone.push(c);
+      } else if (recorded === undefined) {
+        found.push({ checksum: c, storedSize: size });
+        ok.add(c);
+      } else if (recorded) ok.add(c);
+    }
+    if (found.length > 0 || gone.length > 0) {
+      await this.write(async (tx) => {
+        if (found.length > 0) {
+          await tx
+            .insertInto('objects')
+            .values(
+              found.map((o) => ({
+                checksum: o.checksum,
+                stored_size: o.storedSize,
+                valid: 1,
+                last_seen: now,
+              })),
+            )
+            .onConflict((oc) => oc.column('checksum').doUpdateSet({ last_seen: now }))
+            .execute();
+        }
+        if (gone.length > 0) {
+          await tx.updateTable('objects').set({ valid: 0 }).where('checksum', 'in', gone).execute();
+        }
+      });
+    }
+    return ok;
+  }
+}

@@ -1,0 +1,104 @@
+/**
+ * The plain objects MetaStore hands out, their mapping from rows, and what its parts share:
+ * batch size, clock, and the lease kinds that keep every object.
+ */
+import type { Kysely } from 'kysely';
+import type { Database, VersionStatus } from './schema.js';
+
+export type Db = Kysely<Database>;
+
+export interface Version {
+  uid: string;
+  name: string;
+  snapshotName: string;
+  /** Microseconds since the epoch, UTC. */
+  date: number;
+  sizeBytes: number;
+  blockSize: number;
+  status: VersionStatus;
+  baseUid: string | null;
+  protected: boolean;
+  hostname: string;
+}
+
+export interface BlockRow {
+  idx: number;
+  checksum: string | null;
+  size: number;
+  valid: boolean;
+}
+
+export interface Lease {
+  id: string;
+  versionUid: string | null;
+  kind: string;
+  hostname: string;
+  pid: number;
+  started: number;
+  heartbeat: number;
+}
+
+/**
+ * Lease kinds whose holder may reference any stored object, which it learns only as it reads
+ * its input (an import's export file, recover's metadata copies): while one is held, cleanup
+ * deletes no object at all.
+ */
+export const ANY_OBJECT_LEASE_KINDS: readonly string[] = ['import', 'recover'];
+
+/** Rows per INSERT statement: well under SQLite's 32766 bound parameters and PostgreSQL's 65535. */
+export const INSERT_BATCH = 1000;
+
+let lastMicros = 0;
+/** Wall-clock microseconds, strictly increasing within this process. */
+export function nowMicros(): number {
+  let t = Math.floor((performance.timeOrigin + performance.now()) * 1000);
+  if (t <= lastMicros) t = lastMicros + 1;
+  lastMicros = t;
+  return t;
+}
+
+export function toLease(r: {
+  id: string;
+  version_uid: string | null;
+  kind: string;
+  hostname: string;
+  pid: number;
+  started: number;
+  heartbeat: number;
+}): Lease {
+  return {
+    id: r.id,
+    versionUid: r.version_uid,
+    kind: r.kind,
+    hostname: r.hostname,
+    pid: Number(r.pid),
+    started: Number(r.started),
+    heartbeat: Number(r.heartbeat),
+  };
+}
+
+export function toVersion(r: {
+  uid: string;
+  name: string;
+  snapshot_name: string;
+  date: number;
+  size_bytes: number;
+  block_size: number;
+  status: VersionStatus;
+  base_uid: string | null;
+  protected: number;
+  hostname: string;
+}): Version {
+  return {
+    uid: r.uid,
+    name: r.name,
+    snapshotName: r.snapshot_name,
+    date: Number(r.date),
+    sizeBytes: Number(r.size_bytes),
+    blockSize: Number(r.block_size),
+    status: r.status,
+    baseUid: r.base_uid,
+    protected: Number(r.protected) === 1,
+    hostname: r.hostname,
+  };
+}

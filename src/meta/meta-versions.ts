@@ -1,0 +1,301 @@
+/**
+ * Versions: create (alone or with a lease), find, list, status and size, completion,
+ * revalidation after a scrub, removal.
+ */
+import { hostname } from 'node:os';
+import { randomUUID } from 'node:crypto';
+import { sql } from 'kysely';
+import type { Kysely } from 'kysely';
+import { InputError, NotFoundError } from '../errors.js';
+import { MetaLeases } from './meta-leases.js';
+import { nowMicros, toLease, toVersion } from './meta-types.js';
+import type { Lease, Version } from './meta-types.js';
+import type { Database, VersionStatus } from './schema.js';
+
+export class MetaVersions extends MetaLeases {
+  async createVersion(v: NewVersion): Promise<Version> {
+    const version = newVersion(v);
+    await this.db
+      .insertInto('versions')
+      .values({
+        uid: version.uid,
+        name: version.name,
+        snapshot_name: version.snapshotName,
+        date: version.date,
+        size_bytes: version.sizeBytes,
+        block_size: version.blockSize,
+        status: version.status,
+        base_uid: version.baseUid,
+        protected: 0,
+        hostname: version.hostname,
+      })
+      .execute();
+    return version;
+  }
+
+  /**
+   * Creates a new incomplete version and a lease on it in one transaction, so no cleanup ever
+   * sees the version without its lease (it removes lease-less incomplete versions as crashed).
+   */
+  async createVersionWithLease(v: NewVersion, kind: string): Promise<{ version: Version; lease: Lease }> {
+    const version = newVersion(v);
+    const lease = await this.insertVersionWithLease(version, kind);
+    return { version, lease };
+  }
+
+  /**
+   * Inserts a version row exactly as given (import) together with a lease on it, in one
+   * transaction. Throws InputError when the uid exists already.
+   */
+  async insertVersionWithLease(version: Version, kind: string): Promise<Lease> {
+    const id = randomUUID();
+    await this.holdLeaseLock(id);
+    const now = nowMicros();
+    const lease: Lease = {
+      id,
+      versionUid: version.uid,
+      kind,
+      hostname: hostname(),
+      pid: process.pid,
+      started: now,
+      heartbeat: now,
+    };
+    try {
+      await this.#insertVersionAndLease(version, lease);
+    } catch (err) {
+      await this.dropLeaseLock(lease.id);
+      throw err;
+    }
+    return lease;
+  }
+
+  async #insertVersionAndLease(version: Version, lease: Lease): Promise<void> {
+    const { kind, started: now } = lease;
+    await this.write(async (tx) => {
+      const exists = await tx
+        .selectFrom('versions')
+        .select('uid')
+        .where('uid', '=', version.uid)
+        .executeTakeFirst();
+      if (exists) throw new InputError(`version ${version.uid} exists already; remove it first ('backy rm')`);
+      await tx
+        .insertInto('versions')
+        .values({
+          uid: version.uid,
+          name: version.name,
+          snapshot_name: version.snapshotName,
+          date: version.date,
+          size_bytes: version.sizeBytes,
+          block_size: version.blockSize,
+          status: version.status,
+          base_uid: version.baseUid,
+          protected: version.protected ? 1 : 0,
+          hostname: version.hostname,
+        })
+        .execute();
+      await tx
+        .insertInto('leases')
+        .values({
+          id: lease.id,
+          version_uid: version.uid,
+          kind,
+          hostname: lease.hostname,
+          pid: lease.pid,
+          started: now,
+          heartbeat: now,
+        })
+        .execute();
+    });
+  }
+
+  async findVersion(uid: string): Promise<Version | undefined> {
+    const row = await this.db.selectFrom('versions').selectAll().where('uid', '=', uid).executeTakeFirst();
+    return row ? toVersion(row) : undefined;
+  }
+
+  async getVersion(uid: string): Promise<Version> {
+    const v = await this.findVersion(uid);
+    if (!v) throw new NotFoundError(`version ${uid} not found (see 'backy ls')`);
+    return v;
+  }
+
+  /** Versions by date, oldest first; optionally only those named `name`. */
+  async listVersions(filter: { name?: string } = {}): Promise<Version[]> {
+    let q = this.db.selectFrom('versions').selectAll();
+    if (filter.name !== undefined) q = q.where('name', '=', filter.name);
+    const rows = await q.orderBy('date').orderBy('uid').execute();
+    return rows.map(toVersion);
+  }
+
+  async setVersionStatus(uid: string, status: VersionStatus): Promise<void> {
+    await this.db.updateTable('versions').set({ status }).where('uid', '=', uid).execute();
+  }
+
+  async setVersionSize(uid: string, sizeBytes: number): Promise<void> {
+    await this.db.updateTable('versions').set({ size_bytes: sizeBytes }).where('uid', '=', uid).execute();
+  }
+
+  /**
+   * Marks a version valid if, and only if, it has exactly one block row per block of its size
+   * and every non-sparse block references a valid stored object. One transaction.
+   * Returns the problem when it cannot.
+   */
+  async completeVersion(uid: string): Promise<string | undefined> {
+    // The commit that makes a version valid is made durable at once (FULL), even in SQLite's
+    // NORMAL mode: once backy printed the uid, a power loss must not take the version back.
+    if (this.dialect === 'sqlite') await sql`PRAGMA synchronous = FULL`.execute(this.db);
+    try {
+      return await this.#completeVersion(uid);
+    } finally {
+      if (this.dialect === 'sqlite') await sql`PRAGMA synchronous = NORMAL`.execute(this.db);
+    }
+  }
+
+  async #completeVersion(uid: string): Promise<string | undefined> {
+    return this.write(async (tx) => {
+      const v = await tx.selectFrom('versions').selectAll().where('uid', '=', uid).executeTakeFirstOrThrow();
+      const gap = await blockListProblem(tx, uid, Number(v.size_bytes), Number(v.block_size));
+      if (gap) return gap;
+      const bad = await tx
+        .selectFrom('blocks as b')
+        .leftJoin('objects as o', 'o.checksum', 'b.checksum')
+        .select((eb) => eb.fn.countAll<number>().as('n'))
+        .where('b.version_uid', '=', uid)
+        .where('b.checksum', 'is not', null)
+        .where((eb) => eb.or([eb('o.checksum', 'is', null), eb('o.valid', '=', 0), eb('b.valid', '=', 0)]))
+        .executeTakeFirstOrThrow();
+      if (Number(bad.n) > 0) return `${bad.n} blocks reference objects that are missing or invalid`;
+      await tx.updateTable('versions').set({ status: 'valid' }).where('uid', '=', uid).execute();
+      return undefined;
+    });
+  }
+
+  /**
+   * After a full scrub found every block of `uid` sound: marks its block entries and their
+   * objects valid and an invalid version valid again, in one transaction, provided the block
+   * list is complete and every object is recorded. Returns the problem when it cannot.
+   */
+  async revalidateVersion(uid: string): Promise<string | undefined> {
+    return this.write(async (tx) => {
+      const v = await tx.selectFrom('versions').selectAll().where('uid', '=', uid).executeTakeFirst();
+      if (!v) return 'the version was removed meanwhile';
+      if (v.status !== 'invalid') return `the version is ${v.status}`;
+      const gap = await blockListProblem(tx, uid, Number(v.size_bytes), Number(v.block_size));
+      if (gap) return gap;
+      const unrecorded = await tx
+        .selectFrom('blocks as b')
+        .leftJoin('objects as o', 'o.checksum', 'b.checksum')
+        .select((eb) => eb.fn.countAll<number>().as('n'))
+        .where('b.version_uid', '=', uid)
+        .where('b.checksum', 'is not', null)
+        .where('o.checksum', 'is', null)
+        .executeTakeFirstOrThrow();
+      if (Number(unrecorded.n) > 0)
+        return `${unrecorded.n} blocks reference objects the database does not record`;
+      await tx
+        .updateTable('objects')
+        .set({ valid: 1 })
+        .where('valid', '=', 0)
+        .where('checksum', 'in', (eb) =>
+          eb
+            .selectFrom('blocks')
+            .select('checksum')
+            .where('version_uid', '=', uid)
+            .where('checksum', 'is not', null),
+        )
+        .execute();
+      await tx
+        .updateTable('blocks')
+        .set({ valid: 1 })
+        .where('version_uid', '=', uid)
+        .where('valid', '=', 0)
+        .execute();
+      await tx.updateTable('versions').set({ status: 'valid' }).where('uid', '=', uid).execute();
+      return undefined;
+    });
+  }
+
+  /**
+   * Removes a version unless a lease naming it is live (`isLive` decides), inside one
+   * transaction that keeps new leases out (SQLite: BEGIN IMMEDIATE; PostgreSQL: the leases table
+   * locked): a reader that takes its lease after this looks for the version and finds it gone.
+   * Returns the live holders, and removes nothing, when there are any.
+   */
+  async removeVersionUnlessHeld(uid: string, isLive: (l: Lease) => Promise<boolean>): Promise<Lease[]> {
+    return this.cleanupTx({ leases: true }, async (tx) => {
+      const rows = await tx.selectFrom('leases').selectAll().where('version_uid', '=', uid).execute();
+      const live: Lease[] = [];
+      for (const l of rows.map(toLease)) if (await isLive(l)) live.push(l);
+      if (live.length > 0) return live;
+      const v = await tx.selectFrom('versions').select('protected').where('uid', '=', uid).executeTakeFirst();
+      if (v && Number(v.protected) === 1) {
+        throw new InputError(`version ${uid} is protected; run 'backy unprotect ${uid}' first to remove it`);
+      }
+      await tx.deleteFrom('labels').where('version_uid', '=', uid).execute();
+      await tx.deleteFrom('blocks').where('version_uid', '=', uid).execute();
+      await tx.deleteFrom('versions').where('uid', '=', uid).execute();
+      return [];
+    });
+  }
+
+  /**
+   * Removes a version, its block list and labels. Objects stay; cleanup removes unreferenced
+   * ones. A protected version is refused, checked in the same transaction (so a concurrent
+   * `protect` wins), unless `protectedToo` (a command undoing the version it just created).
+   */
+  async removeVersion(uid: string, opts: { protectedToo?: boolean } = {}): Promise<void> {
+    await this.write(async (tx) => {
+      const v = await tx.selectFrom('versions').select('protected').where('uid', '=', uid).executeTakeFirst();
+      if (v && Number(v.protected) === 1 && !opts.protectedToo) {
+        throw new InputError(`version ${uid} is protected; run 'backy unprotect ${uid}' first to remove it`);
+      }
+      await tx.deleteFrom('labels').where('version_uid', '=', uid).execute();
+      await tx.deleteFrom('blocks').where('version_uid', '=', uid).execute();
+      await tx.deleteFrom('versions').where('uid', '=', uid).execute();
+    });
+  }
+}
+
+type NewVersion = {
+  name: string;
+  snapshotName?: string;
+  sizeBytes: number;
+  blockSize: number;
+  baseUid?: string;
+};
+
+/** A new incomplete version made here, on this host, now. */
+function newVersion(v: NewVersion): Version {
+  return {
+    uid: randomUUID(),
+    name: v.name,
+    snapshotName: v.snapshotName ?? '',
+    date: nowMicros(),
+    sizeBytes: v.sizeBytes,
+    blockSize: v.blockSize,
+    status: 'incomplete',
+    baseUid: v.baseUid ?? null,
+    protected: false,
+    hostname: hostname(),
+  };
+}
+
+/** Whether a version has exactly one block entry per block of its size (idx 0..n-1). */
+async function blockListProblem(
+  tx: Kysely<Database>,
+  uid: string,
+  sizeBytes: number,
+  blockSize: number,
+): Promise<string | undefined> {
+  const expected = Math.ceil(sizeBytes / blockSize);
+  const counts = await tx
+    .selectFrom('blocks')
+    .select((eb) => [eb.fn.countAll<number>().as('n'), eb.fn.max('idx').as('max_idx')])
+    .where('version_uid', '=', uid)
+    .executeTakeFirstOrThrow();
+  const n = Number(counts.n);
+  if (n !== expected || (n > 0 && Number(counts.max_idx) !== n - 1)) {
+    return `version has ${n} block entries, expected ${expected}`;
+  }
+  return undefined;
+}
