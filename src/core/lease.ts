@@ -1,4 +1,4 @@
-import { VersionRemovedError } from '../errors.js';
+import { VersionRemovedError, errorMessage } from '../errors.js';
 import type { Lease, MetaStore, Version } from '../meta/meta-store.js';
 
 const HEARTBEAT_MS = 30_000;
@@ -68,14 +68,30 @@ export async function holdVersion(
   meta: MetaStore,
   uid: string,
   kind: string,
-): Promise<Hold & { version: Version }> {
-  const h = await hold(meta, kind, uid);
+  opts: { bestEffort?: boolean } = {},
+): Promise<Hold & { version: Version; unheld?: string }> {
+  let h: Hold;
+  let unheld: string | undefined;
   try {
-    return { ...h, version: await meta.getVersion(uid) };
+    h = await hold(meta, kind, uid);
+  } catch (err) {
+    // A reader (restore, export) must work when the metadata file system is full: getting the
+    // data back matters more than keeping rm away. It goes on without a lease and says so.
+    if (!opts.bestEffort || !isDiskFull(err)) throw err;
+    h = { lease: undefined, release: async () => {} };
+    unheld = errorMessage(err);
+  }
+  try {
+    return { ...h, version: await meta.getVersion(uid), unheld };
   } catch (err) {
     await h.release();
     throw err;
   }
+}
+
+function isDiskFull(err: unknown): boolean {
+  const code = (err as { code?: unknown } | undefined)?.code;
+  return code === 'SQLITE_FULL' || code === 'ENOSPC' || code === '53100'; /* PostgreSQL disk_full */
 }
 
 /** Block indices per removal check: a page of the block list. */

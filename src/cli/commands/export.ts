@@ -9,8 +9,13 @@ import { checkTargetOutsideStore } from '../../target/target.js';
 export async function exportCommand(ctx: Context, uidArg: string, file: string) {
   const uid = parseUid(uidArg);
   const meta = await ctx.meta();
-  const held = await holdVersion(meta, uid, 'export'); // not found: fail before creating FILE
+  const held = await holdVersion(meta, uid, 'export', { bestEffort: true }); // not found: fail before creating FILE
   let blocks: number;
+  if (held.unheld) {
+    ctx.log.warn(
+      `cannot hold version ${uid} while it is exported (${held.unheld}); going on without: do not remove it meanwhile`,
+    );
+  }
   try {
     await checkTargetOutsideStore(file, storePaths(ctx), 'export file');
     const target = await openExportTarget(file);

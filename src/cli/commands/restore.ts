@@ -23,8 +23,13 @@ export async function restoreCommand(
   const meta = await ctx.meta();
   const store = await ctx.store();
   // Held from before the version is looked up until the restore ends: rm refuses it meanwhile.
-  const held = await holdVersion(meta, uid, 'restore');
+  const held = await holdVersion(meta, uid, 'restore', { bestEffort: true });
   const { version } = held;
+  if (held.unheld) {
+    ctx.log.warn(
+      `cannot hold version ${uid} while it is restored (${held.unheld}); going on without: do not remove it meanwhile`,
+    );
+  }
   let result: RestoreResult;
   let target: Target | undefined;
   try {
