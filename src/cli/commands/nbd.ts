@@ -29,10 +29,10 @@ export function nbdOptions(opts: NbdCliOptions): { host: string; port: number } 
 
 export async function nbdCommand(ctx: Context, opts: NbdCliOptions): Promise<void> {
   const where = nbdOptions(opts);
-  const meta = await ctx.meta();
-  const store = await ctx.store();
   if ('path' in where && existsSync(where.path))
     throw new InputError(`${JSON.stringify(where.path)} exists; remove it or choose another socket path`);
+  const meta = await ctx.meta();
+  const store = await ctx.store();
   const log = ctx.log;
   const server = new NbdServer({
     meta,
