@@ -2,10 +2,10 @@
  * What the benchmarks share: running commands timed under /usr/bin/time, medians, sizes and
  * Markdown tables.
  */
-import { spawn } from 'node:child_process';
 import { createReadStream } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { spawnCollect } from '../test/lib/spawn.js';
 
 export const MB = 1e6;
 
@@ -28,29 +28,11 @@ export interface RunOptions {
   env?: NodeJS.ProcessEnv;
 }
 
-function spawnCollect(cmd: string, argv: string[], opts: RunOptions) {
-  return new Promise<{ code: number | null; stdout: string; stderr: string }>((resolve, reject) => {
-    const child = spawn(cmd, argv, {
-      cwd: opts.cwd,
-      env: { ...process.env, ...opts.env },
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    const out: Buffer[] = [];
-    const err: Buffer[] = [];
-    child.stdout.on('data', (b: Buffer) => out.push(b));
-    child.stderr.on('data', (b: Buffer) => err.push(b));
-    child.on('error', reject);
-    child.on('close', (c) =>
-      resolve({ code: c, stdout: Buffer.concat(out).toString(), stderr: Buffer.concat(err).toString() }),
-    );
-  });
-}
-
 /** An untimed command (setup, sync); rejects on a non-zero exit with its stderr. */
 export async function run(cmd: string, argv: string[], opts: RunOptions = {}): Promise<string> {
   const r = await spawnCollect(cmd, argv, opts);
   if (r.code !== 0) throw new Error(`${cmd} ${argv.join(' ')} exited ${r.code}:\n${r.stderr.slice(-2000)}`);
-  return r.stdout;
+  return r.stdout.toString();
 }
 
 export interface Run {
