@@ -14,20 +14,26 @@
  * repokey-blake2), both lz4. `--compression none,zstd:1,zstd:3` adds a backy row per setting
  * (how the default was chosen).
  *
+ * `--store s3` (npm run bench:s3): backy's blocks and restic's repository go to an S3 gateway
+ * (a fresh bucket each per repetition; borg has no S3 backend and is left out): the radosgw of
+ * $BACKY_TEST_S3_ENDPOINT (with $BACKY_TEST_S3_ACCESS_KEY, $BACKY_TEST_S3_SECRET_KEY), or one
+ * started for the run with ../shared/tools/mini-ceph.sh. Store sizes and the -f metadata cost
+ * (a file-store matter) are not measured then, and the goals are relative to restic's S3 backend.
+ *
  * Usage: npm run bench -- [--size 2G] [--reps 3] [--tools backy,borg,restic] [--compression LIST]
- *                         [--dir PARENT] [--keep]
+ *                         [--store file|s3] [--dir PARENT] [--keep]
  */
-import { spawn } from 'node:child_process';
-import { createReadStream } from 'node:fs';
-import { copyFile, mkdir, mkdtemp, readFile, rm, truncate, writeFile } from 'node:fs/promises';
+import { copyFile, mkdir, mkdtemp, rm, truncate, writeFile } from 'node:fs/promises';
 import { availableParallelism, loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { BIN, REPO } from '../test/lib/cli.js';
 import { mixedKind, scribble, writeImage } from '../test/lib/image.js';
+import { newBucket, rgwServer } from '../test/lib/rgw.js';
+import type { Run } from './lib.js';
+import { MB, diskUsage, installed, lastLine, median, parseSize, readAll, run, table, timer } from './lib.js';
 
 const BLOCK = 4 << 20;
-const MB = 1e6;
 
 const { values: args } = parseArgs({
   options: {
@@ -37,99 +43,11 @@ const { values: args } = parseArgs({
     keep: { type: 'boolean', default: false },
     tools: { type: 'string', default: 'backy,borg,restic' },
     compression: { type: 'string', default: '' },
+    store: { type: 'string', default: 'file' },
   },
 });
-
-function parseSize(s: string): number {
-  const m = /^(\d+(?:\.\d+)?)\s*([KMGT]?)(i?B)?$/i.exec(s.trim());
-  if (!m) throw new Error(`--size: cannot parse '${s}' (e.g. 2G, 512M, 8G)`);
-  const exp = ' KMGT'.indexOf(m[2].toUpperCase() || ' ');
-  return Math.round(Number(m[1]) * 1024 ** exp);
-}
-
-interface Run {
-  wall: number;
-  cpu: number;
-  rssMB: number;
-  stdout: string;
-}
-
-/** Runs a command under /usr/bin/time; rejects on a non-zero exit with its stderr. */
-async function timed(
-  cmd: string,
-  argv: string[],
-  opts: { cwd?: string; env?: NodeJS.ProcessEnv } = {},
-): Promise<Run> {
-  const timeFile = join(work, `.time-${process.pid}`);
-  const start = performance.now();
-  const { code, stdout, stderr } = await new Promise<{ code: number | null; stdout: string; stderr: string }>(
-    (resolve, reject) => {
-      const child = spawn('/usr/bin/time', ['-f', '%U %S %M', '-o', timeFile, cmd, ...argv], {
-        cwd: opts.cwd,
-        env: { ...process.env, ...opts.env },
-        stdio: ['ignore', 'pipe', 'pipe'],
-      });
-      const out: Buffer[] = [];
-      const err: Buffer[] = [];
-      child.stdout.on('data', (b: Buffer) => out.push(b));
-      child.stderr.on('data', (b: Buffer) => err.push(b));
-      child.on('error', reject);
-      child.on('close', (c) =>
-        resolve({ code: c, stdout: Buffer.concat(out).toString(), stderr: Buffer.concat(err).toString() }),
-      );
-    },
-  );
-  const wall = (performance.now() - start) / 1000;
-  if (code !== 0) throw new Error(`${cmd} ${argv.join(' ')} exited ${code}:\n${stderr.slice(-2000)}`);
-  const last = (await readFile(timeFile, 'utf8')).trim().split('\n').pop()!;
-  const [user, sys, rssKiB] = last.split(' ').map(Number);
-  return { wall, cpu: user + sys, rssMB: (rssKiB * 1024) / MB, stdout };
-}
-
-/** An untimed command (setup, sync). */
-async function run(cmd: string, argv: string[], opts: { cwd?: string; env?: NodeJS.ProcessEnv } = {}) {
-  return new Promise<string>((resolve, reject) => {
-    const child = spawn(cmd, argv, {
-      cwd: opts.cwd,
-      env: { ...process.env, ...opts.env },
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    const out: Buffer[] = [];
-    const err: Buffer[] = [];
-    child.stdout.on('data', (b: Buffer) => out.push(b));
-    child.stderr.on('data', (b: Buffer) => err.push(b));
-    child.on('error', reject);
-    child.on('close', (c) =>
-      c === 0
-        ? resolve(Buffer.concat(out).toString())
-        : reject(new Error(`${cmd} ${argv.join(' ')} exited ${c}:\n${Buffer.concat(err).toString()}`)),
-    );
-  });
-}
-
-async function installed(cmd: string): Promise<boolean> {
-  try {
-    await run('sh', ['-c', `command -v ${cmd}`]);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
-/** Bytes on disk under a path (allocated blocks, like du). */
-async function diskUsage(path: string): Promise<number> {
-  const out = await run('du', ['-s', '-B1', path]);
-  return Number(out.split('\t')[0]);
-}
-
-async function readAll(path: string): Promise<void> {
-  for await (const chunk of createReadStream(path, { highWaterMark: 4 << 20 })) void chunk;
-}
-
-const median = (xs: number[]) => {
-  const s = [...xs].sort((a, b) => a - b);
-  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
-};
+if (args.store !== 'file' && args.store !== 's3') throw new Error(`--store: file or s3, got '${args.store}'`);
+const onS3 = args.store === 's3';
 
 // ---- setup ----
 
@@ -158,21 +76,15 @@ await writeFile(
 await readAll(baseImg); // warm-up: everything below runs with the images in the page cache
 await readAll(changedImg);
 
-const lastLine = (s: string) => s.trim().split('\n').pop()!;
 const hasScrub = (await run(process.execPath, [BIN, '--help'])).includes('scrub');
 const hasKeys = (await run(process.execPath, [BIN, '--help'])).includes('key');
+const timed = timer(work);
 
-const borgEnv = {
-  BORG_BASE_DIR: join(work, 'borg-home'),
-  BORG_PASSPHRASE: 'bench',
-  BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK: 'yes',
-  BORG_RELOCATED_REPO_ACCESS_IS_OK: 'yes',
-};
-const resticRepo = join(work, 'restic-repo');
-const resticEnv = { RESTIC_PASSWORD: 'bench', RESTIC_CACHE_DIR: join(work, 'restic-cache') };
-const borg = (argv: string[], cwd = work) => timed('borg', argv, { cwd, env: borgEnv });
-const restic = (argv: string[]) =>
-  timed('restic', ['-r', resticRepo, ...argv], { cwd: work, env: resticEnv });
+// Started only when the measurements begin (and stopped when they end, whatever happens), so
+// that setup errors leave no gateway running.
+let s3: Awaited<ReturnType<typeof rgwServer>> | undefined;
+const s3Env = () =>
+  s3 ? { AWS_ACCESS_KEY_ID: s3.accessKeyId, AWS_SECRET_ACCESS_KEY: s3.secretAccessKey } : {};
 
 type Job = 'full backup' | 'incremental' | 'restore' | 'scrub';
 const JOBS: Job[] = ['full backup', 'incremental', 'restore', 'scrub'];
@@ -180,6 +92,7 @@ const JOBS: Job[] = ['full backup', 'incremental', 'restore', 'scrub'];
 interface Tool {
   name: string;
   reset(): Promise<void>;
+  /** The local directory whose size is the store's (file store only). */
   store: string;
   jobs: Partial<Record<Job, () => Promise<Run>>>;
 }
@@ -191,7 +104,8 @@ function backyTool(name: string, dataLines: (dir: string) => Promise<string>): T
   const dir = join(work, name);
   const store = join(dir, 'store');
   const cfg = join(dir, 'backy.cfg');
-  const backy = (argv: string[]) => timed(process.execPath, [BIN, '-c', cfg, ...argv], { cwd: work });
+  const backy = (argv: string[]) =>
+    timed(process.execPath, [BIN, '-c', cfg, ...argv], { cwd: work, env: s3Env() });
   let full = '';
   return {
     name,
@@ -199,9 +113,12 @@ function backyTool(name: string, dataLines: (dir: string) => Promise<string>): T
     async reset() {
       await rm(dir, { recursive: true, force: true });
       await mkdir(store, { recursive: true });
+      const data = s3
+        ? `type = s3\nendpoint = ${s3.endpoint}\nbucket = ${newBucket('bench')}`
+        : `type = file\npath = ${join(store, 'data')}`;
       await writeFile(
         cfg,
-        `[MetaBackend]\nengine = sqlite:///${join(store, 'backy.sqlite')}\n[DataBackend]\ntype = file\npath = ${join(store, 'data')}\n${await dataLines(dir)}\n`,
+        `[MetaBackend]\nengine = sqlite:///${join(store, 'backy.sqlite')}\n[DataBackend]\n${data}\n${await dataLines(dir)}\n`,
       );
     },
     jobs: {
@@ -213,6 +130,63 @@ function backyTool(name: string, dataLines: (dir: string) => Promise<string>): T
       incremental: () => backy(['backup', '-r', hintsFile, '-f', full, changedImg, 'bench@incr']),
       restore: () => backy(['restore', full, join(restoreDir, name, 'backy.img')]),
       ...(hasScrub ? { scrub: () => backy(['scrub', full]) } : {}),
+    },
+  };
+}
+
+function borgTool(name: string, encryption: string): Tool {
+  const chunker = ['--chunker-params', 'fixed,4194304', '--compression', 'lz4'];
+  const repo = join(work, `${name}-repo`);
+  const env = {
+    BORG_BASE_DIR: join(work, 'borg-home'),
+    BORG_PASSPHRASE: 'bench',
+    BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK: 'yes',
+    BORG_RELOCATED_REPO_ACCESS_IS_OK: 'yes',
+  };
+  const borg = (argv: string[], cwd = work) => timed('borg', argv, { cwd, env });
+  return {
+    name,
+    store: repo,
+    async reset() {
+      await rm(repo, { recursive: true, force: true });
+      await rm(env.BORG_BASE_DIR, { recursive: true, force: true });
+      await run('borg', ['init', `--encryption=${encryption}`, repo], { env });
+    },
+    jobs: {
+      'full backup': () => borg(['create', ...chunker, `${repo}::full`, 'base.img']),
+      incremental: () => borg(['create', ...chunker, `${repo}::incr`, 'changed.img']),
+      restore: () => borg(['extract', `${repo}::full`, 'base.img'], join(restoreDir, name)),
+      scrub: () => borg(['check', '--verify-data', repo]),
+    },
+  };
+}
+
+/** restic with its defaults (it always encrypts), on a local repository or a fresh bucket. */
+function resticTool(): Tool {
+  const local = join(work, 'restic-repo');
+  const cache = join(work, 'restic-cache');
+  let repo = local;
+  let fullId = '';
+  const env = () => ({ RESTIC_PASSWORD: 'bench', RESTIC_CACHE_DIR: cache, ...s3Env() });
+  const restic = (argv: string[]) => timed('restic', ['-r', repo, ...argv], { cwd: work, env: env() });
+  return {
+    name: 'restic',
+    store: local,
+    async reset() {
+      if (s3) repo = `s3:${s3.endpoint}/${newBucket('restic')}`;
+      else await rm(local, { recursive: true, force: true });
+      await rm(cache, { recursive: true, force: true });
+      await run('restic', ['-r', repo, 'init'], { env: env() });
+    },
+    jobs: {
+      'full backup': async () => {
+        const r = await restic(['backup', '--json', 'base.img']);
+        fullId = JSON.parse(lastLine(r.stdout)).snapshot_id;
+        return r;
+      },
+      incremental: () => restic(['backup', 'changed.img']),
+      restore: () => restic(['restore', fullId, '--target', join(restoreDir, 'restic')]),
+      scrub: () => restic(['check', '--read-data']),
     },
   };
 }
@@ -231,50 +205,11 @@ for (const c of args.compression!.split(',').filter(Boolean)) {
   tools.push(backyTool(`backy[${c}]`, async () => `compression = ${c}`));
 }
 const wanted = new Set(args.tools!.split(','));
-function borgTool(name: string, encryption: string): Tool {
-  const chunker = ['--chunker-params', 'fixed,4194304', '--compression', 'lz4'];
-  const repo = join(work, `${name}-repo`);
-  return {
-    name,
-    store: repo,
-    async reset() {
-      await rm(repo, { recursive: true, force: true });
-      await rm(borgEnv.BORG_BASE_DIR, { recursive: true, force: true });
-      await run('borg', ['init', `--encryption=${encryption}`, repo], { env: borgEnv });
-    },
-    jobs: {
-      'full backup': () => borg(['create', ...chunker, `${repo}::full`, 'base.img']),
-      incremental: () => borg(['create', ...chunker, `${repo}::incr`, 'changed.img']),
-      restore: () => borg(['extract', `${repo}::full`, 'base.img'], join(restoreDir, name)),
-      scrub: () => borg(['check', '--verify-data', repo]),
-    },
-  };
-}
-if (wanted.has('borg') && (await installed('borg'))) {
+if (wanted.has('borg') && onS3) process.stderr.write('bench: borg has no S3 backend, left out\n');
+else if (wanted.has('borg') && (await installed('borg'))) {
   tools.push(borgTool('borg', 'none'), borgTool('borg+aes', 'repokey-blake2'));
 }
-if (wanted.has('restic') && (await installed('restic'))) {
-  let fullId = '';
-  tools.push({
-    name: 'restic',
-    store: resticRepo,
-    async reset() {
-      await rm(resticRepo, { recursive: true, force: true });
-      await rm(resticEnv.RESTIC_CACHE_DIR, { recursive: true, force: true });
-      await run('restic', ['-r', resticRepo, 'init'], { env: resticEnv });
-    },
-    jobs: {
-      'full backup': async () => {
-        const r = await restic(['backup', '--json', 'base.img']);
-        fullId = JSON.parse(lastLine(r.stdout)).snapshot_id;
-        return r;
-      },
-      incremental: () => restic(['backup', 'changed.img']),
-      restore: () => restic(['restore', fullId, '--target', join(restoreDir, 'restic')]),
-      scrub: () => restic(['check', '--read-data']),
-    },
-  });
-}
+if (wanted.has('restic') && (await installed('restic'))) tools.push(resticTool());
 
 // The hardware's limits on the same image.
 const readHash = join(REPO, 'bench', 'read-hash.mjs');
@@ -308,28 +243,35 @@ async function settle(...paths: string[]) {
   await new Promise((r) => setTimeout(r, 3000));
 }
 
-for (let rep = 0; rep < reps; rep++) {
-  const order = tools.map((_, i) => tools[(i + rep) % tools.length]);
-  for (const t of order) await t.reset();
-  await settle(restoreDir);
-  for (const t of tools) await mkdir(join(restoreDir, t.name), { recursive: true });
-  for (const job of JOBS) {
-    for (const t of order) {
-      const fn = t.jobs[job];
-      if (!fn) continue;
-      await run('sync', []); // start each run without the previous one's dirty pages
-      process.stderr.write(`bench: rep ${rep + 1}/${reps} ${t.name} ${job}\n`);
-      const r = await fn();
-      const store = job === 'full backup' || job === 'incremental' ? await diskUsage(t.store) : undefined;
-      add(`${job}\0${t.name}`, { ...r, store });
+if (onS3) s3 = await rgwServer();
+const s3Endpoint = s3?.endpoint;
+try {
+  for (let rep = 0; rep < reps; rep++) {
+    const order = tools.map((_, i) => tools[(i + rep) % tools.length]);
+    for (const t of order) await t.reset();
+    await settle(restoreDir);
+    for (const t of tools) await mkdir(join(restoreDir, t.name), { recursive: true });
+    for (const job of JOBS) {
+      for (const t of order) {
+        const fn = t.jobs[job];
+        if (!fn) continue;
+        await run('sync', []); // start each run without the previous one's dirty pages
+        process.stderr.write(`bench: rep ${rep + 1}/${reps} ${t.name} ${job}\n`);
+        const r = await fn();
+        const store =
+          !onS3 && (job === 'full backup' || job === 'incremental') ? await diskUsage(t.store) : undefined;
+        add(`${job}\0${t.name}`, { ...r, store });
+      }
+    }
+    await settle(restoreDir);
+    await mkdir(restoreDir, { recursive: true });
+    for (const l of limits) {
+      await run('sync', []);
+      add(`limit\0${l.name}`, await l.job());
     }
   }
-  await settle(restoreDir);
-  await mkdir(restoreDir, { recursive: true });
-  for (const l of limits) {
-    await run('sync', []);
-    add(`limit\0${l.name}`, await l.job());
-  }
+} finally {
+  await s3?.stop();
 }
 await rm(restoreDir, { recursive: true, force: true });
 
@@ -356,7 +298,8 @@ async function fromCost(imgSize: number): Promise<{ base: number; incr: number }
   return { base: base.wall, incr: incr.wall };
 }
 const fromRuns: { big: { base: number; incr: number }; small: { base: number; incr: number } }[] = [];
-for (let rep = 0; rep < reps; rep++) {
+// On S3 too the block list is SQLite's: the file-store run measures it.
+for (let rep = 0; rep < (onS3 ? 0 : reps); rep++) {
   process.stderr.write(`bench: rep ${rep + 1}/${reps} -f on a 262,144-block base\n`);
   fromRuns.push({ big: await fromCost(262_144 * BLOCK), small: await fromCost(BLOCK) });
 }
@@ -375,50 +318,30 @@ const med = (key: string) => {
     store: s[0].store === undefined ? undefined : median(s.map((x) => x.store!)),
   };
 };
-for (const job of JOBS) {
-  for (const t of tools) {
-    const m = med(`${job}\0${t.name}`);
-    if (!m) {
-      rows.push([job, t.name, 'n/a', '', '', '', '']);
-      continue;
-    }
-    rows.push([
-      job,
-      t.name,
-      m.wall.toFixed(2),
-      m.cpu.toFixed(2),
-      m.rssMB.toFixed(0),
-      mb(size / m.wall),
-      m.store === undefined ? '' : mb(m.store),
-    ]);
-  }
-}
-for (const l of limits) {
-  const m = med(`limit\0${l.name}`)!;
-  rows.push([
-    'limit',
-    l.name,
-    m.wall.toFixed(2),
-    m.cpu.toFixed(2),
-    m.rssMB.toFixed(0),
-    mb(size / m.wall),
-    '',
-  ]);
-}
-const header = ['job', 'tool', 'wall s', 'CPU s', 'peak RSS MB', 'MB/s', 'store MB'];
-const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i].length)));
-const line = (r: string[]) =>
-  `| ${r.map((c, i) => (i < 2 ? c.padEnd(widths[i]) : c.padStart(widths[i]))).join(' | ')} |`;
+const storeCol = !onS3; // S3 buckets have no du, and the gateway's overhead is not the tool's
+const row = (job: string, tool: string, m: ReturnType<typeof med>) => {
+  const cells = m
+    ? [m.wall.toFixed(2), m.cpu.toFixed(2), m.rssMB.toFixed(0), mb(size / m.wall)]
+    : ['n/a', '', '', ''];
+  const store = m?.store === undefined ? '' : mb(m.store);
+  rows.push([job, tool, ...cells, ...(storeCol ? [store] : [])]);
+};
+for (const job of JOBS) for (const t of tools) row(job, t.name, med(`${job}\0${t.name}`));
+for (const l of limits) row('limit', l.name, med(`limit\0${l.name}`));
+const header = ['job', 'tool', 'wall s', 'CPU s', 'peak RSS MB', 'MB/s', ...(storeCol ? ['store MB'] : [])];
 const out: string[] = [];
 out.push(
   `backy bench: ${(size / 2 ** 30).toFixed(2)} GiB mixed image (${blocks} x 4 MiB blocks; ` +
     `${changed.length} changed for the incremental), ${reps} repetitions, medians (peak RSS: max), page cache hot`,
 );
+if (onS3) {
+  out.push(`store: S3 (radosgw ${s3Endpoint}), backy and restic each in a fresh bucket per repetition`);
+}
 out.push(
   `${availableParallelism()} cores; 1-minute load average ${loadAtStart.toFixed(1)} at the start, ` +
     `${loadavg()[0].toFixed(1)} at the end (other work on the machine slows every tool)`,
 );
-out.push(line(header), `|${widths.map((w) => '-'.repeat(w + 2)).join('|')}|`, ...rows.map(line));
+out.push(...table(header, rows));
 
 const ratio = (a: string, b: string, goal: number, what: string) => {
   const x = med(a);
@@ -428,42 +351,52 @@ const ratio = (a: string, b: string, goal: number, what: string) => {
   return `- ${what}: ${r.toFixed(2)}x (goal <= ${goal}x) ${r <= goal ? 'met' : 'MISSED'}`;
 };
 out.push('', 'Goals:');
-out.push(ratio('full backup\0backy', 'full backup\0borg', 0.5, 'full backup vs borg'));
-out.push(
-  ratio(
-    'full backup\0backy+aes',
-    'full backup\0borg+aes',
-    0.5,
-    'encrypted full backup vs borg repokey-blake2',
-  ),
-);
-out.push(ratio('incremental\0backy', 'incremental\0borg', 0.2, 'hinted incremental vs borg'));
-out.push(ratio('restore\0backy', 'restore\0borg', 0.6, 'restore vs borg extract'));
+if (onS3) {
+  out.push(ratio('full backup\0backy', 'full backup\0restic', 0.5, 'full backup vs restic (S3)'));
+  out.push(ratio('incremental\0backy', 'incremental\0restic', 0.2, 'hinted incremental vs restic (S3)'));
+  out.push(ratio('restore\0backy', 'restore\0restic', 0.8, 'restore vs restic (S3)'));
+} else {
+  out.push(ratio('full backup\0backy', 'full backup\0borg', 0.5, 'full backup vs borg'));
+  out.push(
+    ratio(
+      'full backup\0backy+aes',
+      'full backup\0borg+aes',
+      0.5,
+      'encrypted full backup vs borg repokey-blake2',
+    ),
+  );
+  out.push(ratio('incremental\0backy', 'incremental\0borg', 0.2, 'hinted incremental vs borg'));
+  out.push(ratio('restore\0backy', 'restore\0borg', 0.6, 'restore vs borg extract'));
+}
 out.push(
   hasScrub
     ? ratio('scrub\0backy', 'limit\0read + sha256', 1.3, 'full scrub vs read + sha256')
     : '- full scrub vs read + sha256: n/a (no backy scrub in this build)',
 );
-const storeOf = (t: string) => med(`incremental\0${t}`)?.store;
-const [bs, gs] = [storeOf('backy'), storeOf('borg')];
-out.push(
-  bs && gs
-    ? `- store size after both backups vs borg's repository: ${mb(bs)} MB vs ${mb(gs)} MB (goal <=) ${bs <= gs ? 'met' : 'MISSED'}`
-    : '- store size vs borg: n/a',
-);
+if (!onS3) {
+  const storeOf = (t: string) => med(`incremental\0${t}`)?.store;
+  const [bs, gs] = [storeOf('backy'), storeOf('borg')];
+  out.push(
+    bs && gs
+      ? `- store size after both backups vs borg's repository: ${mb(bs)} MB vs ${mb(gs)} MB (goal <=) ${bs <= gs ? 'met' : 'MISSED'}`
+      : '- store size vs borg: n/a',
+  );
+}
 const rss = Math.max(
   ...tools
     .filter((t) => t.name.startsWith('backy'))
     .flatMap((t) => JOBS.map((j) => med(`${j}\0${t.name}`)?.rssMB ?? 0)),
 );
 out.push(`- backy peak RSS: ${rss.toFixed(0)} MB (goal <= 150 MB) ${rss <= 150 ? 'met' : 'MISSED'}`);
-const big = median(fromRuns.map((r) => r.big.incr));
-const small = median(fromRuns.map((r) => r.small.incr));
-out.push(
-  `- -f on a 262,144-block base: ${big.toFixed(2)} s vs ${small.toFixed(2)} s on a 1-block base: ` +
-    `${(big - small).toFixed(2)} s of metadata work (goal <= ~2 s) ${big - small <= 2 ? 'met' : 'MISSED'}` +
-    ` (writing that base: ${median(fromRuns.map((r) => r.big.base)).toFixed(2)} s)`,
-);
+if (fromRuns.length > 0) {
+  const big = median(fromRuns.map((r) => r.big.incr));
+  const small = median(fromRuns.map((r) => r.small.incr));
+  out.push(
+    `- -f on a 262,144-block base: ${big.toFixed(2)} s vs ${small.toFixed(2)} s on a 1-block base: ` +
+      `${(big - small).toFixed(2)} s of metadata work (goal <= ~2 s) ${big - small <= 2 ? 'met' : 'MISSED'}` +
+      ` (writing that base: ${median(fromRuns.map((r) => r.big.base)).toFixed(2)} s)`,
+  );
+}
 process.stdout.write(`${out.join('\n')}\n`);
 
 if (args.keep) process.stderr.write(`bench: kept ${work}\n`);

@@ -17,6 +17,7 @@ import { parseArgs } from 'node:util';
 import { Sandbox, assertSameBytes } from '../test/lib/cli.js';
 import { mixedKind, writeImage } from '../test/lib/image.js';
 import { startServer } from '../test/lib/nbd.js';
+import { median } from './lib.js';
 
 const BLOCK = 4 << 20;
 const { values: args } = parseArgs({
@@ -48,8 +49,6 @@ async function peakRss(pid: number): Promise<number> {
   const status = await readFile(`/proc/${pid}/status`, 'utf8');
   return Number(/VmHWM:\s+(\d+)/.exec(status)?.[1] ?? 0) / 1024;
 }
-
-const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
 const sb = await Sandbox.create();
 try {

@@ -4,6 +4,7 @@ import { mkdtemp, rm, truncate, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
+import { missingCommands } from '../../test/lib/tools.js';
 import { InputError } from '../errors.js';
 import { parseThinDelta } from './thin-delta.js';
 import type { HintExtent } from './rbd-diff.js';
@@ -85,22 +86,15 @@ describe('parseThinDelta', () => {
   }
 });
 
-let haveThinTools = false;
-try {
-  execFileSync('thin_delta', ['--version'], { stdio: 'ignore' });
-  haveThinTools = true;
-} catch {
-  haveThinTools = false;
-}
+const thinToolsMissing = missingCommands(
+  ['thin_restore', 'thin_delta'],
+  'apt-get install thin-provisioning-tools',
+);
 
 describe(
   'parseThinDelta on real thin_delta output',
   {
-    skip: haveThinTools
-      ? false
-      : process.env.CI
-        ? false
-        : 'needs thin-provisioning-tools (thin_restore, thin_delta)',
+    skip: thinToolsMissing ?? false,
   },
   () => {
     const dirs: string[] = [];

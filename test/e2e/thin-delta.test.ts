@@ -9,17 +9,15 @@ import { open, readFile, truncate, writeFile } from 'node:fs/promises';
 import { after, before, describe, it } from 'node:test';
 import { Sandbox, assertSameBytes } from '../lib/cli.js';
 import { randomBytesSeeded } from '../lib/image.js';
+import { missingCommands } from '../lib/tools.js';
 
 const BS = 64 * 1024; // = the pool's data block (128 sectors), so pool blocks and backy blocks line up
 const BLOCKS = 32;
 
-let haveThinTools = false;
-try {
-  execFileSync('thin_delta', ['--version'], { stdio: 'ignore' });
-  haveThinTools = true;
-} catch {
-  haveThinTools = false;
-}
+const thinToolsMissing = missingCommands(
+  ['thin_restore', 'thin_delta'],
+  'apt-get install thin-provisioning-tools',
+);
 
 const METADATA = `<superblock uuid="" time="1" transaction="2" flags="0" version="2" data_block_size="128" nr_data_blocks="1000">
   <device dev_id="1" mapped_blocks="4" transaction="0" creation_time="0" snap_time="0">
@@ -49,8 +47,7 @@ async function image(path: string, blocks: Record<number, string>) {
 describe(
   'backup --thin-delta',
   {
-    skip:
-      haveThinTools || process.env.CI ? false : 'needs thin-provisioning-tools (thin_restore, thin_delta)',
+    skip: thinToolsMissing ?? false,
   },
   () => {
     let sb: Sandbox;

@@ -7,27 +7,17 @@
  * installs it; in CI (CI=true) a missing Ceph is a failure instead, so CI cannot silently
  * stop testing Ceph.
  */
-import { spawn } from 'node:child_process';
-import { accessSync, constants, existsSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import { mkdtemp } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { delimiter, join } from 'node:path';
+import { join } from 'node:path';
 import { REPO } from './cli.js';
+import { spawnCollect } from './spawn.js';
+import { hasCommand, skipUnlessCI } from './tools.js';
 
 export const MINI_CEPH = join(REPO, '..', 'shared', 'tools', 'mini-ceph.sh');
 const PYTHON = '/usr/bin/python3';
 const ENABLE = 'sudo bash ../shared/tools/mini-ceph.sh install';
-
-function onPath(bin: string): boolean {
-  return (process.env.PATH ?? '').split(delimiter).some((d) => {
-    try {
-      accessSync(join(d, bin), constants.X_OK);
-      return true;
-    } catch {
-      return false;
-    }
-  });
-}
 
 /**
  * Why the Ceph tests cannot run here, or undefined when they can. In CI this throws instead
@@ -35,16 +25,14 @@ function onPath(bin: string): boolean {
  */
 export function cephMissing(): string | undefined {
   const missing = ['ceph-mon', 'ceph-osd', 'ceph', 'rbd', 'ceph-authtool', 'monmaptool', 'uuidgen'].filter(
-    (b) => !onPath(b),
+    (b) => !hasCommand(b),
   );
   if (!existsSync(MINI_CEPH)) missing.push(MINI_CEPH);
   if (!existsSync(PYTHON)) missing.push(PYTHON);
-  if (missing.length === 0) return undefined;
-  const reason = `Ceph tests need a local Ceph (missing: ${missing.join(', ')}); enable them with (from the repository root): ${ENABLE}`;
-  if (process.env.CI === 'true' || process.env.CI === '1') {
-    throw new Error(`${reason} (CI=true: a missing Ceph fails the run; .ci/run installs it)`);
-  }
-  return reason;
+  return skipUnlessCI(
+    missing,
+    `Ceph tests need a local Ceph (missing: ${missing.join(', ')}); enable them with (from the repository root): ${ENABLE}`,
+  );
 }
 
 export interface ShResult {
@@ -53,23 +41,10 @@ export interface ShResult {
 }
 
 /** Runs a bash command line (pipefail) with the given environment; throws with stderr on failure. */
-export function sh(cmd: string, env: NodeJS.ProcessEnv = {}): Promise<ShResult> {
-  return new Promise((resolve, reject) => {
-    const child = spawn('bash', ['-c', `set -euo pipefail\n${cmd}`], {
-      env: { ...process.env, ...env },
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    const out: Buffer[] = [];
-    const err: Buffer[] = [];
-    child.stdout.on('data', (b: Buffer) => out.push(b));
-    child.stderr.on('data', (b: Buffer) => err.push(b));
-    child.on('error', reject);
-    child.on('close', (code) => {
-      const r = { stdout: Buffer.concat(out).toString(), stderr: Buffer.concat(err).toString() };
-      if (code === 0) resolve(r);
-      else reject(new Error(`command failed (exit ${code}): ${cmd}\n${r.stderr}`));
-    });
-  });
+export async function sh(cmd: string, env: NodeJS.ProcessEnv = {}): Promise<ShResult> {
+  const r = await spawnCollect('bash', ['-c', `set -euo pipefail\n${cmd}`], { env });
+  if (r.code !== 0) throw new Error(`command failed (exit ${r.code}): ${cmd}\n${r.stderr}`);
+  return { stdout: r.stdout.toString(), stderr: r.stderr };
 }
 
 /** Single-quotes a value for bash. */

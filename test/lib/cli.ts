@@ -3,13 +3,13 @@
  * directory) and a runner that spawns the built CLI (bin/backy.js, so run `npm run build`
  * first; `npm test` does).
  */
-import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { spawnCollect } from './spawn.js';
 
 export const REPO = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
 export const BIN = join(REPO, 'bin', 'backy.js');
@@ -29,32 +29,15 @@ export interface RunOptions {
   cwd?: string;
 }
 
-export function runBacky(args: string[], opts: RunOptions = {}): Promise<RunResult> {
-  return new Promise((resolvePromise, reject) => {
-    const child = spawn(process.execPath, [BIN, ...args], {
-      cwd: opts.cwd,
-      env: { ...process.env, ...opts.env },
-      stdio: ['pipe', 'pipe', 'pipe'],
-    });
-    const out: Buffer[] = [];
-    const err: Buffer[] = [];
-    child.stdout.on('data', (b: Buffer) => out.push(b));
-    child.stderr.on('data', (b: Buffer) => err.push(b));
-    child.on('error', reject);
-    child.stdin.on('error', () => {});
-    if (opts.input !== undefined) child.stdin.end(opts.input);
-    else child.stdin.end();
-    child.on('close', (code, signal) => {
-      const stdoutBuf = Buffer.concat(out);
-      resolvePromise({
-        code,
-        signal,
-        stdout: stdoutBuf.toString('utf8'),
-        stderr: Buffer.concat(err).toString('utf8'),
-        stdoutBuf,
-      });
-    });
-  });
+export async function runBacky(args: string[], opts: RunOptions = {}): Promise<RunResult> {
+  const r = await spawnCollect(process.execPath, [BIN, ...args], opts);
+  return {
+    code: r.code,
+    signal: r.signal,
+    stdout: r.stdout.toString('utf8'),
+    stderr: r.stderr,
+    stdoutBuf: r.stdout,
+  };
 }
 
 export class Sandbox {

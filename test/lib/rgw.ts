@@ -24,6 +24,7 @@ import {
   S3Client,
 } from '@aws-sdk/client-s3';
 import { MINI_CEPH, cephMissing, q, sh } from './ceph.js';
+import { inCI } from './tools.js';
 
 export interface S3Server {
   endpoint: string;
@@ -35,7 +36,7 @@ export const RGW_INSTALL_HINT =
   'S3 tests need Ceph with radosgw (Debian: apt-get install --no-install-recommends ceph-mon ceph-osd ceph-common radosgw) or BACKY_TEST_S3_ENDPOINT';
 
 function required(): boolean {
-  return process.env.CI === 'true' || process.env.CI === '1' || process.env.BACKY_REQUIRE_S3 === '1';
+  return inCI() || process.env.BACKY_REQUIRE_S3 === '1';
 }
 
 /** Why the S3 tests cannot run here, or undefined. Throws in CI instead of skipping. */
