@@ -1,7 +1,8 @@
 /** What every command gets: logger, output mode, and lazily opened config, metadata and store. */
 import { describeDataBackend, loadConfig, redactUrl } from '../config/config.js';
 import type { Config } from '../config/config.js';
-import { InputError } from '../errors.js';
+import { InputError, errorMessage } from '../errors.js';
+import { writeVersionCopy } from '../core/version-copy.js';
 import { settleEncryption } from '../meta/encryption-setting.js';
 import { MetaStore } from '../meta/meta-store.js';
 import { BlockStore } from '../storage/block-store.js';
@@ -146,6 +147,30 @@ export class Context {
       this.#store = new BlockStore(backend, spec, this.#codecPool);
     }
     return this.#store;
+  }
+
+  /**
+   * Brings the store's metadata copies of these versions in step with the database (written,
+   * replaced, or removed for a version that is gone). A failure never fails the command, whose
+   * change is committed already: one warning line per version, and `backy cleanup` writes
+   * every missing copy later (until then `recover` cannot bring that version back).
+   */
+  async updateCopies(uids: readonly string[]): Promise<void> {
+    if (uids.length === 0) return;
+    const meta = await this.meta();
+    if (meta.readOnly) return;
+    for (const uid of uids) {
+      try {
+        const store = await this.store({ root: 'any' });
+        if (store.backend instanceof DirBackend) await store.backend.checkRoot();
+        const { storeId } = await this.descriptor();
+        await writeVersionCopy(meta, store, storeId, uid);
+      } catch (err) {
+        this.log.warn(
+          `the store's metadata copy of version ${uid} was not updated: ${errorMessage(err)}; 'backy cleanup' rewrites it`,
+        );
+      }
+    }
   }
 
   /** A result line on stdout. */

@@ -12,6 +12,9 @@
  *            (checksum null: a sparse, all-zero block; size is the block's length in the image)
  *   last     trailer {"end":"backy-export","blocks":<number of block lines>}
  * The trailer makes a truncated file detectable. Readers reject unknown keys and versions.
+ * Two optional header fields, written in the store's own metadata copies (version-copy.ts):
+ * "labels":{"key":"value",...} (import sets them) and "store_id":"<uuid>" (the store the copy
+ * belongs to; recover refuses another store's).
  *
  * Streaming: export writes page by page; import reads line by line (at most MAX_LINE bytes
  * buffered), validates the whole file with zod before it writes anything (stdin is spooled to
@@ -42,6 +45,7 @@ import { CHECKSUM_RE } from '../blocks/hash.js';
 import { HASH_FUNCTIONS } from '../config/config.js';
 import type { HashFunction } from '../config/config.js';
 import { BackyError, InputError, NotFoundError, VersionRemovedError } from '../errors.js';
+import { changeLabels, parseLabel } from '../meta/catalog.js';
 import type { BlockRow, MetaStore, Version } from '../meta/meta-store.js';
 import type { BlockStore } from '../storage/block-store.js';
 import { abortable, abortableIterable } from '../util/concurrency.js';
@@ -92,6 +96,8 @@ const headerSchema = z.strictObject({
     .string()
     .max(255, 'is longer than 255 characters')
     .regex(/^[^\n\r]*$/, 'must be one line'),
+  labels: z.record(z.string().max(63), z.string().max(255)).optional(),
+  store_id: uid.optional(),
 });
 
 const blockSchema = z.strictObject({
@@ -163,6 +169,13 @@ export class ExportParser {
       }
       const h = this.#check(headerSchema, value, 'header');
       if (h.base_uid === h.uid) this.#fail("header: 'base_uid' must differ from 'uid'");
+      for (const [k, v] of Object.entries(h.labels ?? {})) {
+        try {
+          parseLabel(`${k}=${v}`);
+        } catch (err) {
+          this.#fail(`header: 'labels': ${(err as Error).message}`);
+        }
+      }
       this.#header = h;
       this.#expected = blockCount(h.size_bytes, h.block_size);
       return { header: h };
@@ -246,8 +259,14 @@ export async function* splitLines(
 
 // ---- export ----
 
-export function headerOf(v: Version, hashFunction: HashFunction): ExportHeader {
-  return {
+/** What only the store's own copies carry (see the format above). */
+export interface CopyFields {
+  labels: Record<string, string>;
+  storeId: string;
+}
+
+export function headerOf(v: Version, hashFunction: HashFunction, copy?: CopyFields): ExportHeader {
+  const h: ExportHeader = {
     format: EXPORT_FORMAT,
     version: EXPORT_VERSION,
     hash_function: hashFunction,
@@ -262,6 +281,11 @@ export function headerOf(v: Version, hashFunction: HashFunction): ExportHeader {
     protected: v.protected,
     hostname: v.hostname,
   };
+  if (copy) {
+    if (Object.keys(copy.labels).length > 0) h.labels = copy.labels;
+    h.store_id = copy.storeId;
+  }
+  return h;
 }
 
 /** Writes version `uid` to `out` in the export format; returns the number of block lines. */
@@ -271,6 +295,8 @@ export async function exportVersion(opts: {
   out: Writable;
   /** Stops the export (SIGINT): it rejects with the signal's reason. */
   signal?: AbortSignal;
+  /** For the store's own copy: labels and store id in the header. */
+  copy?: (v: Version) => Promise<CopyFields>;
 }): Promise<number> {
   const { meta, out, signal } = opts;
   const v = await meta.getVersion(opts.uid);
@@ -284,7 +310,7 @@ export async function exportVersion(opts: {
     // A pipe nobody reads never drains: the wait is raced with the signal.
     if (!out.write(s)) await abortable(once(out, 'drain'), signal);
   };
-  await write(`${JSON.stringify(headerOf(v, meta.hashFunction))}\n`);
+  await write(`${JSON.stringify(headerOf(v, meta.hashFunction, await opts.copy?.(v)))}\n`);
   let n = 0;
   let buf = '';
   const expected = blockCount(v.sizeBytes, v.blockSize);
@@ -358,13 +384,15 @@ export async function importVersion(opts: {
   store: BlockStore;
   path: string;
   stdin?: Readable;
+  /** The file's content, already in memory (recover's decoded copies); `path` only names it. */
+  content?: Buffer;
   progress?: ProgressReporter;
   /** Stops the import (SIGINT): it rejects with the signal's reason and imports nothing. */
   signal?: AbortSignal;
 }): Promise<ImportResult> {
   const { meta, store, signal } = opts;
   const progress = opts.progress ?? noProgress;
-  const name = opts.path === '-' ? 'export on stdin' : `export file ${opts.path}`;
+  const name = opts.content ? opts.path : opts.path === '-' ? 'export on stdin' : `export file ${opts.path}`;
   // Held from before the first byte is read until the version is recorded: the objects the
   // file names may be files without rows (a rebuilt database), which cleanup sweeps only while
   // no lease exists, or unreferenced rows, which it keeps while an import's lease exists.
@@ -373,7 +401,14 @@ export async function importVersion(opts: {
   try {
     let path = opts.path;
     let checked: { header: ExportHeader; blocks: number };
-    if (opts.path === '-') {
+    let read = () => fileChunks(path);
+    if (opts.content) {
+      const content = opts.content;
+      read = async function* () {
+        yield content;
+      };
+      checked = await validate(read(), name);
+    } else if (opts.path === '-') {
       spoolDir = await mkdtemp(join(tmpdir(), 'backy-import-'));
       path = join(spoolDir, 'export.jsonl');
       const spool = await open(path, 'wx', 0o600);
@@ -399,7 +434,7 @@ export async function importVersion(opts: {
         `version ${h.uid} exists already; remove it first ('backy rm') to import it again`,
       );
     }
-    return await insert(meta, store, path, name, checked, progress, signal);
+    return await insert(meta, store, read, name, checked, progress, signal);
   } finally {
     if (spoolDir) await rm(spoolDir, { recursive: true, force: true }).catch(() => {});
     await held.release();
@@ -409,7 +444,7 @@ export async function importVersion(opts: {
 async function insert(
   meta: MetaStore,
   store: BlockStore,
-  path: string,
+  read: () => AsyncIterable<Buffer>,
   name: string,
   checked: { header: ExportHeader; blocks: number },
   progress: ProgressReporter,
@@ -451,7 +486,7 @@ async function insert(
     progress.start('import', undefined);
     const parser = new ExportParser(name);
     let rows: BlockRow[] = [];
-    for await (const line of splitLines(fileChunks(path), name)) {
+    for await (const line of splitLines(read(), name)) {
       const rec = parser.line(line);
       if (rec && 'header' in rec && JSON.stringify(rec.header) !== JSON.stringify(h)) {
         throw new InputError(`${name} changed while it was imported`);
@@ -466,6 +501,7 @@ async function insert(
     }
     parser.finish();
     await flush(rows);
+    if (h.labels) await changeLabels(meta, version.uid, { set: h.labels, remove: [] });
     signal?.throwIfAborted();
     let downgraded = false;
     if (h.status === 'valid') {
