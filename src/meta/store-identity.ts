@@ -61,12 +61,13 @@ export async function adoptStoreSettings(meta: MetaStore, s: StoreSettings): Pro
       (await tx.selectFrom('versions').select('uid').limit(1).executeTakeFirst()) ??
       (await tx.selectFrom('objects').select('checksum').limit(1).executeTakeFirst());
     if (used) return false;
-    const keys = ['hash_function', 'encryption', 'key_fingerprint', 'store_id'];
+    const keys = ['hash_function', 'encryption', 'key_fingerprint', 'store_id', RECOVER_PENDING];
     await tx.deleteFrom('settings').where('key', 'in', keys).execute();
     const values = [
       { key: 'store_id', value: s.storeId },
       { key: 'hash_function', value: s.hashFunction },
       { key: 'encryption', value: s.encryption },
+      { key: RECOVER_PENDING, value: '1' },
     ];
     if (s.keyFingerprint !== null) values.push({ key: 'key_fingerprint', value: s.keyFingerprint });
     await tx.insertInto('settings').values(values).execute();
@@ -88,4 +89,24 @@ export async function readStoreSettings(meta: MetaStore): Promise<Omit<StoreSett
     encryption: encrypted ? 'aes-256-gcm' : 'none',
     keyFingerprint: encrypted ? (get('key_fingerprint') ?? null) : null,
   };
+}
+
+/**
+ * Set when a fresh database adopts an existing store's descriptor, cleared by `recover`:
+ * until then the store holds versions the database does not know, and cleanup would take
+ * their objects and copies for garbage.
+ */
+const RECOVER_PENDING = 'recover_pending';
+
+export async function recoverPending(meta: MetaStore): Promise<boolean> {
+  const row = await meta.db
+    .selectFrom('settings')
+    .select('value')
+    .where('key', '=', RECOVER_PENDING)
+    .executeTakeFirst();
+  return row !== undefined;
+}
+
+export async function clearRecoverPending(meta: MetaStore): Promise<void> {
+  await meta.write((tx) => tx.deleteFrom('settings').where('key', '=', RECOVER_PENDING).execute());
 }

@@ -1,6 +1,7 @@
 import { recover } from '../../core/recover.js';
 import { BackyError, IntegrityError, InterruptedError } from '../../errors.js';
 import { labelsOf } from '../../meta/catalog.js';
+import { clearRecoverPending } from '../../meta/store-identity.js';
 import type { Context } from '../context.js';
 import { parseUid } from '../context.js';
 import { formatDate, machineVersionLine, versionJsonFields } from '../render.js';
@@ -32,6 +33,9 @@ export async function recoverCommand(ctx: Context, uidArgs: string[], opts: { dr
     }
     throw err;
   }
+  // After a full run the database knows every version the store could give back (damaged copies
+  // were reported): cleanup may run again.
+  if (!dryRun && !uids) await clearRecoverPending(meta);
   // A copy that said valid but whose blocks are missing: its copy now says what the database does.
   await ctx.updateCopies(r.downgraded);
   const labels = dryRun
