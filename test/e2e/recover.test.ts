@@ -1,0 +1,236 @@
+/**
+ * Disaster recovery end to end: the store's descriptor and per-version metadata copies, and
+ * `backy recover` rebuilding a lost database from them, on SQLite and PostgreSQL (a lost
+ * PostgreSQL database is a fresh database name), with every restore compared byte for byte.
+ */
+import assert from 'node:assert/strict';
+import { copyFile, readFile, readdir, rm, truncate, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { Sandbox, assertSameBytes } from '../lib/cli.js';
+import { mixedKind, scribble, writeImage } from '../lib/image.js';
+import { pgDatabase, pgSkipReason } from '../lib/pg.js';
+
+const BS = 64 * 1024;
+const pgSkip = pgSkipReason();
+
+function errorLines(stderr: string): string[] {
+  return stderr.split('\n').filter((l) => l.includes('ERROR:'));
+}
+
+const copyPath = (sb: Sandbox, uid: string) => join(sb.dataDir, 'meta', `version-${uid}`);
+
+async function lsLines(sb: Sandbox): Promise<string> {
+  return (await sb.ok(['-m', 'ls'])).stdout;
+}
+
+/** The database is gone: SQLite's files deleted, or the config pointed at a new, empty PostgreSQL database. */
+async function loseDatabase(sb: Sandbox, engine: string | undefined): Promise<void> {
+  if (engine === undefined) {
+    for (const suffix of ['', '-wal', '-shm']) await rm(sb.dbPath + suffix, { force: true });
+  } else {
+    const fresh = await pgDatabase('backy_recover_new');
+    const text = await readFile(sb.config, 'utf8');
+    await writeFile(sb.config, text.replace(/^engine = .*$/m, `engine = ${fresh}`));
+  }
+  assert.equal((await lsLines(sb)).trim(), '', 'the database is empty');
+}
+
+const engines: { name: string; skip?: string; engine: () => Promise<string | undefined> }[] = [
+  { name: 'sqlite', engine: async () => undefined },
+  { name: 'postgres', skip: pgSkip, engine: () => pgDatabase('backy_recover') },
+];
+
+for (const e of engines) {
+  describe(`recover on ${e.name}`, { skip: e.skip }, () => {
+    let sb: Sandbox;
+    let engine: string | undefined;
+    before(async () => {
+      engine = await e.engine();
+      sb = await Sandbox.create({ defaults: `block_size = ${BS}`, engine });
+    });
+    after(async () => sb?.remove());
+
+    it('a lost database comes back: same ls -m, byte-for-byte restores, -f continues; rm stays gone, invalid stays invalid', async () => {
+      const img1 = sb.path('one.img');
+      const img2 = sb.path('two.img');
+      const img3 = sb.path('three.img');
+      const img4 = sb.path('four.img');
+      await writeImage(img1, { blocks: 10, blockSize: BS, seed: `${e.name}-1`, kinds: mixedKind });
+      await copyFile(img1, img2);
+      await scribble(img2, 3 * BS + 7, 2 * BS, `${e.name}-2`);
+      await writeImage(img3, { blocks: 5, blockSize: BS, seed: `${e.name}-3`, kinds: mixedKind });
+      await writeImage(img4, { blocks: 6, blockSize: BS, seed: `${e.name}-4`, kinds: () => 'random' });
+      const v1 = await sb.backup([
+        '-l',
+        'tier=gold',
+        '-l',
+        'site=a',
+        '--snapshot-name',
+        'snap1',
+        img1,
+        'vm1',
+      ]);
+      const v2 = await sb.backup(['-f', v1, img2, 'vm1']);
+      await sb.ok(['protect', v2]);
+      await sb.ok(['label', v2, 'kept=yes']);
+      const v3 = await sb.backup([img3, 'vm2']);
+      await sb.ok(['rm', v3]);
+      const v4 = await sb.backup([img4, 'vm3']);
+      // Damage an object only v4 uses: scrub marks v4 invalid (and its copy says so).
+      const own = await sb.ok(['export', v4, '-']);
+      const checksum = JSON.parse(own.stdout.split('\n')[1]).checksum as string;
+      const obj = join(sb.dataDir, checksum.slice(0, 2), checksum.slice(2, 4), checksum);
+      const bytes = await readFile(obj);
+      bytes[bytes.length - 1] ^= 0xff;
+      await writeFile(obj, bytes);
+      assert.equal((await sb.run(['scrub', v4])).code, 3);
+      const before = await lsLines(sb);
+      assert.equal(before.trim().split('\n').length, 3);
+      assert.match(before, new RegExp(`${v4} 0 `), 'v4 is invalid');
+
+      await loseDatabase(sb, engine);
+      const r = await sb.ok(['-m', 'recover']);
+      assert.equal(r.stdout, before, 'recover prints the ls -m line of every version it added');
+      assert.equal(await lsLines(sb), before, 'ls -m is identical');
+      assert.doesNotMatch(before, new RegExp(v3), 'the removed version did not come back');
+      for (const [uid, img] of [
+        [v1, img1],
+        [v2, img2],
+      ]) {
+        const out = sb.path(`${uid}.out`);
+        await sb.ok(['restore', uid, out]);
+        await assertSameBytes(img, out);
+      }
+      assert.equal((await sb.run(['restore', v4, sb.path('v4.out')])).code, 3, 'v4 stays damaged');
+
+      // Running it again changes nothing.
+      const again = await sb.ok(['-m', 'recover']);
+      assert.equal(again.stdout, '');
+      assert.equal(await lsLines(sb), before);
+
+      // An -f chain continues from a recovered version.
+      const img5 = sb.path('five.img');
+      await copyFile(img2, img5);
+      await scribble(img5, 8 * BS, 100, `${e.name}-5`);
+      const v5 = await sb.backup(['-f', v2, img5, 'vm1']);
+      const out5 = sb.path('v5.out');
+      await sb.ok(['restore', v5, out5]);
+      await assertSameBytes(img5, out5);
+      // cleanup after recover frees nothing a recovered version uses.
+      await sb.ok(['cleanup']);
+      await sb.ok(['restore', '--force', v1, sb.path(`${v1}.out`)]);
+      await assertSameBytes(img1, sb.path(`${v1}.out`));
+    });
+  });
+}
+
+describe('recover: damaged copies, wrong stores, dry runs', () => {
+  let sb: Sandbox;
+  let other: Sandbox;
+  const uids: string[] = [];
+  const imgs: string[] = [];
+  let foreign: string;
+
+  before(async () => {
+    sb = await Sandbox.create({ defaults: `block_size = ${BS}` });
+    other = await Sandbox.create({ defaults: `block_size = ${BS}` });
+    for (let i = 0; i < 5; i++) {
+      const img = sb.path(`img${i}`);
+      await writeImage(img, { blocks: 3, blockSize: BS, seed: `d${i}`, kinds: () => 'random' });
+      imgs.push(img);
+      uids.push(await sb.backup([img, `vm${i}`]));
+    }
+    foreign = await other.backup([imgs[0], 'elsewhere']);
+  });
+  after(async () => {
+    await sb?.remove();
+    await other?.remove();
+  });
+
+  it('a database pointed at another store is refused with one line, and nothing is written', async () => {
+    const text = await readFile(other.config, 'utf8');
+    await writeFile(other.config, text.replace(other.dataDir, sb.dataDir));
+    try {
+      for (const args of [['ls'], ['backup', imgs[1], 'x'], ['recover']]) {
+        const r = await other.run(args);
+        assert.equal(r.code, 1, args.join(' '));
+        assert.equal(errorLines(r.stderr).length, 1);
+        assert.match(r.stderr, /belongs to another store/);
+        assert.doesNotMatch(r.stderr, /\n\s+at /, 'no stack trace');
+      }
+    } finally {
+      await writeFile(other.config, text);
+    }
+    assert.match(await lsLines(other), /elsewhere/);
+  });
+
+  it('--dry-run lists what would come back and adds nothing; truncated, tampered, moved and foreign copies are reported and skipped', async () => {
+    const before = await lsLines(sb);
+    const lines = before.trim().split('\n');
+    for (const suffix of ['', '-wal', '-shm']) await rm(sb.dbPath + suffix, { force: true });
+
+    const dry = await sb.ok(['-m', 'recover', '--dry-run']);
+    assert.equal(dry.stdout, before);
+    assert.equal((await lsLines(sb)).trim(), '');
+
+    // The database adopted the store and has not recovered: cleanup refuses to take its
+    // versions' blocks for garbage.
+    const gc = await sb.run(['cleanup']);
+    assert.equal(gc.code, 1);
+    assert.match(errorLines(gc.stderr)[0], /run 'backy recover' first/);
+
+    const [a, b, c, d] = uids;
+    const ca = copyPath(sb, a);
+    await truncate(ca, (await readFile(ca)).length - 9);
+    const cb = copyPath(sb, b);
+    const tampered = await readFile(cb);
+    tampered[tampered.length >> 1] ^= 0x01;
+    await writeFile(cb, tampered);
+    // c's copy moved onto d's name; d's own copy gone.
+    await copyFile(copyPath(sb, c), copyPath(sb, d));
+    // Another store's copy, under its own name.
+    await copyFile(copyPath(other, foreign), copyPath(sb, foreign));
+
+    const r = await sb.run(['-m', 'recover']);
+    assert.equal(r.code, 3, r.stderr);
+    const errors = errorLines(r.stderr);
+    for (const uid of [a, b, d, foreign]) {
+      assert.equal(
+        errors.filter((l) => l.includes(`version ${uid} not recovered`)).length,
+        1,
+        `${uid}:\n${r.stderr}`,
+      );
+    }
+    assert.match(r.stderr, new RegExp(`${foreign} not recovered: .*another store`));
+    assert.match(r.stderr, new RegExp(`${d} not recovered: .*describes version ${c}`));
+    const expected = lines.filter((l) => l.includes(c) || l.includes(uids[4]));
+    assert.equal(r.stdout, `${expected.join('\n')}\n`);
+    assert.equal(await lsLines(sb), r.stdout);
+    for (const i of [2, 4]) {
+      const out = sb.path(`r${i}`);
+      await sb.ok(['restore', uids[i], out]);
+      await assertSameBytes(imgs[i], out);
+    }
+    // Named uids: a present one is left alone, a damaged one is reported again.
+    const named = await sb.run(['-m', 'recover', c, a]);
+    assert.equal(named.code, 3);
+    assert.equal(named.stdout, '');
+    assert.equal(errorLines(named.stderr).filter((l) => l.includes(a)).length, 1);
+  });
+
+  it('cleanup deletes the copies of removed versions only', async () => {
+    const extra = await sb.backup([imgs[3], 'vm-extra']);
+    // A copy whose version is gone (rm could not delete it, say): restored by hand.
+    const saved = await readFile(copyPath(sb, extra));
+    await sb.ok(['rm', extra]);
+    await assert.rejects(readFile(copyPath(sb, extra)), 'rm removes the copy');
+    await writeFile(copyPath(sb, extra), saved);
+    await rm(copyPath(sb, uids[4]));
+    await sb.ok(['cleanup']);
+    await assert.rejects(readFile(copyPath(sb, extra)), 'cleanup removes a stale copy');
+    await readFile(copyPath(sb, uids[4])); // and writes a missing one
+    const names = (await readdir(join(sb.dataDir, 'meta'))).sort();
+    assert.ok(names.includes('descriptor'));
+  });
+});
