@@ -234,3 +234,60 @@ describe('recover: damaged copies, wrong stores, dry runs', () => {
     assert.ok(names.includes('descriptor'));
   });
 });
+
+describe('recover on an encrypted store', () => {
+  const MARKER = 'RECOVER-SECRET-MARKER-5be1';
+  let sb: Sandbox;
+  before(async () => {
+    sb = await Sandbox.create({ defaults: `block_size = ${BS}` });
+  });
+  after(async () => sb?.remove());
+
+  const useKey = async (key: string | undefined) => {
+    const text = (await readFile(sb.config, 'utf8')).replace(/^(encryption|key_file) = .*\n/gm, '');
+    await writeFile(sb.config, key ? `${text}encryption = aes-256-gcm\nkey_file = ${key}\n` : text);
+  };
+
+  it('copies reveal nothing without the key; a wrong or missing key is refused with one line; the right one recovers', async () => {
+    const k1 = sb.path('k1.key');
+    const k2 = sb.path('k2.key');
+    await sb.ok(['key', 'create', k1]);
+    await sb.ok(['key', 'create', k2]);
+    await useKey(k1);
+    const img = sb.path('secret.img');
+    await writeImage(img, { blocks: 4, blockSize: BS, seed: 'enc', kinds: () => 'text' });
+    const uid = await sb.backup(['-l', `note=${MARKER}`, '--snapshot-name', MARKER, img, `vm-${MARKER}`]);
+    const before = await lsLines(sb);
+    assert.match(before, new RegExp(MARKER));
+    const files = (await readdir(sb.dataDir, { recursive: true, withFileTypes: true }))
+      .filter((f) => f.isFile())
+      .map((f) => join(f.parentPath, f.name));
+    assert.ok(files.includes(copyPath(sb, uid)), 'the version has its copy');
+    for (const f of files) {
+      const content = await readFile(f);
+      assert.ok(!content.includes(MARKER), `${f} reveals the version's name`);
+    }
+    assert.equal((await readFile(copyPath(sb, uid)))[6], 1, 'the copy is encrypted');
+
+    for (const suffix of ['', '-wal', '-shm']) await rm(sb.dbPath + suffix, { force: true });
+    await useKey(k2);
+    const wrong = await sb.run(['recover']);
+    assert.equal(wrong.code, 1);
+    assert.equal(errorLines(wrong.stderr).length, 1, wrong.stderr);
+    assert.match(wrong.stderr, /not this store's key/);
+    await useKey(undefined);
+    const none = await sb.run(['recover']);
+    assert.equal(none.code, 1);
+    assert.equal(errorLines(none.stderr).length, 1, none.stderr);
+    assert.match(none.stderr, /this store is encrypted/);
+
+    await useKey(k1);
+    assert.equal((await lsLines(sb)).trim(), '', 'nothing was recovered with the wrong key');
+    const r = await sb.ok(['-m', 'recover']);
+    assert.equal(r.stdout, before);
+    assert.equal(await lsLines(sb), before);
+    const out = sb.path('secret.out');
+    await sb.ok(['restore', uid, out]);
+    await assertSameBytes(img, out);
+  });
+});
