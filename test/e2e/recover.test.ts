@@ -10,6 +10,8 @@ import { after, before, describe, it } from 'node:test';
 import { Sandbox, assertSameBytes } from '../lib/cli.js';
 import { mixedKind, scribble, writeImage } from '../lib/image.js';
 import { pgDatabase, pgSkipReason } from '../lib/pg.js';
+import { listKeys, newBucket, rgwServer, rgwSkipReason, s3Client, s3ConfigLines } from '../lib/rgw.js';
+import type { S3Server } from '../lib/rgw.js';
 
 const BS = 64 * 1024;
 const pgSkip = pgSkipReason();
@@ -289,5 +291,65 @@ describe('recover on an encrypted store', () => {
     const out = sb.path('secret.out');
     await sb.ok(['restore', uid, out]);
     await assertSameBytes(img, out);
+  });
+});
+
+describe('recover on S3 (radosgw)', { skip: rgwSkipReason() }, () => {
+  let server: S3Server & { stop(): Promise<void> };
+  let sb: Sandbox;
+  before(async () => {
+    server = await rgwServer();
+    sb = await Sandbox.create();
+    const bucket = newBucket('recover');
+    await writeFile(
+      sb.config,
+      [
+        '[DEFAULTS]',
+        `block_size = ${BS}`,
+        '[MetaBackend]',
+        `engine = sqlite:///${sb.dbPath}`,
+        ...s3ConfigLines(server, bucket, ['prefix = store1/']),
+        '',
+      ].join('\n'),
+    );
+  });
+  after(async () => {
+    await sb?.remove();
+    await server?.stop();
+  });
+
+  it('the descriptor and copies live under PREFIX meta/; a lost database comes back from the bucket alone', async () => {
+    const img1 = sb.path('a.img');
+    const img2 = sb.path('b.img');
+    await writeImage(img1, { blocks: 8, blockSize: BS, seed: 's3-1', kinds: mixedKind });
+    await copyFile(img1, img2);
+    await scribble(img2, BS + 3, 300, 's3-2');
+    const v1 = await sb.backup(['-l', 'k=v', img1, 'vm1']);
+    const v2 = await sb.backup(['-f', v1, img2, 'vm1']);
+    const gone = await sb.backup([img2, 'vm2']);
+    await sb.ok(['rm', gone]);
+    const c = s3Client(server);
+    const bucket = /^bucket = (.*)$/m.exec(await readFile(sb.config, 'utf8'))![1];
+    const meta = (await listKeys(c, bucket, 'store1/', { meta: true })).filter((k) => k.includes('/meta/'));
+    c.destroy();
+    assert.deepEqual(
+      meta,
+      ['store1/meta/descriptor', `store1/meta/version-${v1}`, `store1/meta/version-${v2}`].sort(),
+    );
+    const before = await lsLines(sb);
+
+    await loseDatabase(sb, undefined);
+    const r = await sb.ok(['-m', 'recover']);
+    assert.equal(r.stdout, before);
+    assert.equal(await lsLines(sb), before);
+    for (const [uid, img] of [
+      [v1, img1],
+      [v2, img2],
+    ]) {
+      const out = sb.path(`${uid}.out`);
+      await sb.ok(['restore', uid, out]);
+      await assertSameBytes(img, out);
+    }
+    assert.equal((await sb.ok(['-m', 'recover'])).stdout, '', 'a second run adds nothing');
   });
 });
