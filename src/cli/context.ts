@@ -3,6 +3,7 @@ import { describeDataBackend, loadConfig, redactUrl } from '../config/config.js'
 import type { Config } from '../config/config.js';
 import { InputError, errorMessage } from '../errors.js';
 import { writeVersionCopy } from '../core/version-copy.js';
+import { markCopyPending } from '../meta/copy-pending.js';
 import { settleEncryption } from '../meta/encryption-setting.js';
 import { MetaStore } from '../meta/meta-store.js';
 import { BlockStore } from '../storage/block-store.js';
@@ -166,6 +167,7 @@ export class Context {
         const { storeId } = await this.descriptor();
         await writeVersionCopy(meta, store, storeId, uid);
       } catch (err) {
+        await markCopyPending(meta, uid).catch(() => {});
         this.log.warn(
           `the store's metadata copy of version ${uid} was not updated: ${errorMessage(err)}; 'backy cleanup' rewrites it`,
         );

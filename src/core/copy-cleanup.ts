@@ -2,9 +2,10 @@
  * Cleanup's part for the metadata copies (version-copy.ts): removes copies whose version no
  * longer exists and that were last written before `cutoffMs` (cleanup's start: a copy written
  * since belongs to a command that ran meanwhile), and writes the copy of every version that
- * lacks one (a failed write, or a store older than copies). Removes nothing while a recover
+ * lacks one (a store older than copies) or whose last write failed (copy-pending.ts). Removes nothing while a recover
  * runs, which is adding versions from exactly those copies.
  */
+import { clearCopyPending, pendingCopies } from '../meta/copy-pending.js';
 import type { MetaStore } from '../meta/meta-store.js';
 import type { BlockStore } from '../storage/block-store.js';
 import { copyName, copyUid, writeVersionCopy } from './version-copy.js';
@@ -40,10 +41,17 @@ export async function cleanupCopies(opts: {
     if (!opts.dryRun) await store.backend.deleteMeta(copyName(uid));
     result.removed.push(uid);
   }
+  const pending = new Set(await pendingCopies(meta));
   for (const v of versions) {
-    if (v.status === 'incomplete' || copies.has(v.uid)) continue;
+    if (v.status === 'incomplete' || (copies.has(v.uid) && !pending.has(v.uid))) continue;
     if (!opts.dryRun && (await writeVersionCopy(meta, store, opts.storeId, v.uid)) !== 'written') continue;
     result.written.push(v.uid);
+  }
+  if (!opts.dryRun && !result.held) {
+    for (const uid of pending) {
+      if (!known.has(uid)) await store.backend.deleteMeta(copyName(uid));
+      await clearCopyPending(meta, uid);
+    }
   }
   return result;
 }

@@ -4,10 +4,11 @@
  * PostgreSQL database is a fresh database name), with every restore compared byte for byte.
  */
 import assert from 'node:assert/strict';
-import { copyFile, readFile, readdir, rm, truncate, writeFile } from 'node:fs/promises';
+import { execFileSync } from 'node:child_process';
+import { copyFile, mkdir, readFile, readdir, rm, truncate, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { Sandbox, assertSameBytes } from '../lib/cli.js';
+import { BIN, REPO, Sandbox, assertSameBytes } from '../lib/cli.js';
 import { mixedKind, scribble, writeImage } from '../lib/image.js';
 import { pgDatabase, pgSkipReason } from '../lib/pg.js';
 import { listKeys, newBucket, rgwServer, rgwSkipReason, s3Client, s3ConfigLines } from '../lib/rgw.js';
@@ -235,6 +236,25 @@ describe('recover: damaged copies, wrong stores, dry runs', () => {
     const names = (await readdir(join(sb.dataDir, 'meta'))).sort();
     assert.ok(names.includes('descriptor'));
   });
+
+  it('a copy that cannot be written: the change succeeds with one warning, cleanup rewrites the copy later', async () => {
+    const uid = uids[4];
+    // A real fault: a directory where the copy's file must go makes its rename fail.
+    await rm(copyPath(sb, uid));
+    await mkdir(copyPath(sb, uid));
+    const r = await sb.ok(['label', uid, 'late=yes']);
+    const warnings = r.stderr.split('\n').filter((l) => l.includes('WARN'));
+    assert.equal(warnings.length, 1, r.stderr);
+    assert.match(warnings[0], new RegExp(`copy of version ${uid} was not updated`));
+    await rm(copyPath(sb, uid), { recursive: true });
+    await writeFile(copyPath(sb, uid), await readFile(copyPath(sb, uids[2]))); // a stale, wrong copy
+    const before = await lsLines(sb);
+    await sb.ok(['cleanup']);
+    for (const suffix of ['', '-wal', '-shm']) await rm(sb.dbPath + suffix, { force: true });
+    await sb.ok(['recover']);
+    assert.equal(await lsLines(sb), before, 'the label came back: cleanup rewrote the copy');
+    assert.match(before, /late=yes/);
+  });
 });
 
 describe('recover on an encrypted store', () => {
@@ -351,5 +371,43 @@ describe('recover on S3 (radosgw)', { skip: rgwSkipReason() }, () => {
       await assertSameBytes(img, out);
     }
     assert.equal((await sb.ok(['-m', 'recover'])).stdout, '', 'a second run adds nothing');
+  });
+});
+
+describe("the README's Disaster recovery section", () => {
+  it('works as written, with the default paths', async () => {
+    const readme = await readFile(join(REPO, 'README.md'), 'utf8');
+    const section = /^## Disaster recovery\n([\s\S]*?)\n## /m.exec(readme)?.[1];
+    assert.ok(section, 'README has a Disaster recovery section');
+    const cmds = [...section.matchAll(/^ {4}(\S.*)$/gm)].map((m) => m[1]);
+    assert.ok(cmds.includes('backy recover'), cmds.join('\n'));
+    const sb = await Sandbox.create();
+    try {
+      // HOME is the sandbox: the default ~/.local/share/backy; `backy` on the PATH is this build.
+      const home = sb.path('home');
+      const bin = sb.path('bin');
+      const work = sb.path('work');
+      for (const d of [home, bin, work]) await mkdir(d, { recursive: true });
+      await writeFile(join(bin, 'backy'), `#!/bin/sh\nexec "${process.execPath}" "${BIN}" "$@"\n`, {
+        mode: 0o755,
+      });
+      const env: NodeJS.ProcessEnv = { ...process.env, HOME: home, PATH: `${bin}:${process.env.PATH}` };
+      delete env.XDG_DATA_HOME;
+      delete env.BACKY_CONFIG;
+      const sh = (line: string) =>
+        execFileSync('sh', ['-ec', line], { cwd: work, env, encoding: 'utf8', stdio: 'pipe' });
+      const img = join(work, 'disk.img');
+      await writeImage(img, { blocks: 3, blockSize: 4 << 20, seed: 'readme', kinds: mixedKind });
+      const uid = sh('backy backup disk.img vm1').trim().split('\n').pop()!;
+      const before = sh('backy -m ls');
+      let out = '';
+      for (const line of cmds) out = sh(line);
+      assert.match(out, new RegExp(uid), 'the last command (ls) shows the recovered version');
+      assert.equal(sh('backy -m ls'), before);
+      sh(`backy restore ${uid} restored.img`);
+      await assertSameBytes(img, join(work, 'restored.img'));
+    } finally {
+      await sb.remove();
+    }
   });
 });
