@@ -48,7 +48,7 @@ import { BackyError, InputError, NotFoundError, VersionRemovedError } from '../e
 import { changeLabels, parseLabel } from '../meta/catalog.js';
 import type { BlockRow, MetaStore, Version } from '../meta/meta-store.js';
 import type { BlockStore } from '../storage/block-store.js';
-import { abortable, abortableIterable } from '../util/concurrency.js';
+import { abortable, abortableIterable, mapOrdered } from '../util/concurrency.js';
 import { hold, keepLeaseAlive } from './lease.js';
 import { noProgress } from './progress.js';
 import type { ProgressReporter } from './progress.js';
@@ -60,6 +60,7 @@ export const MAX_LINE = 64 * 1024;
 /** Largest image size accepted on import: 1 PiB. */
 export const MAX_SIZE_BYTES = 2 ** 50;
 const BATCH = 1000;
+const STATS_IN_FLIGHT = 16;
 
 const UUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 const uid = z.string().regex(UUID_RE, 'must be a lower-case UUID');
@@ -468,10 +469,15 @@ async function insert(
   const stopHeartbeat = keepLeaseAlive(meta, lease.id);
   let missing = 0;
   try {
-    const present = async (checksum: string) => (await store.backend.stat(checksum))?.size;
     const flush = async (rows: BlockRow[]) => {
       signal?.throwIfAborted();
       const checksums = [...new Set(rows.flatMap((r) => (r.checksum === null ? [] : [r.checksum])))];
+      // Looked up STATS_IN_FLIGHT at a time (one by one, a batch of S3 HEADs or of cold stats
+      // costs a round trip each); the import's lease keeps cleanup from deleting any meanwhile.
+      const sizes = new Map<string, number | undefined>();
+      const stat = async (c: string) => sizes.set(c, (await store.backend.stat(c))?.size);
+      for await (const _ of mapOrdered(checksums, STATS_IN_FLIGHT, stat, signal)) void _;
+      const present = async (c: string) => sizes.get(c);
       const ok = checksums.length > 0 ? await meta.adoptObjects(checksums, present) : new Set<string>();
       for (const r of rows) {
         if (r.checksum !== null && !ok.has(r.checksum)) {
