@@ -1,11 +1,17 @@
 /** What every command gets: logger, output mode, and lazily opened config, metadata and store. */
 import { describeDataBackend, loadConfig, redactUrl } from '../config/config.js';
 import type { Config } from '../config/config.js';
-import { InputError } from '../errors.js';
+import { InputError, errorMessage } from '../errors.js';
+import { writeVersionCopy } from '../core/version-copy.js';
+import { markCopyPending } from '../meta/copy-pending.js';
 import { settleEncryption } from '../meta/encryption-setting.js';
 import { MetaStore } from '../meta/meta-store.js';
 import { BlockStore } from '../storage/block-store.js';
+import { formatCompression } from '../storage/codec.js';
 import type { CodecSpec } from '../storage/codec.js';
+import type { StorageBackend } from '../storage/backend.js';
+import { checkDescriptor, describeStore, readDescriptor } from '../core/store-descriptor.js';
+import type { Descriptor } from '../core/store-descriptor.js';
 import { DirBackend } from '../storage/dir-backend.js';
 import { readKeyFile } from '../storage/keyfile.js';
 import type { StoreKeys } from '../storage/keyfile.js';
@@ -26,6 +32,8 @@ export class Context {
   #store: BlockStore | undefined;
   #codecPool: CodecPool | undefined;
   #keys: StoreKeys | undefined;
+  #backend: StorageBackend | undefined;
+  #descriptor: Descriptor | undefined;
 
   constructor(
     log: Logger,
@@ -63,20 +71,53 @@ export class Context {
     if (!this.#meta) {
       const enc = this.config.dataBackend.encryption;
       if (enc) this.#keys = readKeyFile(enc.keyFile);
-      const meta = await MetaStore.open(this.config.engine, { hashFunction: this.config.hashFunction });
+      const open = () => MetaStore.open(this.config.engine, { hashFunction: this.config.hashFunction });
+      let meta: MetaStore | undefined = await open();
       try {
+        // The store's descriptor first: a fresh database takes its settings (hash function,
+        // encryption, key fingerprint), one of another store is refused before anything else.
+        const backend = await this.#openBackend();
+        const desc = await readDescriptor(backend);
+        if (desc && (await checkDescriptor(meta, desc, backend.url)) === 'adopted') {
+          await meta.close();
+          meta = undefined;
+          meta = await open();
+        }
+        this.#descriptor = desc;
         await settleEncryption(
           meta,
           this.#keys ? { codec: 'aes-256-gcm', fingerprint: this.#keys.fingerprint } : { codec: 'none' },
         );
       } catch (err) {
-        await meta.close();
+        await meta?.close();
         throw err;
       }
       this.#meta = meta;
     }
     if (opts.write !== undefined) this.#meta.requireWritable(opts.write);
     return this.#meta;
+  }
+
+  async #openBackend(): Promise<StorageBackend> {
+    this.#backend ??= await openBackend(this.config.dataBackend);
+    return this.#backend;
+  }
+
+  /** The store's descriptor, written now if the store has none yet (see store-descriptor.ts). */
+  async descriptor(): Promise<Descriptor> {
+    const meta = await this.meta();
+    if (!this.#descriptor) {
+      this.#descriptor = await describeStore(meta, await this.#openBackend(), {
+        blockSize: this.config.blockSize,
+        compression: formatCompression(this.config.dataBackend.compression),
+      });
+    }
+    return this.#descriptor;
+  }
+
+  /** The descriptor as read when the database was opened; undefined when the store has none. */
+  get knownDescriptor(): Descriptor | undefined {
+    return this.#descriptor;
   }
 
   /**
@@ -93,7 +134,7 @@ export class Context {
         compression: this.config.dataBackend.compression,
         keys: this.#keys && { encryption: this.#keys.encryption, naming: this.#keys.naming },
       };
-      const backend = await openBackend(this.config.dataBackend);
+      const backend = await this.#openBackend();
       // The data root: a directory must exist (an unmounted one is an I/O error, never missing
       // blocks); a bucket is checked by the S3 backend itself on first use.
       if (backend instanceof DirBackend) {
@@ -101,10 +142,37 @@ export class Context {
         if (root === 'create') await backend.createRoot();
         else if (root === 'check') await backend.checkRoot();
       }
+      // A store is described when it is created (by its first backup).
+      if (opts.root === 'create' && !meta.readOnly) await this.descriptor();
       this.#codecPool = new CodecPool(spec);
       this.#store = new BlockStore(backend, spec, this.#codecPool);
     }
     return this.#store;
+  }
+
+  /**
+   * Brings the store's metadata copies of these versions in step with the database (written,
+   * replaced, or removed for a version that is gone). A failure never fails the command, whose
+   * change is committed already: one warning line per version, and `backy cleanup` writes
+   * every missing copy later (until then `recover` cannot bring that version back).
+   */
+  async updateCopies(uids: readonly string[]): Promise<void> {
+    if (uids.length === 0) return;
+    const meta = await this.meta();
+    if (meta.readOnly) return;
+    for (const uid of uids) {
+      try {
+        const store = await this.store({ root: 'any' });
+        if (store.backend instanceof DirBackend) await store.backend.checkRoot();
+        const { storeId } = await this.descriptor();
+        await writeVersionCopy(meta, store, storeId, uid);
+      } catch (err) {
+        await markCopyPending(meta, uid).catch(() => {});
+        this.log.warn(
+          `the store's metadata copy of version ${uid} was not updated: ${errorMessage(err)}; 'backy cleanup' rewrites it`,
+        );
+      }
+    }
   }
 
   /** A result line on stdout. */
@@ -113,7 +181,7 @@ export class Context {
   }
 
   async close(): Promise<void> {
-    await this.#store?.backend.close();
+    await this.#backend?.close();
     await this.#codecPool?.close();
     await this.#meta?.close();
   }

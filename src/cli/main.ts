@@ -151,6 +151,19 @@ export async function main(argv: string[]): Promise<number> {
     );
 
   program
+    .command('recover')
+    .description(
+      'rebuild the metadata database from the store: add every version whose copy the store holds and the database lacks (or only UIDs)',
+    )
+    .argument('[uid...]')
+    .option('--dry-run', 'only show what would be recovered')
+    .action(
+      run(async (ctx, uids: string[], opts: { dryRun?: boolean }) =>
+        (await import('./commands/recover.js')).recoverCommand(ctx, uids, opts),
+      ),
+    );
+
+  program
     .command('cleanup')
     .description('delete stored blocks that no version references (safe while backups run)')
     .option('--dry-run', 'only report what would be deleted')

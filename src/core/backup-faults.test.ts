@@ -84,6 +84,18 @@ class FailingBackend implements StorageBackend {
   list() {
     return this.inner.list();
   }
+  putMeta(name: string, data: Buffer) {
+    return this.inner.putMeta(name, data);
+  }
+  getMeta(name: string) {
+    return this.inner.getMeta(name);
+  }
+  listMeta() {
+    return this.inner.listMeta();
+  }
+  deleteMeta(name: string) {
+    return this.inner.deleteMeta(name);
+  }
   close() {
     return this.inner.close();
   }

@@ -11,6 +11,9 @@
  *            (checksum null: a sparse, all-zero block; size is the block's length in the image)
  *   last     trailer {"end":"backy-export","blocks":<number of block lines>}
  * The trailer makes a truncated file detectable. Readers reject unknown keys and versions.
+ * Two optional header fields, written in the store's own metadata copies (version-copy.ts):
+ * "labels":{"key":"value",...} (import sets them) and "store_id":"<uuid>" (the store the copy
+ * belongs to; recover refuses another store's).
  */
 import { z } from 'zod';
 import { blockCount, blockLength } from '../blocks/blocks.js';
@@ -18,6 +21,7 @@ import { CHECKSUM_RE } from '../blocks/hash.js';
 import { HASH_FUNCTIONS } from '../config/config.js';
 import type { HashFunction } from '../config/config.js';
 import { InputError } from '../errors.js';
+import { parseLabel } from '../meta/catalog.js';
 import type { BlockRow, Version } from '../meta/meta-store.js';
 
 export const EXPORT_FORMAT = 'backy-export';
@@ -62,6 +66,8 @@ const headerSchema = z.strictObject({
     .string()
     .max(255, 'is longer than 255 characters')
     .regex(/^[^\n\r]*$/, 'must be one line'),
+  labels: z.record(z.string().max(63), z.string().max(255)).optional(),
+  store_id: uid.optional(),
 });
 
 const blockSchema = z.strictObject({
@@ -133,6 +139,13 @@ export class ExportParser {
       }
       const h = this.#check(headerSchema, value, 'header');
       if (h.base_uid === h.uid) this.#fail("header: 'base_uid' must differ from 'uid'");
+      for (const [k, v] of Object.entries(h.labels ?? {})) {
+        try {
+          parseLabel(`${k}=${v}`);
+        } catch (err) {
+          this.#fail(`header: 'labels': ${(err as Error).message}`);
+        }
+      }
       this.#header = h;
       this.#expected = blockCount(h.size_bytes, h.block_size);
       return { header: h };
@@ -214,8 +227,14 @@ export async function* splitLines(
   if (pendingLength > 0) yield decode(Buffer.concat(pending), lineNo + 1);
 }
 
-export function headerOf(v: Version, hashFunction: HashFunction): ExportHeader {
-  return {
+/** What only the store's own copies carry (see the format above). */
+export interface CopyFields {
+  labels: Record<string, string>;
+  storeId: string;
+}
+
+export function headerOf(v: Version, hashFunction: HashFunction, copy?: CopyFields): ExportHeader {
+  const h: ExportHeader = {
     format: EXPORT_FORMAT,
     version: EXPORT_VERSION,
     hash_function: hashFunction,
@@ -230,4 +249,9 @@ export function headerOf(v: Version, hashFunction: HashFunction): ExportHeader {
     protected: v.protected,
     hostname: v.hostname,
   };
+  if (copy) {
+    if (Object.keys(copy.labels).length > 0) h.labels = copy.labels;
+    h.store_id = copy.storeId;
+  }
+  return h;
 }

@@ -28,11 +28,12 @@ import { join } from 'node:path';
 import type { Readable, Writable } from 'node:stream';
 import { blockCount } from '../blocks/blocks.js';
 import { BackyError, InputError, NotFoundError, VersionRemovedError } from '../errors.js';
+import { changeLabels } from '../meta/catalog.js';
 import type { BlockRow, MetaStore, Version } from '../meta/meta-store.js';
 import type { BlockStore } from '../storage/block-store.js';
-import { abortable, abortableIterable } from '../util/concurrency.js';
+import { abortable, abortableIterable, mapOrdered } from '../util/concurrency.js';
 import { EXPORT_FORMAT, ExportParser, headerOf, splitLines } from './export-format.js';
-import type { ExportHeader } from './export-format.js';
+import type { CopyFields, ExportHeader } from './export-format.js';
 import { hold, keepLeaseAlive } from './lease.js';
 import { noProgress } from './progress.js';
 import type { ProgressReporter } from './progress.js';
@@ -40,6 +41,7 @@ import type { ProgressReporter } from './progress.js';
 export { EXPORT_FORMAT, EXPORT_VERSION, ExportParser, MAX_LINE, splitLines } from './export-format.js';
 
 const BATCH = 1000;
+const STATS_IN_FLIGHT = 16;
 
 // ---- export ----
 
@@ -50,6 +52,8 @@ export async function exportVersion(opts: {
   out: Writable;
   /** Stops the export (SIGINT): it rejects with the signal's reason. */
   signal?: AbortSignal;
+  /** For the store's own copy: labels and store id in the header. */
+  copy?: (v: Version) => Promise<CopyFields>;
 }): Promise<number> {
   const { meta, out, signal } = opts;
   const v = await meta.getVersion(opts.uid);
@@ -63,7 +67,7 @@ export async function exportVersion(opts: {
     // A pipe nobody reads never drains: the wait is raced with the signal.
     if (!out.write(s)) await abortable(once(out, 'drain'), signal);
   };
-  await write(`${JSON.stringify(headerOf(v, meta.hashFunction))}\n`);
+  await write(`${JSON.stringify(headerOf(v, meta.hashFunction, await opts.copy?.(v)))}\n`);
   let n = 0;
   let buf = '';
   const expected = blockCount(v.sizeBytes, v.blockSize);
@@ -137,13 +141,15 @@ export async function importVersion(opts: {
   store: BlockStore;
   path: string;
   stdin?: Readable;
+  /** The file's content, already in memory (recover's decoded copies); `path` only names it. */
+  content?: Buffer;
   progress?: ProgressReporter;
   /** Stops the import (SIGINT): it rejects with the signal's reason and imports nothing. */
   signal?: AbortSignal;
 }): Promise<ImportResult> {
   const { meta, store, signal } = opts;
   const progress = opts.progress ?? noProgress;
-  const name = opts.path === '-' ? 'export on stdin' : `export file ${opts.path}`;
+  const name = opts.content ? opts.path : opts.path === '-' ? 'export on stdin' : `export file ${opts.path}`;
   // Held from before the first byte is read until the version is recorded: the objects the
   // file names may be files without rows (a rebuilt database), which cleanup sweeps only while
   // no lease exists, or unreferenced rows, which it keeps while an import's lease exists.
@@ -152,7 +158,14 @@ export async function importVersion(opts: {
   try {
     let path = opts.path;
     let checked: { header: ExportHeader; blocks: number };
-    if (opts.path === '-') {
+    let read = () => fileChunks(path);
+    if (opts.content) {
+      const content = opts.content;
+      read = async function* () {
+        yield content;
+      };
+      checked = await validate(read(), name);
+    } else if (opts.path === '-') {
       spoolDir = await mkdtemp(join(tmpdir(), 'backy-import-'));
       path = join(spoolDir, 'export.jsonl');
       const spool = await open(path, 'wx', 0o600);
@@ -178,7 +191,7 @@ export async function importVersion(opts: {
         `version ${h.uid} exists already; remove it first ('backy rm') to import it again`,
       );
     }
-    return await insert(meta, store, path, name, checked, progress, signal);
+    return await insert(meta, store, read, name, checked, progress, signal);
   } finally {
     if (spoolDir) await rm(spoolDir, { recursive: true, force: true }).catch(() => {});
     await held.release();
@@ -188,7 +201,7 @@ export async function importVersion(opts: {
 async function insert(
   meta: MetaStore,
   store: BlockStore,
-  path: string,
+  read: () => AsyncIterable<Buffer>,
   name: string,
   checked: { header: ExportHeader; blocks: number },
   progress: ProgressReporter,
@@ -212,10 +225,15 @@ async function insert(
   const stopHeartbeat = keepLeaseAlive(meta, lease.id);
   let missing = 0;
   try {
-    const present = async (checksum: string) => (await store.backend.stat(checksum))?.size;
     const flush = async (rows: BlockRow[]) => {
       signal?.throwIfAborted();
       const checksums = [...new Set(rows.flatMap((r) => (r.checksum === null ? [] : [r.checksum])))];
+      // Looked up STATS_IN_FLIGHT at a time (one by one, a batch of S3 HEADs or of cold stats
+      // costs a round trip each); the import's lease keeps cleanup from deleting any meanwhile.
+      const sizes = new Map<string, number | undefined>();
+      const stat = async (c: string) => sizes.set(c, (await store.backend.stat(c))?.size);
+      for await (const _ of mapOrdered(checksums, STATS_IN_FLIGHT, stat, signal)) void _;
+      const present = async (c: string) => sizes.get(c);
       const ok = checksums.length > 0 ? await meta.adoptObjects(checksums, present) : new Set<string>();
       for (const r of rows) {
         if (r.checksum !== null && !ok.has(r.checksum)) {
@@ -230,7 +248,7 @@ async function insert(
     progress.start('import', undefined);
     const parser = new ExportParser(name);
     let rows: BlockRow[] = [];
-    for await (const line of splitLines(fileChunks(path), name)) {
+    for await (const line of splitLines(read(), name)) {
       const rec = parser.line(line);
       if (rec && 'header' in rec && JSON.stringify(rec.header) !== JSON.stringify(h)) {
         throw new InputError(`${name} changed while it was imported`);
@@ -245,6 +263,7 @@ async function insert(
     }
     parser.finish();
     await flush(rows);
+    if (h.labels) await changeLabels(meta, version.uid, { set: h.labels, remove: [] });
     signal?.throwIfAborted();
     let downgraded = false;
     if (h.status === 'valid') {

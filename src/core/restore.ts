@@ -33,6 +33,8 @@ export interface RestoreResult {
   blocksWritten: number;
   blocksSkipped: number;
   bad: BadBlock[];
+  /** Versions marked invalid by this restore (their metadata copies follow). */
+  versionsAffected: string[];
 }
 
 export async function restore(opts: {
@@ -53,7 +55,13 @@ export async function restore(opts: {
   const { sizeBytes: size, blockSize } = version;
   const n = blockCount(size, blockSize);
   const skipZeros = opts.sparse && target.positional;
-  const result: RestoreResult = { bytes: size, blocksWritten: 0, blocksSkipped: 0, bad: [] };
+  const result: RestoreResult = {
+    bytes: size,
+    blocksWritten: 0,
+    blocksSkipped: 0,
+    bad: [],
+    versionsAffected: [],
+  };
   const record = opts.record ?? true;
 
   // Every index 0..n-1, with its row or a gap where the block list lacks one (incomplete version).
@@ -112,6 +120,7 @@ export async function restore(opts: {
       signal,
     );
     const marked = new Set<string>();
+    const affected = new Set<string>();
     // rm --force took the block list away: nothing is damaged, the version is just gone.
     const removed = removalCheck(
       meta,
@@ -126,10 +135,11 @@ export async function restore(opts: {
           // read-only store: reported by the caller, recorded nowhere
         } else if (r.bad.checksum && !marked.has(r.bad.checksum)) {
           marked.add(r.bad.checksum);
-          await meta.markObjectInvalid(r.bad.checksum);
+          for (const uid of await meta.markObjectInvalid(r.bad.checksum)) affected.add(uid);
         } else if (!r.bad.checksum && version.status === 'valid') {
           version.status = 'invalid';
           await meta.setVersionStatus(version.uid, 'invalid');
+          affected.add(version.uid);
         }
       }
       let written = r.written;
@@ -147,6 +157,7 @@ export async function restore(opts: {
     }
     signal?.throwIfAborted();
     if (result.bad.length > 0) await removed.atEnd();
+    result.versionsAffected = [...affected].sort();
     await target.finish();
   } finally {
     progress.stop();

@@ -163,6 +163,37 @@ for (const c of cases) {
       await assert.rejects(backend.put('../../etc/passwd', [Buffer.from('x')]));
       await assert.rejects(backend.get('ab/../../cd'));
     });
+
+    it('the meta namespace: put, get, replace, list, delete; never seen by list() nor by block keys', async () => {
+      assert.equal(await backend.getMeta('descriptor'), undefined);
+      await backend.putMeta('descriptor', Buffer.from('d1'));
+      await backend.putMeta('descriptor', Buffer.from('d22'));
+      await backend.putMeta(`version-${key(9).slice(0, 8)}`, Buffer.from('copy'));
+      assert.deepEqual(await backend.getMeta('descriptor'), Buffer.from('d22'));
+      const metas = new Map<string, number>();
+      for await (const o of backend.listMeta()) metas.set(o.key, o.size);
+      assert.deepEqual(
+        [...metas].sort(),
+        [
+          ['descriptor', 3],
+          [`version-${key(9).slice(0, 8)}`, 4],
+        ].sort(),
+      );
+      for await (const o of backend.list())
+        assert.match(o.key, /^[0-9a-f]+$/, 'list() yields block keys only');
+      // A block key that spells a meta name's letters stays apart from it.
+      await backend.put('deadbeef', [Buffer.from('block')]);
+      assert.deepEqual(await backend.get('deadbeef'), Buffer.from('block'));
+      assert.equal(await backend.getMeta('deadbeef'), undefined);
+      await backend.delete('deadbeef');
+      await backend.deleteMeta(`version-${key(9).slice(0, 8)}`);
+      await backend.deleteMeta('never-written');
+      const left: string[] = [];
+      for await (const o of backend.listMeta()) left.push(o.key);
+      assert.deepEqual(left, ['descriptor']);
+      await assert.rejects(backend.putMeta('../x', Buffer.from('x')));
+      await assert.rejects(backend.getMeta('meta/../../x'));
+    });
   });
 }
 

@@ -15,6 +15,16 @@
  * - stat: size and modification time, or undefined when the key does not exist.
  * - delete: removes the key; deleting a missing key is not an error.
  * - list: every key with its size and modification time, in no particular order.
+ *
+ * A second, separate namespace holds what describes the store (its descriptor, one metadata
+ * copy per version), named by META_NAME_RE. Backends keep them apart from block objects (a
+ * `meta/` directory beside the two-hex-digit fan-out directories; keys under `PREFIX meta/` in
+ * a bucket), so no block key can collide with one, and list() never yields them: cleanup,
+ * import's adoption and scrub never see them.
+ * - putMeta: like put (durable, atomic, replaces).
+ * - getMeta: the whole object, or undefined when it, or the whole store, does not exist.
+ * - listMeta: every meta name with size and modification time.
+ * - deleteMeta: removes the name; a missing one is not an error.
  */
 export interface ObjectInfo {
   key: string;
@@ -37,5 +47,17 @@ export interface StorageBackend {
   stat(key: string): Promise<ObjectInfo | undefined>;
   delete(key: string): Promise<void>;
   list(): AsyncIterable<ObjectInfo>;
+  putMeta(name: string, data: Buffer): Promise<void>;
+  getMeta(name: string): Promise<Buffer | undefined>;
+  listMeta(): AsyncIterable<ObjectInfo>;
+  deleteMeta(name: string): Promise<void>;
   close(): Promise<void>;
+}
+
+/** Names in the meta namespace: a lower-case letter, then letters, digits and '-'. */
+export const META_NAME_RE = /^[a-z][a-z0-9-]{0,99}$/;
+
+export function checkMetaName(name: string): string {
+  if (!META_NAME_RE.test(name)) throw new Error(`invalid meta object name '${name}'`);
+  return name;
 }

@@ -3,6 +3,8 @@
  * Writes go to a temp name in the final directory, are fsynced, renamed, and the directory
  * is fsynced, so an object is either absent or complete under its name after a crash.
  * Temp names start with '.tmp-'; list() skips them (cleanup removes old ones).
+ * The meta namespace is the directory `meta/` at the root: not two hex digits, so the walk
+ * that lists objects never enters it.
  */
 import { randomBytes } from 'node:crypto';
 import { constants } from 'node:fs';
@@ -11,6 +13,7 @@ import { dirname, join } from 'node:path';
 import { BackyError, MissingBlockError, ioReason } from '../errors.js';
 import { mapOrdered } from '../util/concurrency.js';
 import { mkdirp } from '../util/mkdirp.js';
+import { META_NAME_RE, checkMetaName } from './backend.js';
 import type { ObjectInfo, PutOptions, StorageBackend } from './backend.js';
 
 const KEY_RE = /^[0-9a-f]{8,}$/;
@@ -191,6 +194,66 @@ export class DirBackend implements StorageBackend {
       const st = await stat(path).catch(() => undefined);
       if (st) yield { key: name, size: st.size, mtimeMs: st.mtimeMs };
     }
+  }
+
+  #metaPath(name: string): string {
+    return join(this.#root, 'meta', checkMetaName(name));
+  }
+
+  async putMeta(name: string, data: Buffer): Promise<void> {
+    const path = this.#metaPath(name);
+    const dir = dirname(path);
+    try {
+      const first = await mkdirp(dir, 0o700);
+      const tmp = join(dir, `.tmp-${name.slice(0, 40)}-${randomBytes(6).toString('hex')}`);
+      const fh = await open(tmp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL, 0o600);
+      try {
+        await fh.writeFile(data);
+        await fh.sync();
+      } catch (err) {
+        await fh.close().catch(() => {});
+        await unlink(tmp).catch(() => {});
+        throw err;
+      }
+      await fh.close();
+      await rename(tmp, path).catch(async (err: unknown) => {
+        await unlink(tmp).catch(() => {});
+        throw err;
+      });
+      await syncDir(dir);
+      if (first !== undefined)
+        for (let d = dir; d.length >= first.length; d = dirname(d)) await syncDir(dirname(d));
+    } catch (err) {
+      throw new BackyError(`cannot store ${name} in ${this.#root}: ${ioReason(err)}`, { cause: err });
+    }
+  }
+
+  async getMeta(name: string): Promise<Buffer | undefined> {
+    try {
+      return await readFile(this.#metaPath(name));
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+      throw new BackyError(`cannot read ${name} from ${this.#root}: ${ioReason(err)}`, { cause: err });
+    }
+  }
+
+  async *listMeta(): AsyncIterable<ObjectInfo> {
+    let handle;
+    try {
+      handle = await opendir(join(this.#root, 'meta'));
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return;
+      throw new BackyError(`cannot list ${join(this.#root, 'meta')}: ${ioReason(err)}`, { cause: err });
+    }
+    for await (const entry of handle) {
+      if (!entry.isFile() || !META_NAME_RE.test(entry.name)) continue;
+      const st = await stat(join(this.#root, 'meta', entry.name)).catch(() => undefined);
+      if (st) yield { key: entry.name, size: st.size, mtimeMs: st.mtimeMs };
+    }
+  }
+
+  async deleteMeta(name: string): Promise<void> {
+    await rm(this.#metaPath(name), { force: true });
   }
 
   /** Temp files older than `beforeMs` (left by crashed writers); cleanup removes them. */

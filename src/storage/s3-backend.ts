@@ -33,6 +33,7 @@ import {
   S3Client,
 } from '@aws-sdk/client-s3';
 import { BackyError, MissingBlockError, errorMessage } from '../errors.js';
+import { META_NAME_RE, checkMetaName } from './backend.js';
 import type { ObjectInfo, PutOptions, StorageBackend } from './backend.js';
 
 const KEY_RE = /^[0-9a-f]{8,}$/;
@@ -217,6 +218,78 @@ export class S3Backend implements StorageBackend {
       }
       token = res.IsTruncated ? res.NextContinuationToken : undefined;
     } while (token);
+  }
+
+  /** Meta names live under PREFIX meta/: never a block key (hex only), skipped by list(). */
+  #metaKey(name: string): string {
+    return `${this.#o.prefix}meta/${checkMetaName(name)}`;
+  }
+
+  async putMeta(name: string, data: Buffer): Promise<void> {
+    const Key = this.#metaKey(name);
+    await this.#bucketForWrites();
+    await this.#retry(`cannot store ${name} in ${this.where}`, (signal) =>
+      this.#client.send(
+        new PutObjectCommand({ Bucket: this.#o.bucket, Key, Body: data, ContentLength: data.length }),
+        { abortSignal: signal },
+      ),
+    );
+  }
+
+  async getMeta(name: string): Promise<Buffer | undefined> {
+    const Key = this.#metaKey(name);
+    try {
+      return await this.#retry(`cannot read ${name} from ${this.where}`, async (signal) => {
+        const res = await this.#client.send(new GetObjectCommand({ Bucket: this.#o.bucket, Key }), {
+          abortSignal: signal,
+        });
+        return readBody(res.Body as Readable, res.ContentLength, undefined, signal);
+      });
+    } catch (err) {
+      // No bucket is no store yet: nothing describes it.
+      if (err instanceof S3Error && isNotFound(err.cause)) return undefined;
+      throw err;
+    }
+  }
+
+  async *listMeta(): AsyncIterable<ObjectInfo> {
+    const prefix = `${this.#o.prefix}meta/`;
+    let token: string | undefined;
+    do {
+      const res = await this.#retry(`cannot list ${this.where}`, (signal) =>
+        this.#client.send(
+          new ListObjectsV2Command({
+            Bucket: this.#o.bucket,
+            Prefix: prefix,
+            ContinuationToken: token,
+            MaxKeys: this.#o.listPageSize,
+          }),
+          { abortSignal: signal },
+        ),
+      ).catch((err: unknown) => {
+        if (err instanceof S3Error && isNoSuchBucket(err.cause)) return undefined;
+        throw err;
+      });
+      if (!res) return;
+      for (const o of res.Contents ?? []) {
+        const name = o.Key?.slice(prefix.length) ?? '';
+        if (!o.Key?.startsWith(prefix) || !META_NAME_RE.test(name)) continue;
+        yield { key: name, size: o.Size ?? 0, mtimeMs: latestMs(o.LastModified) };
+      }
+      token = res.IsTruncated ? res.NextContinuationToken : undefined;
+    } while (token);
+  }
+
+  async deleteMeta(name: string): Promise<void> {
+    const Key = this.#metaKey(name);
+    try {
+      await this.#retry(`cannot delete ${name} from ${this.where}`, (signal) =>
+        this.#client.send(new DeleteObjectCommand({ Bucket: this.#o.bucket, Key }), { abortSignal: signal }),
+      );
+    } catch (err) {
+      if (err instanceof S3Error && isNotFound(err.cause)) return;
+      throw err;
+    }
   }
 
   async close(): Promise<void> {

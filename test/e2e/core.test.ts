@@ -28,7 +28,8 @@ const BS = 64 * 1024;
 
 async function countObjects(dir: string): Promise<number> {
   let n = 0;
-  for (const a of await readdir(dir).catch(() => [] as string[])) {
+  // Fan-out directories only: meta/ holds the descriptor and metadata copies, not objects.
+  for (const a of (await readdir(dir).catch(() => [] as string[])).filter((d) => /^[0-9a-f]{2}$/.test(d))) {
     for (const b of await readdir(join(dir, a))) {
       n += (await readdir(join(dir, a, b))).filter((f) => !f.startsWith('.')).length;
     }

@@ -188,8 +188,9 @@ describe('backup --rbd-export-diff', () => {
       const base = await own.backup(['--rbd-export-diff', '-', 'd@s1'], { input: encodeExportDiff(1, full) });
       // Damage every stored object (flip its last byte): the store verifies on read.
       const { readdir, readFile: read, writeFile: write } = await import('node:fs/promises');
-      const objects = (await readdir(own.dataDir, { recursive: true, withFileTypes: true })).filter((e) =>
-        e.isFile(),
+      // Objects only: meta/ holds the store's descriptor and metadata copies.
+      const objects = (await readdir(own.dataDir, { recursive: true, withFileTypes: true })).filter(
+        (e) => e.isFile() && /^[0-9a-f]{64}$/.test(e.name),
       );
       assert.equal(objects.length, 2);
       for (const o of objects) {

@@ -11,7 +11,8 @@
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import type { ChildProcessWithoutNullStreams } from 'node:child_process';
-import { readFile, writeFile } from 'node:fs/promises';
+import { readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import SQLite from 'better-sqlite3';
 import pg from 'pg';
@@ -150,6 +151,11 @@ for (const e of engines) {
         cfg2,
         `[DEFAULTS]\nblock_size = ${BS}\n[MetaBackend]\nengine = ${e.name === 'sqlite' ? `sqlite:///${db2}` : db2}\n[DataBackend]\ntype = file\npath = ${sb.dataDir}\n`,
       );
+      // A store without descriptor and metadata copies (as written before `recover` existed):
+      // a fresh database over it adopts nothing, and only the import's lease keeps cleanup off
+      // the objects. (With copies, cleanup refuses to run before `recover`: recover.test.ts.)
+      const metaDir = join(sb.dataDir, 'meta');
+      await rename(metaDir, `${metaDir}.saved`);
       const imp = start(cfg2, sb.dir, ['import', '-']);
       imp.child.stdin.write(exported.subarray(0, 3000));
       await leaseOrTimeout(db2!, 'import');
@@ -167,6 +173,9 @@ for (const e of engines) {
       assert.equal(rr.code, 0, rr.stderr);
       await assertSameBytes(small, out);
       assert.deepEqual(await deleted(sb, files), []);
+      // Back to the original database's own store description.
+      await rm(metaDir, { recursive: true, force: true });
+      await rename(`${metaDir}.saved`, metaDir);
     });
 
     it('rm refuses a version being restored; the restore completes byte for byte', async () => {

@@ -54,7 +54,8 @@ async function importCopy(sb: Sandbox, uid: string, iso: string, name?: string):
 async function objectBytes(dir: string): Promise<number> {
   let n = 0;
   for (const e of await readdir(dir, { withFileTypes: true, recursive: true })) {
-    if (e.isFile() && !e.name.startsWith('.')) n += (await stat(join(e.parentPath, e.name))).size;
+    // Objects only: meta/ holds the store's descriptor and metadata copies.
+    if (e.isFile() && /^[0-9a-f]{64}$/.test(e.name)) n += (await stat(join(e.parentPath, e.name))).size;
   }
   return n;
 }

@@ -152,15 +152,25 @@ export function s3Client(s: S3Server): S3Client {
   });
 }
 
-/** Every key in the bucket (under `prefix`). */
-export async function listKeys(c: S3Client, bucket: string, prefix = ''): Promise<string[]> {
+/**
+ * Every block object key in the bucket (under `prefix`); with `meta`, also the store's meta
+ * namespace (`PREFIX meta/...`: descriptor and version copies).
+ */
+export async function listKeys(
+  c: S3Client,
+  bucket: string,
+  prefix = '',
+  opts: { meta?: boolean } = {},
+): Promise<string[]> {
   const keys: string[] = [];
   let token: string | undefined;
   do {
     const res = await c.send(
       new ListObjectsV2Command({ Bucket: bucket, Prefix: prefix || undefined, ContinuationToken: token }),
     );
-    for (const o of res.Contents ?? []) if (o.Key) keys.push(o.Key);
+    for (const o of res.Contents ?? []) {
+      if (o.Key && (opts.meta || !o.Key.slice(prefix.length).startsWith('meta/'))) keys.push(o.Key);
+    }
     token = res.IsTruncated ? res.NextContinuationToken : undefined;
   } while (token);
   return keys.sort();

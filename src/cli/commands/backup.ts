@@ -185,6 +185,8 @@ async function backupFromSource(
     report(ctx, source.name, version, stats);
     printResult(ctx, version, stats);
   } catch (err) {
+    // Invalid at completion: recorded as such, and so is its copy.
+    if (err instanceof IntegrityError && created) await ctx.updateCopies([created.uid]);
     throw leftBehind(ctx, err, created);
   } finally {
     await source.close().catch(() => {});
@@ -262,6 +264,7 @@ async function markVersion(ctx: Context, version: BackupResult['version'], opts:
     await setProtected(meta, [version.uid], true);
     version.protected = true;
   }
+  await ctx.updateCopies([version.uid]);
 }
 
 /** The uid as the last line of stdout; with --json one object with the statistics. */

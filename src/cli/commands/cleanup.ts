@@ -1,5 +1,10 @@
 import { cleanup } from '../../core/cleanup.js';
-import { InterruptedError } from '../../errors.js';
+import { cleanupCopies } from '../../core/copy-cleanup.js';
+import { copyUid } from '../../core/version-copy.js';
+import { BackyError, InterruptedError } from '../../errors.js';
+import type { MetaStore } from '../../meta/meta-store.js';
+import { clearRecoverPending, recoverPending } from '../../meta/store-identity.js';
+import type { BlockStore } from '../../storage/block-store.js';
 import type { Context } from '../context.js';
 import { formatBytes, progressBar } from '../render.js';
 
@@ -7,6 +12,8 @@ export async function cleanupCommand(ctx: Context, opts: { dryRun?: boolean }) {
   const meta = await ctx.meta({ write: 'cleanup' });
   const store = await ctx.store({ root: 'any' });
   const dryRun = Boolean(opts.dryRun);
+  const start = Date.now();
+  await refuseBeforeRecover(ctx, meta, store);
   let r;
   try {
     r = await cleanup({
@@ -22,7 +29,20 @@ export async function cleanupCommand(ctx: Context, opts: { dryRun?: boolean }) {
     }
     throw err;
   }
+  const copies = await cleanupCopies({
+    meta,
+    store,
+    storeId: (await ctx.descriptor()).storeId,
+    cutoffMs: start,
+    dryRun,
+  });
   const would = dryRun ? 'would be ' : '';
+  if (copies.removed.length > 0 || copies.written.length > 0) {
+    ctx.log.info(
+      `Metadata copies in the store: ${copies.removed.length} of removed versions ${would}deleted, ${copies.written.length} missing ${would}written`,
+    );
+  }
+  if (copies.held) ctx.log.info('No metadata copy is deleted while a recover runs');
   if (r.leasesReleased > 0) ctx.log.info(`${r.leasesReleased} leases of crashed backups ${would}released`);
   for (const v of r.versionsRemoved) {
     ctx.log.info(`Incomplete version ${v.uid} (${v.name}) has no running backup: ${would}removed`);
@@ -63,4 +83,24 @@ export async function cleanupCommand(ctx: Context, opts: { dryRun?: boolean }) {
     );
     for (const v of r.versionsRemoved) ctx.out(`removed ${v.uid}`);
   }
+}
+
+/**
+ * A database that adopted an existing store's descriptor and has not run recover yet lacks
+ * versions the store holds: their objects and copies would look like garbage. Refused while
+ * the store holds a copy of a version the database lacks (once every copy has its version,
+ * e.g. after imports, the mark goes).
+ */
+async function refuseBeforeRecover(ctx: Context, meta: MetaStore, store: BlockStore): Promise<void> {
+  if (!(await recoverPending(meta))) return;
+  for await (const o of store.backend.listMeta()) {
+    const uid = copyUid(o.key);
+    if (uid && !(await meta.findVersion(uid))) {
+      throw new BackyError(
+        `this database was created over an existing store whose versions it lacks (e.g. ${uid}): run 'backy recover' first, or cleanup would delete their blocks; nothing was deleted`,
+      );
+    }
+  }
+  await clearRecoverPending(meta);
+  ctx.log.debug('every metadata copy has its version: cleanup may run');
 }

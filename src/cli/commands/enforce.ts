@@ -44,6 +44,7 @@ export async function enforceCommand(
       }
       if (!opts.dryRun) await meta.removeVersion(uid);
       removed.push(v);
+      if (!opts.dryRun) await ctx.updateCopies([uid]);
       if (!ctx.json) ctx.out(ctx.machine ? `removed ${uid} ${v.name} ${formatDate(v.date)}` : uid);
     }
   }

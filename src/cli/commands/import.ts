@@ -15,6 +15,7 @@ export async function importCommand(ctx: Context, file: string) {
     }
     throw err;
   }
+  await ctx.updateCopies([r.version.uid]);
   if (r.missing > 0) {
     ctx.log.warn(
       `${r.missing} blocks reference objects that are missing or invalid in the data store; they are marked invalid`,

@@ -11,6 +11,7 @@ export async function labelCommand(ctx: Context, uidArg: string, changes: string
   const change = parseLabelChanges(changes);
   const meta = await ctx.meta({ write: 'label' });
   await changeLabels(meta, uid, change);
+  await ctx.updateCopies([uid]);
   const labels = (await labelsOf(meta, [uid])).get(uid) ?? {};
   ctx.log.info(`Labels of ${uid}: ${formatLabels(labels, ', ') || '(none)'}`);
   if (ctx.json) ctx.out(JSON.stringify({ uid, labels }));

@@ -7,6 +7,7 @@ export async function protectCommand(ctx: Context, uidArgs: string[], value: boo
   const uids = uidArgs.map(parseUid);
   const meta = await ctx.meta({ write: value ? 'protect' : 'unprotect' });
   await setProtected(meta, uids, value);
+  await ctx.updateCopies(uids);
   for (const uid of uids) ctx.log.info(`${value ? 'Protected' : 'Unprotected'} version ${uid}`);
   if (ctx.json) ctx.out(JSON.stringify({ protected: value, uids }));
 }

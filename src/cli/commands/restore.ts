@@ -84,6 +84,7 @@ export async function restoreCommand(
     await target?.close().catch(() => {});
     await held.release();
   }
+  await ctx.updateCopies(result.versionsAffected);
   for (const bad of result.bad.slice(0, 20))
     ctx.log.error(`block ${bad.idx}: ${bad.reason}; written as zeros`);
   if (result.bad.length > 20) ctx.log.error(`... and ${result.bad.length - 20} more bad blocks`);

@@ -22,6 +22,7 @@ export async function rmCommand(ctx: Context, uidArg: string, opts: { force?: bo
       );
     }
   }
+  await ctx.updateCopies([uid]);
   ctx.log.info(
     `Removed version ${uid} (${version.name}, ${version.status}); run 'backy cleanup' to free blocks no other version uses`,
   );

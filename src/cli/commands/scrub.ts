@@ -65,6 +65,7 @@ export async function scrubCommand(
     await source?.close().catch(() => {});
     await held.release();
   }
+  await ctx.updateCopies(result.revalidated ? [uid, ...result.versionsAffected] : result.versionsAffected);
   for (const p of result.problems.slice(0, 20)) {
     ctx.log.error(`block ${p.idx}: ${p.reason}`);
   }

@@ -1,0 +1,100 @@
+/**
+ * How a metadata copy (an export of one version, kept in the store's meta namespace) is
+ * encoded: like a block object, but its name is not the hash of its content, so it has a
+ * format of its own that can never pass for a block.
+ *
+ * Format (version 1): a 16-byte header, then the payload.
+ *   0..3   magic "BKYM"
+ *   4      format version (1)
+ *   5      compression: 0 = none, 1 = zstd (one frame)
+ *   6      encryption: 0 = none, 1 = AES-256-GCM
+ *   7      reserved (0)
+ *   8..15  plaintext length, unsigned 64-bit little endian
+ * With AES-256-GCM the payload is nonce (12, random) | ciphertext | tag (16), and the
+ * authenticated data is the header followed by the copy's name (ASCII): a copy moved onto
+ * another version's name, or altered anywhere, fails authentication.
+ */
+import { createCipheriv, createDecipheriv, randomBytes } from 'node:crypto';
+import { compress, decompress } from 'zstd-napi';
+import type { Compression } from './codec.js';
+
+const MAGIC = Buffer.from('BKYM');
+const HEADER = 16;
+const NONCE = 12;
+const TAG = 16;
+/** Far beyond any real copy (a 1 PiB image of 4 MiB blocks is ~30 GB of JSON); a header claiming more is damage. */
+const MAX_PLAIN = 2 ** 40;
+
+export interface MetaCodecSpec {
+  compression: Compression;
+  /** The store's encryption sub-key; absent for a plaintext store. */
+  key?: Buffer;
+}
+
+/** A copy that cannot be decoded: wrong format, truncated, tampered, or another store's key. */
+export class DamagedCopyError extends Error {}
+
+export function encodeMetaObject(name: string, plain: Buffer, spec: MetaCodecSpec): Buffer {
+  let body = plain;
+  let comp = 0;
+  if (spec.compression.codec === 'zstd') {
+    const z = compress(plain, { compressionLevel: spec.compression.level });
+    if (z.length < plain.length) {
+      body = z;
+      comp = 1;
+    }
+  }
+  const header = Buffer.alloc(HEADER);
+  MAGIC.copy(header, 0);
+  header[4] = 1;
+  header[5] = comp;
+  header[6] = spec.key ? 1 : 0;
+  header.writeBigUInt64LE(BigInt(plain.length), 8);
+  if (!spec.key) return Buffer.concat([header, body]);
+  const nonce = randomBytes(NONCE);
+  const c = createCipheriv('aes-256-gcm', spec.key, nonce);
+  c.setAAD(Buffer.concat([header, Buffer.from(name, 'ascii')]));
+  const ct = Buffer.concat([c.update(body), c.final()]);
+  return Buffer.concat([header, nonce, ct, c.getAuthTag()]);
+}
+
+export function decodeMetaObject(name: string, obj: Buffer, spec: MetaCodecSpec): Buffer {
+  if (obj.length < HEADER || !obj.subarray(0, 4).equals(MAGIC)) {
+    throw new DamagedCopyError('not a backy metadata copy (bad header)');
+  }
+  if (obj[4] !== 1) throw new DamagedCopyError(`unknown copy format version ${obj[4]}`);
+  const comp = obj[5];
+  const enc = obj[6];
+  const length = Number(obj.readBigUInt64LE(8));
+  if (comp > 1 || enc > 1 || obj[7] !== 0 || length > MAX_PLAIN) {
+    throw new DamagedCopyError('bad header');
+  }
+  let body = obj.subarray(HEADER);
+  if (enc === 1) {
+    if (!spec.key) throw new DamagedCopyError('encrypted, but this store has no key configured');
+    if (body.length < NONCE + TAG) throw new DamagedCopyError('truncated');
+    const d = createDecipheriv('aes-256-gcm', spec.key, body.subarray(0, NONCE));
+    d.setAAD(Buffer.concat([obj.subarray(0, HEADER), Buffer.from(name, 'ascii')]));
+    d.setAuthTag(body.subarray(body.length - TAG));
+    try {
+      body = Buffer.concat([d.update(body.subarray(NONCE, body.length - TAG)), d.final()]);
+    } catch {
+      throw new DamagedCopyError('authentication failed (tampered, truncated, moved, or another key)');
+    }
+  } else if (spec.key) {
+    // An encrypted store writes encrypted copies only: a plaintext one was put there by someone else.
+    throw new DamagedCopyError('not encrypted, but this store is');
+  }
+  let plain: Buffer;
+  if (comp === 1) {
+    try {
+      plain = decompress(body);
+    } catch {
+      throw new DamagedCopyError('cannot be decompressed (truncated or damaged)');
+    }
+  } else plain = body;
+  if (plain.length !== length) {
+    throw new DamagedCopyError(`holds ${plain.length} bytes, its header says ${length} (truncated?)`);
+  }
+  return plain;
+}
