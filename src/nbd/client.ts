@@ -211,12 +211,18 @@ export class NbdClient {
 
   /** Sends NBD_CMD_DISC and closes; pending requests fail. */
   async close(): Promise<void> {
-    if (!this.#broken && !this.#socket.destroyed) {
-      this.#socket.end(
-        P.encodeRequest({ flags: 0, type: P.CMD.DISC, cookie: ++this.#cookie, offset: 0, length: 0 }),
-      );
+    if (this.#broken) return;
+    this.#broken = new InputError(`NBD source ${this.uri} is closed`);
+    for (const [cookie, p] of this.#pending) {
+      this.#pending.delete(cookie);
+      p.reject(this.#broken);
     }
-    this.#fail(new InputError(`NBD source ${this.uri} is closed`));
+    // destroy() would drop the DISC unsent; the server closes on it, and a server that does
+    // not is cut off after a second (unref'd: it never keeps the process alive).
+    this.#socket.end(
+      P.encodeRequest({ flags: 0, type: P.CMD.DISC, cookie: ++this.#cookie, offset: 0, length: 0 }),
+    );
+    setTimeout(() => this.#socket.destroy(), 1000).unref();
   }
 
   #request(type: number, offset: number, length: number, extra: Partial<Pending>): Promise<void> {
