@@ -16,7 +16,8 @@
 import { connect as netConnect } from 'node:net';
 import type { Socket } from 'node:net';
 import { InputError } from '../errors.js';
-import { ByteReader, ConnectionClosed } from './byte-reader.js';
+import { ConnectionClosed } from './byte-reader.js';
+import { DirectReader } from './direct-reader.js';
 import * as P from './protocol.js';
 
 /** Where an NBD URI points: a Unix socket or a TCP address, and the export name. */
@@ -100,7 +101,7 @@ export class NbdClient {
   /** Negotiated meta contexts: name -> id. */
   readonly contexts: ReadonlyMap<string, number>;
   readonly #socket: Socket;
-  readonly #reader: ByteReader;
+  readonly #reader: DirectReader;
   readonly #structured: boolean;
   readonly #pending = new Map<bigint, Pending>();
   #cookie = 0n;
@@ -109,7 +110,7 @@ export class NbdClient {
   private constructor(
     uri: string,
     socket: Socket,
-    reader: ByteReader,
+    reader: DirectReader,
     info: { size: number; maxRequest: number; structured: boolean; contexts: Map<string, number> },
   ) {
     this.uri = uri;
@@ -129,9 +130,10 @@ export class NbdClient {
   /** Connects, negotiates `metaContexts` (those the server offers; see `contexts`) and opens the export. */
   static async connect(address: NbdAddress, metaContexts: readonly string[] = []): Promise<NbdClient> {
     const { uri } = address;
+    const reader = new DirectReader();
     const socket = address.socket
-      ? netConnect({ path: address.socket })
-      : netConnect({ host: address.host!, port: address.port! });
+      ? netConnect({ path: address.socket, onread: reader.onread })
+      : netConnect({ host: address.host!, port: address.port!, onread: reader.onread });
     socket.setNoDelay(true);
     try {
       await new Promise<void>((resolve, reject) => {
@@ -144,7 +146,7 @@ export class NbdClient {
       throw new InputError(`cannot connect to NBD source ${uri}: ${code}`);
     }
     socket.on('error', () => {}); // the reader reports it
-    const reader = new ByteReader(socket);
+    reader.attach(socket);
     // The handshake gets the same bound on silence as requests.
     socket.setTimeout(TIMEOUT_MS, () => socket.destroy(new Error(`no answer for ${TIMEOUT_MS / 1000} s`)));
     try {
@@ -369,7 +371,7 @@ interface Negotiated {
 
 async function handshake(
   socket: Socket,
-  reader: ByteReader,
+  reader: DirectReader,
   address: NbdAddress,
   metaContexts: readonly string[],
 ): Promise<Negotiated> {
@@ -437,7 +439,7 @@ async function handshake(
 /** A server without NBD_OPT_GO (old nbd-server): no block sizes, no meta contexts. */
 async function exportNameFallback(
   socket: Socket,
-  reader: ByteReader,
+  reader: DirectReader,
   address: NbdAddress,
   noZeroes: boolean,
   structured: boolean,
