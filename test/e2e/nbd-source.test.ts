@@ -144,6 +144,33 @@ describe('NBD URIs as sources', { skip }, () => {
     await assertSameBytes(file, sb.path('kit.restored'));
   });
 
+  it("splits reads at the server's maximum request size", async () => {
+    const file = sb.path('small-max.raw');
+    await writeFile(file, randomBytesSeeded('small-max', 3 * MiB + 8192));
+    const socket = sb.path('small-max.sock');
+    const log = sb.path('small-max.log');
+    // The server advertises 256 KiB as its maximum and fails any larger request (EINVAL).
+    await start(
+      nbdkit(socket, [
+        '--filter=log',
+        '--filter=blocksize-policy',
+        'file',
+        file,
+        `logfile=${log}`,
+        'blocksize-maximum=256K',
+        'blocksize-error-policy=error',
+      ]),
+    );
+    const r = await sb.ok(['backup', unixUri(socket), 'small-max@1']);
+    const uid = r.stdout.trim().split('\n').pop()!;
+    const counts = [
+      ...(await readFile(log, 'utf8')).matchAll(/ Read id=\d+ offset=0x[0-9a-f]+ count=(0x[0-9a-f]+)/g),
+    ].map((m) => Number(m[1]));
+    assert.ok(counts.length >= 13 && counts.every((c) => c <= 256 * 1024), counts.join(' '));
+    await sb.ok(['restore', uid, sb.path('small-max.restored')]);
+    await assertSameBytes(file, sb.path('small-max.restored'));
+  });
+
   it('copies a version served by backy nbd (round trip)', async () => {
     const file = sb.path('own.raw');
     await writeFile(file, '');
