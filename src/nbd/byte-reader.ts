@@ -60,15 +60,6 @@ export class ByteReader {
     return out;
   }
 
-  /** Exactly `n` bytes into `into` at `at`, without an intermediate buffer (large read replies). */
-  async readInto(into: Buffer, at: number, n: number): Promise<void> {
-    let filled = 0;
-    while (filled < n) {
-      await this.#waitFor(1);
-      filled += this.#take(into, at + filled, n - filled);
-    }
-  }
-
   /** Discards exactly `n` bytes as they arrive. */
   async skip(n: number): Promise<void> {
     let left = n;
