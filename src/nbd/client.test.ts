@@ -1,9 +1,10 @@
 /**
  * The NBD client's URI parsing, and its answer to servers that break the protocol. No real
  * server reports extents past the end of its export or answers a read with garbage, so those
- * two faults come from a scripted server built on the same protocol module (the only fake
- * here); everything a real server can do is tested against qemu-nbd and nbdkit in
- * test/e2e/nbd-source.test.ts.
+ * faults come from a scripted server built on the same protocol module (the only fake here);
+ * it also stays silent or idle for the timeout tests, which pass the client a 300 ms timeout
+ * instead of the real 120 s. Everything a real server can do is tested against qemu-nbd and
+ * nbdkit in test/e2e/nbd-source.test.ts.
  */
 import assert from 'node:assert/strict';
 import { mkdtemp, rm } from 'node:fs/promises';
@@ -15,7 +16,7 @@ import { after, before, describe, it } from 'node:test';
 import { InputError } from '../errors.js';
 import { NbdSource } from '../source/nbd-source.js';
 import { ByteReader } from './byte-reader.js';
-import { parseNbdUri } from './client.js';
+import { NbdClient, parseNbdUri } from './client.js';
 import * as P from './protocol.js';
 
 describe('parseNbdUri', () => {
@@ -52,7 +53,7 @@ describe('parseNbdUri', () => {
   });
 });
 
-type Misbehaviour = 'extents-past-end' | 'garbage-read';
+type Misbehaviour = 'extents-past-end' | 'garbage-read' | 'silent' | 'none';
 const SIZE = 4 << 20;
 
 /** Handshake like a real server (structured replies, base:allocation, GO), then misbehaves. */
@@ -82,6 +83,9 @@ async function scripted(socket: Socket, how: Misbehaviour): Promise<void> {
           { length: SIZE, flags: 0 },
         ]),
       );
+    } else if (req.type === P.CMD.READ && how === 'none') {
+      socket.write(P.encodeDataChunkHeader(req.cookie, P.REPLY_FLAG_DONE, req.offset, req.length));
+      socket.write(Buffer.alloc(req.length, 7));
     } else if (req.type === P.CMD.READ && how === 'garbage-read') {
       socket.write(Buffer.from('this is not an NBD reply at all'));
     }
@@ -126,6 +130,39 @@ describe('NbdClient against a server that breaks the protocol', () => {
       await assert.rejects(source.read(0, 4096), /past the end of the export/);
     } finally {
       await source.close();
+    }
+  });
+
+  it(
+    'a server that stops answering fails the pending reads after the timeout, never hangs',
+    { timeout: 10_000 },
+    async () => {
+      const uri = await serve('silent');
+      const client = await NbdClient.connect(parseNbdUri(uri), [], 300);
+      try {
+        const t0 = Date.now();
+        await assert.rejects(
+          client.read(0, 4096),
+          (e: Error) =>
+            e instanceof InputError &&
+            /no reply from the server for 0.3 s/.test(e.message) &&
+            e.message.includes(uri),
+        );
+        assert.ok(Date.now() - t0 < 5000);
+      } finally {
+        await client.close();
+      }
+    },
+  );
+
+  it('an idle connection outlasts the timeout: only requests without a reply time out', async () => {
+    const uri = await serve('none');
+    const client = await NbdClient.connect(parseNbdUri(uri), [], 300);
+    try {
+      await new Promise((r) => setTimeout(r, 800));
+      assert.deepEqual(await client.read(4096, 8192), Buffer.alloc(8192, 7));
+    } finally {
+      await client.close();
     }
   });
 

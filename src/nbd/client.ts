@@ -112,6 +112,7 @@ export class NbdClient {
     socket: Socket,
     reader: DirectReader,
     info: { size: number; maxRequest: number; structured: boolean; contexts: Map<string, number> },
+    timeoutMs: number,
   ) {
     this.uri = uri;
     this.#socket = socket;
@@ -120,15 +121,19 @@ export class NbdClient {
     this.maxRequest = info.maxRequest;
     this.#structured = info.structured;
     this.contexts = info.contexts;
-    socket.setTimeout(TIMEOUT_MS, () => {
+    socket.setTimeout(timeoutMs, () => {
       if (this.#pending.size > 0)
-        this.#fail(this.#error(`no reply from the server for ${TIMEOUT_MS / 1000} s`));
+        this.#fail(this.#error(`no reply from the server for ${timeoutMs / 1000} s`));
     });
     this.#receive().catch((err: unknown) => this.#fail(this.#transportError(err)));
   }
 
   /** Connects, negotiates `metaContexts` (those the server offers; see `contexts`) and opens the export. */
-  static async connect(address: NbdAddress, metaContexts: readonly string[] = []): Promise<NbdClient> {
+  static async connect(
+    address: NbdAddress,
+    metaContexts: readonly string[] = [],
+    timeoutMs = TIMEOUT_MS,
+  ): Promise<NbdClient> {
     const { uri } = address;
     const reader = new DirectReader();
     const socket = address.socket
@@ -148,10 +153,13 @@ export class NbdClient {
     socket.on('error', () => {}); // the reader reports it
     reader.attach(socket);
     // The handshake gets the same bound on silence as requests.
-    socket.setTimeout(TIMEOUT_MS, () => socket.destroy(new Error(`no answer for ${TIMEOUT_MS / 1000} s`)));
+    const silent = () => socket.destroy(new Error(`no answer for ${timeoutMs / 1000} s`));
+    socket.setTimeout(timeoutMs, silent);
     try {
       const info = await handshake(socket, reader, address, metaContexts);
-      return new NbdClient(uri, socket, reader, info);
+      // Idle after the handshake is fine: only requests without a reply time out (below).
+      socket.off('timeout', silent);
+      return new NbdClient(uri, socket, reader, info, timeoutMs);
     } catch (err) {
       socket.destroy();
       if (err instanceof InputError) throw err;
