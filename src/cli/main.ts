@@ -80,12 +80,19 @@ export async function main(argv: string[]): Promise<number> {
     )
     .usage('[options] SOURCE NAME\n       backy backup --rbd-export-diff FILE|- [-f UID] NAME')
     // Both optional for commander: with --rbd-export-diff only NAME is given; the command checks.
-    .argument('[source]', 'image file, block device, or - for stdin')
+    .argument(
+      '[source]',
+      'image file, block device, - for stdin, or an NBD URI (nbd://HOST[:PORT]/EXPORT, nbd+unix:///EXPORT?socket=PATH)',
+    )
     .argument('[name]', 'version name, e.g. vm1@backup1')
     .option('-r, --rbd <hints>', 'rbd diff --format=json output: read only the regions it names')
     .option(
       '--thin-delta <file>',
       "thin_delta XML (LVM thin; --snap1 = the -f base's snapshot, --snap2 = SOURCE): read only what changed",
+    )
+    .option(
+      '--dirty-bitmap <name>',
+      'qemu dirty bitmap NAME of the NBD SOURCE (qemu:dirty-bitmap:NAME, e.g. qemu-nbd -B NAME): read only its dirty extents',
     )
     .option('-f, --from <uid>', 'base version: copy its block list and read only what changed')
     .option(

@@ -272,7 +272,7 @@ async function verifyHints(
   const hint =
     'nothing was stored. Check that the hints are for this image' +
     (base ? ' and base snapshot' : '') +
-    ', or back up without -r';
+    ', or back up without hints';
   const discarded = pickBlocks(actions, DISCARD, count);
   for (const idx of discarded) {
     const zero = await buffers.with(async (buf) =>

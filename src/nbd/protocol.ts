@@ -344,6 +344,12 @@ export function encodeExportNameReply(size: number, flags: number, noZeroes: boo
   return b;
 }
 
+/** The client's view of an EXPORT_NAME reply: its first 10 bytes (the padding is skipped apart). */
+export function decodeExportNameReply(b: Buffer): { size: number; flags: number } {
+  need(b, 10, 'export name reply');
+  return { size: u64(b, 0, 'export size'), flags: b.readUInt16BE(8) };
+}
+
 // ---- transmission ----
 
 export interface Request {

@@ -9,6 +9,8 @@ import type { Readable } from 'node:stream';
 import { InputError, NotFoundError, BackyError, ioReason } from '../errors.js';
 import { dataExtents, seekSupported } from './extents.js';
 import type { Extent } from './extents.js';
+import { isNbdUri } from '../nbd/client.js';
+import { NbdSource } from './nbd-source.js';
 
 export interface RandomSource {
   readonly kind: 'random';
@@ -43,6 +45,7 @@ export type Source = RandomSource | StreamSource;
 
 export async function openSource(path: string, stdin: Readable = process.stdin): Promise<Source> {
   if (path === '-') return streamSource('stdin', stdin);
+  if (isNbdUri(path)) return NbdSource.open(path);
   let fh: FileHandle;
   try {
     fh = await open(path, constants.O_RDONLY);

@@ -17,6 +17,8 @@ import { parseThinDelta } from '../../hints/thin-delta.js';
 import type { HintExtent } from '../../hints/rbd-diff.js';
 import { TooLargeError, readChunksLimited } from '../../util/read-limited.js';
 import { openSource } from '../../source/source.js';
+import { NbdSource } from '../../source/nbd-source.js';
+import { isNbdUri } from '../../nbd/client.js';
 import type { Context } from '../context.js';
 import { parseUid } from '../context.js';
 import { formatBytes, progressBar, versionJsonFields } from '../render.js';
@@ -30,6 +32,7 @@ export interface BackupCliOptions {
   protect?: boolean;
   label?: string[];
   thinDelta?: string;
+  dirtyBitmap?: string;
 }
 
 /**
@@ -71,8 +74,26 @@ export async function backupCommand(
   const baseUid = opts.from !== undefined ? parseUid(opts.from) : undefined;
   let hints: HintSource | undefined;
   let hintFile: FileHandle | undefined;
-  if (opts.rbd !== undefined && opts.thinDelta !== undefined) {
-    throw new UsageError('-r and --thin-delta exclude each other: give one source of change hints');
+  const hintOptions = [
+    opts.rbd !== undefined && '-r',
+    opts.thinDelta !== undefined && '--thin-delta',
+    opts.dirtyBitmap !== undefined && '--dirty-bitmap',
+  ].filter((o) => o !== false);
+  if (hintOptions.length > 1) {
+    throw new UsageError(`${hintOptions.join(' and ')} exclude each other: give one source of change hints`);
+  }
+  if (opts.dirtyBitmap !== undefined) {
+    if (!isNbdUri(sourcePath)) {
+      throw new UsageError(
+        `--dirty-bitmap needs an NBD SOURCE (nbd+unix:///EXPORT?socket=PATH or nbd://HOST/EXPORT), not ${sourcePath}`,
+      );
+    }
+    if (opts.dirtyBitmap === '') throw new UsageError('--dirty-bitmap needs a bitmap name');
+    if (baseUid === undefined) {
+      throw new UsageError(
+        '--dirty-bitmap needs -f UID: the backup taken when the bitmap was started (clean extents are kept from it)',
+      );
+    }
   }
   if (opts.thinDelta !== undefined) {
     if (sourcePath === '-') throw new UsageError('--thin-delta needs a seekable SOURCE, not stdin');
@@ -108,6 +129,17 @@ export async function backupCommand(
   } finally {
     await hintFile?.close().catch(() => {});
   }
+}
+
+/** The bitmap's dirty extents as hints (exists: read); clean extents are kept from the base. */
+function dirtyBitmapHints(source: NbdSource, bitmap: string): HintSource {
+  return {
+    name: `dirty bitmap ${bitmap} of ${source.name}`,
+    read: async (onExtent) => {
+      let index = 0;
+      for await (const e of source.dirtyExtents()) onExtent(e, index++);
+    },
+  };
 }
 
 async function readThinDeltaFile(
@@ -160,7 +192,12 @@ async function backupFromSource(
 ) {
   const meta = await ctx.meta({ write: 'backup' });
   const store = await ctx.store({ root: 'create' });
-  const source = await openSource(sourcePath);
+  const source =
+    opts.dirtyBitmap !== undefined
+      ? await NbdSource.open(sourcePath, { dirtyBitmap: opts.dirtyBitmap })
+      : await openSource(sourcePath);
+  if (source instanceof NbdSource && opts.dirtyBitmap !== undefined)
+    hints = dirtyBitmapHints(source, opts.dirtyBitmap);
   let created: Version | undefined;
   try {
     const { version, stats } = await backup({
@@ -288,9 +325,15 @@ function report(
 
 async function exportDiffBackup(ctx: Context, file: string, name: string, opts: BackupCliOptions) {
   checkName(name);
-  if (opts.rbd !== undefined || opts.thinDelta !== undefined) {
+  if (opts.rbd !== undefined || opts.thinDelta !== undefined || opts.dirtyBitmap !== undefined) {
+    const other =
+      opts.rbd !== undefined
+        ? '-r (hints)'
+        : opts.thinDelta !== undefined
+          ? '--thin-delta'
+          : '--dirty-bitmap';
     throw new UsageError(
-      `${opts.rbd !== undefined ? '-r (hints)' : '--thin-delta'} and --rbd-export-diff exclude each other: the export-diff names the changes itself`,
+      `${other} and --rbd-export-diff exclude each other: the export-diff names the changes itself`,
     );
   }
   const snapshotName = checkSnapshotName(opts.snapshotName);
