@@ -77,7 +77,21 @@ export class Context {
         // The store's descriptor first: a fresh database takes its settings (hash function,
         // encryption, key fingerprint), one of another store is refused before anything else.
         const backend = await this.#openBackend();
-        const desc = await readDescriptor(backend);
+        let desc: Descriptor | undefined;
+        try {
+          desc = await readDescriptor(backend);
+        } catch (err) {
+          // An unreachable store (gateway down, directory unmounted) must not stop commands that
+          // only read the database (ls, du): a database that already belongs to a store goes on
+          // unchecked; commands that write, or a fresh database, need the descriptor.
+          const known = await meta.db
+            .selectFrom('settings')
+            .select('value')
+            .where('key', '=', 'store_id')
+            .executeTakeFirst();
+          if (opts.write !== undefined || !known) throw err;
+          this.log.debug(`store descriptor not read: ${errorMessage(err)}`);
+        }
         if (desc && (await checkDescriptor(meta, desc, backend.url)) === 'adopted') {
           await meta.close();
           meta = undefined;

@@ -9,6 +9,8 @@ import { checkTargetOutsideStore } from '../../target/target.js';
 export async function exportCommand(ctx: Context, uidArg: string, file: string) {
   const uid = parseUid(uidArg);
   const meta = await ctx.meta();
+  // The path is checked before the version is held: a refused FILE leaves the database as it was.
+  await checkTargetOutsideStore(file, storePaths(ctx), 'export file');
   const held = await holdVersion(meta, uid, 'export', { bestEffort: true }); // not found: fail before creating FILE
   let blocks: number;
   if (held.unheld) {
@@ -17,7 +19,6 @@ export async function exportCommand(ctx: Context, uidArg: string, file: string) 
     );
   }
   try {
-    await checkTargetOutsideStore(file, storePaths(ctx), 'export file');
     const target = await openExportTarget(file);
     try {
       blocks = await exportVersion({ meta, uid, out: target.out, signal: ctx.signal });
