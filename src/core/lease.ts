@@ -53,7 +53,12 @@ export async function hold(meta: MetaStore, kind: string, versionUid: string | n
       if (released) return;
       released = true;
       stop();
-      await meta.releaseLease(lease.id).catch(() => {});
+      // Tried twice: a release that fails leaves a row that only the next cleanup drops (the
+      // holder's pid is gone by then, so it never counts as live, but rm and cleanup see it).
+      await meta.releaseLease(lease.id).catch(async () => {
+        await new Promise((r) => setTimeout(r, 200));
+        await meta.releaseLease(lease.id).catch(() => {});
+      });
     },
   };
 }

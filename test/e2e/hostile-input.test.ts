@@ -46,7 +46,10 @@ async function listTree(root: string): Promise<string[]> {
 }
 
 function dumpDb(path: string): string {
-  const db = new Database(path, { readonly: true, fileMustExist: true });
+  // Read-write (it writes nothing): a read-only connection opened just as the command's own
+  // connection closes (checkpointing and removing its -wal) was seen to read a state from before
+  // the command's last commit, e.g. a lease row the command had already deleted.
+  const db = new Database(path, { fileMustExist: true });
   try {
     return ['versions', 'blocks', 'objects', 'leases', 'settings']
       .map((t) => JSON.stringify(db.prepare(`SELECT * FROM ${t} ORDER BY 1, 2`).all()))
