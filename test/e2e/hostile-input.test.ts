@@ -45,17 +45,41 @@ async function listTree(root: string): Promise<string[]> {
   return out.sort();
 }
 
+/**
+ * The metadata, less the leases table: the cases run four at a time on one sandbox, so another
+ * case's command may hold a lease while this one is checked (see leakedLeases).
+ */
 function dumpDb(path: string): string {
   // Read-write (it writes nothing): a read-only connection opened just as the command's own
-  // connection closes (checkpointing and removing its -wal) was seen to read a state from before
-  // the command's last commit, e.g. a lease row the command had already deleted.
+  // connection closes (checkpointing and removing its -wal) may read a state from before
+  // the command's last commit.
   const db = new Database(path, { fileMustExist: true });
   try {
-    return ['versions', 'blocks', 'objects', 'leases', 'settings']
+    return ['versions', 'blocks', 'objects', 'settings']
       .map((t) => JSON.stringify(db.prepare(`SELECT * FROM ${t} ORDER BY 1, 2`).all()))
       .join('\n');
   } finally {
     db.close();
+  }
+}
+
+/** Lease rows whose process has exited: a command that ended without releasing what it held. */
+function leakedLeases(path: string): unknown[] {
+  const db = new Database(path, { fileMustExist: true });
+  try {
+    const rows = db.prepare('SELECT * FROM leases').all() as { pid: number }[];
+    return rows.filter((l) => !pidAlive(l.pid));
+  } finally {
+    db.close();
+  }
+}
+
+function pidAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
   }
 }
 
@@ -105,6 +129,15 @@ describe('hostile input is refused with one line and changes nothing', { concurr
   after(async () => {
     // ls -m, once more, after every case.
     if (sb) assert.equal((await sb.ok(['-m', 'ls'])).stdout, lsBefore);
+    // Every case has ended: no lease at all may remain, live or not.
+    if (sb) {
+      const db = new Database(sb.dbPath, { fileMustExist: true });
+      try {
+        assert.deepEqual(db.prepare('SELECT * FROM leases').all(), [], 'no lease after all cases');
+      } finally {
+        db.close();
+      }
+    }
     await sb?.remove();
   });
 
@@ -629,6 +662,7 @@ describe('hostile input is refused with one line and changes nothing', { concurr
       assert.match(message, c.re);
       assert.equal(r.stdout, '', 'nothing on stdout');
       assert.equal(dumpDb(sb.dbPath), dbBefore, 'metadata unchanged');
+      assert.deepEqual(leakedLeases(sb.dbPath), [], 'no lease left behind');
       assert.deepEqual(await listTree(sb.dataDir), dataBefore, 'data directory unchanged');
     });
   }
