@@ -14,6 +14,7 @@ import { checkDescriptor, describeStore, readDescriptor } from '../core/store-de
 import type { Descriptor } from '../core/store-descriptor.js';
 import { DirBackend } from '../storage/dir-backend.js';
 import { readKeyFile } from '../storage/keyfile.js';
+import { passphraseSource } from './passphrase.js';
 import type { StoreKeys } from '../storage/keyfile.js';
 import { CodecPool } from '../util/codec-pool.js';
 import { openBackend } from '../storage/open-backend.js';
@@ -70,7 +71,7 @@ export class Context {
   async meta(opts: { write?: string } = {}): Promise<MetaStore> {
     if (!this.#meta) {
       const enc = this.config.dataBackend.encryption;
-      if (enc) this.#keys = readKeyFile(enc.keyFile);
+      if (enc) this.#keys = await readKeyFile(enc.keyFile, passphraseSource());
       const open = () => MetaStore.open(this.config.engine, { hashFunction: this.config.hashFunction });
       let meta: MetaStore | undefined = await open();
       try {

@@ -259,8 +259,26 @@ export async function main(argv: string[]): Promise<number> {
     .command('create')
     .description('write a new random key file FILE (mode 0600; never overwrites)')
     .argument('<file>')
+    .option(
+      '--passphrase',
+      'seal the key under a passphrase (from BACKY_NEW_PASSPHRASE, or typed twice on the terminal)',
+    )
     .action(
-      run(async (ctx, file: string) => (await import('./commands/key.js')).keyCreateCommand(ctx, file)),
+      run(async (ctx, file: string, opts: { passphrase?: boolean }) =>
+        (await import('./commands/key.js')).keyCreateCommand(ctx, file, opts),
+      ),
+    );
+  key
+    .command('passphrase')
+    .description(
+      "add or change the passphrase of key file FILE (--remove: store the key unsealed); the store's key stays the same",
+    )
+    .argument('<file>')
+    .option('--remove', 'remove the passphrase: the key is stored in the clear (mode 0600)')
+    .action(
+      run(async (ctx, file: string, opts: { remove?: boolean }) =>
+        (await import('./commands/key.js')).keyPassphraseCommand(ctx, file, opts),
+      ),
     );
 
   program

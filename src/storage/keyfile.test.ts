@@ -4,7 +4,11 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { ConfigError, InputError } from '../errors.js';
-import { createKeyFile, deriveKeys, readKeyFile } from './keyfile.js';
+import { DEFAULT_KDF } from './key-wrap.js';
+import { createKeyFile, deriveKeys, isSealedKeyFile, readKeyFile, rewrapKeyFile } from './keyfile.js';
+
+const noPassphrase = () => Promise.reject(new Error('no passphrase should be asked for a plain key file'));
+const given = (p: string) => () => Promise.resolve(p);
 
 describe('key files', () => {
   let dir: string;
@@ -15,7 +19,7 @@ describe('key files', () => {
     const path = join(dir, 'a.key');
     const made = await createKeyFile(path);
     assert.equal((await stat(path)).mode & 0o777, 0o600);
-    assert.deepEqual(readKeyFile(path), made);
+    assert.deepEqual(await readKeyFile(path, noPassphrase), made);
     await assert.rejects(
       createKeyFile(path),
       (e: unknown) => e instanceof InputError && /exists/.test(e.message),
@@ -48,12 +52,84 @@ describe('key files', () => {
     for (const [what, content, re] of cases) {
       const p = join(dir, `${what}.key`);
       await writeFile(p, content);
-      assert.throws(
-        () => readKeyFile(p),
+      await assert.rejects(
+        readKeyFile(p, noPassphrase),
         (e: unknown) => e instanceof ConfigError && re.test(e.message) && !e.message.includes('\n'),
         what,
       );
     }
-    assert.throws(() => readKeyFile(join(dir, 'missing')), /cannot read key file .*ENOENT/);
+    await assert.rejects(readKeyFile(join(dir, 'missing'), noPassphrase), /cannot read key file .*ENOENT/);
+  });
+
+  it('a sealed key file opens with its passphrase only, to the same keys as unsealed', async () => {
+    const path = join(dir, 'sealed.key');
+    const made = await createKeyFile(path, 'correct horse');
+    assert.equal((await stat(path)).mode & 0o777, 0o600);
+    assert.ok(isSealedKeyFile(path));
+    const text = await readFile(path, 'utf8');
+    assert.ok(!text.includes('correct horse'), 'the passphrase is not in the file');
+    const parsed = JSON.parse(text) as { version: number; kdf: { N: number }; key?: string };
+    assert.equal(parsed.version, 2);
+    assert.equal(parsed.kdf.N, DEFAULT_KDF.N);
+    assert.equal(parsed.key, undefined, 'no clear key in a sealed file');
+    assert.deepEqual(await readKeyFile(path, given('correct horse')), made);
+    await assert.rejects(
+      readKeyFile(path, given('correct hors')),
+      (e: unknown) => e instanceof ConfigError && /wrong passphrase for key file/.test(e.message),
+    );
+    // Unicode passphrases are compared in NFC: the same text typed on another keyboard works.
+    const uni = join(dir, 'uni.key');
+    const u = await createKeyFile(uni, 'caf\u00e9');
+    assert.deepEqual(await readKeyFile(uni, given('cafe\u0301')), u);
+  });
+
+  it('rewrapping keeps the key: seal, change, unseal; the fingerprint never changes', async () => {
+    const path = join(dir, 'rewrap.key');
+    const made = await createKeyFile(path);
+    assert.deepEqual(await rewrapKeyFile(path, noPassphrase, given('one')), made);
+    assert.ok(isSealedKeyFile(path));
+    assert.deepEqual(await rewrapKeyFile(path, given('one'), given('two')), made);
+    await assert.rejects(readKeyFile(path, given('one')), /wrong passphrase/);
+    assert.deepEqual(await readKeyFile(path, given('two')), made);
+    // A wrong current passphrase changes nothing.
+    const before = await readFile(path, 'utf8');
+    await assert.rejects(rewrapKeyFile(path, given('one'), given('three')), /wrong passphrase/);
+    assert.equal(await readFile(path, 'utf8'), before);
+    assert.deepEqual(await rewrapKeyFile(path, given('two'), undefined), made);
+    assert.ok(!isSealedKeyFile(path));
+    assert.deepEqual(await readKeyFile(path, noPassphrase), made);
+    assert.equal((await stat(path)).mode & 0o777, 0o600);
+  });
+
+  it('refuses an edited sealed file, and KDF parameters that would make it hang, with one line', async () => {
+    const path = join(dir, 'edit.key');
+    await createKeyFile(path, 'pw');
+    const obj = JSON.parse(await readFile(path, 'utf8')) as Record<string, unknown> & {
+      kdf: Record<string, unknown>;
+      sealed: string;
+    };
+    const variants: [string, object, RegExp][] = [
+      ['lower N', { ...obj, kdf: { ...obj.kdf, N: 1024 } }, /wrong passphrase .*altered/],
+      ['huge N', { ...obj, kdf: { ...obj.kdf, N: 2 ** 30 } }, /scrypt parameters out of range/],
+      ['N not a power of two', { ...obj, kdf: { ...obj.kdf, N: 65535 } }, /out of range/],
+      ['flipped sealed byte', { ...obj, sealed: flip(obj.sealed) }, /wrong passphrase .*altered/],
+      ['short tag', { ...obj, tag: 'AAAA' }, /wrong length/],
+      ['no kdf', { ...obj, kdf: undefined }, /no valid "kdf"/],
+    ];
+    for (const [what, body, re] of variants) {
+      const p = join(dir, `v-${what}.key`);
+      await writeFile(p, JSON.stringify(body));
+      await assert.rejects(
+        readKeyFile(p, given('pw')),
+        (e: unknown) => e instanceof ConfigError && re.test(e.message) && !e.message.includes('\n'),
+        what,
+      );
+    }
   });
 });
+
+function flip(b64: string): string {
+  const b = Buffer.from(b64, 'base64');
+  b[0] ^= 1;
+  return b.toString('base64');
+}

@@ -1,11 +1,13 @@
 /**
  * Key files and the keys derived from them.
  *
- * A key file is one line of JSON, mode 0600:
+ * A key file is one line of JSON, mode 0600, in one of two versions:
  *   {"format":"backy-key","version":1,"key":"<32 random bytes, base64>","check":"<16 hex>"}
- * `check` is the first 8 bytes of SHA-256 over the key bytes: a truncated or edited file is
- * refused with one line instead of being taken for another key (which would only show as
- * every object failing authentication).
+ *   {"format":"backy-key","version":2,"kdf":{...},"iv":"..","sealed":"..","tag":".."}
+ * Version 1 holds the master key in the clear; `check` is the first 8 bytes of SHA-256 over it:
+ * a truncated or edited file is refused with one line instead of being taken for another key
+ * (which would only show as every object failing authentication). Version 2 holds it sealed
+ * under a passphrase (key-wrap.ts); GCM's tag does the checking there.
  *
  * From the 32-byte master key, HKDF-SHA256 derives independent sub-keys: one for AES-256-GCM,
  * one for block names (HMAC), one for the fingerprint the store records to recognise its key.
@@ -13,9 +15,11 @@
  * be stored in the metadata database and shown in messages; the key never is.
  */
 import { createHash, hkdfSync, randomBytes } from 'node:crypto';
-import { open } from 'node:fs/promises';
+import { open, rename, unlink } from 'node:fs/promises';
+import { basename, dirname, join } from 'node:path';
 import { ConfigError, InputError, ioReason } from '../errors.js';
 import { TooLargeError, readTextLimitedSync } from '../util/read-limited.js';
+import { BadKdfParamsError, type WrappedKey, unwrapKey, wrapKey } from './key-wrap.js';
 
 const KEY_BYTES = 32;
 const SALT = 'backy key derivation v1';
@@ -31,10 +35,22 @@ function check(key: Buffer): string {
   return createHash('sha256').update(key).digest('hex').slice(0, 16);
 }
 
-/** Writes a new random key file; refuses an existing path. Mode 0600 whatever the umask. */
-export async function createKeyFile(path: string): Promise<StoreKeys> {
+/** The file's line for `master`: sealed under `passphrase` when one is given. */
+async function keyFileLine(master: Buffer, passphrase: string | undefined): Promise<string> {
+  const body =
+    passphrase === undefined
+      ? { format: 'backy-key', version: 1, key: master.toString('base64'), check: check(master) }
+      : { format: 'backy-key', version: 2, ...(await wrapKey(master, passphrase)) };
+  return `${JSON.stringify(body)}\n`;
+}
+
+/**
+ * Writes a new random key file; refuses an existing path. Mode 0600 whatever the umask. With
+ * `passphrase`, the key is sealed under it (version 2).
+ */
+export async function createKeyFile(path: string, passphrase?: string): Promise<StoreKeys> {
   const key = randomBytes(KEY_BYTES);
-  const line = `${JSON.stringify({ format: 'backy-key', version: 1, key: key.toString('base64'), check: check(key) })}\n`;
+  const line = await keyFileLine(key, passphrase);
   let fh;
   try {
     fh = await open(path, 'wx', 0o600);
@@ -58,8 +74,12 @@ export async function createKeyFile(path: string): Promise<StoreKeys> {
   return deriveKeys(key);
 }
 
-/** Reads and checks a key file; one-line ConfigError for anything wrong. */
-export function readKeyFile(path: string): StoreKeys {
+/** Asks for the passphrase of a sealed key file; `what` names the file for a prompt or an error. */
+export type PassphraseSource = (what: string) => Promise<string>;
+
+type Parsed = { version: 1; key: Buffer } | { version: 2; wrapped: WrappedKey };
+
+function parseKeyFile(path: string): Parsed {
   let text: string;
   try {
     text = readTextLimitedSync(path, 4096);
@@ -77,11 +97,101 @@ export function readKeyFile(path: string): StoreKeys {
   }
   const p = parsed as Record<string, unknown>;
   if (typeof p !== 'object' || p === null || p.format !== 'backy-key') throw bad('no "format": "backy-key"');
-  if (p.version !== 1) throw bad(`unknown version ${JSON.stringify(p.version)}`);
-  if (typeof p.key !== 'string' || !/^[A-Za-z0-9+/]{43}=$/.test(p.key))
-    throw bad('the key is not 32 bytes of base64');
-  const key = Buffer.from(p.key, 'base64');
-  if (p.check !== check(key)) throw bad('the check value does not match the key; truncated or edited?');
+  if (p.version === 1) {
+    if (typeof p.key !== 'string' || !/^[A-Za-z0-9+/]{43}=$/.test(p.key))
+      throw bad('the key is not 32 bytes of base64');
+    const key = Buffer.from(p.key, 'base64');
+    if (p.check !== check(key)) throw bad('the check value does not match the key; truncated or edited?');
+    return { version: 1, key };
+  }
+  if (p.version === 2) {
+    const kdf = p.kdf as Record<string, unknown> | null;
+    const b64 = (v: unknown, bytes: number) =>
+      typeof v === 'string' && v.length === Math.ceil(bytes / 3) * 4 && /^[A-Za-z0-9+/]+={0,2}$/.test(v);
+    if (
+      typeof kdf !== 'object' ||
+      kdf === null ||
+      kdf.name !== 'scrypt' ||
+      typeof kdf.N !== 'number' ||
+      typeof kdf.r !== 'number' ||
+      typeof kdf.p !== 'number' ||
+      !b64(kdf.salt, 16)
+    )
+      throw bad('no valid "kdf" (scrypt with N, r, p and a 16-byte salt)');
+    if (!b64(p.iv, 12) || !b64(p.sealed, KEY_BYTES) || !b64(p.tag, 16))
+      throw bad('"iv", "sealed" or "tag" missing or of the wrong length; truncated or edited?');
+    return {
+      version: 2,
+      wrapped: {
+        kdf: { name: 'scrypt', N: kdf.N, r: kdf.r, p: kdf.p, salt: kdf.salt as string },
+        iv: p.iv as string,
+        sealed: p.sealed as string,
+        tag: p.tag as string,
+      },
+    };
+  }
+  throw bad(`unknown version ${JSON.stringify(p.version)}`);
+}
+
+/** The master key of a key file, asking `passphrase` when it is sealed. One-line ConfigErrors. */
+async function readMasterKey(path: string, passphrase: PassphraseSource): Promise<Buffer> {
+  const parsed = parseKeyFile(path);
+  if (parsed.version === 1) return parsed.key;
+  const given = await passphrase(`key file ${path}`);
+  let key: Buffer | undefined;
+  try {
+    key = await unwrapKey(parsed.wrapped, given);
+  } catch (err) {
+    if (err instanceof BadKdfParamsError)
+      throw new ConfigError(`key file ${path} is not a valid backy key file (${err.message})`);
+    throw err;
+  }
+  if (!key) throw new ConfigError(`wrong passphrase for key file ${path} (or the file was altered)`);
+  return key;
+}
+
+/** Reads and checks a key file; one-line ConfigError for anything wrong. */
+export async function readKeyFile(path: string, passphrase: PassphraseSource): Promise<StoreKeys> {
+  return deriveKeys(await readMasterKey(path, passphrase));
+}
+
+/** Whether a key file is sealed under a passphrase (it is parsed and checked, not opened). */
+export function isSealedKeyFile(path: string): boolean {
+  return parseKeyFile(path).version === 2;
+}
+
+/**
+ * Seals the key of `path` under the passphrase `next` gives (asked after the current one is
+ * found right), or stores it in the clear when `next` is undefined,
+ * replacing the file atomically: a crash leaves the old file or the new one, never neither.
+ * The master key, and so the store's key fingerprint, stay the same.
+ */
+export async function rewrapKeyFile(
+  path: string,
+  current: PassphraseSource,
+  next: (() => Promise<string>) | undefined,
+): Promise<StoreKeys> {
+  const key = await readMasterKey(path, current);
+  const line = await keyFileLine(key, next ? await next() : undefined);
+  const tmp = join(dirname(path), `.${basename(path)}.${randomBytes(4).toString('hex')}.tmp`);
+  try {
+    const fh = await open(tmp, 'wx', 0o600);
+    try {
+      await fh.chmod(0o600);
+      await fh.writeFile(line);
+      await fh.sync();
+    } finally {
+      await fh.close();
+    }
+    await rename(tmp, path);
+  } catch (err) {
+    await unlink(tmp).catch(() => {});
+    throw new InputError(`cannot rewrite key file ${path}: ${ioReason(err)}`);
+  }
+  // The rename itself must survive a crash: sync the directory (best effort: some file systems refuse).
+  const dir = await open(dirname(path), 'r').catch(() => undefined);
+  await dir?.sync().catch(() => {});
+  await dir?.close();
   return deriveKeys(key);
 }
 
