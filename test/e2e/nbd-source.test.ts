@@ -171,6 +171,22 @@ describe('NBD URIs as sources', { skip }, () => {
     await assertSameBytes(file, sb.path('small-max.restored'));
   });
 
+  it('works with a server without structured replies (nbdkit --no-sr): simple replies, no holes known', async () => {
+    const file = sb.path('nosr.raw');
+    await writeFile(file, '');
+    await truncate(file, 8 * MiB);
+    await writeFile(file, randomBytesSeeded('nosr', 2 * MiB + 4096), { flag: 'r+' });
+    const socket = sb.path('nosr.sock');
+    await start(nbdkit(socket, ['--no-sr', 'file', file]));
+    // Without structured replies there is no base:allocation: every block is read, and the
+    // zero ones are found sparse by looking at them.
+    const r = await sb.ok(['backup', unixUri(socket), 'nosr@1']);
+    assert.match(r.stderr, / 8 read, .* 5 sparse/);
+    const uid = r.stdout.trim().split('\n').pop()!;
+    await sb.ok(['restore', uid, sb.path('nosr.restored')]);
+    await assertSameBytes(file, sb.path('nosr.restored'));
+  });
+
   it('copies a version served by backy nbd (round trip)', async () => {
     const file = sb.path('own.raw');
     await writeFile(file, '');
