@@ -66,9 +66,11 @@ export class Context {
    * The metadata store, once the key (if the config asks for encryption) is read and matches
    * the store's: a wrong or missing key fails here, before anything is read or written.
    * `write` names a command that must write (backup, rm...): on a read-only database it is
-   * refused at once, naming the store, before anything is done.
+   * refused at once, naming the store, before anything is done. `databaseOnly` (ls, du): on a
+   * database that already belongs to a store, the store gets PROBE_TIMEOUT_S to show its
+   * descriptor, and the command goes on without it after that.
    */
-  async meta(opts: { write?: string } = {}): Promise<MetaStore> {
+  async meta(opts: { write?: string; databaseOnly?: boolean } = {}): Promise<MetaStore> {
     if (!this.#meta) {
       const enc = this.config.dataBackend.encryption;
       if (enc) this.#keys = await readKeyFile(enc.keyFile, passphraseSource());
@@ -77,23 +79,34 @@ export class Context {
       try {
         // The store's descriptor first: a fresh database takes its settings (hash function,
         // encryption, key fingerprint), one of another store is refused before anything else.
-        const backend = await this.#openBackend();
+        const known = async () =>
+          (await meta!.db
+            .selectFrom('settings')
+            .select('value')
+            .where('key', '=', 'store_id')
+            .executeTakeFirst()) !== undefined;
+        // A command that reads the database only, on a database that already belongs to a
+        // store, still checks the descriptor (a config pointing at another store is refused),
+        // but gives the store a short time to answer: ls must work during a store outage.
+        const probe = opts.databaseOnly && opts.write === undefined && (await known());
+        const cfg = this.config.dataBackend;
+        const backend =
+          probe && cfg.type === 's3'
+            ? await openBackend({ ...cfg, timeout: Math.min(cfg.timeout, PROBE_TIMEOUT_S) })
+            : await this.#openBackend();
         let desc: Descriptor | undefined;
         try {
           desc = await readDescriptor(backend);
         } catch (err) {
-          // An unreachable store (gateway down, directory unmounted) must not stop commands that
-          // only read the database (ls, du): a database that already belongs to a store goes on
+          // An unreachable store (gateway down, directory unmounted) must not stop commands
+          // that only read the database: a database that already belongs to a store goes on
           // unchecked; commands that write, or a fresh database, need the descriptor.
-          const known = await meta.db
-            .selectFrom('settings')
-            .select('value')
-            .where('key', '=', 'store_id')
-            .executeTakeFirst();
-          if (opts.write !== undefined || !known) throw err;
+          if (opts.write !== undefined || !(await known())) throw err;
           this.log.debug(`store descriptor not read: ${errorMessage(err)}`);
+        } finally {
+          if (backend !== this.#backend) await backend.close().catch(() => {});
         }
-        if (desc && (await checkDescriptor(meta, desc, backend.url)) === 'adopted') {
+        if (desc && (await checkDescriptor(meta, desc, (await this.#openBackend()).url)) === 'adopted') {
           await meta.close();
           meta = undefined;
           meta = await open();
@@ -201,6 +214,9 @@ export class Context {
     await this.#meta?.close();
   }
 }
+
+/** How long ls and du wait for an S3 store's descriptor before listing without it. */
+const PROBE_TIMEOUT_S = 5;
 
 const UUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 

@@ -12,7 +12,7 @@ import type Table from 'cli-table3';
  */
 export async function duCommand(ctx: Context, uidArgs: string[]) {
   const uids = uidArgs.map(parseUid);
-  const meta = await ctx.meta();
+  const meta = await ctx.meta({ databaseOnly: true });
   const versions =
     uids.length > 0 ? await Promise.all(uids.map((u) => meta.getVersion(u))) : await meta.listVersions();
   const rows: VersionSpace[] = [];

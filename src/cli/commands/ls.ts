@@ -4,7 +4,7 @@ import { machineVersionLine, versionJsonFields, versionTable } from '../render.j
 
 export async function lsCommand(ctx: Context, name: string | undefined, opts: { label?: string[] } = {}) {
   const labelFilter = Object.fromEntries((opts.label ?? []).map(parseLabel));
-  const meta = await ctx.meta();
+  const meta = await ctx.meta({ databaseOnly: true });
   const versions = await findVersions(meta, { name, labels: labelFilter });
   const labels = await labelsOf(meta, versions.length > 1000 ? undefined : versions.map((v) => v.uid));
   if (ctx.json) {
