@@ -417,7 +417,8 @@ describe(
           return true;
         });
         const ms = performance.now() - t0;
-        assert.ok(ms < 2500, `gave up after ${ms} ms`);
+        // Bounded by timeoutMs (2 s), with room for a loaded machine; unbounded retries would take far longer.
+        assert.ok(ms < 4000, `gave up after ${ms} ms`);
       } finally {
         always = undefined;
         await b.close();

@@ -119,13 +119,11 @@ describe('NBD URIs as sources', { skip }, () => {
     await fh.close();
     const socket = sb.path('kit.sock');
     const log = sb.path('kit.log');
-    // Each read takes 200 ms in the server: one at a time, the 9 data blocks would take 1.8 s.
+    // Each read takes 200 ms in the server, so reads overlap in its log when pipelined.
     const kit = await start(
       nbdkit(socket, ['--filter=log', '--filter=delay', 'file', file, `logfile=${log}`, 'rdelay=200ms']),
     );
-    const t0 = Date.now();
     const r = await sb.ok(['backup', unixUri(socket), 'kit@1']);
-    const elapsed = Date.now() - t0;
     await kit.stop();
     assert.match(r.stderr, / 9 read, .* 23 sparse/);
     assert.equal(await bytesReadInLog(log), 9 * BS);
@@ -138,7 +136,6 @@ describe('NBD URIs as sources', { skip }, () => {
       most = Math.max(most, open);
     }
     assert.ok(most >= 2, `at most ${most} read in flight`);
-    assert.ok(elapsed < 9 * 200 + 5000, `${elapsed} ms`);
     const uid = r.stdout.trim().split('\n').pop()!;
     await sb.ok(['restore', uid, sb.path('kit.restored')]);
     await assertSameBytes(file, sb.path('kit.restored'));
