@@ -124,7 +124,11 @@ describe('config', () => {
     ['s3 bad timeout', '[DataBackend]\ntype = s3\nbucket = b1b\ntimeout = 0', /timeout must be between 1/],
     ['s3 bad prefix', '[DataBackend]\ntype = s3\nbucket = b1b\nprefix = ../x', /prefix may hold only/],
     ['key outside a section', 'block_size = 4096', /outside any section/],
-    ['bad compression', '[DataBackend]\ncompression = gzip', /compression must be none, zstd or zstd:LEVEL/],
+    [
+      'bad compression',
+      '[DataBackend]\ncompression = gzip',
+      /compression must be none, lz4, zstd or zstd:LEVEL/,
+    ],
     ['zstd level 0', '[DataBackend]\ncompression = zstd:0', /compression must be/],
     ['zstd level too high', '[DataBackend]\ncompression = zstd:23', /compression must be/],
     ['bad encryption', '[DataBackend]\nencryption = rot13', /encryption must be none or aes-256-gcm/],
@@ -135,10 +139,11 @@ describe('config', () => {
     ],
     ['key_file without encryption', '[DataBackend]\nkey_file = /k', /key_file is set but encryption is not/],
   ];
-  it('compression defaults to zstd level 1; none, zstd:LEVEL (negative too) and encryption parse', () => {
+  it('compression defaults to zstd level 1; none, lz4, zstd:LEVEL (negative too) and encryption parse', () => {
     assert.deepEqual(embeddedDefault({}).dataBackend.compression, { codec: 'zstd', level: 1 });
     const parse = (lines: string) => parseConfig(`[DataBackend]\n${lines}`, 'backy.cfg', {}).dataBackend;
     assert.deepEqual(parse('compression = none').compression, { codec: 'none' });
+    assert.deepEqual(parse('compression = lz4').compression, { codec: 'lz4' });
     assert.deepEqual(parse('compression = zstd:-3').compression, { codec: 'zstd', level: -3 });
     assert.deepEqual(parse('compression = zstd:19').compression, { codec: 'zstd', level: 19 });
     const d = parse('encryption = aes-256-gcm\nkey_file = /etc/backy/k');
