@@ -116,7 +116,8 @@ export interface Codec {
   name(data: Uint8Array): string;
   /**
    * The object for `data` under `name`. The data itself may be one of the chunks (no copy when
-   * it is stored raw and unencrypted); an encrypted object is written into `dst` when it fits.
+   * it is stored raw and unencrypted); an encrypted or compressed object is written into `dst`
+   * when it fits.
    */
   encode(name: string, data: Uint8Array, dst?: Uint8Array): Encoded;
   /**
@@ -180,33 +181,37 @@ function makeCodec(spec, modules) {
   function encode(objName, data, dst) {
     let payload = data;
     let codec = 0;
+    const limit = data.length - Math.max(32, data.length >> 5);
+    // Without encryption the compressed bytes are the object's payload: they go straight into
+    // the caller's output buffer when there is one (no copy, no buffer per block).
+    const direct = !keys && dst && dst.length >= limit;
+    const target = () => (direct ? Buffer.from(dst.buffer, dst.byteOffset, limit) : scratchOf(limit));
     if (spec.compression.codec === 'zstd' && data.length >= 64) {
       cctx ??= new (zstdModule().CCtx)();
-      const limit = data.length - Math.max(32, data.length >> 5);
-      const dst = scratchOf(limit);
+      const into = target();
       try {
-        const n = cctx.compress(dst, data, spec.compression.level);
-        payload = dst.subarray(0, n);
+        const n = cctx.compress(into, data, spec.compression.level);
+        payload = into.subarray(0, n);
         codec = ZSTD;
       } catch (err) {
         // Did not fit: not worth keeping compressed. Anything else is a real failure.
         if (!/too small/i.test(String(err && err.message))) throw err;
       }
     } else if (spec.compression.codec === 'lz4' && data.length >= 64) {
-      const limit = data.length - Math.max(32, data.length >> 5);
-      const dst = scratchOf(limit);
+      const into = target();
       // 0: did not fit into the limit (LZ4 stops as soon as it knows, fast on random data).
-      const n = lz4Module().compress(Buffer.from(data.buffer, data.byteOffset, data.length), dst);
+      const n = lz4Module().compress(Buffer.from(data.buffer, data.byteOffset, data.length), into);
       if (n > 0) {
-        payload = dst.subarray(0, n);
+        payload = into.subarray(0, n);
         codec = LZ4;
       }
     }
     if (!keys) {
       const h = header(codec, 0, data.length);
+      if (!codec || direct) return [h, codec ? payload : data];
       // The scratch buffer is reused: hand out a copy of the compressed bytes, in a buffer of its
       // own (never one of Buffer's shared slabs: a worker transfers it).
-      return codec ? [h, new Uint8Array(payload)] : [h, data];
+      return [h, new Uint8Array(payload)];
     }
     const h = header(codec, AES_GCM, data.length);
     const total = HEADER + NONCE + payload.length + TAG;
