@@ -13,7 +13,7 @@ describe('config', () => {
     assert.deepEqual(c.dataBackend, {
       type: 'file',
       path: '/xdg/backy/data',
-      compression: { codec: 'zstd', level: 1 },
+      compression: { codec: 'lz4' },
     });
     assert.equal(c.blockSize, 4 * 1024 * 1024);
     assert.equal(c.hintCheckBlocks, 10);
@@ -23,7 +23,7 @@ describe('config', () => {
     assert.deepEqual(c.dataBackend, {
       type: 'file',
       path: '/home/x/.local/share/backy/data',
-      compression: { codec: 'zstd', level: 1 },
+      compression: { codec: 'lz4' },
     });
   });
   it('parses the design example, with = and : separators and comments', () => {
@@ -51,7 +51,7 @@ describe('config', () => {
     assert.deepEqual(c.dataBackend, {
       type: 'file',
       path: '/var/lib/backy/data',
-      compression: { codec: 'zstd', level: 1 },
+      compression: { codec: 'lz4' },
     });
   });
   it('parses an s3 data backend with its defaults', () => {
@@ -71,7 +71,7 @@ describe('config', () => {
       secretAccessKey: undefined,
       maxConnections: 16,
       timeout: 30,
-      compression: { codec: 'zstd', level: 1 },
+      compression: { codec: 'lz4' },
     });
     const aws = parseConfig(
       '[DataBackend]\ntype = s3\nbucket = backy\nregion = eu-west-1\naccess_key_id = AK\nsecret_access_key = SK\ntimeout = 5\nmax_connections = 4',
@@ -124,7 +124,11 @@ describe('config', () => {
     ['s3 bad timeout', '[DataBackend]\ntype = s3\nbucket = b1b\ntimeout = 0', /timeout must be between 1/],
     ['s3 bad prefix', '[DataBackend]\ntype = s3\nbucket = b1b\nprefix = ../x', /prefix may hold only/],
     ['key outside a section', 'block_size = 4096', /outside any section/],
-    ['bad compression', '[DataBackend]\ncompression = gzip', /compression must be none, zstd or zstd:LEVEL/],
+    [
+      'bad compression',
+      '[DataBackend]\ncompression = gzip',
+      /compression must be none, lz4, zstd or zstd:LEVEL/,
+    ],
     ['zstd level 0', '[DataBackend]\ncompression = zstd:0', /compression must be/],
     ['zstd level too high', '[DataBackend]\ncompression = zstd:23', /compression must be/],
     ['bad encryption', '[DataBackend]\nencryption = rot13', /encryption must be none or aes-256-gcm/],
@@ -135,10 +139,12 @@ describe('config', () => {
     ],
     ['key_file without encryption', '[DataBackend]\nkey_file = /k', /key_file is set but encryption is not/],
   ];
-  it('compression defaults to zstd level 1; none, zstd:LEVEL (negative too) and encryption parse', () => {
-    assert.deepEqual(embeddedDefault({}).dataBackend.compression, { codec: 'zstd', level: 1 });
+  it('compression defaults to lz4; none, lz4, zstd (level 1), zstd:LEVEL (negative too) and encryption parse', () => {
+    assert.deepEqual(embeddedDefault({}).dataBackend.compression, { codec: 'lz4' });
     const parse = (lines: string) => parseConfig(`[DataBackend]\n${lines}`, 'backy.cfg', {}).dataBackend;
     assert.deepEqual(parse('compression = none').compression, { codec: 'none' });
+    assert.deepEqual(parse('compression = lz4').compression, { codec: 'lz4' });
+    assert.deepEqual(parse('compression = zstd').compression, { codec: 'zstd', level: 1 });
     assert.deepEqual(parse('compression = zstd:-3').compression, { codec: 'zstd', level: -3 });
     assert.deepEqual(parse('compression = zstd:19').compression, { codec: 'zstd', level: 19 });
     const d = parse('encryption = aes-256-gcm\nkey_file = /etc/backy/k');

@@ -241,7 +241,7 @@ export function parseConfig(text: string, file: string, env: NodeJS.ProcessEnv =
     const c = parseCompression(b.compression);
     if (!c) {
       throw new ConfigError(
-        `${file}: [DataBackend] compression must be none, zstd or zstd:LEVEL (LEVEL ${ZSTD_MIN_LEVEL}..-1 or 1..${ZSTD_MAX_LEVEL}), got '${b.compression}'`,
+        `${file}: [DataBackend] compression must be none, lz4, zstd or zstd:LEVEL (LEVEL ${ZSTD_MIN_LEVEL}..-1 or 1..${ZSTD_MAX_LEVEL}), got '${b.compression}'`,
       );
     }
     cfg.dataBackend.compression = c;

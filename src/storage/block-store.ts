@@ -55,8 +55,7 @@ export class BlockStore {
       return this.#write(checksum, this.#codec.encode(checksum, data), opts);
     }
     const pool = this.#pool;
-    if (!this.spec.keys) return this.#write(checksum, await pool.encode(checksum, data), opts);
-    // Ciphertext is as large as the block: into a reused shared buffer, not a new one per block
+    // Ciphertext and compressed bytes: into a reused shared buffer, not a new one per block
     // (garbage the size of every block stored would pile up before a collection).
     const size = objectBufferSize(data.length);
     if (!this.#outputs || this.#outputs.bufferSize < size) {

@@ -17,6 +17,7 @@ const RUNS = 60;
 
 const compression = fc.constantFrom<Compression>(
   { codec: 'none' },
+  { codec: 'lz4' },
   { codec: 'zstd', level: 1 },
   { codec: 'zstd', level: 3 },
   { codec: 'zstd', level: -3 },
@@ -119,16 +120,38 @@ describe('object codec (properties)', () => {
     );
   });
 
-  it('keeps incompressible blocks raw and compressible ones compressed', () => {
-    const codec = makeCodec({ hashFunction: 'blake3', compression: { codec: 'zstd', level: 1 } });
-    const rnd = randomBytes(1 << 20);
-    const raw = joined(codec.encode(codec.name(rnd), rnd));
-    assert.equal(raw[5], 0, 'random data is stored uncompressed');
-    assert.equal(raw.length, HEADER_SIZE + rnd.length, 'and costs no extra byte');
-    const text = Buffer.from('backy '.repeat(200_000));
-    const small = joined(codec.encode(codec.name(text), text));
-    assert.equal(small[5], 1);
-    assert.ok(small.length < text.length / 50);
+  for (const [compression, id, ratio] of [
+    [{ codec: 'zstd', level: 1 }, 1, 50],
+    [{ codec: 'lz4' }, 2, 50],
+  ] as const) {
+    it(`keeps incompressible blocks raw and compressible ones compressed (${compression.codec}, codec id ${id})`, () => {
+      const codec = makeCodec({ hashFunction: 'blake3', compression });
+      const rnd = randomBytes(1 << 20);
+      const raw = joined(codec.encode(codec.name(rnd), rnd));
+      assert.equal(raw[5], 0, 'random data is stored uncompressed');
+      assert.equal(raw.length, HEADER_SIZE + rnd.length, 'and costs no extra byte');
+      const text = Buffer.from('backy '.repeat(200_000));
+      const small = joined(codec.encode(codec.name(text), text));
+      assert.equal(small[5], id);
+      assert.ok(small.length < text.length / ratio);
+      assert.deepEqual(plainOf(small, codec.decode(codec.name(text), small, text.length, 0)), text);
+    });
+  }
+
+  it('an LZ4 object whose payload claims more or less than the header says is corrupt', () => {
+    const codec = makeCodec({ hashFunction: 'blake3', compression: { codec: 'lz4' } });
+    const text = Buffer.from('backy '.repeat(20_000));
+    const name = codec.name(text);
+    const obj = joined(codec.encode(name, text));
+    assert.equal(obj[5], 2);
+    for (const length of [text.length - 1, text.length + 1]) {
+      const o = Buffer.from(obj);
+      o.writeBigUInt64LE(BigInt(length), 8);
+      assert.throws(() => codec.decode(name, o, undefined, 0), isCorrupt, `header says ${length}`);
+    }
+    // Random bytes as an LZ4 payload: refused, never read past the buffers.
+    const junk = Buffer.concat([obj.subarray(0, HEADER_SIZE), randomBytes(4096)]);
+    assert.throws(() => codec.decode(name, junk, undefined, 0), isCorrupt);
   });
 
   it('the worker pool gives the same names and plaintexts, and reports damage as CorruptObject', async () => {

@@ -37,8 +37,11 @@ export class DamagedCopyError extends Error {}
 export function encodeMetaObject(name: string, plain: Buffer, spec: MetaCodecSpec): Buffer {
   let body = plain;
   let comp = 0;
-  if (spec.compression.codec === 'zstd') {
-    const z = compress(plain, { compressionLevel: spec.compression.level });
+  if (spec.compression.codec !== 'none') {
+    // Copies are small and written once per version: zstd whatever the blocks use (LZ4 too),
+    // so this format needs no codec of its own.
+    const level = spec.compression.codec === 'zstd' ? spec.compression.level : 1;
+    const z = compress(plain, { compressionLevel: level });
     if (z.length < plain.length) {
       body = z;
       comp = 1;

@@ -7,9 +7,9 @@
  * Buffers backed by a SharedArrayBuffer (see BufferPool) reach a worker without a copy; the
  * caller must not change them until the promise settles. Any other buffer is copied once (just
  * the view's bytes). A decoded block is written back into the shared buffer it was read into,
- * so reads cost no allocation on the main thread; an encrypted object is written into a
- * shared output buffer of the caller's, and a compressed one comes back as one buffer per
- * stored block (transferred, not copied), alive until its write completes.
+ * so reads cost no allocation on the main thread; an encrypted or compressed object is written
+ * into a shared output buffer of the caller's (without one, a compressed object comes back as
+ * a buffer of its own, transferred, not copied).
  *
  * Memory: each worker keeps two scratch buffers of at most a block each (decrypted payload,
  * decompressed plaintext), ~13 MB of its own, and nothing per task; the main thread holds at
