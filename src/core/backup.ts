@@ -2,7 +2,7 @@
  * The backup pipeline: plan -> read (several blocks in flight) -> zero check -> hash ->
  * dedup (this run, then the objects table) -> store -> record (batched transactions).
  *
- * Concurrency: blocksInFlight() blocks (6 of 4 MiB) are read, zero-checked, hashed (on the
+ * Concurrency: blocksInFlight() blocks (4 of 4 MiB) are read, zero-checked, hashed (on the
  * CodecPool's worker threads, when the store has one) and stored at once; results are recorded
  * in order. Each block lives in one buffer of a fixed BufferPool from read to store, and is
  * encoded (compressed, encrypted) in place there, so memory is that many block buffers plus

@@ -52,16 +52,17 @@ export class BufferPool {
 
 /**
  * How many blocks a pipeline keeps in flight: enough to overlap reads, hashing and writes
- * (6 blocks of 4 MiB), more for small blocks, never fewer than 4.
+ * (4 blocks of 4 MiB: 16 MiB; 2 GiB backups and restores took as long as with 6, within the
+ * noise of a loaded two-core machine), more for small blocks, never fewer than 4.
  *
  * This is the one bound on block memory: backup, restore and scrub hold each block in flight
  * in one buffer of a BufferPool of this many (+1 for a stream) from read to write, including
  * while it waits in the CodecPool's queue or is being written, and the codec works in those
  * buffers (in place) or in its workers' two scratch buffers. So a pipeline's block memory is
- * (blocksInFlight + 1 + 2 x codec workers) x block size: with 4 MiB blocks and one worker
- * ~38 MB, about max(24 MiB, 4 blocks) + 2 blocks per worker whatever the image size (the
- * goal is a peak RSS <= 150 MB, of which Node, the bundle and SQLite take ~70 MB).
+ * (blocksInFlight + 1 + 2 x codec workers) x block size: ~29 MB with 4 MiB blocks and one
+ * worker, whatever the image size (the goal is a peak RSS <= 150 MB, of which Node, the
+ * bundle and SQLite take ~70 MB, and the S3 client's heap ~40 MB more).
  */
 export function blocksInFlight(blockSize: number): number {
-  return Math.max(4, Math.min(64, Math.ceil((24 << 20) / blockSize)));
+  return Math.max(4, Math.min(64, Math.ceil((16 << 20) / blockSize)));
 }
