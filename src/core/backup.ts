@@ -2,11 +2,11 @@
  * The backup pipeline: plan -> read (several blocks in flight) -> zero check -> hash ->
  * dedup (this run, then the objects table) -> store -> record (batched transactions).
  *
- * Concurrency: blocksInFlight() blocks (8 of 4 MiB) are read, zero-checked, hashed (on the
+ * Concurrency: blocksInFlight() blocks (4 of 4 MiB) are read, zero-checked, hashed (on the
  * CodecPool's worker threads, when the store has one) and stored at once; results are recorded
- * in order. Each block lives in one buffer of a fixed BufferPool from read to store, so
- * memory is that many block buffers plus one batch of block rows, whatever the image size,
- * and nothing is allocated per block.
+ * in order. Each block lives in one buffer of a fixed BufferPool from read to store, and is
+ * encoded (compressed, encrypted) in place there, so memory is that many block buffers plus
+ * one batch of block rows, whatever the image size, and nothing is allocated per block.
  *
  * Safety: a version starts incomplete and under a lease (cleanup keeps everything a leased
  * backup stores or references), and a -f base under a lease of its own (rm refuses it); an
@@ -17,6 +17,7 @@ import { blockCount, blockLength, isZero } from '../blocks/blocks.js';
 import { InputError, IntegrityError, UsageError } from '../errors.js';
 import type { BlockRow, MetaStore, Version } from '../meta/meta-store.js';
 import { nowMicros } from '../meta/meta-store.js';
+import { ENCODE_ROOM } from '../storage/block-store.js';
 import type { BlockStore } from '../storage/block-store.js';
 import type { Source } from '../source/source.js';
 import { BufferPool, blocksInFlight } from '../util/buffer-pool.js';
@@ -112,7 +113,8 @@ async function backupOnto(opts: BackupOptions, base: Version | undefined): Promi
   const blockSize = base ? base.blockSize : opts.blockSize;
   const inFlight = blocksInFlight(blockSize);
   // One more buffer than tasks: a stream fills the next block while `inFlight` are stored.
-  const buffers = new BufferPool(inFlight + 1, blockSize);
+  // With room around each block, an object is encoded in place: no output buffers.
+  const buffers = new BufferPool(inFlight + 1, blockSize, ENCODE_ROOM);
 
   let actions: Uint8Array | undefined;
   let size: number | undefined;
@@ -169,7 +171,7 @@ async function backupOnto(opts: BackupOptions, base: Version | undefined): Promi
           if (actions[idx] !== READ) return { idx, length, read: false, stored: undefined };
           return buffers.with(async (buf) => {
             const data = await source.read(idx * blockSize, length, buf);
-            return { idx, length, read: true, stored: await writer.store(data) };
+            return { idx, length, read: true, stored: await writer.store(data, { inPlace: true }) };
           });
         },
         opts.signal,
@@ -195,7 +197,7 @@ async function backupOnto(opts: BackupOptions, base: Version | undefined): Promi
         inFlight,
         async ({ idx, data }) => {
           try {
-            return { idx, length: data.length, stored: await writer.store(data) };
+            return { idx, length: data.length, stored: await writer.store(data, { inPlace: true }) };
           } finally {
             buffers.release(data);
           }
@@ -332,9 +334,9 @@ export class BlockWriter {
   /**
    * Stores one block read from the source; undefined for an all-zero (sparse) block. `data` is
    * not used after the promise settles (the caller may reuse the buffer then), and must not be
-   * changed before.
+   * changed before. `inPlace`: see BlockStore.put (`data` holds anything afterwards).
    */
-  async store(data: Buffer): Promise<Stored | undefined> {
+  async store(data: Buffer, opts?: { inPlace?: boolean }): Promise<Stored | undefined> {
     if (isZero(data)) return undefined;
     const checksum = await this.#store.digest(data);
     let pending = this.#known.get(checksum);
@@ -342,19 +344,19 @@ export class BlockWriter {
       await pending;
       return { checksum, written: 0 };
     }
-    pending = this.#storeNew(checksum, data);
+    pending = this.#storeNew(checksum, data, opts?.inPlace ?? false);
     this.#known.set(checksum, pending);
     return { checksum, written: await pending };
   }
 
-  async #storeNew(checksum: string, data: Buffer): Promise<number> {
+  async #storeNew(checksum: string, data: Buffer, inPlace: boolean): Promise<number> {
     // Refreshing last_seen under our lease keeps a concurrent cleanup away from this object.
     // The row alone is not proof: a file deleted behind backy's back (or lost by the file
     // system) would make this version valid yet unrestorable. Checked after the touch, so a
     // cleanup cannot remove the file between the check and our use of it; a missing file is
     // stored again, and recordObjects() then sets the row's size and validity afresh.
     if ((await this.#meta.touchObject(checksum, nowMicros())) && (await this.#store.has(checksum))) return 0;
-    const storedSize = await this.#store.put(checksum, data, { defer: true });
+    const storedSize = await this.#store.put(checksum, data, { defer: true, inPlace });
     this.#objects.push({ checksum, storedSize });
     return storedSize;
   }

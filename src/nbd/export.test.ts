@@ -5,11 +5,12 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { hasherFor } from '../blocks/hash.js';
 import { CorruptBlockError } from '../errors.js';
-import { BlockStore } from '../storage/block-store.js';
+import { BlockStore, objectBufferSize } from '../storage/block-store.js';
 import { DirBackend } from '../storage/dir-backend.js';
 import { BlockCache } from './export.js';
 
 const BS = 4096;
+const OBJ = objectBufferSize(BS);
 
 describe('BlockCache (real store in a temp dir)', () => {
   let dir: string;
@@ -28,7 +29,8 @@ describe('BlockCache (real store in a temp dir)', () => {
   });
 
   it('never reuses the buffer of a block a reader still holds, however many blocks pass through', async () => {
-    const cache = new BlockCache(1);
+    // Room for the four held at once at the end.
+    const cache = new BlockCache({ maxBytes: 4 * OBJ });
     const held = await cache.get(store, sums[0], BS, BS);
     // Each of these evicts the one before; the held block must keep its contents.
     for (let round = 0; round < 3; round++) {
@@ -46,8 +48,30 @@ describe('BlockCache (real store in a temp dir)', () => {
     for (const r of again) r.release();
   });
 
+  it('never holds more than maxBytes of buffers: a fetch waits for a held block to come back', async () => {
+    const cache = new BlockCache({ maxBytes: 2 * OBJ });
+    const a = await cache.get(store, sums[0], BS, BS);
+    const b = await cache.get(store, sums[1], BS, BS);
+    let c: Awaited<ReturnType<BlockCache['get']>> | undefined;
+    const waiting = cache.get(store, sums[2], BS, BS).then((r) => (c = r));
+    for (let i = 0; i < 20; i++) await new Promise((r) => setImmediate(r));
+    assert.equal(c, undefined, 'both buffers are held: the third block waits');
+    assert.equal(cache.allocatedBytes, 2 * OBJ);
+    a.release();
+    await waiting;
+    assert.deepEqual(c!.data, blocks[2]);
+    assert.deepEqual(b.data, blocks[1], 'the block still held kept its contents');
+    assert.equal(cache.allocatedBytes, 2 * OBJ);
+    // Prefetching never waits and never goes beyond the bound either.
+    cache.prefetch(store, sums[3], BS, BS);
+    for (let i = 0; i < 20; i++) await new Promise((r) => setImmediate(r));
+    assert.ok(cache.allocatedBytes <= 2 * OBJ);
+    b.release();
+    c!.release();
+  });
+
   it('shares one fetch among concurrent readers and fails them all on a damaged object', async () => {
-    const cache = new BlockCache(2);
+    const cache = new BlockCache({ maxBytes: 2 * OBJ });
     const refs = await Promise.all([1, 2, 3].map(() => cache.get(store, sums[1], BS, BS)));
     assert.equal(refs[0].data.buffer, refs[2].data.buffer);
     for (const r of refs) r.release();

@@ -4,7 +4,7 @@
  *
  * Memory: the block list of each exported version is held once, in compact form (33 bytes a
  * block: 8.6 MB for a 1 TiB image of 4 MiB blocks), shared by every connection to it; block
- * contents live in one BlockCache shared by all (a fixed number of blocks); a writer holds
+ * contents live in one BlockCache shared by all (a fixed number of bytes); a writer holds
  * at most DIRTY_LIMIT modified blocks before storing them. Reads in flight are bounded by the
  * server (request size and count).
  */
@@ -69,9 +69,6 @@ export class BlockTable {
   }
 }
 
-/** Shared buffers beyond the cache's capacity, for blocks held by readers after eviction. */
-const SPARE_BUFFERS = 8;
-
 /** A cached block handed to a reader; release() when its data has been sent. */
 export interface BlockRef {
   data: Buffer;
@@ -79,8 +76,8 @@ export interface BlockRef {
 }
 
 interface Entry {
-  /** The object buffer (shared memory) the data is a view of. */
-  buf: Buffer;
+  /** The object buffer (shared memory) the data is a view of, once it has one. */
+  buf: Buffer | undefined;
   ready: Promise<Buffer>;
   /** Readers holding or waiting for it; its buffer is reused only at 0 and once evicted. */
   refs: number;
@@ -89,22 +86,32 @@ interface Entry {
 
 /**
  * Verified block contents by checksum, shared by all connections and versions (content
- * addressed, so never stale). A fixed number of entries, least recently used first out; one
- * fetch per checksum at a time, however many readers want it. Blocks are read into shared
- * memory (verification hashes them on a worker without a copy) from a free list: a buffer is
- * reused only when it is out of the cache and no reader holds it (a reply still being sent),
- * so neither the garbage collector nor RSS grows with the data served.
+ * addressed, so never stale); one fetch per checksum at a time, however many readers want it.
+ * Blocks are read into shared memory (verification hashes them on a worker without a copy)
+ * and the buffers are reused.
+ *
+ * All buffers together, cached, held by readers (a reply still being sent) or being filled,
+ * never exceed `maxBytes`, and the cache keeps every block it can within that: a fetch takes
+ * a free buffer, or a new one while they fit, or the buffer of the least recently used block
+ * no reader holds, or else waits for one to come back. A reader waiting for a buffer holds
+ * none, except one whose read spans several blocks: the server bounds what those hold
+ * together below `maxBytes` (NbdServer), so some buffer always comes back.
  */
 export class BlockCache {
-  readonly #capacity: number;
+  readonly maxBytes: number;
   readonly #entries = new Map<string, Entry>();
   readonly #pending = new Map<string, Entry>();
-  readonly #free = new Map<number, Buffer[]>();
-  /** Shared buffers ever made: at most the capacity plus SPARE_BUFFERS, all reused. */
-  #shared = 0;
+  readonly #free: Buffer[] = [];
+  readonly #waiting: (() => void)[] = [];
+  #allocated = 0;
 
-  constructor(capacity: number) {
-    this.#capacity = Math.max(1, capacity);
+  constructor(opts: { maxBytes: number }) {
+    this.maxBytes = opts.maxBytes;
+  }
+
+  /** Bytes of all buffers in existence (free, cached, held or being filled). */
+  get allocatedBytes(): number {
+    return this.#allocated;
   }
 
   /** Block `checksum` of `length` bytes (at most `blockSize`), verified; release() it after use. */
@@ -138,52 +145,87 @@ export class BlockCache {
     };
   }
 
+  /**
+   * Fetches a block into the cache ahead of its readers, only when that takes nobody's place:
+   * a buffer is free or can be made without waiting, and no fetch waits for one.
+   */
+  prefetch(store: BlockStore, checksum: string, length: number, blockSize: number): void {
+    if (this.#entries.has(checksum) || this.#pending.has(checksum) || this.#waiting.length > 0) return;
+    const size = objectBufferSize(blockSize);
+    const evictable = [...this.#entries.values()].some((e) => e.refs === 0);
+    if (!evictable && !this.#free.some((b) => b.length === size) && !this.#fits(size)) return;
+    this.get(store, checksum, length, blockSize).then(
+      (ref) => ref.release(),
+      () => {},
+    );
+  }
+
   #fetch(store: BlockStore, checksum: string, length: number, size: number): Entry {
-    const buf = this.#buffer(size);
-    const entry: Entry = { buf, ready: store.get(checksum, length, buf), refs: 0, cached: false };
+    const entry: Entry = { buf: undefined, ready: Promise.resolve(Buffer.alloc(0)), refs: 0, cached: false };
+    entry.ready = this.#buffer(size).then((buf) => {
+      entry.buf = buf;
+      return store.get(checksum, length, buf);
+    });
     this.#pending.set(checksum, entry);
     entry.ready.then(
       () => {
         this.#pending.delete(checksum);
         entry.cached = true;
         this.#entries.set(checksum, entry);
-        while (this.#entries.size > this.#capacity) {
-          const [oldest, old] = this.#entries.entries().next().value!;
-          this.#entries.delete(oldest);
-          old.cached = false;
-          if (old.refs === 0) this.#recycle(old.buf);
-        }
+        this.#wake();
       },
       () => {
         // Nobody ever saw this buffer's contents: it can go back at once.
         this.#pending.delete(checksum);
-        this.#recycle(buf);
+        if (entry.buf) this.#recycle(entry.buf);
       },
     );
     return entry;
   }
 
-  #unref(e: Entry): void {
-    if (--e.refs === 0 && !e.cached) this.#recycle(e.buf);
+  #evict(checksum: string, e: Entry): void {
+    this.#entries.delete(checksum);
+    e.cached = false;
   }
 
-  #buffer(size: number): Buffer {
-    const spare = this.#free.get(size)?.pop();
-    if (spare) return spare;
-    if (this.#shared < this.#capacity + SPARE_BUFFERS) {
-      this.#shared++;
-      return Buffer.from(new SharedArrayBuffer(size));
+  #unref(e: Entry): void {
+    if (--e.refs > 0) return;
+    if (!e.cached) this.#recycle(e.buf!);
+    else this.#wake(); // evictable now
+  }
+
+  #fits(size: number): boolean {
+    return this.#allocated + size <= this.maxBytes || this.#allocated === 0;
+  }
+
+  async #buffer(size: number): Promise<Buffer> {
+    for (;;) {
+      const i = this.#free.findIndex((b) => b.length === size);
+      if (i >= 0) return this.#free.splice(i, 1)[0];
+      // Room first from free buffers of other sizes, then from unheld cached blocks, oldest first.
+      while (!this.#fits(size) && this.#free.length > 0) this.#allocated -= this.#free.pop()!.length;
+      for (const [checksum, e] of this.#entries) {
+        if (this.#fits(size)) break;
+        if (e.refs > 0) continue;
+        this.#evict(checksum, e);
+        if (e.buf!.length === size) return e.buf!;
+        this.#allocated -= e.buf!.length;
+      }
+      if (this.#fits(size)) {
+        this.#allocated += size;
+        return Buffer.from(new SharedArrayBuffer(size));
+      }
+      await new Promise<void>((resolve) => this.#waiting.push(resolve));
     }
-    // Beyond the pool (many readers holding blocks at once): an ordinary buffer, which the
-    // garbage collector reclaims promptly. Dropped shared buffers were not, and RSS grew to ~1 GB.
-    return Buffer.allocUnsafe(size);
   }
 
   #recycle(buf: Buffer): void {
-    if (!(buf.buffer instanceof SharedArrayBuffer)) return;
-    let list = this.#free.get(buf.length);
-    if (!list) this.#free.set(buf.length, (list = []));
-    list.push(buf);
+    this.#free.push(buf);
+    this.#wake();
+  }
+
+  #wake(): void {
+    for (const w of this.#waiting.splice(0)) w();
   }
 }
 
@@ -327,10 +369,12 @@ export class ExportReader {
     for (let idx = from; idx < Math.min(from + READ_AHEAD, this.table.n); idx++) {
       const st = this.state(idx);
       if (st.kind === 'data')
-        this.#cache
-          .get(this.store, st.checksum, blockLength(idx, this.size, this.blockSize), this.blockSize)
-          .then((ref) => ref.release())
-          .catch(() => {});
+        this.#cache.prefetch(
+          this.store,
+          st.checksum,
+          blockLength(idx, this.size, this.blockSize),
+          this.blockSize,
+        );
     }
   }
 

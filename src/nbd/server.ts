@@ -7,8 +7,12 @@
  * Hostile clients: anything malformed gets the protocol's error where the protocol has one
  * (unknown options and commands, reads past the end, oversized requests) and a dropped
  * connection where it cannot continue (bad magic, unknown client flags); other connections
- * never notice. Memory: per connection at most MAX_IN_FLIGHT requests, and all connections
- * together at most PAYLOAD_BUDGET bytes of request and reply payload.
+ * never notice. Memory, whatever the number of connections: per connection at most
+ * MAX_IN_FLIGHT requests; replies are sent from the cached blocks, whose buffers never exceed
+ * BLOCK_BUFFERS (BlockCache) - a read waits for a buffer rather than allocate one; reads that
+ * span several blocks (and so hold some while waiting for others) hold at most SPANNING_BUDGET
+ * of them together, well below BLOCK_BUFFERS, so some buffer always comes back; writes hold at
+ * most WRITE_BUDGET bytes of payload together: 80 MiB of buffers at most in all.
  */
 import { once } from 'node:events';
 import { createServer } from 'node:net';
@@ -17,7 +21,9 @@ import { blockCount } from '../blocks/blocks.js';
 import { keepLeaseAlive } from '../core/lease.js';
 import { errorMessage } from '../errors.js';
 import type { MetaStore, Version } from '../meta/meta-store.js';
+import { objectBufferSize } from '../storage/block-store.js';
 import type { BlockStore } from '../storage/block-store.js';
+import { Budget } from './budget.js';
 import { ByteReader, ConnectionClosed } from './byte-reader.js';
 import { BlockCache, BlockTable, ExportReader, ExportWriter } from './export.js';
 import { releasePieces } from './export.js';
@@ -31,7 +37,14 @@ const MAX_OPTION_DATA = 64 << 10;
 /** A client haggling longer than this many options is dropped. */
 const MAX_OPTIONS = 1024;
 const MAX_IN_FLIGHT = 64;
-const PAYLOAD_BUDGET = 256 << 20;
+/** All verified blocks, cached or being sent, across connections (12 blocks of 4 MiB). */
+const BLOCK_BUFFERS = 48 << 20;
+/**
+ * Blocks held by reads spanning several blocks, across connections: those of the largest read
+ * (MAX_REQUEST over two 4 MiB blocks more); a read costing more runs alone.
+ */
+const SPANNING_BUDGET = MAX_REQUEST + (8 << 20);
+const WRITE_BUDGET = 32 << 20;
 const BASE_ALLOCATION_ID = 1;
 
 export type LogLevel = 'debug' | 'info' | 'warn' | 'error';
@@ -44,32 +57,8 @@ export interface NbdServerOptions {
   /** With writable: throw the new version away at disconnect instead of completing it. */
   discard: boolean;
   log: (level: LogLevel, msg: string) => void;
-  /** Cached blocks shared by all connections (default: 16 MiB-blocks' worth, at least 8). */
-  cacheBlocks?: number;
-}
-
-/** Counts bytes in use against a fixed budget; waiters are served in order. */
-class Budget {
-  #free: number;
-  readonly #waiting: { n: number; go: () => void }[] = [];
-  constructor(readonly total: number) {
-    this.#free = total;
-  }
-  async take(n: number): Promise<void> {
-    if (this.#waiting.length === 0 && this.#free >= n) {
-      this.#free -= n;
-      return;
-    }
-    await new Promise<void>((go) => this.#waiting.push({ n, go }));
-  }
-  give(n: number): void {
-    this.#free += n;
-    while (this.#waiting.length > 0 && this.#free >= this.#waiting[0].n) {
-      const w = this.#waiting.shift()!;
-      this.#free -= w.n;
-      w.go();
-    }
-  }
+  /** Bytes of block buffers for all connections (default BLOCK_BUFFERS). */
+  blockBuffers?: number;
 }
 
 class DropConnection extends Error {}
@@ -81,13 +70,17 @@ export class NbdServer {
   readonly #connections = new Set<Promise<void>>();
   readonly #cache: BlockCache;
   readonly #tables = new Map<string, { table: Promise<BlockTable>; refs: number }>();
-  readonly #budget = new Budget(PAYLOAD_BUDGET);
+  readonly #reads = new Budget(SPANNING_BUDGET);
+  readonly #writes = new Budget(WRITE_BUDGET);
   #nextId = 1;
   #closing = false;
 
   constructor(opts: NbdServerOptions) {
     this.#opts = opts;
-    this.#cache = new BlockCache(opts.cacheBlocks ?? 16);
+    this.#cache = new BlockCache({
+      // Room beyond what spanning reads may hold, for a buffer always to come back.
+      maxBytes: Math.max(opts.blockBuffers ?? BLOCK_BUFFERS, SPANNING_BUDGET + (8 << 20)),
+    });
     this.#server = createServer({ noDelay: true }, (socket) => {
       const p = this.#serve(socket).finally(() => this.#connections.delete(p));
       this.#connections.add(p);
@@ -149,8 +142,8 @@ export class NbdServer {
   get cache(): BlockCache {
     return this.#cache;
   }
-  get budget(): Budget {
-    return this.#budget;
+  get budgets(): { reads: Budget; writes: Budget } {
+    return { reads: this.#reads, writes: this.#writes };
   }
 
   /** The version named `name` if it can be served (valid, or invalid: damaged parts fail). */
@@ -203,6 +196,8 @@ class Connection {
   #device: ExportReader | undefined;
   #writer: ExportWriter | undefined;
   #cleanDisconnect = false;
+  /** The request loop, waiting for one of MAX_IN_FLIGHT requests to finish. */
+  #slotFreed: (() => void) | undefined;
   /** A write, trim or zero reached the writer: without one no new version is kept. */
   #wrote = false;
   #undo: (() => Promise<void>)[] = [];
@@ -485,9 +480,9 @@ class Connection {
   async #transmission(): Promise<void> {
     const device = this.#device!;
     const inFlight = new Set<Promise<void>>();
-    const budget = this.#server.budget;
+    const budgets = this.#server.budgets;
     try {
-      await this.#requests(device, inFlight, budget);
+      await this.#requests(device, inFlight, budgets);
     } finally {
       // Whatever ended the loop, requests already accepted finish before the new version is
       // completed or removed.
@@ -495,10 +490,17 @@ class Connection {
     }
   }
 
-  async #requests(device: ExportReader, inFlight: Set<Promise<void>>, budget: Budget): Promise<void> {
+  async #requests(
+    device: ExportReader,
+    inFlight: Set<Promise<void>>,
+    budgets: { reads: Budget; writes: Budget },
+  ): Promise<void> {
     for (;;) {
       await this.#drained();
-      while (inFlight.size >= MAX_IN_FLIGHT) await Promise.race(inFlight);
+      // One waiter woken by the next request to finish: Promise.race over all of them here
+      // would leave a reaction on every pending request per call (thousands, held until each
+      // settles: MBs of heap per busy connection).
+      while (inFlight.size >= MAX_IN_FLIGHT) await new Promise<void>((r) => (this.#slotFreed = r));
       const req = P.decodeRequest(await this.#reader.read(P.REQUEST_SIZE));
       if (req.type === P.CMD.DISC) {
         await Promise.allSettled(inFlight);
@@ -506,6 +508,7 @@ class Connection {
         return;
       }
       let payload: Buffer | undefined;
+      let budget: Budget | undefined;
       let cost = 0;
       if (req.type === P.CMD.WRITE) {
         if (req.length > MAX_REQUEST) {
@@ -514,17 +517,23 @@ class Connection {
           this.#error(req, P.NBD_ERR.EINVAL, `write of ${req.length} bytes is larger than ${MAX_REQUEST}`);
           continue;
         }
-        cost = req.length;
-        await budget.take(cost);
+        budget = budgets.writes;
+        cost = await budget.take(req.length);
         try {
           payload = await this.#reader.read(req.length);
         } catch (err) {
           budget.give(cost);
           throw err;
         }
-      } else if (req.type === P.CMD.READ && req.length <= MAX_REQUEST) {
-        cost = req.length;
-        await budget.take(cost);
+      } else if (req.type === P.CMD.READ && req.length > 0 && req.length <= MAX_REQUEST) {
+        // The reply is sent from the cached blocks it touches; one that spans several holds
+        // some of them while it waits for others.
+        const bs = device.blockSize;
+        const blocks = Math.floor((req.offset + req.length - 1) / bs) - Math.floor(req.offset / bs) + 1;
+        if (blocks > 1) {
+          budget = budgets.reads;
+          cost = await budget.take(blocks * objectBufferSize(bs));
+        }
       }
       const p = this.#handle(device, req, payload)
         .catch((err: unknown) => {
@@ -532,8 +541,11 @@ class Connection {
           this.#error(req, P.NBD_ERR.EIO, 'internal error');
         })
         .finally(() => {
-          budget.give(cost);
+          budget?.give(cost);
           inFlight.delete(p);
+          const wake = this.#slotFreed;
+          this.#slotFreed = undefined;
+          wake?.();
         });
       inFlight.add(p);
     }

@@ -8,12 +8,11 @@ import { CorruptBlockError } from '../errors.js';
 import { CHECKSUM_RE } from '../blocks/hash.js';
 import { CorruptObject } from '../util/codec-pool.js';
 import type { CodecPool } from '../util/codec-pool.js';
-import { BufferPool, blocksInFlight } from '../util/buffer-pool.js';
-import { makeCodec, objectBufferSize } from './codec.js';
+import { makeCodec } from './codec.js';
 import type { Codec, CodecSpec, Decoded } from './codec.js';
 import type { PutOptions, StorageBackend } from './backend.js';
 
-export { HEADER_SIZE, objectBufferSize } from './codec.js';
+export { ENCODE_ROOM, HEADER_SIZE, objectBufferSize } from './codec.js';
 
 /** Below this, a worker round trip costs more than doing the work on the spot. */
 const POOL_MIN_BYTES = 64 << 10;
@@ -23,8 +22,6 @@ export class BlockStore {
   readonly spec: CodecSpec;
   readonly #codec: Codec;
   readonly #pool: CodecPool | undefined;
-  /** With encryption and a pool: where workers write objects (see put). */
-  #outputs: BufferPool | undefined;
 
   /** With a pool, naming, encoding and decoding run on its worker threads. */
   constructor(backend: StorageBackend, spec: CodecSpec, pool?: CodecPool) {
@@ -46,24 +43,19 @@ export class BlockStore {
   /**
    * Stores a block under its name (computed by the caller with `hash`/`digest`); returns the
    * stored size. With `{ defer: true }` it is durable only after the next sync() (see
-   * StorageBackend). Leave `data` alone until it settles.
+   * StorageBackend). Leave `data` alone until it settles. With `{ inPlace: true }` the caller
+   * gives `data` up: the object is encoded over it and the ENCODE_ROOM bytes around it (a
+   * BufferPool with that room), so a block costs no buffer of its own; afterwards `data` holds
+   * anything.
    */
-  async put(checksum: string, data: Buffer, opts?: PutOptions): Promise<number> {
+  async put(checksum: string, data: Buffer, opts?: PutOptions & { inPlace?: boolean }): Promise<number> {
+    const inPlace = opts?.inPlace ?? false;
     // Stored raw and in clear, a block needs only a header: no reason to visit a worker.
     const trivial = this.spec.compression.codec === 'none' && !this.spec.keys;
     if (!this.#pool || trivial || data.length < POOL_MIN_BYTES) {
-      return this.#write(checksum, this.#codec.encode(checksum, data), opts);
+      return this.#write(checksum, this.#codec.encode(checksum, data, inPlace), opts);
     }
-    const pool = this.#pool;
-    // Ciphertext and compressed bytes: into a reused shared buffer, not a new one per block
-    // (garbage the size of every block stored would pile up before a collection).
-    const size = objectBufferSize(data.length);
-    if (!this.#outputs || this.#outputs.bufferSize < size) {
-      this.#outputs = new BufferPool(blocksInFlight(data.length), size);
-    }
-    return this.#outputs.with(async (dst) =>
-      this.#write(checksum, await pool.encode(checksum, data, dst), opts),
-    );
+    return this.#write(checksum, await this.#pool.encode(checksum, data, inPlace), opts);
   }
 
   async #write(checksum: string, chunks: Uint8Array[], opts?: PutOptions): Promise<number> {

@@ -9,7 +9,7 @@ import { randomBytes } from 'node:crypto';
 import { after, describe, it } from 'node:test';
 import fc from 'fast-check';
 import { CodecPool, CorruptObject } from '../util/codec-pool.js';
-import { HEADER_SIZE, MAX_OBJECT_OVERHEAD, makeCodec } from './codec.js';
+import { ENCODE_ROOM, HEADER_SIZE, MAX_OBJECT_OVERHEAD, makeCodec } from './codec.js';
 import type { CodecSpec, Compression, Decoded } from './codec.js';
 import { deriveKeys } from './keyfile.js';
 
@@ -74,6 +74,36 @@ describe('object codec (properties)', () => {
         assert.deepEqual(plainOf(obj, codec.decode(name, obj, data.length, 0)), Buffer.from(data));
       }),
       { numRuns: RUNS },
+    );
+  });
+
+  it('encoded in place, an object decodes the same and stays inside the room around its block', async () => {
+    await fc.assert(
+      fc.asyncProperty(spec, block, fc.boolean(), async (s, data, viaPool) => {
+        const sp = toSpec(s);
+        const codec = makeCodec(sp);
+        const { before, after } = ENCODE_ROOM;
+        // Guard bytes on both sides of the room must survive.
+        const guard = 8;
+        const buf = Buffer.from(new SharedArrayBuffer(guard + before + data.length + after + guard)).fill(
+          0xa5,
+        );
+        const block = buf.subarray(guard + before, guard + before + data.length);
+        block.set(data);
+        const name = codec.name(data);
+        let pool: CodecPool | undefined;
+        if (viaPool) pools.push((pool = new CodecPool(sp, 1)));
+        const chunks = pool ? await pool.encode(name, block, true) : codec.encode(name, block, true);
+        assert.equal(chunks.length, 1);
+        assert.equal(chunks[0].buffer, buf.buffer);
+        assert.ok(buf.subarray(0, guard).every((b) => b === 0xa5));
+        assert.ok(buf.subarray(buf.length - guard).every((b) => b === 0xa5));
+        const obj = Buffer.from(chunks[0]);
+        assert.ok(obj.length <= data.length + MAX_OBJECT_OVERHEAD);
+        assert.deepEqual(plainOf(obj, codec.decode(name, obj, data.length, 0)), Buffer.from(data));
+        await pool?.close();
+      }),
+      { numRuns: 40 },
     );
   });
 

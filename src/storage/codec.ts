@@ -36,6 +36,15 @@
  * The codec is plain JavaScript source (CODEC_SOURCE), evaluated once on the main thread and
  * once in each CodecPool worker: one implementation for both, no file to locate beside the
  * bundled CLI, no TypeScript loader in the workers.
+ *
+ * Memory: nothing of a block's size is allocated per block. An object is encoded in place
+ * around its block when the caller gives the block up (ENCODE_ROOM bytes before and after it
+ * are then overwritten too); an encrypted object is decrypted in place when the caller lets
+ * the plaintext be written over it; otherwise two reused scratch buffers of a block each hold
+ * the compressed or decrypted bytes. node:crypto's ciphers return a new buffer per call, which
+ * V8 frees only once tens of MB of such garbage have piled up (external memory does not
+ * trigger a young-generation collection): the codec feeds them CRYPT_PIECE bytes at a time
+ * and frees each output as soon as it is copied (see release), so one piece is all it holds.
  */
 import { createRequire } from 'node:module';
 import type { HashFunction } from '../config/config.js';
@@ -48,6 +57,12 @@ export const MAX_OBJECT_OVERHEAD = HEADER_SIZE + 12 + 16;
 export function objectBufferSize(blockSize: number): number {
   return blockSize + MAX_OBJECT_OVERHEAD;
 }
+
+/**
+ * Room an object encoded in place needs around its block: header and nonce before it, tag
+ * after it (see Codec.encode). A BufferPool with this room holds blocks that encode in place.
+ */
+export const ENCODE_ROOM = { before: HEADER_SIZE + 12, after: 16 } as const;
 
 export type Compression = { codec: 'none' } | { codec: 'lz4' } | { codec: 'zstd'; level: number };
 
@@ -111,21 +126,23 @@ export type Decoded = { data: Uint8Array; shared: false } | { offset: number; le
 export type Encoded = Uint8Array[];
 
 export interface Codec {
-  /** Whether objects are encrypted (their encoding and decoding allocate per block). */
+  /** Whether objects are encrypted. */
   readonly encrypted: boolean;
   /** The object name of a plaintext block: 64 hex characters. */
   name(data: Uint8Array): string;
   /**
    * The object for `data` under `name`. The data itself may be one of the chunks (no copy when
-   * it is stored raw and unencrypted); an encrypted or compressed object is written into `dst`
-   * when it fits.
+   * it is stored raw and unencrypted). With `inPlace` the caller gives up `data` and the
+   * ENCODE_ROOM bytes around it: the object is written there, as one chunk, instead of into a
+   * new buffer (ignored when `data` lacks that room).
    */
-  encode(name: string, data: Uint8Array, dst?: Uint8Array): Encoded;
+  encode(name: string, data: Uint8Array, inPlace?: boolean): Encoded;
   /**
    * Parses, authenticates, decompresses and verifies an object; throws an error with
    * `corrupt: true` when the object is damaged. `expectedLength` is checked before any work.
-   * A decoded plaintext of at most `room` bytes is written over `obj`, from its start (`room`:
-   * what the caller's buffer holds from there; 0 for none).
+   * `room`: what the caller's buffer holds from `obj`'s start (0 for none). When it covers
+   * `obj`, the object may be decrypted in place and a decoded plaintext of at most `room` bytes
+   * is written over `obj`; a damaged object then leaves the buffer's content undefined.
    */
   decode(name: string, obj: Uint8Array, expectedLength: number | undefined, room: number): Decoded;
 }
@@ -161,13 +178,35 @@ function makeCodec(spec, modules) {
   let lz4;
   const lz4Module = () => (lz4 ??= require(modules.lz4Path));
   let cctx, dctx;
-  // Two reused buffers (decrypted payload, decompressed plaintext): no allocation per block.
+  // Two reused buffers (compressed or decrypted payload, decompressed plaintext): no
+  // allocation per block.
   const scratch = [Buffer.alloc(0), Buffer.alloc(0)];
   const scratchOf = (n, i = 0) => {
     if (scratch[i].length < n) scratch[i] = Buffer.allocUnsafeSlow(n);
     return scratch[i].subarray(0, n);
   };
   const corrupt = (msg) => Object.assign(new Error(msg), { corrupt: true });
+  const asBuffer = (u) => (Buffer.isBuffer(u) ? u : Buffer.from(u.buffer, u.byteOffset, u.length));
+
+  // Posting on a closed port still transfers (detaches) what it is given, and drops the message
+  // at once: the buffer's memory is freed then and there, not at V8's next full collection.
+  const sink = new (require('node:worker_threads').MessageChannel)().port1;
+  sink.close();
+  const release = (b) => {
+    const whole = b.length > 0 && b.byteOffset === 0 && b.length === b.buffer.byteLength;
+    if (whole && !(b.buffer instanceof SharedArrayBuffer)) sink.postMessage(null, [b.buffer]);
+  };
+  const CRYPT_PIECE = 256 * 1024;
+  // Runs src through a cipher or decipher into dst from offset at (dst may be src itself:
+  // output never overtakes input); returns the end. Each piece's output is freed once copied.
+  function crypt(c, src, dst, at) {
+    for (let o = 0; o < src.length; o += CRYPT_PIECE) {
+      const out = c.update(src.subarray(o, o + CRYPT_PIECE));
+      at += out.copy(dst, at);
+      release(out);
+    }
+    return at;
+  }
 
   function header(compression, encryption, length) {
     const h = Buffer.alloc(HEADER);
@@ -179,52 +218,56 @@ function makeCodec(spec, modules) {
     return h;
   }
 
-  function encode(objName, data, dst) {
+  function encode(objName, dataIn, inPlace) {
+    const data = asBuffer(dataIn);
     let payload = data;
     let codec = 0;
-    const limit = data.length - Math.max(32, data.length >> 5);
-    // Without encryption the compressed bytes are the object's payload: they go straight into
-    // the caller's output buffer when there is one (no copy, no buffer per block).
-    const direct = !keys && dst && dst.length >= limit;
-    const target = () => (direct ? Buffer.from(dst.buffer, dst.byteOffset, limit) : scratchOf(limit));
     if (spec.compression.codec === 'zstd' && data.length >= 64) {
       cctx ??= new (zstdModule().CCtx)();
-      const into = target();
+      const limit = data.length - Math.max(32, data.length >> 5);
+      const dst = scratchOf(limit);
       try {
-        const n = cctx.compress(into, data, spec.compression.level);
-        payload = into.subarray(0, n);
+        const n = cctx.compress(dst, data, spec.compression.level);
+        payload = dst.subarray(0, n);
         codec = ZSTD;
       } catch (err) {
         // Did not fit: not worth keeping compressed. Anything else is a real failure.
         if (!/too small/i.test(String(err && err.message))) throw err;
       }
     } else if (spec.compression.codec === 'lz4' && data.length >= 64) {
-      const into = target();
+      const limit = data.length - Math.max(32, data.length >> 5);
+      const dst = scratchOf(limit);
       // 0: did not fit into the limit (LZ4 stops as soon as it knows, fast on random data).
-      const n = lz4Module().compress(Buffer.from(data.buffer, data.byteOffset, data.length), into);
+      const n = lz4Module().compress(data, dst);
       if (n > 0) {
-        payload = into.subarray(0, n);
+        payload = dst.subarray(0, n);
         codec = LZ4;
       }
     }
-    if (!keys) {
-      const h = header(codec, 0, data.length);
-      if (!codec || direct) return [h, codec ? payload : data];
+    const before = keys ? HEADER + NONCE : HEADER;
+    const total = before + payload.length + (keys ? TAG : 0);
+    const roomy = inPlace && data.byteOffset >= HEADER + NONCE && data.buffer.byteLength - data.byteOffset - data.length >= TAG;
+    const h = header(codec, keys ? AES_GCM : 0, data.length);
+    if (!roomy && !keys) {
       // The scratch buffer is reused: hand out a copy of the compressed bytes, in a buffer of its
       // own (never one of Buffer's shared slabs: a worker transfers it).
-      return [h, new Uint8Array(payload)];
+      return codec ? [h, new Uint8Array(payload)] : [h, data];
     }
-    const h = header(codec, AES_GCM, data.length);
-    const total = HEADER + NONCE + payload.length + TAG;
-    const out = dst && dst.length >= total ? Buffer.from(dst.buffer, dst.byteOffset, total) : Buffer.from(new ArrayBuffer(total));
+    // In place the payload starts where the block does: a raw block is already there.
+    const out = roomy ? Buffer.from(data.buffer, data.byteOffset - before, total) : Buffer.from(new ArrayBuffer(total));
     h.copy(out, 0);
+    if (!keys) {
+      if (codec) payload.copy(out, before);
+      return [out];
+    }
     const nonce = crypto.randomBytes(NONCE);
     nonce.copy(out, HEADER);
     const cipher = crypto.createCipheriv('aes-256-gcm', keys.encryption, nonce);
     cipher.setAAD(Buffer.concat([h, Buffer.from(objName, 'latin1')]));
-    let at = HEADER + NONCE;
-    at += cipher.update(payload).copy(out, at);
-    at += cipher.final().copy(out, at);
+    let at = crypt(cipher, payload, out, before);
+    const last = cipher.final();
+    at += last.copy(out, at);
+    release(last);
     cipher.getAuthTag().copy(out, at);
     return [out];
   }
@@ -254,10 +297,14 @@ function makeCodec(spec, modules) {
       const decipher = crypto.createDecipheriv('aes-256-gcm', keys.encryption, nonce);
       decipher.setAAD(Buffer.concat([obj.subarray(0, HEADER), Buffer.from(objName, 'latin1')]));
       decipher.setAuthTag(tag);
-      const plain = scratchOf(payload.length - NONCE - TAG);
-      let at = decipher.update(payload.subarray(NONCE, payload.length - TAG)).copy(plain, 0);
+      const sealed = payload.subarray(NONCE, payload.length - TAG);
+      // In place when the caller's buffer may take the plaintext anyway.
+      const plain = room >= obj.length ? sealed : scratchOf(sealed.length);
+      let at = crypt(decipher, sealed, plain, 0);
       try {
-        at += decipher.final().copy(plain, at);
+        const last = decipher.final();
+        at += last.copy(plain, at);
+        release(last);
       } catch {
         throw corrupt('authentication failed (the object was altered, truncated or copied from another name)');
       }

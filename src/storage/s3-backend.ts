@@ -33,6 +33,7 @@ import {
   S3Client,
 } from '@aws-sdk/client-s3';
 import { BackyError, MissingBlockError, errorMessage } from '../errors.js';
+import { freeBuffer } from '../util/free-buffer.js';
 import { META_NAME_RE, checkMetaName } from './backend.js';
 import type { ObjectInfo, PutOptions, StorageBackend } from './backend.js';
 
@@ -426,9 +427,23 @@ function quiet(sock: Duplex | null | undefined): Duplex | null | undefined {
   return sock;
 }
 
+/** Bytes a plain-HTTP socket reads at once, into its one reused buffer (see QuietAgent). */
+const SOCKET_READ = 64 << 10;
+
 class QuietAgent extends Agent {
   override createConnection(options: ClientRequestArgs, cb?: (err: Error | null, s: Duplex) => void) {
-    return quiet(super.createConnection(options, cb));
+    // A socket's reads land in one buffer of its own instead of a new one per read: Node's HTTP
+    // parser copies what it keeps (headers, body chunks) out of each read before the next, and
+    // the per-read buffers (4 MiB of them per block) would otherwise pile up until a full
+    // collection. The socket is handed each read as 'data', as without onread.
+    const onread = {
+      buffer: Buffer.allocUnsafeSlow(SOCKET_READ),
+      callback(this: Duplex, n: number, buf: Buffer): boolean {
+        this.emit('data', buf.subarray(0, n));
+        return true;
+      },
+    };
+    return quiet(super.createConnection({ ...options, onread } as ClientRequestArgs, cb));
   }
 }
 
@@ -494,6 +509,9 @@ async function readBody(
         }
         chunk.copy(into, done);
         done += chunk.length;
+        // A copy Node's HTTP parser made for us alone: 4 MiB of them per block would otherwise
+        // pile up until a full collection.
+        freeBuffer(chunk);
       }
       return into.subarray(0, done);
     }

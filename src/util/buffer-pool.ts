@@ -5,12 +5,20 @@
  */
 export class BufferPool {
   readonly bufferSize: number;
+  readonly #before: number;
   readonly #free: Buffer[] = [];
   readonly #waiting: ((b: Buffer) => void)[] = [];
 
-  constructor(count: number, bufferSize: number) {
+  /**
+   * `room`: bytes kept free before and after each buffer in its SharedArrayBuffer, e.g.
+   * ENCODE_ROOM for blocks that BlockStore.put may encode in place.
+   */
+  constructor(count: number, bufferSize: number, room = { before: 0, after: 0 }) {
     this.bufferSize = bufferSize;
-    for (let i = 0; i < count; i++) this.#free.push(Buffer.from(new SharedArrayBuffer(bufferSize)));
+    this.#before = room.before;
+    const total = room.before + bufferSize + room.after;
+    for (let i = 0; i < count; i++)
+      this.#free.push(Buffer.from(new SharedArrayBuffer(total), room.before, bufferSize));
   }
 
   /** A free buffer (contents undefined); waits while all are in use. */
@@ -23,9 +31,9 @@ export class BufferPool {
   /** Gives a buffer from acquire() (or any view of it) back; the caller must not use it afterwards. */
   release(view: Buffer): void {
     const b =
-      view.byteOffset === 0 && view.length === this.bufferSize
+      view.byteOffset === this.#before && view.length === this.bufferSize
         ? view
-        : Buffer.from(view.buffer, 0, this.bufferSize);
+        : Buffer.from(view.buffer, this.#before, this.bufferSize);
     const next = this.#waiting.shift();
     if (next) next(b);
     else this.#free.push(b);
@@ -44,9 +52,17 @@ export class BufferPool {
 
 /**
  * How many blocks a pipeline keeps in flight: enough to overlap reads, hashing and writes
- * (6 blocks of 4 MiB), more for small blocks, never fewer than 4; memory stays about
- * max(24 MiB, 4 blocks) whatever the image size (peak RSS is a goal: <= 150 MB).
+ * (4 blocks of 4 MiB: 16 MiB; 2 GiB backups and restores took as long as with 6, within the
+ * noise of a loaded two-core machine), more for small blocks, never fewer than 4.
+ *
+ * This is the one bound on block memory: backup, restore and scrub hold each block in flight
+ * in one buffer of a BufferPool of this many (+1 for a stream) from read to write, including
+ * while it waits in the CodecPool's queue or is being written, and the codec works in those
+ * buffers (in place) or in its workers' two scratch buffers. So a pipeline's block memory is
+ * (blocksInFlight + 1 + 2 x codec workers) x block size: ~29 MB with 4 MiB blocks and one
+ * worker, whatever the image size (the goal is a peak RSS <= 150 MB, of which Node, the
+ * bundle and SQLite take ~70 MB, and the S3 client's heap ~40 MB more).
  */
 export function blocksInFlight(blockSize: number): number {
-  return Math.max(4, Math.min(64, Math.ceil((24 << 20) / blockSize)));
+  return Math.max(4, Math.min(64, Math.ceil((16 << 20) / blockSize)));
 }

@@ -133,6 +133,19 @@ describe('BufferPool', () => {
     pool.release(third!);
   });
 
+  it('keeps the room asked for around each buffer, and takes views back whole', async () => {
+    const pool = new BufferPool(1, 1000, { before: 28, after: 16 });
+    const a = await pool.acquire();
+    assert.equal(a.length, 1000);
+    assert.equal(a.byteOffset, 28);
+    assert.equal(a.buffer.byteLength, 28 + 1000 + 16);
+    pool.release(a.subarray(0, 10));
+    const b = await pool.acquire();
+    assert.equal(b.buffer, a.buffer);
+    assert.equal(b.byteOffset, 28);
+    assert.equal(b.length, 1000);
+  });
+
   it('with() releases when the function throws', async () => {
     const pool = new BufferPool(1, 16);
     await assert.rejects(

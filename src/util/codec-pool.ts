@@ -4,17 +4,17 @@
  * and every core is busy (BLAKE3 ~5 GB/s, SHA-256 ~1.5 GB/s, zstd -1..3 ~2 GB/s on random data,
  * AES-256-GCM ~0.5-3 GB/s per core: on one thread they would cap a backup or restore).
  *
- * Buffers backed by a SharedArrayBuffer (see BufferPool) reach a worker without a copy; the
- * caller must not change them until the promise settles. Any other buffer is copied once (just
- * the view's bytes). A decoded block is written back into the shared buffer it was read into,
- * so reads cost no allocation on the main thread; an encrypted or compressed object is written
- * into a shared output buffer of the caller's (without one, a compressed object comes back as
- * a buffer of its own, transferred, not copied).
+ * Buffers backed by a SharedArrayBuffer (see BufferPool) reach a worker without a copy or a
+ * transfer; the caller must not change them until the promise settles. Any other buffer is
+ * copied once (just the view's bytes) and that copy transferred. A decoded block is written
+ * back into the shared buffer it was read into, and a block given up for encoding (`inPlace`)
+ * is encoded around itself in its shared buffer: neither allocates on either thread. Any other
+ * object comes back as a buffer of its own (transferred, not copied).
  *
- * Memory: each worker keeps two scratch buffers of at most a block each (decrypted payload,
- * decompressed plaintext), ~13 MB of its own, and nothing per task; the main thread holds at
- * most one encoded object per block in flight (BlockStore's output buffers with encryption).
- * So the bound stays (workers x 2 + blocks in flight x 2) x block size.
+ * Memory: each worker keeps two scratch buffers of at most a block each (compressed or
+ * decrypted payload, decompressed plaintext) and one CRYPT_PIECE of cipher output (codec.ts),
+ * ~13 MB of its own, and nothing per task. The blocks themselves are the callers' buffers
+ * (see blocksInFlight in buffer-pool.ts for the whole bound).
  *
  * Workers are unref'd while idle, so a pool that is never closed does not keep the process
  * alive; close() terminates them. A worker that dies fails only its own pending tasks and is
@@ -23,7 +23,7 @@
 import { availableParallelism } from 'node:os';
 import { Worker } from 'node:worker_threads';
 import { BackyError } from '../errors.js';
-import { CODEC_SOURCE, codecModules } from '../storage/codec.js';
+import { CODEC_SOURCE, ENCODE_ROOM, codecModules } from '../storage/codec.js';
 import type { CodecSpec, Decoded, Encoded } from '../storage/codec.js';
 
 // CommonJS source evaluated in each worker: no file to locate next to the compiled output,
@@ -37,53 +37,33 @@ try {
 } catch (err) {
   setupError = String((err && err.message) || err);
 }
-const transferable = (u) => u.buffer instanceof SharedArrayBuffer ? [] : [u.buffer];
-// node:crypto's ciphers return a new buffer per call: a block's worth of garbage per block,
-// which V8 collects only once tens of MB of it have piled up, in each worker. Collecting the
-// young generation every few blocks keeps that off the peak RSS (a scavenge of a heap this
-// small takes well under a millisecond).
-// (Once the flag is set, workers started later have a global gc already.)
-let scavenge = typeof globalThis.gc === 'function' ? globalThis.gc : undefined;
-try {
-  if (!scavenge) {
-    require('node:v8').setFlagsFromString('--expose-gc');
-    scavenge = require('node:vm').runInNewContext('gc');
-  }
-} catch {}
-let sinceGc = 0;
-const collect = (bytes) => {
-  sinceGc += bytes;
-  if (scavenge && sinceGc >= 16 * 1024 * 1024) {
-    sinceGc = 0;
-    scavenge({ type: 'minor' });
-  }
-};
+// Each ArrayBuffer at most once (two chunks may share one), never a SharedArrayBuffer.
+const transferList = (views) => [...new Set(views.filter((u) => ArrayBuffer.isView(u) && !(u.buffer instanceof SharedArrayBuffer)).map((u) => u.buffer))];
 parentPort.on('message', (m) => {
   let reply, transfer = [];
   try {
     if (setupError) throw new Error(setupError);
     if (m.op === 'name') reply = { id: m.id, name: codec.name(m.data) };
     else if (m.op === 'encode') {
-      const chunks = codec.encode(m.name, m.data, m.dst);
-      // The block itself, or the caller's output buffer, may be a chunk: never send back what
-      // the caller already has.
-      const out = chunks.map((c) =>
-        c.buffer === m.data.buffer ? null : m.dst && c.buffer === m.dst.buffer ? c.length : new Uint8Array(c.buffer, c.byteOffset, c.length));
+      const shared = m.data.buffer instanceof SharedArrayBuffer;
+      const chunks = codec.encode(m.name, m.data, m.inPlace);
+      // A chunk on the caller's shared buffer goes back as its place in it: no copy.
+      const out = chunks.map((c) => shared && c.buffer === m.data.buffer ? [c.byteOffset, c.length] : c);
       reply = { id: m.id, chunks: out };
-      for (const c of out) if (c && typeof c === 'object' && c.byteOffset === 0 && c.length === c.buffer.byteLength) transfer.push(...transferable(c));
+      transfer = transferList(out);
     } else {
       const shared = m.obj.buffer instanceof SharedArrayBuffer;
-      let d = codec.decode(m.name, m.obj, m.expected, shared ? m.room : 0);
-      // A copy sent here is not the caller's buffer: send the plaintext back instead.
+      // A copy sent here is ours to write over.
+      let d = codec.decode(m.name, m.obj, m.expected, shared ? m.room : m.obj.length);
+      // A copy is not the caller's buffer: send the plaintext back instead.
       if (d.shared && !shared) d = { shared: false, data: m.obj.subarray(d.offset, d.offset + d.length) };
       reply = { id: m.id, decoded: d };
-      if (!d.shared) transfer = transferable(d.data);
+      if (!d.shared) transfer = transferList([d.data]);
     }
   } catch (err) {
     reply = { id: m.id, error: String((err && err.message) || err), corrupt: !!(err && err.corrupt) };
   }
   parentPort.postMessage(reply, transfer);
-  if (codec && codec.encrypted) collect((m.data || m.obj).length);
 });
 `;
 
@@ -98,8 +78,8 @@ interface Task {
 interface Reply {
   id: number;
   name?: string;
-  /** null: the block itself; a number: that many bytes of the caller's output buffer. */
-  chunks?: (Uint8Array | number | null)[];
+  /** [offset, length]: that part of the block's own (shared) buffer. */
+  chunks?: (Uint8Array | [number, number])[];
   decoded?: Decoded;
   error?: string;
   corrupt?: boolean;
@@ -134,14 +114,13 @@ export class CodecPool {
   }
 
   /**
-   * The object for `data` under `name`, as chunks; `data` itself may be one of them, and an
-   * encrypted object is written into `dst` (a SharedArrayBuffer view) when it fits.
+   * The object for `data` under `name`, as chunks; `data` itself may be one of them. With
+   * `inPlace` (see Codec.encode) an object is written around a block on a SharedArrayBuffer and
+   * comes back as a view of it.
    */
-  async encode(name: string, data: Uint8Array, dst?: Uint8Array): Promise<Encoded> {
-    const msg: Record<string, unknown> = { op: 'encode', name, data };
-    if (dst && dst.buffer instanceof SharedArrayBuffer) msg.dst = dst;
-    const r = await this.#run(msg, [data]);
-    return r.chunks!.map((c) => (c === null ? data : typeof c === 'number' ? dst!.subarray(0, c) : c));
+  async encode(name: string, data: Uint8Array, inPlace = false): Promise<Encoded> {
+    const r = await this.#run({ op: 'encode', name, data, inPlace }, [data]);
+    return r.chunks!.map((c) => (Array.isArray(c) ? new Uint8Array(data.buffer, c[0], c[1]) : c));
   }
 
   /**
@@ -180,9 +159,13 @@ export class CodecPool {
           const data = v as Uint8Array;
           if (data.buffer instanceof SharedArrayBuffer) continue;
           // Cloning a view would copy its whole backing store (maybe far larger): copy just the
-          // view, once, and hand that copy over.
-          const copy = new Uint8Array(data);
+          // view, once, and hand that copy over; with room to encode it in place, as the
+          // worker may (the copy is nobody else's).
+          const { before, after } = message.op === 'encode' ? ENCODE_ROOM : { before: 0, after: 0 };
+          const copy = new Uint8Array(new ArrayBuffer(before + data.length + after), before, data.length);
+          copy.set(data);
           message[k] = copy;
+          if (message.op === 'encode') message.inPlace = true;
           transfer.push(copy.buffer);
         }
         slot.worker.postMessage({ ...message, id }, transfer);

@@ -1,6 +1,6 @@
 /**
  * End to end: the parallel pipelines with more blocks than buffers in flight (1 MiB blocks:
- * 24 in flight; 48 blocks), so every pooled buffer is reused while other blocks are still being read,
+ * 16 in flight; 48 blocks), so every pooled buffer is reused while other blocks are still being read,
  * hashed on the worker pool or written. Both hash functions; every restore byte for byte.
  */
 import assert from 'node:assert/strict';
