@@ -6,6 +6,10 @@
  * another version or another store is reported and skipped; versions already present are left
  * alone, so a second run adds nothing. Held as 'recover' from before the first copy is read:
  * cleanup then deletes no object and sweeps no unrecorded file (cleanup.ts).
+ *
+ * Scale: each copy is parsed twice (validated whole, then inserted in batches), objects are
+ * looked up a batch at a time, and the versions' commits are made durable by one fsync at the
+ * end (a power loss before it loses recovered versions, never consistency: run it again).
  */
 import { InputError } from '../errors.js';
 import type { MetaStore, Version } from '../meta/meta-store.js';
@@ -13,7 +17,7 @@ import type { BlockStore } from '../storage/block-store.js';
 import { DamagedCopyError } from '../storage/meta-codec.js';
 import { hold } from './lease.js';
 import { ExportParser, splitLines } from './export-format.js';
-import { importVersion } from './metadata-io.js';
+import { importVersion, inPieces } from './metadata-io.js';
 import type { ExportHeader } from './export-format.js';
 import { copyName, copyUid, readVersionCopy } from './version-copy.js';
 
@@ -65,12 +69,21 @@ export async function recover(opts: {
       try {
         const content = await readVersionCopy(store, uid);
         if (!content) throw new DamagedCopyError('it disappeared while recover ran');
-        const h = await check(content, name, uid, opts.storeId, meta);
         if (opts.dryRun) {
-          result.added.push(versionOf(h));
+          result.added.push(versionOf(await check(content, name, uid, opts.storeId, meta)));
           continue;
         }
-        const r = await importVersion({ meta, store, path: name, content, signal });
+        // Recover's own lease keeps every object for the whole run: the import takes none, and
+        // its commits are made durable once, below, rather than one fsync per version.
+        const r = await importVersion({
+          meta,
+          store,
+          path: name,
+          content,
+          signal,
+          checkHeader: (h) => checkHeader(h, uid, opts.storeId, meta),
+          leased: true,
+        });
         result.added.push(r.version);
         if (r.downgraded) result.downgraded.push(uid);
       } catch (err) {
@@ -82,6 +95,7 @@ export async function recover(opts: {
       }
     }
   } finally {
+    if (held?.lease && result.added.length > 0) await meta.durableHeartbeat(held.lease.id).catch(() => {});
     await held?.release();
   }
   result.added.sort((a, b) => a.date - b.date || a.uid.localeCompare(b.uid));
@@ -97,14 +111,14 @@ async function check(
   meta: MetaStore,
 ): Promise<ExportHeader> {
   const parser = new ExportParser(name);
-  for await (const line of splitLines(
-    (async function* () {
-      yield content;
-    })(),
-    name,
-  ))
-    parser.line(line);
+  for await (const line of splitLines(inPieces(content), name)) parser.line(line);
   const { header } = parser.finish();
+  checkHeader(header, uid, storeId, meta);
+  return header;
+}
+
+/** The copy is this store's copy of `uid`. */
+function checkHeader(header: ExportHeader, uid: string, storeId: string, meta: MetaStore): void {
   if (header.uid !== uid) throw new InputError(`it describes version ${header.uid} (moved from its name?)`);
   if (header.store_id !== storeId) {
     throw new InputError(`it belongs to another store (${header.store_id ?? 'none recorded'})`);
@@ -112,7 +126,6 @@ async function check(
   if (header.hash_function !== meta.hashFunction) {
     throw new InputError(`it uses hash function ${header.hash_function}, this store ${meta.hashFunction}`);
   }
-  return header;
 }
 
 function versionOf(h: ExportHeader): Version {
