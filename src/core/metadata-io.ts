@@ -29,7 +29,8 @@ import type { Readable, Writable } from 'node:stream';
 import { blockCount } from '../blocks/blocks.js';
 import { BackyError, InputError, NotFoundError, VersionRemovedError } from '../errors.js';
 import { changeLabels } from '../meta/catalog.js';
-import { recordImportedVersion } from '../meta/record-import.js';
+import { recordImportedVersions } from '../meta/record-import.js';
+import type { ImportedVersion } from '../meta/record-import.js';
 import type { BlockRow, MetaStore, Version } from '../meta/meta-store.js';
 import type { BlockStore } from '../storage/block-store.js';
 import { abortable, abortableIterable, mapOrdered } from '../util/concurrency.js';
@@ -227,35 +228,20 @@ async function insert(
   durable: boolean,
 ): Promise<ImportResult> {
   const h = checked.header;
-  const version: Version = {
-    uid: h.uid,
-    name: h.name,
-    snapshotName: h.snapshot_name,
-    date: h.date,
-    sizeBytes: h.size_bytes,
-    blockSize: h.block_size,
-    status: 'incomplete',
-    baseUid: h.base_uid,
-    protected: h.protected,
-    hostname: h.hostname,
-  };
+  const version = versionOf(h, 'incomplete');
   progress.start('import', undefined);
   try {
     if (checked.blocks <= BATCH) {
       // Small enough for one transaction: nothing is visible until it is all there.
-      const rows: BlockRow[] = [];
-      for await (const row of reparsed(read, name, h)) rows.push(row);
-      const sizes = await lookUp(store, rows, signal);
-      signal?.throwIfAborted();
-      const r = await recordImportedVersion(meta, {
-        version: { ...version, status: h.status },
-        rows,
-        sizes,
-        labels: h.labels ?? {},
-        durable,
-      });
-      progress.advance(rows.length);
-      return { version: await meta.getVersion(version.uid), blocks: checked.blocks, ...r };
+      const item = await prepared(store, read, name, h, signal);
+      const [r] = await recordImportedVersions(meta, [item], { durable, existing: 'throw' });
+      progress.advance(checked.blocks);
+      return {
+        version: await meta.getVersion(version.uid),
+        blocks: checked.blocks,
+        missing: r.missing,
+        downgraded: r.downgraded,
+      };
     }
     return await insertInBatches(meta, store, read, name, checked, version, progress, signal, durable);
   } catch (err) {
@@ -266,6 +252,57 @@ async function insert(
   } finally {
     progress.stop();
   }
+}
+
+function versionOf(h: ExportHeader, status: Version['status']): Version {
+  return {
+    uid: h.uid,
+    name: h.name,
+    snapshotName: h.snapshot_name,
+    date: h.date,
+    sizeBytes: h.size_bytes,
+    blockSize: h.block_size,
+    status,
+    baseUid: h.base_uid,
+    protected: h.protected,
+    hostname: h.hostname,
+  };
+}
+
+/** A validated file small enough for one transaction: its rows read again and its objects looked up. */
+async function prepared(
+  store: BlockStore,
+  read: () => AsyncIterable<Buffer>,
+  name: string,
+  h: ExportHeader,
+  signal: AbortSignal | undefined,
+): Promise<ImportedVersion> {
+  const rows: BlockRow[] = [];
+  for await (const row of reparsed(read, name, h)) rows.push(row);
+  const sizes = await lookUp(store, rows, signal);
+  signal?.throwIfAborted();
+  return { version: versionOf(h, h.status), rows, sizes, labels: h.labels ?? {} };
+}
+
+/**
+ * For recover: a version copy (in memory) validated, its header checked by `checkHeader`, and,
+ * when its block list fits one transaction, made ready for recordImportedVersions (several at
+ * once); undefined when it does not fit (then importVersion records it in batches). The caller
+ * holds an ANY_OBJECT_LEASE_KINDS lease from before the first read until it is recorded.
+ */
+export async function prepareImport(opts: {
+  meta: MetaStore;
+  store: BlockStore;
+  name: string;
+  content: Buffer;
+  checkHeader: (h: ExportHeader) => void;
+  signal?: AbortSignal;
+}): Promise<ImportedVersion | undefined> {
+  const read = () => inPieces(opts.content);
+  const checked = await validate(read(), opts.name);
+  opts.checkHeader(checked.header);
+  if (checked.blocks > BATCH) return undefined;
+  return prepared(opts.store, read, opts.name, checked.header, opts.signal);
 }
 
 /** The block rows of a file already validated, parsed again: a file changed meanwhile still fails cleanly. */

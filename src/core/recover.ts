@@ -7,9 +7,10 @@
  * alone, so a second run adds nothing. Held as 'recover' from before the first copy is read:
  * cleanup then deletes no object and sweeps no unrecorded file (cleanup.ts).
  *
- * Scale: each copy is parsed twice (validated whole, then inserted in batches), objects are
- * looked up a batch at a time, and the versions' commits are made durable by one fsync at the
- * end (a power loss before it loses recovered versions, never consistency: run it again).
+ * Scale: each copy is parsed twice (validated whole, then its rows read), objects are looked up
+ * a batch at a time, small versions are recorded many to a transaction (record-import.ts), and
+ * the commits are made durable by one fsync at the end (a power loss before it loses recovered
+ * versions, never consistency: run it again).
  */
 import { InputError } from '../errors.js';
 import type { MetaStore, Version } from '../meta/meta-store.js';
@@ -17,9 +18,15 @@ import type { BlockStore } from '../storage/block-store.js';
 import { DamagedCopyError } from '../storage/meta-codec.js';
 import { hold } from './lease.js';
 import { ExportParser, splitLines } from './export-format.js';
-import { importVersion, inPieces } from './metadata-io.js';
+import { importVersion, inPieces, prepareImport } from './metadata-io.js';
+import { recordImportedVersions } from '../meta/record-import.js';
+import type { ImportedVersion } from '../meta/record-import.js';
 import type { ExportHeader } from './export-format.js';
 import { copyName, copyUid, readVersionCopy } from './version-copy.js';
+
+/** Small versions recorded in one transaction: at most this many, and this many block rows. */
+const GROUP_VERSIONS = 200;
+const GROUP_ROWS = 10_000;
 
 export interface RecoverProblem {
   uid: string;
@@ -55,9 +62,30 @@ export async function recover(opts: {
       if (uid) copies.add(uid);
     }
     const wanted = opts.uids ?? [...copies].sort();
+    const existing = new Set((await meta.listVersions()).map((v) => v.uid));
+    // Small versions are recorded GROUP_VERSIONS (or GROUP_ROWS block rows) to a transaction:
+    // one commit and a few statements for many versions, not a dozen statements each.
+    let group: ImportedVersion[] = [];
+    let groupRows = 0;
+    const flush = async () => {
+      if (group.length === 0) return;
+      const items = group;
+      group = [];
+      groupRows = 0;
+      const recorded = await recordImportedVersions(meta, items, { durable: false, existing: 'skip' });
+      for (const [i, r] of recorded.entries()) {
+        const { version } = items[i];
+        if (r.status === undefined) {
+          result.present.push(version.uid);
+          continue;
+        }
+        result.added.push({ ...version, status: r.status });
+        if (r.downgraded) result.downgraded.push(version.uid);
+      }
+    };
     for (const uid of wanted) {
       signal?.throwIfAborted();
-      if (await meta.findVersion(uid)) {
+      if (existing.has(uid)) {
         result.present.push(uid);
         continue;
       }
@@ -73,15 +101,24 @@ export async function recover(opts: {
           result.added.push(versionOf(await check(content, name, uid, opts.storeId, meta)));
           continue;
         }
-        // Recover's own lease keeps every object for the whole run: the import takes none, and
-        // its commits are made durable once, below, rather than one fsync per version.
+        const checkThis = (h: ExportHeader) => checkHeader(h, uid, opts.storeId, meta);
+        const item = await prepareImport({ meta, store, name, content, checkHeader: checkThis, signal });
+        if (item) {
+          group.push(item);
+          groupRows += item.rows.length;
+          if (group.length >= GROUP_VERSIONS || groupRows >= GROUP_ROWS) await flush();
+          continue;
+        }
+        // Too large for one transaction: imported in batches under its own version lease.
+        // Recover's lease keeps every object for the whole run, so the import takes none.
+        await flush();
         const r = await importVersion({
           meta,
           store,
           path: name,
           content,
           signal,
-          checkHeader: (h) => checkHeader(h, uid, opts.storeId, meta),
+          checkHeader: checkThis,
           leased: true,
         });
         result.added.push(r.version);
@@ -94,6 +131,7 @@ export async function recover(opts: {
         throw err;
       }
     }
+    await flush();
   } finally {
     if (held?.lease && result.added.length > 0) await meta.durableHeartbeat(held.lease.id).catch(() => {});
     await held?.release();
