@@ -273,7 +273,7 @@ async function blockListProblem(
 }
 
 /** Inserts a version row exactly as given, inside `tx`; InputError when the uid exists already. */
-export async function insertVersionRow(tx: Kysely<Database>, version: Version): Promise<void> {
+async function insertVersionRow(tx: Kysely<Database>, version: Version): Promise<void> {
   const exists = await tx
     .selectFrom('versions')
     .select('uid')
@@ -302,7 +302,7 @@ export async function insertVersionRow(tx: Kysely<Database>, version: Version): 
  * block of its size, or a non-sparse block references a missing or invalid object. Undefined
  * when it can.
  */
-export async function completionProblem(tx: Kysely<Database>, uid: string): Promise<string | undefined> {
+async function completionProblem(tx: Kysely<Database>, uid: string): Promise<string | undefined> {
   const v = await tx.selectFrom('versions').selectAll().where('uid', '=', uid).executeTakeFirstOrThrow();
   const gap = await blockListProblem(tx, uid, Number(v.size_bytes), Number(v.block_size));
   if (gap) return gap;
