@@ -1,9 +1,14 @@
 /**
  * Stored objects: record, touch, mark damaged, look up, count, and adopt an import's objects.
  */
+import { sql } from 'kysely';
+import type { SqlBool } from 'kysely';
 import { MetaBlocks } from './meta-blocks.js';
 import { INSERT_BATCH, nowMicros } from './meta-types.js';
 import type { Db } from './meta-types.js';
+
+/** Checksums looked up per statement by adoptIn. */
+const LOOKUP_BATCH = 10_000;
 
 export class MetaObjects extends MetaBlocks {
   /**
@@ -123,35 +128,35 @@ export class MetaObjects extends MetaBlocks {
    */
   async adoptObjects(sizes: ReadonlyMap<string, number | undefined>): Promise<Set<string>> {
     if (sizes.size === 0) return new Set();
-    return this.write((tx) => adoptIn(tx, sizes, nowMicros()));
+    return this.write((tx) => adoptIn(tx, this.dialect, sizes, nowMicros()));
   }
 }
 
 /** adoptObjects inside the caller's transaction `tx`. */
 export async function adoptIn(
   tx: Db,
+  dialect: 'sqlite' | 'postgres',
   sizes: ReadonlyMap<string, number | undefined>,
   now: number,
 ): Promise<Set<string>> {
   const checksums = [...sizes.keys()];
-  // IN lists of at most INSERT_BATCH: callers pass batches of any size.
-  const chunks = (list: readonly string[]) =>
-    Array.from({ length: Math.ceil(list.length / INSERT_BATCH) }, (_, i) =>
-      list.slice(i * INSERT_BATCH, (i + 1) * INSERT_BATCH),
-    );
+  const chunks = (list: readonly string[], n: number) =>
+    Array.from({ length: Math.ceil(list.length / n) }, (_, i) => list.slice(i * n, (i + 1) * n));
+  // The checksums as one parameter, a JSON array (SQLite) or a text array (PostgreSQL): IN lists
+  // of 1,000 parameters cost more to build and prepare than to run.
+  const among = (list: readonly string[]) =>
+    dialect === 'postgres'
+      ? sql<SqlBool>`checksum = ANY(${list}::text[])`
+      : sql<SqlBool>`checksum IN (SELECT value FROM json_each(${JSON.stringify(list)}))`;
   const known = new Map<string, boolean>();
-  for (const chunk of chunks(checksums)) {
+  for (const chunk of chunks(checksums, LOOKUP_BATCH)) {
     await tx
       .updateTable('objects')
       .set({ last_seen: now })
-      .where('checksum', 'in', chunk)
+      .where(among(chunk))
       .where('valid', '=', 1)
       .execute();
-    const rows = await tx
-      .selectFrom('objects')
-      .select(['checksum', 'valid'])
-      .where('checksum', 'in', chunk)
-      .execute();
+    const rows = await tx.selectFrom('objects').select(['checksum', 'valid']).where(among(chunk)).execute();
     for (const r of rows) known.set(r.checksum, Number(r.valid) === 1);
   }
   const found: { checksum: string; storedSize: number }[] = [];
@@ -180,8 +185,8 @@ export async function adoptIn(
       .onConflict((oc) => oc.column('checksum').doUpdateSet({ last_seen: now }))
       .execute();
   }
-  for (const chunk of chunks(gone)) {
-    await tx.updateTable('objects').set({ valid: 0 }).where('checksum', 'in', chunk).execute();
+  for (const chunk of chunks(gone, LOOKUP_BATCH)) {
+    await tx.updateTable('objects').set({ valid: 0 }).where(among(chunk)).execute();
   }
   return ok;
 }

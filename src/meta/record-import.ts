@@ -64,7 +64,7 @@ export async function recordImportedVersions(
       const todo = items.filter((i) => !present.has(i.version.uid));
       const sizes = new Map<string, number | undefined>();
       for (const item of todo) for (const [c, s] of item.sizes) sizes.set(c, s);
-      const ok = await adoptIn(tx, sizes, nowMicros());
+      const ok = await adoptIn(tx, meta.dialect, sizes, nowMicros());
       const out = new Map<string, RecordedImport>();
       const lists: { uid: string; rows: BlockRow[] }[] = [];
       const versionRows = todo.map((item) => {
