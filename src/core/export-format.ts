@@ -77,6 +77,13 @@ const blockSchema = z.strictObject({
   valid: z.boolean('must be true or false'),
 });
 
+/**
+ * A block line in the exact form export writes; its numbers have at most 15 digits, so they are
+ * safe integers like the schema's.
+ */
+const CANONICAL_BLOCK_RE =
+  /^\{"idx":(0|[1-9][0-9]{0,14}),"checksum":(?:"([0-9a-f]{64})"|null),"size":(0|[1-9][0-9]{0,14}),"valid":(true|false)\}$/;
+
 const trailerSchema = z.strictObject({
   end: z.literal(EXPORT_FORMAT, `must be "${EXPORT_FORMAT}"`),
   blocks: count,
@@ -123,6 +130,23 @@ export class ExportParser {
   line(text: string): { header: ExportHeader } | { block: BlockRow } | undefined {
     this.#lineNo++;
     if (this.#ended) this.#fail('unexpected content after the end line');
+    if (this.#header) {
+      // A block line exactly as export writes it (all but a few lines of a file) is taken apart by
+      // one regular expression: JSON.parse and the schema cost ~4 µs a line, 1 s a 1 TiB image per
+      // pass. It accepts nothing the schema refuses; anything else, bad lines included, takes
+      // the general path below and fails with its message.
+      const m = CANONICAL_BLOCK_RE.exec(text);
+      if (m) {
+        const block = {
+          idx: Number(m[1]),
+          checksum: m[2] ?? null,
+          size: Number(m[3]),
+          valid: m[4] === 'true',
+        };
+        this.#checkBlock(block);
+        return { block };
+      }
+    }
     let value: unknown;
     try {
       value = JSON.parse(text);
@@ -161,6 +185,14 @@ export class ExportParser {
       return undefined;
     }
     const b = this.#check(blockSchema, value, 'block');
+    const block = { idx: b.idx, checksum: b.checksum, size: b.size, valid: b.valid };
+    this.#checkBlock(block);
+    return { block };
+  }
+
+  /** The block is the next one, of the length the image needs there. */
+  #checkBlock(b: BlockRow): void {
+    const header = this.#header!;
     if (b.idx !== this.#blocks) {
       if (b.idx < this.#blocks)
         this.#fail(`block idx ${b.idx} repeats or goes backwards (expected ${this.#blocks})`);
@@ -170,10 +202,9 @@ export class ExportParser {
     }
     if (b.idx >= this.#expected)
       this.#fail(`block idx ${b.idx} is out of range (the image has ${this.#expected} blocks)`);
-    const want = blockLength(b.idx, this.#header.size_bytes, this.#header.block_size);
+    const want = blockLength(b.idx, header.size_bytes, header.block_size);
     if (b.size !== want) this.#fail(`block ${b.idx} has size ${b.size}, but the image needs ${want}`);
     this.#blocks++;
-    return { block: { idx: b.idx, checksum: b.checksum, size: b.size, valid: b.valid } };
   }
 
   /** The file ended: throws unless header, every block and the end line were there. */
@@ -188,7 +219,12 @@ export class ExportParser {
   }
 }
 
-/** Splits a byte stream into lines of at most `max` bytes (strict UTF-8). */
+/**
+ * Splits a byte stream into lines of at most `max` bytes (strict UTF-8). The complete lines of
+ * a chunk are decoded in one call and split as a string (a '\n' byte is never part of a
+ * multi-byte character): decoding line by line cost more than parsing them. A run that holds
+ * invalid UTF-8 or a byte order mark is decoded line by line, as each line on its own would be.
+ */
 export async function* splitLines(
   chunks: AsyncIterable<Buffer>,
   name: string,
@@ -202,26 +238,58 @@ export async function* splitLines(
       throw new InputError(`${name} line ${lineNo}: not valid UTF-8`);
     }
   };
+  const tooLong = (lineNo: number) => new InputError(`${name} line ${lineNo}: longer than ${max} bytes`);
   let pending: Buffer[] = [];
   let pendingLength = 0;
   let lineNo = 0;
   for await (const chunk of chunks) {
-    let start = 0;
-    for (;;) {
-      const nl = chunk.indexOf(10, start);
-      const piece = chunk.subarray(start, nl === -1 ? chunk.length : nl);
-      pendingLength += piece.length;
-      if (pendingLength > max) throw new InputError(`${name} line ${lineNo + 1}: longer than ${max} bytes`);
-      if (nl === -1) {
-        if (piece.length > 0) pending.push(Buffer.from(piece));
-        break;
+    const last = chunk.lastIndexOf(10);
+    if (last === -1) {
+      pendingLength += chunk.length;
+      if (pendingLength > max) throw tooLong(lineNo + 1);
+      if (chunk.length > 0) pending.push(Buffer.from(chunk));
+      continue;
+    }
+    const head = chunk.subarray(0, last);
+    const run = pending.length > 0 ? Buffer.concat([...pending, head]) : head;
+    pending = [];
+    pendingLength = 0;
+    let text: string | undefined;
+    try {
+      text = decoder.decode(run);
+    } catch {
+      text = undefined;
+    }
+    if (text === undefined || text.includes('\uFEFF')) {
+      let start = 0;
+      for (;;) {
+        const nl = run.indexOf(10, start);
+        const line = run.subarray(start, nl === -1 ? run.length : nl);
+        lineNo++;
+        if (line.length > max) throw tooLong(lineNo);
+        yield decode(line, lineNo);
+        if (nl === -1) break;
+        start = nl + 1;
       }
-      const line = pending.length > 0 ? Buffer.concat([...pending, piece]) : piece;
-      pending = [];
-      pendingLength = 0;
-      lineNo++;
-      yield decode(line, lineNo);
-      start = nl + 1;
+    } else {
+      // A string as long as its bytes is ASCII: then a line's length is its length in bytes.
+      const ascii = text.length === run.length;
+      let start = 0;
+      for (;;) {
+        const nl = text.indexOf('\n', start);
+        const line = text.slice(start, nl === -1 ? text.length : nl);
+        lineNo++;
+        if ((ascii ? line.length : Buffer.byteLength(line)) > max) throw tooLong(lineNo);
+        yield line;
+        if (nl === -1) break;
+        start = nl + 1;
+      }
+    }
+    const tail = chunk.subarray(last + 1);
+    if (tail.length > max) throw tooLong(lineNo + 1);
+    if (tail.length > 0) {
+      pending.push(Buffer.from(tail));
+      pendingLength = tail.length;
     }
   }
   if (pendingLength > 0) yield decode(Buffer.concat(pending), lineNo + 1);

@@ -141,4 +141,51 @@ describe('export parser properties', () => {
       { numRuns: RUNS },
     );
   });
+
+  it('a block line as export writes it and the same line spaced out (the JSON path) give the same result', () => {
+    // The parser takes export's exact form apart with a regular expression, anything else
+    // through JSON.parse and the schema: the two must agree on every line, edits included.
+    const edit = fc.record({
+      at: fc.nat(),
+      text: fc.constantFrom(
+        '0',
+        '1',
+        '9',
+        '00',
+        '-',
+        't',
+        'f',
+        'e',
+        '"',
+        'a',
+        'A',
+        ' ',
+        'null',
+        '1234567890123456',
+      ),
+      replace: fc.boolean(),
+    });
+    fc.assert(
+      fc.property(validExport, fc.nat(), fc.array(edit, { maxLength: 3 }), (v, lineSel, edits) => {
+        const input = render(v);
+        if (input.length > 2) {
+          const i = 1 + (lineSel % (input.length - 2));
+          let line = input[i];
+          for (const e of edits) {
+            const at = e.at % (line.length + 1);
+            line = line.slice(0, at) + e.text + line.slice(e.replace ? at + 1 : at);
+          }
+          input[i] = line;
+        }
+        const spaced = input.map((l, i) => (i === 0 ? l : l.replace(/^\{/, '{ ')));
+        const a = parse(input);
+        const b = parse(spaced);
+        if (a.ok) {
+          assert.ok(b.ok, String(b.err));
+          assert.deepEqual(a.blocks, b.blocks);
+        } else assert.equal(a.err.message, b.err?.message);
+      }),
+      { numRuns: RUNS * 3 },
+    );
+  });
 });

@@ -89,6 +89,48 @@ describe('ExportParser', () => {
   }
 });
 
+describe("ExportParser: block lines in export's exact form and through JSON agree", () => {
+  // Export's exact form is taken apart by a regular expression, anything else by JSON.parse and
+  // the schema: a near miss of the exact form must get the same answer the JSON path gives.
+  const line0 = `{"idx":0,"checksum":"${SUM}","size":4096,"valid":true}`;
+  const variants: [string, string][] = [
+    ['exact', line0],
+    ['valid false', line0.replace('true', 'false')],
+    ['null checksum', line0.replace(`"${SUM}"`, 'null')],
+    ['"tfalse"', line0.replace('true', 'tfalse')],
+    ['"ttrue"', line0.replace('true', 'ttrue')],
+    ['valid as a string', line0.replace('true', '"true"')],
+    ['leading zero', line0.replace('"idx":0', '"idx":00')],
+    ['negative zero', line0.replace('"idx":0', '"idx":-0')],
+    ['16-digit size', line0.replace('4096', '1000000000004096')],
+    ['size as a float', line0.replace('4096', '4096.0')],
+    ['size with an exponent', line0.replace('4096', '4.096e3')],
+    ['upper-case hex', line0.replace(SUM, SUM.toUpperCase())],
+    ['63 hex digits', line0.replace(SUM, SUM.slice(1))],
+    ['trailing space', `${line0} `],
+    ['a field twice', line0.replace('}', ',"valid":false}')],
+    ['an unknown field', line0.replace('}', ',"x":1}')],
+    ['fields in another order', `{"checksum":"${SUM}","idx":0,"size":4096,"valid":true}`],
+  ];
+  const outcome = (block: string) => {
+    try {
+      const p = new ExportParser('f');
+      p.line(JSON.stringify(header));
+      return { row: p.line(block) };
+    } catch (err) {
+      assert.ok(err instanceof InputError, String(err));
+      return { error: err.message };
+    }
+  };
+  for (const [what, line] of variants) {
+    it(what, () => assert.deepEqual(outcome(line), outcome(line.replace(/^\{/, '{ '))));
+  }
+  it('the exact form parses to its row', () => {
+    assert.deepEqual(outcome(line0), { row: { block: blocks[0] } });
+    assert.deepEqual(outcome(variants[1][1]).row, { block: { ...blocks[0], valid: false } });
+  });
+});
+
 describe('splitLines', () => {
   async function* chunks(...parts: string[]) {
     for (const p of parts) yield Buffer.from(p);

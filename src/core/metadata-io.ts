@@ -29,6 +29,8 @@ import type { Readable, Writable } from 'node:stream';
 import { blockCount } from '../blocks/blocks.js';
 import { BackyError, InputError, NotFoundError, VersionRemovedError } from '../errors.js';
 import { changeLabels } from '../meta/catalog.js';
+import { recordImportedVersions } from '../meta/record-import.js';
+import type { ImportedVersion } from '../meta/record-import.js';
 import type { BlockRow, MetaStore, Version } from '../meta/meta-store.js';
 import type { BlockStore } from '../storage/block-store.js';
 import { abortable, abortableIterable, mapOrdered } from '../util/concurrency.js';
@@ -40,7 +42,12 @@ import type { ProgressReporter } from './progress.js';
 
 export { EXPORT_FORMAT, EXPORT_VERSION, ExportParser, MAX_LINE, splitLines } from './export-format.js';
 
-const BATCH = 1000;
+/**
+ * Block lines per flush (object lookups, adoption, one block-list transaction). Large: each
+ * SQLite commit of random checksum-index pages costs a WAL checkpoint, so 262,144 rows written
+ * 1,000 a transaction took several times longer than 10,000 at a time.
+ */
+const BATCH = 10_000;
 const STATS_IN_FLIGHT = 16;
 
 // ---- export ----
@@ -115,6 +122,11 @@ async function* fileChunks(path: string): AsyncIterable<Buffer> {
   }
 }
 
+/** A buffer in pieces, as a file is read: splitLines then decodes a piece at a time. */
+export async function* inPieces(content: Buffer): AsyncIterable<Buffer> {
+  for (let i = 0; i < content.length; i += 256 * 1024) yield content.subarray(i, i + 256 * 1024);
+}
+
 /** Copies the stream to `spool` while yielding it. */
 async function* spooled(input: Readable, spool: FileHandle): AsyncIterable<Buffer> {
   for await (const chunk of input as AsyncIterable<Buffer>) {
@@ -146,6 +158,14 @@ export async function importVersion(opts: {
   progress?: ProgressReporter;
   /** Stops the import (SIGINT): it rejects with the signal's reason and imports nothing. */
   signal?: AbortSignal;
+  /** Checks the validated header before anything is written (recover: the copy's uid and store). */
+  checkHeader?: (h: ExportHeader) => void;
+  /**
+   * The caller holds a lease of an ANY_OBJECT_LEASE_KINDS kind for the whole run (recover), so
+   * this import takes none of its own. Its commits may then be made durable only by the
+   * caller's meta.syncDurable (recover: once for all versions, not once each).
+   */
+  leased?: boolean;
 }): Promise<ImportResult> {
   const { meta, store, signal } = opts;
   const progress = opts.progress ?? noProgress;
@@ -153,7 +173,7 @@ export async function importVersion(opts: {
   // Held from before the first byte is read until the version is recorded: the objects the
   // file names may be files without rows (a rebuilt database), which cleanup sweeps only while
   // no lease exists, or unreferenced rows, which it keeps while an import's lease exists.
-  const held = await hold(meta, 'import', null);
+  const held = opts.leased ? undefined : await hold(meta, 'import', null);
   let spoolDir: string | undefined;
   try {
     let path = opts.path;
@@ -161,9 +181,7 @@ export async function importVersion(opts: {
     let read = () => fileChunks(path);
     if (opts.content) {
       const content = opts.content;
-      read = async function* () {
-        yield content;
-      };
+      read = () => inPieces(content);
       checked = await validate(read(), name);
     } else if (opts.path === '-') {
       spoolDir = await mkdtemp(join(tmpdir(), 'backy-import-'));
@@ -181,6 +199,7 @@ export async function importVersion(opts: {
       checked = await validate(abortableIterable(fileChunks(path), signal), name);
     }
     const h = checked.header;
+    opts.checkHeader?.(h);
     if (h.hash_function !== meta.hashFunction) {
       throw new InputError(
         `${name} uses hash function ${h.hash_function}, this store ${meta.hashFunction}; its checksums do not name objects here`,
@@ -191,10 +210,10 @@ export async function importVersion(opts: {
         `version ${h.uid} exists already; remove it first ('backy rm') to import it again`,
       );
     }
-    return await insert(meta, store, read, name, checked, progress, signal);
+    return await insert(meta, store, read, name, checked, progress, signal, !opts.leased);
   } finally {
     if (spoolDir) await rm(spoolDir, { recursive: true, force: true }).catch(() => {});
-    await held.release();
+    await held?.release();
   }
 }
 
@@ -206,35 +225,148 @@ async function insert(
   checked: { header: ExportHeader; blocks: number },
   progress: ProgressReporter,
   signal: AbortSignal | undefined,
+  durable: boolean,
 ): Promise<ImportResult> {
   const h = checked.header;
-  const version: Version = {
+  const version = versionOf(h, 'incomplete');
+  progress.start('import', undefined);
+  try {
+    if (checked.blocks <= BATCH) {
+      // Small enough for one transaction: nothing is visible until it is all there.
+      const item = await prepared(store, read, name, h, signal);
+      const [r] = await recordImportedVersions(meta, [item], { durable, existing: 'throw' });
+      progress.advance(checked.blocks);
+      return {
+        version: await meta.getVersion(version.uid),
+        blocks: checked.blocks,
+        missing: r.missing,
+        downgraded: r.downgraded,
+      };
+    }
+    return await insertInBatches(meta, store, read, name, checked, version, progress, signal, durable);
+  } catch (err) {
+    if (err instanceof BackyError) throw err;
+    throw new BackyError(`import of ${version.uid} failed and was undone: ${(err as Error).message}`, {
+      cause: err,
+    });
+  } finally {
+    progress.stop();
+  }
+}
+
+function versionOf(h: ExportHeader, status: Version['status']): Version {
+  return {
     uid: h.uid,
     name: h.name,
     snapshotName: h.snapshot_name,
     date: h.date,
     sizeBytes: h.size_bytes,
     blockSize: h.block_size,
-    status: 'incomplete',
+    status,
     baseUid: h.base_uid,
     protected: h.protected,
     hostname: h.hostname,
   };
+}
+
+/** A validated file small enough for one transaction: its rows read again and its objects looked up. */
+async function prepared(
+  store: BlockStore,
+  read: () => AsyncIterable<Buffer>,
+  name: string,
+  h: ExportHeader,
+  signal: AbortSignal | undefined,
+): Promise<ImportedVersion> {
+  const rows: BlockRow[] = [];
+  for await (const row of reparsed(read, name, h)) rows.push(row);
+  const sizes = await lookUp(store, rows, signal);
+  signal?.throwIfAborted();
+  return { version: versionOf(h, h.status), rows, sizes, labels: h.labels ?? {} };
+}
+
+/**
+ * For recover: a version copy (in memory) validated, its header checked by `checkHeader`, and,
+ * when its block list fits one transaction, made ready for recordImportedVersions (several at
+ * once); undefined when it does not fit (then importVersion records it in batches). The caller
+ * holds an ANY_OBJECT_LEASE_KINDS lease from before the first read until it is recorded.
+ */
+export async function prepareImport(opts: {
+  meta: MetaStore;
+  store: BlockStore;
+  name: string;
+  content: Buffer;
+  checkHeader: (h: ExportHeader) => void;
+  signal?: AbortSignal;
+}): Promise<ImportedVersion | undefined> {
+  const read = () => inPieces(opts.content);
+  const checked = await validate(read(), opts.name);
+  opts.checkHeader(checked.header);
+  if (checked.blocks > BATCH) return undefined;
+  return prepared(opts.store, read, opts.name, checked.header, opts.signal);
+}
+
+/** The block rows of a file already validated, parsed again: a file changed meanwhile still fails cleanly. */
+async function* reparsed(
+  read: () => AsyncIterable<Buffer>,
+  name: string,
+  h: ExportHeader,
+): AsyncGenerator<BlockRow> {
+  const parser = new ExportParser(name);
+  for await (const line of splitLines(read(), name)) {
+    const rec = parser.line(line);
+    if (rec && 'header' in rec && JSON.stringify(rec.header) !== JSON.stringify(h)) {
+      throw new InputError(`${name} changed while it was imported`);
+    }
+    if (rec && 'block' in rec) yield rec.block;
+  }
+  parser.finish();
+}
+
+/**
+ * The stored size of each object `rows` name (undefined: not in the data store). In one batch
+ * where the backend can (a local directory), else STATS_IN_FLIGHT at a time (one by one, a
+ * batch of S3 HEADs costs a round trip each). The import's lease keeps cleanup from deleting
+ * any of them from now on.
+ */
+async function lookUp(
+  store: BlockStore,
+  rows: readonly BlockRow[],
+  signal: AbortSignal | undefined,
+): Promise<Map<string, number | undefined>> {
+  signal?.throwIfAborted();
+  const checksums = [...new Set(rows.flatMap((r) => (r.checksum === null ? [] : [r.checksum])))];
+  const sizes = new Map<string, number | undefined>();
+  const backend = store.backend;
+  if (backend.statMany) {
+    const found = await backend.statMany(checksums, signal);
+    checksums.forEach((c, i) => sizes.set(c, found[i]?.size));
+  } else {
+    const stat = async (c: string) => sizes.set(c, (await backend.stat(c))?.size);
+    for await (const _ of mapOrdered(checksums, STATS_IN_FLIGHT, stat, signal)) void _;
+  }
+  return sizes;
+}
+
+/** A block list too large for one transaction: BATCH rows at a time, the version leased meanwhile. */
+async function insertInBatches(
+  meta: MetaStore,
+  store: BlockStore,
+  read: () => AsyncIterable<Buffer>,
+  name: string,
+  checked: { header: ExportHeader; blocks: number },
+  version: Version,
+  progress: ProgressReporter,
+  signal: AbortSignal | undefined,
+  durable: boolean,
+): Promise<ImportResult> {
+  const h = checked.header;
   // Incomplete and leased while blocks go in: cleanup keeps every object adopted here.
   const lease = await meta.insertVersionWithLease(version, 'import');
   const stopHeartbeat = keepLeaseAlive(meta, lease.id);
   let missing = 0;
   try {
     const flush = async (rows: BlockRow[]) => {
-      signal?.throwIfAborted();
-      const checksums = [...new Set(rows.flatMap((r) => (r.checksum === null ? [] : [r.checksum])))];
-      // Looked up STATS_IN_FLIGHT at a time (one by one, a batch of S3 HEADs or of cold stats
-      // costs a round trip each); the import's lease keeps cleanup from deleting any meanwhile.
-      const sizes = new Map<string, number | undefined>();
-      const stat = async (c: string) => sizes.set(c, (await store.backend.stat(c))?.size);
-      for await (const _ of mapOrdered(checksums, STATS_IN_FLIGHT, stat, signal)) void _;
-      const present = async (c: string) => sizes.get(c);
-      const ok = checksums.length > 0 ? await meta.adoptObjects(checksums, present) : new Set<string>();
+      const ok = await meta.adoptObjects(await lookUp(store, rows, signal));
       for (const r of rows) {
         if (r.checksum !== null && !ok.has(r.checksum)) {
           r.valid = false;
@@ -244,30 +376,20 @@ async function insert(
       await meta.putBlocks(version.uid, rows);
       progress.advance(rows.length);
     };
-    // The file was validated; it is parsed again, so a file changed meanwhile still fails cleanly.
-    progress.start('import', undefined);
-    const parser = new ExportParser(name);
     let rows: BlockRow[] = [];
-    for await (const line of splitLines(read(), name)) {
-      const rec = parser.line(line);
-      if (rec && 'header' in rec && JSON.stringify(rec.header) !== JSON.stringify(h)) {
-        throw new InputError(`${name} changed while it was imported`);
-      }
-      if (rec && 'block' in rec) {
-        rows.push(rec.block);
-        if (rows.length >= BATCH) {
-          await flush(rows);
-          rows = [];
-        }
+    for await (const row of reparsed(read, name, h)) {
+      rows.push(row);
+      if (rows.length >= BATCH) {
+        await flush(rows);
+        rows = [];
       }
     }
-    parser.finish();
     await flush(rows);
     if (h.labels) await changeLabels(meta, version.uid, { set: h.labels, remove: [] });
     signal?.throwIfAborted();
     let downgraded = false;
     if (h.status === 'valid') {
-      const problem = await meta.completeVersion(version.uid);
+      const problem = await meta.completeVersion(version.uid, { durable });
       if (problem) {
         await meta.setVersionStatus(version.uid, 'invalid');
         downgraded = true;
@@ -278,12 +400,8 @@ async function insert(
     return { version: await meta.getVersion(version.uid), blocks: checked.blocks, missing, downgraded };
   } catch (err) {
     await meta.removeVersion(version.uid, { protectedToo: true }).catch(() => {});
-    if (err instanceof BackyError) throw err;
-    throw new BackyError(`import of ${version.uid} failed and was undone: ${(err as Error).message}`, {
-      cause: err,
-    });
+    throw err;
   } finally {
-    progress.stop();
     stopHeartbeat();
     await meta.releaseLease(lease.id).catch(() => {});
   }

@@ -6,6 +6,11 @@
  * another version or another store is reported and skipped; versions already present are left
  * alone, so a second run adds nothing. Held as 'recover' from before the first copy is read:
  * cleanup then deletes no object and sweeps no unrecorded file (cleanup.ts).
+ *
+ * Scale: each copy is parsed twice (validated whole, then its rows read), objects are looked up
+ * a batch at a time, small versions are recorded many to a transaction (record-import.ts), and
+ * the commits are made durable by one fsync at the end (a power loss before it loses recovered
+ * versions, never consistency: run it again).
  */
 import { InputError } from '../errors.js';
 import type { MetaStore, Version } from '../meta/meta-store.js';
@@ -13,9 +18,15 @@ import type { BlockStore } from '../storage/block-store.js';
 import { DamagedCopyError } from '../storage/meta-codec.js';
 import { hold } from './lease.js';
 import { ExportParser, splitLines } from './export-format.js';
-import { importVersion } from './metadata-io.js';
+import { importVersion, inPieces, prepareImport } from './metadata-io.js';
+import { recordImportedVersions } from '../meta/record-import.js';
+import type { ImportedVersion } from '../meta/record-import.js';
 import type { ExportHeader } from './export-format.js';
 import { copyName, copyUid, readVersionCopy } from './version-copy.js';
+
+/** Small versions recorded in one transaction: at most this many, and this many block rows. */
+const GROUP_VERSIONS = 200;
+const GROUP_ROWS = 10_000;
 
 export interface RecoverProblem {
   uid: string;
@@ -51,9 +62,30 @@ export async function recover(opts: {
       if (uid) copies.add(uid);
     }
     const wanted = opts.uids ?? [...copies].sort();
+    const existing = new Set((await meta.listVersions()).map((v) => v.uid));
+    // Small versions are recorded GROUP_VERSIONS (or GROUP_ROWS block rows) to a transaction:
+    // one commit and a few statements for many versions, not a dozen statements each.
+    let group: ImportedVersion[] = [];
+    let groupRows = 0;
+    const flush = async () => {
+      if (group.length === 0) return;
+      const items = group;
+      group = [];
+      groupRows = 0;
+      const recorded = await recordImportedVersions(meta, items, { durable: false, existing: 'skip' });
+      for (const [i, r] of recorded.entries()) {
+        const { version } = items[i];
+        if (r.status === undefined) {
+          result.present.push(version.uid);
+          continue;
+        }
+        result.added.push({ ...version, status: r.status });
+        if (r.downgraded) result.downgraded.push(version.uid);
+      }
+    };
     for (const uid of wanted) {
       signal?.throwIfAborted();
-      if (await meta.findVersion(uid)) {
+      if (existing.has(uid)) {
         result.present.push(uid);
         continue;
       }
@@ -65,12 +97,30 @@ export async function recover(opts: {
       try {
         const content = await readVersionCopy(store, uid);
         if (!content) throw new DamagedCopyError('it disappeared while recover ran');
-        const h = await check(content, name, uid, opts.storeId, meta);
         if (opts.dryRun) {
-          result.added.push(versionOf(h));
+          result.added.push(versionOf(await check(content, name, uid, opts.storeId, meta)));
           continue;
         }
-        const r = await importVersion({ meta, store, path: name, content, signal });
+        const checkThis = (h: ExportHeader) => checkHeader(h, uid, opts.storeId, meta);
+        const item = await prepareImport({ meta, store, name, content, checkHeader: checkThis, signal });
+        if (item) {
+          group.push(item);
+          groupRows += item.rows.length;
+          if (group.length >= GROUP_VERSIONS || groupRows >= GROUP_ROWS) await flush();
+          continue;
+        }
+        // Too large for one transaction: imported in batches under its own version lease.
+        // Recover's lease keeps every object for the whole run, so the import takes none.
+        await flush();
+        const r = await importVersion({
+          meta,
+          store,
+          path: name,
+          content,
+          signal,
+          checkHeader: checkThis,
+          leased: true,
+        });
         result.added.push(r.version);
         if (r.downgraded) result.downgraded.push(uid);
       } catch (err) {
@@ -81,7 +131,9 @@ export async function recover(opts: {
         throw err;
       }
     }
+    await flush();
   } finally {
+    if (held?.lease && result.added.length > 0) await meta.durableHeartbeat(held.lease.id).catch(() => {});
     await held?.release();
   }
   result.added.sort((a, b) => a.date - b.date || a.uid.localeCompare(b.uid));
@@ -97,14 +149,14 @@ async function check(
   meta: MetaStore,
 ): Promise<ExportHeader> {
   const parser = new ExportParser(name);
-  for await (const line of splitLines(
-    (async function* () {
-      yield content;
-    })(),
-    name,
-  ))
-    parser.line(line);
+  for await (const line of splitLines(inPieces(content), name)) parser.line(line);
   const { header } = parser.finish();
+  checkHeader(header, uid, storeId, meta);
+  return header;
+}
+
+/** The copy is this store's copy of `uid`. */
+function checkHeader(header: ExportHeader, uid: string, storeId: string, meta: MetaStore): void {
   if (header.uid !== uid) throw new InputError(`it describes version ${header.uid} (moved from its name?)`);
   if (header.store_id !== storeId) {
     throw new InputError(`it belongs to another store (${header.store_id ?? 'none recorded'})`);
@@ -112,7 +164,6 @@ async function check(
   if (header.hash_function !== meta.hashFunction) {
     throw new InputError(`it uses hash function ${header.hash_function}, this store ${meta.hashFunction}`);
   }
-  return header;
 }
 
 function versionOf(h: ExportHeader): Version {

@@ -2,10 +2,12 @@
 import { sql } from 'kysely';
 import { MetaVersions } from './meta-versions.js';
 import { INSERT_BATCH } from './meta-types.js';
-import type { BlockRow } from './meta-types.js';
+import type { BlockRow, Db } from './meta-types.js';
 
 /** Block rows per PostgreSQL INSERT ... SELECT FROM unnest(arrays). */
 const PG_UNNEST_BATCH = 10_000;
+/** Block rows per SQLite INSERT ... SELECT FROM json_each(array). */
+const SQLITE_JSON_BATCH = 10_000;
 
 export class MetaBlocks extends MetaVersions {
   /** Copies the base's block list (entries below `blockCount`) to a new version in one statement. */
@@ -34,50 +36,7 @@ export class MetaBlocks extends MetaVersions {
   /** Inserts or replaces block entries (batched, one transaction). */
   async putBlocks(uid: string, rows: readonly BlockRow[]): Promise<void> {
     if (rows.length === 0) return;
-    if (this.dialect === 'postgres') {
-      // PostgreSQL refuses to upsert one row twice in a statement; SQLite lets the last win. Same here.
-      const last = new Map<number, BlockRow>();
-      for (const r of rows) last.set(r.idx, r);
-      const unique = [...last.values()];
-      // Columns as arrays through unnest: 4 parameters per statement instead of 5 per row, which
-      // makes a 262,144-row block list several times faster to write than multi-row VALUES.
-      await this.write(async (tx) => {
-        for (let i = 0; i < unique.length; i += PG_UNNEST_BATCH) {
-          const batch = unique.slice(i, i + PG_UNNEST_BATCH);
-          await sql`
-            INSERT INTO blocks (version_uid, idx, checksum, size, valid)
-            SELECT ${uid}, * FROM unnest(
-              ${batch.map((r) => r.idx)}::bigint[], ${batch.map((r) => r.checksum)}::text[],
-              ${batch.map((r) => r.size)}::integer[], ${batch.map((r) => (r.valid ? 1 : 0))}::integer[])
-            ON CONFLICT (version_uid, idx) DO UPDATE
-              SET checksum = excluded.checksum, size = excluded.size, valid = excluded.valid`.execute(tx);
-        }
-      });
-      return;
-    }
-    await this.write(async (tx) => {
-      for (let i = 0; i < rows.length; i += INSERT_BATCH) {
-        await tx
-          .insertInto('blocks')
-          .values(
-            rows.slice(i, i + INSERT_BATCH).map((r) => ({
-              version_uid: uid,
-              idx: r.idx,
-              checksum: r.checksum,
-              size: r.size,
-              valid: r.valid ? 1 : 0,
-            })),
-          )
-          .onConflict((oc) =>
-            oc.columns(['version_uid', 'idx']).doUpdateSet((eb) => ({
-              checksum: eb.ref('excluded.checksum'),
-              size: eb.ref('excluded.size'),
-              valid: eb.ref('excluded.valid'),
-            })),
-          )
-          .execute();
-      }
-    });
+    await this.write((tx) => insertBlockRows(tx, this.dialect, uid, rows));
   }
 
   /** One page of a version's block list in index order: entries with idx >= fromIdx. */
@@ -128,5 +87,47 @@ export class MetaBlocks extends MetaVersions {
       }
     }
     return out;
+  }
+}
+
+/** putBlocks inside the caller's transaction `tx`. */
+export async function insertBlockRows(
+  tx: Db,
+  dialect: 'sqlite' | 'postgres',
+  uid: string,
+  rows: readonly BlockRow[],
+): Promise<void> {
+  if (dialect === 'postgres') {
+    // PostgreSQL refuses to upsert one row twice in a statement; SQLite lets the last win. Same here.
+    const last = new Map<number, BlockRow>();
+    for (const r of rows) last.set(r.idx, r);
+    const unique = [...last.values()];
+    // Columns as arrays through unnest: 4 parameters per statement instead of 5 per row, which
+    // makes a 262,144-row block list several times faster to write than multi-row VALUES.
+    for (let i = 0; i < unique.length; i += PG_UNNEST_BATCH) {
+      const batch = unique.slice(i, i + PG_UNNEST_BATCH);
+      await sql`
+        INSERT INTO blocks (version_uid, idx, checksum, size, valid)
+        SELECT ${uid}, * FROM unnest(
+          ${batch.map((r) => r.idx)}::bigint[], ${batch.map((r) => r.checksum)}::text[],
+          ${batch.map((r) => r.size)}::integer[], ${batch.map((r) => (r.valid ? 1 : 0))}::integer[])
+        ON CONFLICT (version_uid, idx) DO UPDATE
+          SET checksum = excluded.checksum, size = excluded.size, valid = excluded.valid`.execute(tx);
+    }
+    return;
+  }
+  // Rows as one JSON array parameter, taken apart by json_each: a short statement that is cheap
+  // to prepare, instead of kysely building and SQLite preparing 5,000 parameters per 1,000 rows
+  // (about a third of the time a 262,144-row block list took to write).
+  for (let i = 0; i < rows.length; i += SQLITE_JSON_BATCH) {
+    const batch = rows
+      .slice(i, i + SQLITE_JSON_BATCH)
+      .map((r) => [r.idx, r.checksum, r.size, r.valid ? 1 : 0]);
+    await sql`
+      INSERT INTO blocks (version_uid, idx, checksum, size, valid)
+      SELECT ${uid}, value ->> 0, value ->> 1, value ->> 2, value ->> 3 FROM json_each(${JSON.stringify(batch)})
+      WHERE true
+      ON CONFLICT (version_uid, idx) DO UPDATE
+        SET checksum = excluded.checksum, size = excluded.size, valid = excluded.valid`.execute(tx);
   }
 }

@@ -1,8 +1,14 @@
 /**
  * Stored objects: record, touch, mark damaged, look up, count, and adopt an import's objects.
  */
+import { sql } from 'kysely';
+import type { SqlBool } from 'kysely';
 import { MetaBlocks } from './meta-blocks.js';
 import { INSERT_BATCH, nowMicros } from './meta-types.js';
+import type { Db } from './meta-types.js';
+
+/** Checksums looked up per statement by adoptIn. */
+const LOOKUP_BATCH = 10_000;
 
 export class MetaObjects extends MetaBlocks {
   /**
@@ -113,66 +119,74 @@ export class MetaObjects extends MetaBlocks {
   }
 
   /**
-   * Makes `checksums` usable by an imported version under the caller's lease. First refreshes
-   * last_seen of recorded objects (from then on a concurrent cleanup keeps them; files without
-   * a row are kept by the lease itself), then asks `present` for each object's stored size in
-   * the data store: a file without a row gets one; a recorded object whose file is gone is
-   * marked invalid, so that no backup dedups against it. Returns the checksums that are
-   * recorded, valid and present.
+   * Makes the objects an imported version names usable under the caller's lease, given each
+   * one's stored size in the data store (undefined: no file), in one transaction: refreshes
+   * last_seen of recorded objects; a file without a row gets one; a recorded object whose file
+   * is gone is marked invalid, so that no backup dedups against it. Returns the checksums that
+   * are recorded, valid and present. The caller's lease (ANY_OBJECT_LEASE_KINDS) kept cleanup
+   * from deleting any object since before the sizes were looked up.
    */
-  async adoptObjects(
-    checksums: readonly string[],
-    present: (checksum: string) => Promise<number | undefined>,
-  ): Promise<Set<string>> {
-    const now = nowMicros();
-    const known = await this.write(async (tx) => {
-      await tx
-        .updateTable('objects')
-        .set({ last_seen: now })
-        .where('checksum', 'in', checksums)
-        .where('valid', '=', 1)
-        .execute();
-      const rows = await tx
-        .selectFrom('objects')
-        .select(['checksum', 'valid'])
-        .where('checksum', 'in', checksums)
-        .execute();
-      return new Map(rows.map((r) => [r.checksum, Number(r.valid) === 1]));
-    });
-    const found: { checksum: string; storedSize: number }[] = [];
-    const gone: string[] = [];
-    const ok = new Set<string>();
-    for (const c of checksums) {
-      const size = await present(c);
-      const recorded = known.get(c);
-      if (size === undefined) {
-        if (recorded) gone.push(c);
-      } else if (recorded === undefined) {
-        found.push({ checksum: c, storedSize: size });
-        ok.add(c);
-      } else if (recorded) ok.add(c);
-    }
-    if (found.length > 0 || gone.length > 0) {
-      await this.write(async (tx) => {
-        if (found.length > 0) {
-          await tx
-            .insertInto('objects')
-            .values(
-              found.map((o) => ({
-                checksum: o.checksum,
-                stored_size: o.storedSize,
-                valid: 1,
-                last_seen: now,
-              })),
-            )
-            .onConflict((oc) => oc.column('checksum').doUpdateSet({ last_seen: now }))
-            .execute();
-        }
-        if (gone.length > 0) {
-          await tx.updateTable('objects').set({ valid: 0 }).where('checksum', 'in', gone).execute();
-        }
-      });
-    }
-    return ok;
+  async adoptObjects(sizes: ReadonlyMap<string, number | undefined>): Promise<Set<string>> {
+    if (sizes.size === 0) return new Set();
+    return this.write((tx) => adoptIn(tx, this.dialect, sizes, nowMicros()));
   }
+}
+
+/** adoptObjects inside the caller's transaction `tx`. */
+export async function adoptIn(
+  tx: Db,
+  dialect: 'sqlite' | 'postgres',
+  sizes: ReadonlyMap<string, number | undefined>,
+  now: number,
+): Promise<Set<string>> {
+  const checksums = [...sizes.keys()];
+  const chunks = (list: readonly string[], n: number) =>
+    Array.from({ length: Math.ceil(list.length / n) }, (_, i) => list.slice(i * n, (i + 1) * n));
+  // The checksums as one parameter, a JSON array (SQLite) or a text array (PostgreSQL): IN lists
+  // of 1,000 parameters cost more to build and prepare than to run.
+  const among = (list: readonly string[]) =>
+    dialect === 'postgres'
+      ? sql<SqlBool>`checksum = ANY(${list}::text[])`
+      : sql<SqlBool>`checksum IN (SELECT value FROM json_each(${JSON.stringify(list)}))`;
+  const known = new Map<string, boolean>();
+  for (const chunk of chunks(checksums, LOOKUP_BATCH)) {
+    await tx
+      .updateTable('objects')
+      .set({ last_seen: now })
+      .where(among(chunk))
+      .where('valid', '=', 1)
+      .execute();
+    const rows = await tx.selectFrom('objects').select(['checksum', 'valid']).where(among(chunk)).execute();
+    for (const r of rows) known.set(r.checksum, Number(r.valid) === 1);
+  }
+  const found: { checksum: string; storedSize: number }[] = [];
+  const gone: string[] = [];
+  const ok = new Set<string>();
+  for (const [c, size] of sizes) {
+    const recorded = known.get(c);
+    if (size === undefined) {
+      if (recorded) gone.push(c);
+    } else if (recorded === undefined) {
+      found.push({ checksum: c, storedSize: size });
+      ok.add(c);
+    } else if (recorded) ok.add(c);
+  }
+  for (let i = 0; i < found.length; i += INSERT_BATCH) {
+    await tx
+      .insertInto('objects')
+      .values(
+        found.slice(i, i + INSERT_BATCH).map((o) => ({
+          checksum: o.checksum,
+          stored_size: o.storedSize,
+          valid: 1,
+          last_seen: now,
+        })),
+      )
+      .onConflict((oc) => oc.column('checksum').doUpdateSet({ last_seen: now }))
+      .execute();
+  }
+  for (const chunk of chunks(gone, LOOKUP_BATCH)) {
+    await tx.updateTable('objects').set({ valid: 0 }).where(among(chunk)).execute();
+  }
+  return ok;
 }

@@ -72,27 +72,7 @@ export class MetaVersions extends MetaLeases {
   async #insertVersionAndLease(version: Version, lease: Lease): Promise<void> {
     const { kind, started: now } = lease;
     await this.write(async (tx) => {
-      const exists = await tx
-        .selectFrom('versions')
-        .select('uid')
-        .where('uid', '=', version.uid)
-        .executeTakeFirst();
-      if (exists) throw new InputError(`version ${version.uid} exists already; remove it first ('backy rm')`);
-      await tx
-        .insertInto('versions')
-        .values({
-          uid: version.uid,
-          name: version.name,
-          snapshot_name: version.snapshotName,
-          date: version.date,
-          size_bytes: version.sizeBytes,
-          block_size: version.blockSize,
-          status: version.status,
-          base_uid: version.baseUid,
-          protected: version.protected ? 1 : 0,
-          hostname: version.hostname,
-        })
-        .execute();
+      await insertVersionRow(tx, version);
       await tx
         .insertInto('leases')
         .values({
@@ -140,31 +120,23 @@ export class MetaVersions extends MetaLeases {
    * and every non-sparse block references a valid stored object. One transaction.
    * Returns the problem when it cannot.
    */
-  async completeVersion(uid: string): Promise<string | undefined> {
+  async completeVersion(uid: string, opts: { durable?: boolean } = {}): Promise<string | undefined> {
     // The commit that makes a version valid is made durable at once (FULL), even in SQLite's
     // NORMAL mode: once backy printed the uid, a power loss must not take the version back.
-    if (this.dialect === 'sqlite') await sql`PRAGMA synchronous = FULL`.execute(this.db);
+    // durable: false for a caller that makes many at once durable later (durableHeartbeat).
+    const full = this.dialect === 'sqlite' && opts.durable !== false;
+    if (full) await sql`PRAGMA synchronous = FULL`.execute(this.db);
     try {
       return await this.#completeVersion(uid);
     } finally {
-      if (this.dialect === 'sqlite') await sql`PRAGMA synchronous = NORMAL`.execute(this.db);
+      if (full) await sql`PRAGMA synchronous = NORMAL`.execute(this.db);
     }
   }
 
   async #completeVersion(uid: string): Promise<string | undefined> {
     return this.write(async (tx) => {
-      const v = await tx.selectFrom('versions').selectAll().where('uid', '=', uid).executeTakeFirstOrThrow();
-      const gap = await blockListProblem(tx, uid, Number(v.size_bytes), Number(v.block_size));
-      if (gap) return gap;
-      const bad = await tx
-        .selectFrom('blocks as b')
-        .leftJoin('objects as o', 'o.checksum', 'b.checksum')
-        .select((eb) => eb.fn.countAll<number>().as('n'))
-        .where('b.version_uid', '=', uid)
-        .where('b.checksum', 'is not', null)
-        .where((eb) => eb.or([eb('o.checksum', 'is', null), eb('o.valid', '=', 0), eb('b.valid', '=', 0)]))
-        .executeTakeFirstOrThrow();
-      if (Number(bad.n) > 0) return `${bad.n} blocks reference objects that are missing or invalid`;
+      const problem = await completionProblem(tx, uid);
+      if (problem) return problem;
       await tx.updateTable('versions').set({ status: 'valid' }).where('uid', '=', uid).execute();
       return undefined;
     });
@@ -297,5 +269,51 @@ async function blockListProblem(
   if (n !== expected || (n > 0 && Number(counts.max_idx) !== n - 1)) {
     return `version has ${n} block entries, expected ${expected}`;
   }
+  return undefined;
+}
+
+/** Inserts a version row exactly as given, inside `tx`; InputError when the uid exists already. */
+async function insertVersionRow(tx: Kysely<Database>, version: Version): Promise<void> {
+  const exists = await tx
+    .selectFrom('versions')
+    .select('uid')
+    .where('uid', '=', version.uid)
+    .executeTakeFirst();
+  if (exists) throw new InputError(`version ${version.uid} exists already; remove it first ('backy rm')`);
+  await tx
+    .insertInto('versions')
+    .values({
+      uid: version.uid,
+      name: version.name,
+      snapshot_name: version.snapshotName,
+      date: version.date,
+      size_bytes: version.sizeBytes,
+      block_size: version.blockSize,
+      status: version.status,
+      base_uid: version.baseUid,
+      protected: version.protected ? 1 : 0,
+      hostname: version.hostname,
+    })
+    .execute();
+}
+
+/**
+ * Why version `uid` cannot be valid, inside `tx`: its block list is not exactly one entry per
+ * block of its size, or a non-sparse block references a missing or invalid object. Undefined
+ * when it can.
+ */
+async function completionProblem(tx: Kysely<Database>, uid: string): Promise<string | undefined> {
+  const v = await tx.selectFrom('versions').selectAll().where('uid', '=', uid).executeTakeFirstOrThrow();
+  const gap = await blockListProblem(tx, uid, Number(v.size_bytes), Number(v.block_size));
+  if (gap) return gap;
+  const bad = await tx
+    .selectFrom('blocks as b')
+    .leftJoin('objects as o', 'o.checksum', 'b.checksum')
+    .select((eb) => eb.fn.countAll<number>().as('n'))
+    .where('b.version_uid', '=', uid)
+    .where('b.checksum', 'is not', null)
+    .where((eb) => eb.or([eb('o.checksum', 'is', null), eb('o.valid', '=', 0), eb('b.valid', '=', 0)]))
+    .executeTakeFirstOrThrow();
+  if (Number(bad.n) > 0) return `${bad.n} blocks reference objects that are missing or invalid`;
   return undefined;
 }

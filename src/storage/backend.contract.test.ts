@@ -110,6 +110,29 @@ for (const c of cases) {
       await backend.delete(key(3));
     });
 
+    it('statMany, where a backend has it, answers like stat for each key, in order', async (t) => {
+      if (!backend.statMany) return t.skip('this backend has no statMany');
+      await backend.put(key(20), [Buffer.from('twenty')]);
+      await backend.put(key(22), [Buffer.from('22')]);
+      const keys = [key(21), key(20), key(22), key(23), key(20)];
+      const many = await backend.statMany(keys);
+      assert.equal(many.length, keys.length);
+      for (const [i, k] of keys.entries()) {
+        const one = await backend.stat(k);
+        assert.equal(many[i]?.key, one?.key, k);
+        assert.equal(many[i]?.size, one?.size, k);
+      }
+      assert.deepEqual(
+        many.map((st) => st?.size),
+        [undefined, 6, 2, undefined, 6],
+      );
+      assert.deepEqual(await backend.statMany([]), []);
+      await assert.rejects(backend.statMany(['not-hex']));
+      // Later cases list the whole store.
+      await backend.delete(key(20));
+      await backend.delete(key(22));
+    });
+
     it('put over an existing key replaces it', async () => {
       await backend.put(key(4), [Buffer.from('old old old')]);
       await backend.put(key(4), [Buffer.from('new')]);

@@ -13,6 +13,8 @@
  * - getInto (optional): like get, but reads into `buf` when the object fits and returns the
  *   filled view of it (a new Buffer when it does not fit); saves an allocation per block.
  * - stat: size and modification time, or undefined when the key does not exist.
+ * - statMany (optional): stat of each key, in order; for a backend that answers a batch faster
+ *   than one stat at a time (import and recover look up every object a version names).
  * - delete: removes the key; deleting a missing key is not an error.
  * - list: every key with its size and modification time, in no particular order.
  *
@@ -45,6 +47,7 @@ export interface StorageBackend {
   get(key: string): Promise<Buffer>;
   getInto?(key: string, buf: Buffer): Promise<Buffer>;
   stat(key: string): Promise<ObjectInfo | undefined>;
+  statMany?(keys: readonly string[], signal?: AbortSignal): Promise<(ObjectInfo | undefined)[]>;
   delete(key: string): Promise<void>;
   list(): AsyncIterable<ObjectInfo>;
   putMeta(name: string, data: Buffer): Promise<void>;

@@ -7,7 +7,7 @@
  * that lists objects never enters it.
  */
 import { randomBytes } from 'node:crypto';
-import { constants } from 'node:fs';
+import { constants, statSync } from 'node:fs';
 import { open, opendir, readFile, rename, rm, stat, unlink } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { BackyError, MissingBlockError, ioReason } from '../errors.js';
@@ -17,6 +17,11 @@ import { META_NAME_RE, checkMetaName } from './backend.js';
 import type { ObjectInfo, PutOptions, StorageBackend } from './backend.js';
 
 const KEY_RE = /^[0-9a-f]{8,}$/;
+/** statMany: synchronous lookups for at most this long before the event loop gets a turn. */
+const SYNC_SLICE_MS = 5;
+/** statMany: a slice slower than this (ms) per lookup is not served from cache; the rest go async. */
+const SLOW_STAT_MS = 0.2;
+const STATS_IN_FLIGHT = 16;
 
 export class DirBackend implements StorageBackend {
   readonly url: string;
@@ -182,6 +187,40 @@ export class DirBackend implements StorageBackend {
       if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
       throw err;
     }
+  }
+
+  /**
+   * A local filesystem answers a lookup from the kernel's cache in a few microseconds, while an
+   * async stat costs a thread-pool round trip and, for a missing key, an Error: synchronous
+   * lookups are about ten times faster (262,144 missing keys: 0.5 s instead of 6 s). They block
+   * the event loop, so they run in short slices; once a slice is slow (a cold cache, a network
+   * filesystem) the rest go async, several in flight, where waiting in parallel pays.
+   */
+  async statMany(keys: readonly string[], signal?: AbortSignal): Promise<(ObjectInfo | undefined)[]> {
+    const out: (ObjectInfo | undefined)[] = [];
+    // path() without join's normalising, which cost as much as the lookups themselves.
+    const root = join(this.#root, '/');
+    const pathOf = (key: string) => {
+      if (!KEY_RE.test(key)) throw new Error(`invalid object key '${key}'`);
+      return `${root}${key.slice(0, 2)}/${key.slice(2, 4)}/${key}`;
+    };
+    while (out.length < keys.length) {
+      signal?.throwIfAborted();
+      const start = performance.now();
+      const first = out.length;
+      let elapsed = 0;
+      while (out.length < keys.length && elapsed < SYNC_SLICE_MS) {
+        const key = keys[out.length];
+        const st = statSync(pathOf(key), { throwIfNoEntry: false });
+        out.push(st && { key, size: st.size, mtimeMs: st.mtimeMs });
+        elapsed = performance.now() - start;
+      }
+      if (elapsed / (out.length - first) > SLOW_STAT_MS) break;
+      if (out.length < keys.length) await new Promise((r) => setImmediate(r));
+    }
+    const rest = keys.slice(out.length);
+    for await (const st of mapOrdered(rest, STATS_IN_FLIGHT, (k) => this.stat(k), signal)) out.push(st);
+    return out;
   }
 
   async delete(key: string): Promise<void> {
