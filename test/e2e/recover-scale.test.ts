@@ -7,11 +7,12 @@
  * CLI would test backups. Their blocks name one object stored by a real backup.
  */
 import assert from 'node:assert/strict';
-import { execFileSync, spawnSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import { readFile, rm, writeFile } from 'node:fs/promises';
 import { describe, it } from 'node:test';
 import { BIN, Sandbox, assertSameBytes } from '../lib/cli.js';
 import { randomBytesSeeded } from '../lib/image.js';
+import { missingCommands } from '../lib/tools.js';
 import { readDescriptor } from '../../src/core/store-descriptor.js';
 import { writeVersionCopy } from '../../src/core/version-copy.js';
 import { MetaStore } from '../../src/meta/meta-store.js';
@@ -22,16 +23,7 @@ const BS = 64 * 1024;
 const VERSIONS = 100;
 const BLOCKS = 4;
 
-function straceSkipReason(): string | undefined {
-  try {
-    execFileSync('strace', ['-V'], { stdio: 'ignore' });
-    return undefined;
-  } catch {
-    return 'strace not installed (Debian: apt-get install strace)';
-  }
-}
-
-describe('recover of many versions', { skip: straceSkipReason() }, () => {
+describe('recover of many versions', { skip: missingCommands(['strace'], 'apt-get install strace') }, () => {
   it(`${VERSIONS} versions come back with a handful of fsyncs, not one each; they restore byte for byte`, async () => {
     const sb = await Sandbox.create({ defaults: `block_size = ${BS}` });
     try {
