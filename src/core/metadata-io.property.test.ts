@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import fc from 'fast-check';
 import { InputError } from '../errors.js';
-import { EXPORT_FORMAT, EXPORT_VERSION, ExportParser } from './metadata-io.js';
+import { EXPORT_FORMAT, EXPORT_VERSION, ExportParser, blockLine } from './metadata-io.js';
 
 const RUNS = 300;
 const hex64 = fc.stringMatching(/^[0-9a-f]{64}$/);
@@ -186,6 +186,24 @@ describe('export parser properties', () => {
         } else assert.equal(a.err.message, b.err?.message);
       }),
       { numRuns: RUNS * 3 },
+    );
+  });
+
+  it("export's block lines are exactly JSON.stringify's, whatever the database holds", () => {
+    fc.assert(
+      fc.property(
+        fc.record({
+          idx: fc.nat(),
+          checksum: fc.oneof(fc.constant(null), hex64, fc.string(), fc.stringMatching(/^[0-9a-f]{0,8}$/)),
+          size: fc.nat(),
+          valid: fc.boolean(),
+        }),
+        (b) => {
+          const expected = `${JSON.stringify({ idx: b.idx, checksum: b.checksum, size: b.size, valid: b.valid })}\n`;
+          assert.equal(blockLine(b), expected);
+        },
+      ),
+      { numRuns: 1000 },
     );
   });
 });

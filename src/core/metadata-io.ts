@@ -52,6 +52,17 @@ const STATS_IN_FLIGHT = 16;
 
 // ---- export ----
 
+/**
+ * One block line, exactly as JSON.stringify would write it. A checksum that is plain lower-case
+ * hex (every one backy writes) goes in as it is; anything else in the database is escaped.
+ */
+export function blockLine(b: { idx: number; checksum: string | null; size: number; valid: boolean }): string {
+  const checksum =
+    b.checksum === null ? 'null' : HEX_RE.test(b.checksum) ? `"${b.checksum}"` : JSON.stringify(b.checksum);
+  return `{"idx":${b.idx},"checksum":${checksum},"size":${b.size},"valid":${b.valid}}\n`;
+}
+const HEX_RE = /^[0-9a-f]*$/;
+
 /** Writes version `uid` to `out` in the export format; returns the number of block lines. */
 export async function exportVersion(opts: {
   meta: MetaStore;
@@ -86,10 +97,12 @@ export async function exportVersion(opts: {
       : new VersionRemovedError(
           `version ${v.uid} was removed while being exported; the export is incomplete`,
         );
-  for await (const b of meta.blocks(v.uid)) {
-    if (b.idx !== n || b.idx >= expected) throw await gap();
-    buf += `${JSON.stringify({ idx: b.idx, checksum: b.checksum, size: b.size, valid: b.valid })}\n`;
-    n++;
+  for await (const page of meta.blockPages(v.uid)) {
+    for (const b of page) {
+      if (b.idx !== n || b.idx >= expected) throw await gap();
+      buf += blockLine(b);
+      n++;
+    }
     if (buf.length >= 64 * 1024) {
       await write(buf);
       buf = '';

@@ -4,6 +4,9 @@ import { MetaVersions } from './meta-versions.js';
 import { INSERT_BATCH } from './meta-types.js';
 import type { BlockRow, Db } from './meta-types.js';
 
+/** Rows per page when a whole block list is read: ~1.5 MB of rows, 27 queries for 1 TiB. */
+const READ_PAGE = 10_000;
+
 /** Block rows per PostgreSQL INSERT ... SELECT FROM unnest(arrays). */
 const PG_UNNEST_BATCH = 10_000;
 /** Block rows per SQLite INSERT ... SELECT FROM json_each(array). */
@@ -59,11 +62,19 @@ export class MetaBlocks extends MetaVersions {
 
   /** A version's whole block list, streamed page by page (memory: one page). */
   async *blocks(uid: string): AsyncIterable<BlockRow> {
+    for await (const page of this.blockPages(uid)) yield* page;
+  }
+
+  /**
+   * The same, a page at a time: for readers of whole lists (export, the store's metadata
+   * copy), where a step of the async iterator per row costs more than the query.
+   */
+  async *blockPages(uid: string, pageSize = READ_PAGE): AsyncIterable<BlockRow[]> {
     let from = 0;
     while (true) {
-      const page = await this.blockPage(uid, from);
-      yield* page;
-      if (page.length < INSERT_BATCH) return;
+      const page = await this.blockPage(uid, from, pageSize);
+      if (page.length > 0) yield page;
+      if (page.length < pageSize) return;
       from = page[page.length - 1].idx + 1;
     }
   }
