@@ -11,9 +11,9 @@
  *            (checksum null: a sparse, all-zero block; size is the block's length in the image)
  *   last     trailer {"end":"backy-export","blocks":<number of block lines>}
  * The trailer makes a truncated file detectable. Readers reject unknown keys and versions.
- * Two optional header fields, written in the store's own metadata copies (version-copy.ts):
- * "labels":{"key":"value",...} (import sets them) and "store_id":"<uuid>" (the store the copy
- * belongs to; recover refuses another store's).
+ * Two optional header fields: "labels":{"key":"value",...} (the version's labels, when it has
+ * any; import sets them) and, in the store's own metadata copies only (version-copy.ts),
+ * "store_id":"<uuid>" (the store the copy belongs to; recover refuses another store's).
  */
 import { z } from 'zod';
 import { blockCount, blockLength } from '../blocks/blocks.js';
@@ -301,7 +301,12 @@ export interface CopyFields {
   storeId: string;
 }
 
-export function headerOf(v: Version, hashFunction: HashFunction, copy?: CopyFields): ExportHeader {
+export function headerOf(
+  v: Version,
+  hashFunction: HashFunction,
+  copy?: CopyFields,
+  labels: Record<string, string> = copy?.labels ?? {},
+): ExportHeader {
   const h: ExportHeader = {
     format: EXPORT_FORMAT,
     version: EXPORT_VERSION,
@@ -317,9 +322,7 @@ export function headerOf(v: Version, hashFunction: HashFunction, copy?: CopyFiel
     protected: v.protected,
     hostname: v.hostname,
   };
-  if (copy) {
-    if (Object.keys(copy.labels).length > 0) h.labels = copy.labels;
-    h.store_id = copy.storeId;
-  }
+  if (Object.keys(labels).length > 0) h.labels = labels;
+  if (copy) h.store_id = copy.storeId;
   return h;
 }

@@ -36,6 +36,7 @@ import type { BlockStore } from '../storage/block-store.js';
 import { abortable, abortableIterable, mapOrdered } from '../util/concurrency.js';
 import { EXPORT_FORMAT, ExportParser, headerOf, splitLines } from './export-format.js';
 import type { CopyFields, ExportHeader } from './export-format.js';
+import { labelsOf } from '../meta/catalog.js';
 import { hold, keepLeaseAlive } from './lease.js';
 import { noProgress } from './progress.js';
 import type { ProgressReporter } from './progress.js';
@@ -70,7 +71,7 @@ export async function exportVersion(opts: {
   out: Writable;
   /** Stops the export (SIGINT): it rejects with the signal's reason. */
   signal?: AbortSignal;
-  /** For the store's own copy: labels and store id in the header. */
+  /** For the store's own copy: its labels (as already read) and the store id in the header. */
   copy?: (v: Version) => Promise<CopyFields>;
 }): Promise<number> {
   const { meta, out, signal } = opts;
@@ -85,7 +86,10 @@ export async function exportVersion(opts: {
     // A pipe nobody reads never drains: the wait is raced with the signal.
     if (!out.write(s)) await abortable(once(out, 'drain'), signal);
   };
-  await write(`${JSON.stringify(headerOf(v, meta.hashFunction, await opts.copy?.(v)))}\n`);
+  const copy = await opts.copy?.(v);
+  // A plain export carries the labels too, so that an import brings them back.
+  const labels = copy?.labels ?? (await labelsOf(meta, [v.uid])).get(v.uid) ?? {};
+  await write(`${JSON.stringify(headerOf(v, meta.hashFunction, copy, labels))}\n`);
   let n = 0;
   let buf = '';
   const expected = blockCount(v.sizeBytes, v.blockSize);

@@ -152,6 +152,34 @@ describe('labels', () => {
     assert.deepEqual(await lsJson(sb, ['--label', 'team=db']), []);
   });
 
+  it('labels travel in export files: an import into a fresh database brings them back', async () => {
+    const uid = await sb.backup(['-l', 'env=stage', '-l', 'owner=ops@example.org', img, 'exp']);
+    const plain = await sb.backup([img, 'exp']);
+    await sb.ok(['export', uid, sb.path('labelled.export')]);
+    await sb.ok(['export', plain, sb.path('plain.export')]);
+    const header = JSON.parse((await readFile(sb.path('labelled.export'), 'utf8')).split('\n')[0]) as {
+      labels?: Record<string, string>;
+      store_id?: string;
+    };
+    assert.deepEqual(header.labels, { env: 'stage', owner: 'ops@example.org' });
+    assert.equal(header.store_id, undefined, "the store id is only in the store's own copies");
+    const fresh = await Sandbox.create({ defaults: `block_size = ${BS}` });
+    try {
+      // The same data directory, a new database (the README's rebuild by import).
+      const cfg = await readFile(fresh.config, 'utf8');
+      await writeFile(fresh.config, cfg.replace(fresh.dataDir, sb.dataDir));
+      await fresh.ok(['import', sb.path('labelled.export')]);
+      await fresh.ok(['import', sb.path('plain.export')]);
+      const vs = await lsJson(fresh);
+      assert.deepEqual(vs.find((v) => v.uid === uid)!.labels, { env: 'stage', owner: 'ops@example.org' });
+      assert.deepEqual(vs.find((v) => v.uid === plain)!.labels, {});
+      await fresh.ok(['restore', uid, fresh.path('r.img')]);
+      await assertSameBytes(img, fresh.path('r.img'));
+    } finally {
+      await fresh.remove();
+    }
+  });
+
   it('bad labels are one-line errors and change nothing', async () => {
     const uid = await sb.backup([img, 'bad']);
     const before = await lsJson(sb);
