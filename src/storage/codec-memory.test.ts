@@ -17,7 +17,11 @@ import { deriveKeys } from './keyfile.js';
 const BLOCK = 1 << 20;
 const keys = deriveKeys(Buffer.alloc(32, 7));
 const specs: [string, CodecSpec][] = [];
-for (const compression of [{ codec: 'none' }, { codec: 'zstd', level: 1 }, { codec: 'lz4' }] as Compression[]) {
+for (const compression of [
+  { codec: 'none' },
+  { codec: 'zstd', level: 1 },
+  { codec: 'lz4' },
+] as Compression[]) {
   for (const encrypted of [false, true]) {
     specs.push([
       `${compression.codec}${encrypted ? '+aes' : ''}`,
