@@ -4,7 +4,7 @@ import { MetaVersions } from './meta-versions.js';
 import { INSERT_BATCH } from './meta-types.js';
 import type { BlockRow, Db } from './meta-types.js';
 
-/** Rows per page when a whole block list is read: ~1.5 MB of rows, 27 queries for 1 TiB. */
+/** Rows per page when a whole block list is written out (export, copies): ~1.5 MB of rows, 27 queries for 1 TiB. */
 const READ_PAGE = 10_000;
 
 /** Block rows per PostgreSQL INSERT ... SELECT FROM unnest(arrays). */
@@ -62,7 +62,8 @@ export class MetaBlocks extends MetaVersions {
 
   /** A version's whole block list, streamed page by page (memory: one page). */
   async *blocks(uid: string): AsyncIterable<BlockRow> {
-    for await (const page of this.blockPages(uid)) yield* page;
+    // Pages of INSERT_BATCH: a reader notices a removal under it (an empty later page) early.
+    for await (const page of this.blockPages(uid, INSERT_BATCH)) yield* page;
   }
 
   /**
