@@ -366,7 +366,7 @@ if (onS3) {
     ),
   );
   out.push(ratio('incremental\0backy', 'incremental\0borg', 0.2, 'hinted incremental vs borg'));
-  out.push(ratio('restore\0backy', 'restore\0borg', 0.6, 'restore vs borg extract'));
+  out.push(ratio('restore\0backy', 'restore\0borg', 0.5, 'restore vs borg extract'));
 }
 out.push(
   hasScrub
