@@ -42,6 +42,19 @@ export class MetaLeases extends MetaBase {
    * releaseLease or close (or until the process or its host dies, when the server ends the session).
    */
   async acquireLease(kind: string, versionUid: string | null): Promise<Lease> {
+    return this.newLease(kind, versionUid, (row) => this.db.insertInto('leases').values(row).execute());
+  }
+
+  /**
+   * A new lease of `kind` naming `versionUid`, its row written by `insert` (alone, or in a
+   * transaction with other rows); on PostgreSQL its advisory lock is held first, and dropped
+   * again when `insert` fails.
+   */
+  protected async newLease(
+    kind: string,
+    versionUid: string | null,
+    insert: (row: ReturnType<typeof leaseRow>) => Promise<unknown>,
+  ): Promise<Lease> {
     const id = randomUUID();
     await this.holdLeaseLock(id);
     const now = nowMicros();
@@ -55,18 +68,7 @@ export class MetaLeases extends MetaBase {
       heartbeat: now,
     };
     try {
-      await this.db
-        .insertInto('leases')
-        .values({
-          id: lease.id,
-          version_uid: versionUid,
-          kind,
-          hostname: lease.hostname,
-          pid: lease.pid,
-          started: now,
-          heartbeat: now,
-        })
-        .execute();
+      await insert(leaseRow(lease));
     } catch (err) {
       await this.dropLeaseLock(id);
       throw err;
@@ -168,4 +170,17 @@ export function leaseAlive(lease: Lease, now: number = nowMicros()): boolean {
     }
   }
   return now - lease.heartbeat < LEASE_TIMEOUT_US;
+}
+
+/** The leases row of `l`. */
+function leaseRow(l: Lease) {
+  return {
+    id: l.id,
+    version_uid: l.versionUid,
+    kind: l.kind,
+    hostname: l.hostname,
+    pid: l.pid,
+    started: l.started,
+    heartbeat: l.heartbeat,
+  };
 }

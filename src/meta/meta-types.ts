@@ -77,6 +77,22 @@ export function toLease(r: {
   };
 }
 
+/** The versions row of `v` (the inverse of toVersion). */
+export function versionRow(v: Version) {
+  return {
+    uid: v.uid,
+    name: v.name,
+    snapshot_name: v.snapshotName,
+    date: v.date,
+    size_bytes: v.sizeBytes,
+    block_size: v.blockSize,
+    status: v.status,
+    base_uid: v.baseUid,
+    protected: v.protected ? 1 : 0,
+    hostname: v.hostname,
+  };
+}
+
 export function toVersion(r: {
   uid: string;
   name: string;

@@ -8,28 +8,14 @@ import { sql } from 'kysely';
 import type { Kysely } from 'kysely';
 import { InputError, NotFoundError } from '../errors.js';
 import { MetaLeases } from './meta-leases.js';
-import { nowMicros, toLease, toVersion } from './meta-types.js';
+import { nowMicros, toLease, toVersion, versionRow } from './meta-types.js';
 import type { Lease, Version } from './meta-types.js';
 import type { Database, VersionStatus } from './schema.js';
 
 export class MetaVersions extends MetaLeases {
   async createVersion(v: NewVersion): Promise<Version> {
     const version = newVersion(v);
-    await this.db
-      .insertInto('versions')
-      .values({
-        uid: version.uid,
-        name: version.name,
-        snapshot_name: version.snapshotName,
-        date: version.date,
-        size_bytes: version.sizeBytes,
-        block_size: version.blockSize,
-        status: version.status,
-        base_uid: version.baseUid,
-        protected: 0,
-        hostname: version.hostname,
-      })
-      .execute();
+    await this.db.insertInto('versions').values(versionRow(version)).execute();
     return version;
   }
 
@@ -48,44 +34,12 @@ export class MetaVersions extends MetaLeases {
    * transaction. Throws InputError when the uid exists already.
    */
   async insertVersionWithLease(version: Version, kind: string): Promise<Lease> {
-    const id = randomUUID();
-    await this.holdLeaseLock(id);
-    const now = nowMicros();
-    const lease: Lease = {
-      id,
-      versionUid: version.uid,
-      kind,
-      hostname: hostname(),
-      pid: process.pid,
-      started: now,
-      heartbeat: now,
-    };
-    try {
-      await this.#insertVersionAndLease(version, lease);
-    } catch (err) {
-      await this.dropLeaseLock(lease.id);
-      throw err;
-    }
-    return lease;
-  }
-
-  async #insertVersionAndLease(version: Version, lease: Lease): Promise<void> {
-    const { kind, started: now } = lease;
-    await this.write(async (tx) => {
-      await insertVersionRow(tx, version);
-      await tx
-        .insertInto('leases')
-        .values({
-          id: lease.id,
-          version_uid: version.uid,
-          kind,
-          hostname: lease.hostname,
-          pid: lease.pid,
-          started: now,
-          heartbeat: now,
-        })
-        .execute();
-    });
+    return this.newLease(kind, version.uid, (row) =>
+      this.write(async (tx) => {
+        await insertVersionRow(tx, version);
+        await tx.insertInto('leases').values(row).execute();
+      }),
+    );
   }
 
   async findVersion(uid: string): Promise<Version | undefined> {
@@ -280,21 +234,7 @@ async function insertVersionRow(tx: Kysely<Database>, version: Version): Promise
     .where('uid', '=', version.uid)
     .executeTakeFirst();
   if (exists) throw new InputError(`version ${version.uid} exists already; remove it first ('backy rm')`);
-  await tx
-    .insertInto('versions')
-    .values({
-      uid: version.uid,
-      name: version.name,
-      snapshot_name: version.snapshotName,
-      date: version.date,
-      size_bytes: version.sizeBytes,
-      block_size: version.blockSize,
-      status: version.status,
-      base_uid: version.baseUid,
-      protected: version.protected ? 1 : 0,
-      hostname: version.hostname,
-    })
-    .execute();
+  await tx.insertInto('versions').values(versionRow(version)).execute();
 }
 
 /**

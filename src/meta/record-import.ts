@@ -11,7 +11,7 @@ import { InputError } from '../errors.js';
 import { insertBlockRows } from './meta-blocks.js';
 import { adoptIn } from './meta-objects.js';
 import type { MetaStore } from './meta-store.js';
-import { nowMicros } from './meta-types.js';
+import { nowMicros, versionRow } from './meta-types.js';
 import type { BlockRow, Version } from './meta-types.js';
 
 export interface ImportedVersion {
@@ -91,18 +91,7 @@ export async function recordImportedVersions(
           downgraded: version.status === 'valid' && status === 'invalid',
         });
         lists.push({ uid: version.uid, rows });
-        return {
-          uid: version.uid,
-          name: version.name,
-          snapshot_name: version.snapshotName,
-          date: version.date,
-          size_bytes: version.sizeBytes,
-          block_size: version.blockSize,
-          status,
-          base_uid: version.baseUid,
-          protected: version.protected ? 1 : 0,
-          hostname: version.hostname,
-        };
+        return { ...versionRow(version), status };
       });
       for (let i = 0; i < versionRows.length; i += 500) {
         await tx
