@@ -301,6 +301,22 @@ export interface CopyFields {
   storeId: string;
 }
 
+/** The version a header describes (the inverse of headerOf), with `status` when given. */
+export function versionOf(h: ExportHeader, status: Version['status'] = h.status): Version {
+  return {
+    uid: h.uid,
+    name: h.name,
+    snapshotName: h.snapshot_name,
+    date: h.date,
+    sizeBytes: h.size_bytes,
+    blockSize: h.block_size,
+    status,
+    baseUid: h.base_uid,
+    protected: h.protected,
+    hostname: h.hostname,
+  };
+}
+
 export function headerOf(
   v: Version,
   hashFunction: HashFunction,

@@ -34,7 +34,7 @@ import type { ImportedVersion } from '../meta/record-import.js';
 import type { BlockRow, MetaStore, Version } from '../meta/meta-store.js';
 import type { BlockStore } from '../storage/block-store.js';
 import { abortable, abortableIterable, mapOrdered } from '../util/concurrency.js';
-import { EXPORT_FORMAT, ExportParser, headerOf, splitLines } from './export-format.js';
+import { EXPORT_FORMAT, ExportParser, headerOf, splitLines, versionOf } from './export-format.js';
 import type { CopyFields, ExportHeader } from './export-format.js';
 import { labelsOf } from '../meta/catalog.js';
 import { hold, keepLeaseAlive } from './lease.js';
@@ -269,21 +269,6 @@ async function insert(
   } finally {
     progress.stop();
   }
-}
-
-function versionOf(h: ExportHeader, status: Version['status']): Version {
-  return {
-    uid: h.uid,
-    name: h.name,
-    snapshotName: h.snapshot_name,
-    date: h.date,
-    sizeBytes: h.size_bytes,
-    blockSize: h.block_size,
-    status,
-    baseUid: h.base_uid,
-    protected: h.protected,
-    hostname: h.hostname,
-  };
 }
 
 /** A validated file small enough for one transaction: its rows read again and its objects looked up. */

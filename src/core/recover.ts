@@ -17,7 +17,7 @@ import type { MetaStore, Version } from '../meta/meta-store.js';
 import type { BlockStore } from '../storage/block-store.js';
 import { DamagedCopyError } from '../storage/meta-codec.js';
 import { hold } from './lease.js';
-import { ExportParser, splitLines } from './export-format.js';
+import { ExportParser, splitLines, versionOf } from './export-format.js';
 import { importVersion, inPieces, prepareImport } from './metadata-io.js';
 import { recordImportedVersions } from '../meta/record-import.js';
 import type { ImportedVersion } from '../meta/record-import.js';
@@ -164,19 +164,4 @@ function checkHeader(header: ExportHeader, uid: string, storeId: string, meta: M
   if (header.hash_function !== meta.hashFunction) {
     throw new InputError(`it uses hash function ${header.hash_function}, this store ${meta.hashFunction}`);
   }
-}
-
-function versionOf(h: ExportHeader): Version {
-  return {
-    uid: h.uid,
-    name: h.name,
-    snapshotName: h.snapshot_name,
-    date: h.date,
-    sizeBytes: h.size_bytes,
-    blockSize: h.block_size,
-    status: h.status,
-    baseUid: h.base_uid,
-    protected: h.protected,
-    hostname: h.hostname,
-  };
 }
