@@ -105,8 +105,9 @@ function promptHidden(question: string): Promise<string | undefined> {
     return Promise.resolve(undefined);
   }
   const input = new ReadStream(fd);
-  writeSync(fd, question);
+  // Echo goes off before the question shows: whatever is typed after it appears is never echoed.
   input.setRawMode(true);
+  writeSync(fd, question);
   return new Promise<string | undefined>((resolve, reject) => {
     let typed = '';
     const finish = (result: () => void) => {

@@ -63,7 +63,9 @@ export function pgError(err: unknown, engine: string): unknown {
     // not a parseable URL: redactUrl below is all there is
   }
   for (const p of passwords) if (p) msg = msg.split(p).join('***');
-  if (/Query read timeout/i.test(msg)) {
+  // A query that got no answer, or a connection whose handshake got none (connectionTimeoutMillis
+  // is the same query_timeout): one wording for both, so an operator sees one kind of outage.
+  if (/Query read timeout|terminated due to connection timeout/i.test(msg)) {
     const s = queryTimeoutMs(engine) / 1000;
     return new MetaDatabaseError(
       `metadata database ${redactUrl(engine)} did not answer within ${s} s (query_timeout): the server is stalled or unreachable`,
