@@ -1,10 +1,9 @@
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
-import { mkdtemp, rm, truncate, writeFile } from 'node:fs/promises';
+import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
-import { missingCommands } from '../../test/lib/tools.js';
+import { restoreThinPool, thinDelta, thinToolsMissing } from '../../test/lib/thin-pool.js';
 import { InputError } from '../errors.js';
 import { parseThinDelta } from './thin-delta.js';
 import type { HintExtent } from './rbd-diff.js';
@@ -86,11 +85,6 @@ describe('parseThinDelta', () => {
   }
 });
 
-const thinToolsMissing = missingCommands(
-  ['thin_restore', 'thin_delta'],
-  'apt-get install thin-provisioning-tools',
-);
-
 describe(
   'parseThinDelta on real thin_delta output',
   {
@@ -104,32 +98,9 @@ describe(
     it('thin_restore + thin_delta, plain and --verbose', async () => {
       const dir = await mkdtemp(join(tmpdir(), 'backy-thin-'));
       dirs.push(dir);
-      // Device 1 (the old snapshot) and device 2 (the new one) sharing blocks 0-1.
-      await writeFile(
-        join(dir, 'meta.xml'),
-        `<superblock uuid="" time="1" transaction="2" flags="0" version="2" data_block_size="128" nr_data_blocks="1000">
-  <device dev_id="1" mapped_blocks="4" transaction="0" creation_time="0" snap_time="0">
-    <range_mapping origin_begin="0" data_begin="0" length="3" time="0"/>
-    <single_mapping origin_block="10" data_block="3" time="0"/>
-  </device>
-  <device dev_id="2" mapped_blocks="5" transaction="1" creation_time="1" snap_time="1">
-    <range_mapping origin_begin="0" data_begin="0" length="2" time="0"/>
-    <single_mapping origin_block="2" data_block="4" time="1"/>
-    <single_mapping origin_block="20" data_block="5" time="1"/>
-    <single_mapping origin_block="21" data_block="6" time="1"/>
-  </device>
-</superblock>`,
-      );
-      const bin = join(dir, 'meta.bin');
-      await truncate(bin, 8 << 20).catch(async () => {
-        await writeFile(bin, '');
-        await truncate(bin, 8 << 20);
-      });
-      execFileSync('thin_restore', ['-i', join(dir, 'meta.xml'), '-o', bin]);
+      const bin = await restoreThinPool(dir);
       for (const extra of [[], ['--verbose']]) {
-        const xml = execFileSync('thin_delta', [...extra, '--snap1', '1', '--snap2', '2', bin], {
-          encoding: 'utf8',
-        });
+        const xml = thinDelta(bin, { extra });
         assert.deepEqual(await parse(xml, 5), expected, extra.join(' '));
       }
     });

@@ -6,11 +6,11 @@
  * The meta namespace is the directory `meta/` at the root: not two hex digits, so the walk
  * that lists objects never enters it.
  */
-import { randomBytes } from 'node:crypto';
 import { constants, statSync } from 'node:fs';
-import { open, opendir, readFile, rename, rm, stat, unlink } from 'node:fs/promises';
+import { open, opendir, readFile, rm, stat } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { BackyError, MissingBlockError, ioReason } from '../errors.js';
+import { syncDir, writeFileAtomic } from '../util/atomic-file.js';
 import { mapOrdered } from '../util/concurrency.js';
 import { mkdirp } from '../util/mkdirp.js';
 import { META_NAME_RE, checkMetaName } from './backend.js';
@@ -104,28 +104,7 @@ export class DirBackend implements StorageBackend {
       }
       this.#knownDirs.add(dir);
     }
-    const tmp = join(dir, `.tmp-${key.slice(0, 16)}-${randomBytes(6).toString('hex')}`);
-    const fh = await open(tmp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL, 0o600);
-    try {
-      let buffers = data.filter((b) => b.length > 0);
-      while (buffers.length > 0) {
-        const { bytesWritten } = await fh.writev(buffers);
-        buffers = advance(buffers, bytesWritten);
-      }
-      // Content first, then the name: no crash can leave a partial object under its final name.
-      await fh.sync();
-    } catch (err) {
-      await fh.close().catch(() => {});
-      await unlink(tmp).catch(() => {});
-      throw err;
-    }
-    await fh.close();
-    try {
-      await rename(tmp, join(dir, key));
-    } catch (err) {
-      await unlink(tmp).catch(() => {});
-      throw err;
-    }
+    await writeFileAtomic(join(dir, key), data, { dirSync: 'defer' });
     // The rename is durable once the directory is fsynced. Deferred, many objects share one
     // pass in sync() (one journal commit per object saved); the caller must not reference
     // the object durably (commit a row naming it) before that.
@@ -244,22 +223,7 @@ export class DirBackend implements StorageBackend {
     const dir = dirname(path);
     try {
       const first = await mkdirp(dir, 0o700);
-      const tmp = join(dir, `.tmp-${name.slice(0, 40)}-${randomBytes(6).toString('hex')}`);
-      const fh = await open(tmp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL, 0o600);
-      try {
-        await fh.writeFile(data);
-        await fh.sync();
-      } catch (err) {
-        await fh.close().catch(() => {});
-        await unlink(tmp).catch(() => {});
-        throw err;
-      }
-      await fh.close();
-      await rename(tmp, path).catch(async (err: unknown) => {
-        await unlink(tmp).catch(() => {});
-        throw err;
-      });
-      await syncDir(dir);
+      await writeFileAtomic(path, data);
       if (first !== undefined)
         for (let d = dir; d.length >= first.length; d = dirname(d)) await syncDir(dirname(d));
     } catch (err) {
@@ -319,27 +283,5 @@ async function* walk(dir: string, depth: number): AsyncIterable<{ path: string; 
     const path = join(dir, entry.name);
     if (depth < 2 && entry.isDirectory() && /^[0-9a-f]{2}$/.test(entry.name)) yield* walk(path, depth + 1);
     else if (depth === 2 && entry.isFile()) yield { path, name: entry.name };
-  }
-}
-
-function advance(buffers: Buffer[], written: number): Buffer[] {
-  const rest: Buffer[] = [];
-  for (const b of buffers) {
-    if (written >= b.length) {
-      written -= b.length;
-      continue;
-    }
-    rest.push(written > 0 ? b.subarray(written) : b);
-    written = 0;
-  }
-  return rest;
-}
-
-async function syncDir(dir: string): Promise<void> {
-  const fh = await open(dir, constants.O_RDONLY | constants.O_DIRECTORY);
-  try {
-    await fh.sync();
-  } finally {
-    await fh.close();
   }
 }

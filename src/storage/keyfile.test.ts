@@ -1,8 +1,9 @@
 import assert from 'node:assert/strict';
-import { mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, readdir, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
+import { tryMountTmpfs, umount } from '../../test/lib/tmpfs.js';
 import { ConfigError, InputError } from '../errors.js';
 import { DEFAULT_KDF } from './key-wrap.js';
 import { createKeyFile, deriveKeys, isSealedKeyFile, readKeyFile, rewrapKeyFile } from './keyfile.js';
@@ -124,6 +125,38 @@ describe('key files', () => {
         (e: unknown) => e instanceof ConfigError && re.test(e.message) && !e.message.includes('\n'),
         what,
       );
+    }
+  });
+
+  it('a key file that cannot be written whole (full disk, a real tmpfs) is not left behind', async (t) => {
+    const full = join(dir, 'full');
+    await mkdir(full);
+    const skip = tryMountTmpfs(full, '64k');
+    if (skip) return t.skip(skip);
+    try {
+      await writeFile(join(full, 'filler'), Buffer.alloc(1 << 20)).catch(() => {});
+      const path = join(full, 'k.key');
+      await assert.rejects(
+        createKeyFile(path),
+        (e: unknown) =>
+          e instanceof InputError && /cannot (create|write) key file .*k\.key: .*ENOSPC/.test(e.message),
+      );
+      assert.deepEqual(await readdir(full), ['filler'], 'no truncated key file, no temp file');
+      await rm(join(full, 'filler'));
+      // Not refused as existing: nothing was left under the name.
+      const made = await createKeyFile(path);
+      assert.deepEqual(await readKeyFile(path, noPassphrase), made);
+      // A rewrap that runs out of space leaves the old file whole.
+      await writeFile(join(full, 'filler'), Buffer.alloc(1 << 20)).catch(() => {});
+      await assert.rejects(
+        rewrapKeyFile(path, noPassphrase, given('pw')),
+        (e: unknown) =>
+          e instanceof InputError && /cannot rewrite key file .*ENOSPC|no space/i.test(e.message),
+      );
+      assert.deepEqual(await readKeyFile(path, noPassphrase), made);
+      assert.deepEqual((await readdir(full)).sort(), ['filler', 'k.key']);
+    } finally {
+      umount(full);
     }
   });
 });

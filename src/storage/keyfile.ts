@@ -15,9 +15,8 @@
  * be stored in the metadata database and shown in messages; the key never is.
  */
 import { createHash, hkdfSync, randomBytes } from 'node:crypto';
-import { open, rename, unlink } from 'node:fs/promises';
-import { basename, dirname, join } from 'node:path';
 import { ConfigError, InputError, ioReason } from '../errors.js';
+import { writeFileAtomic } from '../util/atomic-file.js';
 import { TooLargeError, readTextLimitedSync } from '../util/read-limited.js';
 import { BadKdfParamsError, type WrappedKey, unwrapKey, wrapKey } from './key-wrap.js';
 
@@ -46,14 +45,14 @@ async function keyFileLine(master: Buffer, passphrase: string | undefined): Prom
 
 /**
  * Writes a new random key file; refuses an existing path. Mode 0600 whatever the umask. With
- * `passphrase`, the key is sealed under it (version 2).
+ * `passphrase`, the key is sealed under it (version 2). Written atomically: a crash never
+ * leaves a truncated key file.
  */
 export async function createKeyFile(path: string, passphrase?: string): Promise<StoreKeys> {
   const key = randomBytes(KEY_BYTES);
   const line = await keyFileLine(key, passphrase);
-  let fh;
   try {
-    fh = await open(path, 'wx', 0o600);
+    await writeFileAtomic(path, line, { mode: 0o600, exclusive: true, dirSync: 'best-effort' });
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'EEXIST') {
       throw new InputError(
@@ -61,15 +60,6 @@ export async function createKeyFile(path: string, passphrase?: string): Promise<
       );
     }
     throw new InputError(`cannot create key file ${path}: ${ioReason(err)}`);
-  }
-  try {
-    await fh.chmod(0o600);
-    await fh.writeFile(line);
-    await fh.sync();
-  } catch (err) {
-    throw new InputError(`cannot write key file ${path}: ${ioReason(err)}`);
-  } finally {
-    await fh.close();
   }
   return deriveKeys(key);
 }
@@ -173,25 +163,13 @@ export async function rewrapKeyFile(
 ): Promise<StoreKeys> {
   const key = await readMasterKey(path, current);
   const line = await keyFileLine(key, next ? await next() : undefined);
-  const tmp = join(dirname(path), `.${basename(path)}.${randomBytes(4).toString('hex')}.tmp`);
   try {
-    const fh = await open(tmp, 'wx', 0o600);
-    try {
-      await fh.chmod(0o600);
-      await fh.writeFile(line);
-      await fh.sync();
-    } finally {
-      await fh.close();
-    }
-    await rename(tmp, path);
+    // The directory fsync is best effort: some file systems refuse it, and the file is
+    // already replaced by then.
+    await writeFileAtomic(path, line, { mode: 0o600, dirSync: 'best-effort' });
   } catch (err) {
-    await unlink(tmp).catch(() => {});
     throw new InputError(`cannot rewrite key file ${path}: ${ioReason(err)}`);
   }
-  // The rename itself must survive a crash: sync the directory (best effort: some file systems refuse).
-  const dir = await open(dirname(path), 'r').catch(() => undefined);
-  await dir?.sync().catch(() => {});
-  await dir?.close();
   return deriveKeys(key);
 }
 

@@ -12,26 +12,9 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { Sandbox, assertSameBytes, parseLsMachine } from '../lib/cli.js';
 import { writeImage } from '../lib/image.js';
+import { tryMountTmpfs, umount } from '../lib/tmpfs.js';
 
 const BS = 64 * 1024;
-
-function tryMount(dir: string, size: string): string | undefined {
-  if (process.getuid?.() !== 0) return 'not root: tmpfs mounts need root';
-  try {
-    execFileSync('mount', ['-t', 'tmpfs', '-o', `size=${size},mode=0700`, 'tmpfs', dir], { stdio: 'pipe' });
-    return undefined;
-  } catch (err) {
-    return `cannot mount a tmpfs here: ${String((err as { stderr?: Buffer }).stderr ?? err).trim()}`;
-  }
-}
-
-function umount(dir: string) {
-  try {
-    execFileSync('umount', [dir], { stdio: 'pipe' });
-  } catch {
-    // not mounted
-  }
-}
 
 function oneErrorLine(stderr: string): string {
   assert.doesNotMatch(stderr, /^ {4}at /m, `no stack trace:\n${stderr}`);
@@ -48,7 +31,7 @@ describe('full disk (ENOSPC) on a real tmpfs', () => {
   before(async () => {
     sb = await Sandbox.create({ defaults: `block_size = ${BS}` });
     await mkdir(sb.dataDir);
-    skip = tryMount(sb.dataDir, '8m');
+    skip = tryMountTmpfs(sb.dataDir, '8m');
     if (!skip) mounts.push(sb.dataDir);
   });
 
@@ -121,7 +104,7 @@ describe('full disk (ENOSPC) on a real tmpfs', () => {
     }
     const tgtDir = sb.path('target');
     await mkdir(tgtDir);
-    const why = tryMount(tgtDir, '1m');
+    const why = tryMountTmpfs(tgtDir, '1m');
     if (why) {
       t.skip(why);
       return;
@@ -144,7 +127,7 @@ describe('full disk (ENOSPC) on a real tmpfs', () => {
     }
     const metaDir = sb.path('meta');
     await mkdir(metaDir);
-    const why = tryMount(metaDir, '300k');
+    const why = tryMountTmpfs(metaDir, '300k');
     if (why) {
       t.skip(why);
       return;

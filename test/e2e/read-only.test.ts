@@ -14,6 +14,7 @@ import SQLite from 'better-sqlite3';
 import { REPO, Sandbox, assertSameBytes, parseLsMachine, runBacky } from '../lib/cli.js';
 import type { RunResult } from '../lib/cli.js';
 import { writeImage } from '../lib/image.js';
+import { tryMountTmpfs, umount } from '../lib/tmpfs.js';
 
 const BS = 64 * 1024;
 
@@ -60,15 +61,8 @@ describe('a store on a read-only file system', () => {
     sb = await Sandbox.create();
     mnt = sb.path('mnt');
     await mkdir(mnt);
-    if (process.getuid?.() !== 0) skip = 'not root: tmpfs mounts need root';
-    else {
-      try {
-        execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=16m,mode=0700', 'tmpfs', mnt], { stdio: 'pipe' });
-        mounted = true;
-      } catch (err) {
-        skip = `cannot mount a tmpfs here: ${String((err as { stderr?: Buffer }).stderr ?? err).trim()}`;
-      }
-    }
+    skip = tryMountTmpfs(mnt, '16m');
+    mounted = skip === undefined;
     dbPath = join(mnt, 'backy.sqlite');
     dataDir = join(mnt, 'data');
     cfg = sb.path('ro.cfg');
@@ -106,7 +100,7 @@ describe('a store on a read-only file system', () => {
   });
 
   after(async () => {
-    if (mounted) execFileSync('umount', [mnt]);
+    if (mounted) umount(mnt);
     await sb?.remove();
   });
 

@@ -4,33 +4,14 @@
  * only what the delta names. Every restore compared byte for byte.
  */
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
 import { open, readFile, truncate, writeFile } from 'node:fs/promises';
 import { after, before, describe, it } from 'node:test';
 import { Sandbox, assertSameBytes } from '../lib/cli.js';
 import { randomBytesSeeded } from '../lib/image.js';
-import { missingCommands } from '../lib/tools.js';
+import { restoreThinPool, thinDelta, thinToolsMissing } from '../lib/thin-pool.js';
 
 const BS = 64 * 1024; // = the pool's data block (128 sectors), so pool blocks and backy blocks line up
 const BLOCKS = 32;
-
-const thinToolsMissing = missingCommands(
-  ['thin_restore', 'thin_delta'],
-  'apt-get install thin-provisioning-tools',
-);
-
-const METADATA = `<superblock uuid="" time="1" transaction="2" flags="0" version="2" data_block_size="128" nr_data_blocks="1000">
-  <device dev_id="1" mapped_blocks="4" transaction="0" creation_time="0" snap_time="0">
-    <range_mapping origin_begin="0" data_begin="0" length="3" time="0"/>
-    <single_mapping origin_block="10" data_block="3" time="0"/>
-  </device>
-  <device dev_id="2" mapped_blocks="5" transaction="1" creation_time="1" snap_time="1">
-    <range_mapping origin_begin="0" data_begin="0" length="2" time="0"/>
-    <single_mapping origin_block="2" data_block="4" time="1"/>
-    <single_mapping origin_block="20" data_block="5" time="1"/>
-    <single_mapping origin_block="21" data_block="6" time="1"/>
-  </device>
-</superblock>`;
 
 async function image(path: string, blocks: Record<number, string>) {
   await writeFile(path, '');
@@ -52,17 +33,12 @@ describe(
   () => {
     let sb: Sandbox;
     let delta: string;
+    let pool: string;
     before(async () => {
       sb = await Sandbox.create({ defaults: `block_size = ${BS}\nhint_check_blocks = 100` });
-      await writeFile(sb.path('meta.xml'), METADATA);
-      await writeFile(sb.path('meta.bin'), '');
-      await truncate(sb.path('meta.bin'), 8 << 20);
-      execFileSync('thin_restore', ['-i', sb.path('meta.xml'), '-o', sb.path('meta.bin')]);
       delta = sb.path('delta.xml');
-      await writeFile(
-        delta,
-        execFileSync('thin_delta', ['--snap1', '1', '--snap2', '2', sb.path('meta.bin')]),
-      );
+      pool = await restoreThinPool(sb.dir);
+      await writeFile(delta, thinDelta(pool));
       // snap1: pool blocks 0-2 and 10 hold data; snap2 shares 0-1, rewrote 2, dropped 10, added 20-21.
       await image(sb.path('snap1.img'), { 0: 'a', 1: 'b', 2: 'c', 10: 'd' });
       await image(sb.path('snap2.img'), { 0: 'a', 1: 'b', 2: 'c2', 20: 'e', 21: 'f' });
@@ -86,10 +62,7 @@ describe(
       const before = (await sb.ok(['-m', 'ls'])).stdout;
       // The delta run the wrong way round (snap2 -> snap1) against these images.
       const wrong = sb.path('wrong.xml');
-      await writeFile(
-        wrong,
-        execFileSync('thin_delta', ['--snap1', '2', '--snap2', '1', sb.path('meta.bin')]),
-      );
+      await writeFile(wrong, thinDelta(pool, { from: 2, to: 1 }));
       const r = await sb.run(['backup', '--thin-delta', wrong, '-f', base, sb.path('snap2.img'), 'lv@x']);
       assert.equal(r.code, 1, r.stderr);
       assert.match(r.stderr, /hints are wrong/);
