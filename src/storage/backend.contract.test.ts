@@ -467,8 +467,9 @@ describe(
           return true;
         });
         const ms = performance.now() - t0;
-        // Bounded by timeoutMs (2 s), with room for a loaded machine; unbounded retries would take far longer.
-        assert.ok(ms < 4000, `gave up after ${ms} ms`);
+        // Bounded by timeoutMs (2 s), with room for a loaded CI machine; unbounded retries would
+        // run until the test's own timeout.
+        assert.ok(ms < 10_000, `gave up after ${ms} ms`);
       } finally {
         always = undefined;
         await b.close();
@@ -509,7 +510,8 @@ describe('S3Backend: a server that accepts connections and never answers', () =>
           return true;
         });
         const ms = performance.now() - t0;
-        assert.ok(ms >= 1400 && ms < 3500, `failed after ${ms} ms`);
+        // Not before the timeout; after it with room for a loaded CI machine (no answer ever comes).
+        assert.ok(ms >= 1400 && ms < 10_000, `failed after ${ms} ms`);
       }
     } finally {
       await b.close();

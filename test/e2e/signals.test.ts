@@ -16,7 +16,7 @@ import { objectFiles, query, spawnBacky, waitFor } from '../lib/store.js';
 
 const BS = 64 * 1024;
 /** A signal must be acted on within this (the machine is shared and loaded: generous). */
-const PROMPT_MS = 5000;
+const PROMPT_MS = 10_000;
 
 /** The uid of the version NAME once it exists ('' before; the database may not exist yet). */
 function versionUid(sb: Sandbox, name: string): string {
