@@ -15,7 +15,7 @@
  * any; import sets them) and, in the store's own metadata copies only (version-copy.ts),
  * "store_id":"<uuid>" (the store the copy belongs to; recover refuses another store's).
  */
-import { z } from 'zod';
+import * as z from 'zod';
 import { blockCount, blockLength } from '../blocks/blocks.js';
 import { CHECKSUM_RE } from '../blocks/hash.js';
 import { HASH_FUNCTIONS } from '../config/config.js';

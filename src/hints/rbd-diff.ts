@@ -16,7 +16,7 @@
  * the first error in file order is reported (a syntax error late in the file no longer wins
  * over a bad extent early in it), and one element may be at most MAX_ELEMENT bytes.
  */
-import { z } from 'zod';
+import * as z from 'zod';
 import { InputError } from '../errors.js';
 
 export interface HintExtent {
