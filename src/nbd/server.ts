@@ -13,6 +13,10 @@
  * span several blocks (and so hold some while waiting for others) hold at most SPANNING_BUDGET
  * of them together, well below BLOCK_BUFFERS, so some buffer always comes back; writes hold at
  * most WRITE_BUDGET bytes of payload together: 80 MiB of buffers at most in all.
+ *
+ * Stalled handshakes (a port scanner, a stuck client) hold nothing for long: a connection that
+ * has not entered transmission within the handshake timeout is closed, and at most
+ * MAX_HANDSHAKES connections are in the handshake at once (others are closed at once).
  */
 import { once } from 'node:events';
 import { createServer } from 'node:net';
@@ -46,6 +50,16 @@ const BLOCK_BUFFERS = 48 << 20;
 const SPANNING_BUDGET = MAX_REQUEST + (8 << 20);
 const WRITE_BUDGET = 32 << 20;
 const BASE_ALLOCATION_ID = 1;
+/** Default time from connect to the start of transmission (`--handshake-timeout`). */
+export const HANDSHAKE_TIMEOUT_MS = 30_000;
+/**
+ * Connections in the handshake at once. Honest clients finish it in milliseconds and open few
+ * connections (nbdcopy 4, qemu 1 per drive), so 32 covers several clients starting together;
+ * only a flood or stuck clients fill it, and then each can make the server hold about 1.1 MiB
+ * (ByteReader's high water of unread input, 64 KiB of option data): ~35 MiB for all of them,
+ * less than the block buffers, until the timeout frees them.
+ */
+export const MAX_HANDSHAKES = 32;
 
 export type LogLevel = 'debug' | 'info' | 'warn' | 'error';
 
@@ -59,6 +73,8 @@ export interface NbdServerOptions {
   log: (level: LogLevel, msg: string) => void;
   /** Bytes of block buffers for all connections (default BLOCK_BUFFERS). */
   blockBuffers?: number;
+  /** Milliseconds from connect to transmission before the connection is closed (default HANDSHAKE_TIMEOUT_MS). */
+  handshakeTimeoutMs?: number;
 }
 
 class DropConnection extends Error {}
@@ -74,6 +90,8 @@ export class NbdServer {
   readonly #writes = new Budget(WRITE_BUDGET);
   #nextId = 1;
   #closing = false;
+  /** Connections accepted that have not entered transmission (at most MAX_HANDSHAKES). */
+  #handshaking = 0;
 
   constructor(opts: NbdServerOptions) {
     this.#opts = opts;
@@ -117,19 +135,41 @@ export class NbdServer {
     const id = this.#nextId++;
     const peer = socket.remoteAddress ? `${socket.remoteAddress}:${socket.remotePort}` : 'unix socket';
     const log = (level: LogLevel, msg: string) => this.#opts.log(level, `connection ${id} (${peer}): ${msg}`);
-    this.#sockets.add(socket);
     socket.on('error', () => {}); // seen by the reader as a closed connection
+    if (this.#handshaking >= MAX_HANDSHAKES) {
+      log('warn', `refused: ${MAX_HANDSHAKES} connections are already in the handshake`);
+      socket.destroy();
+      return;
+    }
+    this.#sockets.add(socket);
+    this.#handshaking++;
+    const timeoutMs = this.#opts.handshakeTimeoutMs ?? HANDSHAKE_TIMEOUT_MS;
+    let timedOut = false;
+    const timer = setTimeout(() => {
+      timedOut = true;
+      socket.destroy(); // the reader fails with ConnectionClosed; #serve cleans up as for any drop
+    }, timeoutMs).unref();
+    let handshaking = true;
+    const handshakeOver = () => {
+      if (!handshaking) return;
+      handshaking = false;
+      clearTimeout(timer);
+      this.#handshaking--;
+    };
     log('info', 'connected');
-    const conn = new Connection(this, this.#opts, socket, log);
+    const conn = new Connection(this, this.#opts, socket, log, handshakeOver);
     try {
       await conn.run();
       log('info', 'disconnected');
     } catch (err) {
-      if (err instanceof ConnectionClosed) log('info', `disconnected (${err.message})`);
+      if (timedOut)
+        log('warn', `dropped: handshake not finished within ${timeoutMs / 1000} s (--handshake-timeout)`);
+      else if (err instanceof ConnectionClosed) log('info', `disconnected (${err.message})`);
       else if (err instanceof DropConnection || err instanceof P.NbdProtocolError)
         log('warn', `dropped: ${err.message}`);
       else log('error', `dropped after an internal error: ${errorMessage(err)}`);
     } finally {
+      handshakeOver();
       socket.destroy();
       this.#sockets.delete(socket);
       await conn.cleanup().catch((err: unknown) => log('error', errorMessage(err)));
@@ -190,6 +230,8 @@ class Connection {
   readonly #socket: Socket;
   readonly #reader: ByteReader;
   readonly #log: (level: LogLevel, msg: string) => void;
+  /** Called once negotiation is over and transmission starts. */
+  readonly #handshakeOver: () => void;
   #noZeroes = false;
   #structured = false;
   #meta: MetaSelection | undefined;
@@ -207,12 +249,14 @@ class Connection {
     opts: NbdServerOptions,
     socket: Socket,
     log: (l: LogLevel, m: string) => void,
+    handshakeOver: () => void,
   ) {
     this.#server = server;
     this.#opts = opts;
     this.#socket = socket;
     this.#reader = new ByteReader(socket);
     this.#log = log;
+    this.#handshakeOver = handshakeOver;
   }
 
   /** Writes one reply; `sent` runs once its buffers are no longer needed. */
@@ -240,6 +284,7 @@ class Connection {
       throw new DropConnection(`unknown client flags 0x${clientFlags.toString(16)}`);
     this.#noZeroes = (clientFlags & P.FLAG_NO_ZEROES) !== 0;
     if (!(await this.#haggle())) return;
+    this.#handshakeOver();
     await this.#transmission();
   }
 
