@@ -27,7 +27,7 @@ import { errorMessage } from '../errors.js';
 import type { MetaStore, Version } from '../meta/meta-store.js';
 import type { BlockStore } from '../storage/block-store.js';
 import { Budget } from './budget.js';
-import { ConnectionClosed } from './byte-reader.js';
+import { ConnectionClosed } from './chunk-reader.js';
 import { DropConnection, Wire } from './connection.js';
 import type { Log, LogLevel } from './connection.js';
 import { BlockCache } from './block-cache.js';
