@@ -291,6 +291,10 @@ export async function main(argv: string[]): Promise<number> {
     .option('-u, --socket <path>', 'listen on a Unix socket (created 0600) instead of TCP')
     .option('-w, --write', 'copy-on-write: writes go to a new version, completed at a clean disconnect')
     .option('--discard', 'with -w: throw the writes away at disconnect')
+    .option(
+      '--handshake-timeout <seconds>',
+      'close a connection that has not finished the NBD handshake within this time (default 30)',
+    )
     .action(async (opts: NbdCliOptions) => {
       const { nbdCommand, nbdOptions } = await import('./commands/nbd.js');
       nbdOptions(opts); // usage errors before anything is logged

@@ -16,7 +16,7 @@
 import { connect as netConnect } from 'node:net';
 import type { Socket } from 'node:net';
 import { InputError } from '../errors.js';
-import { ConnectionClosed } from './byte-reader.js';
+import { ConnectionClosed } from './chunk-reader.js';
 import { DirectReader } from './direct-reader.js';
 import * as P from './protocol.js';
 

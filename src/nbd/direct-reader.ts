@@ -1,4 +1,4 @@
-import { ConnectionClosed } from './byte-reader.js';
+import { ChunkReader, HIGH_WATER } from './chunk-reader.js';
 
 /**
  * Exact-length reads from a socket created with `onread: reader.onread`, for the NBD client.
@@ -9,7 +9,6 @@ import { ConnectionClosed } from './byte-reader.js';
  * only headers and what arrives ahead of a waiting read go through small scratch buffers.
  * Memory stays bounded: reading stops while more than HIGH_WATER bytes wait unread.
  */
-const HIGH_WATER = 1 << 20;
 const SCRATCH = 64 << 10;
 
 interface Target {
@@ -20,12 +19,8 @@ interface Target {
   fail: (err: Error) => void;
 }
 
-export class DirectReader {
-  #chunks: Buffer[] = [];
-  #buffered = 0;
-  #ended: Error | undefined;
+export class DirectReader extends ChunkReader {
   #target: Target | undefined;
-  #wake: (() => void) | undefined;
   #resume: (() => void) | undefined;
 
   /** Pass as the socket's `onread` option. */
@@ -50,34 +45,25 @@ export class DirectReader {
           t.done();
         }
       }
-      if (used < n) {
-        this.#chunks.push(Buffer.from(buf.buffer, buf.byteOffset + used, n - used));
-        this.#buffered += n - used;
-        this.#notify();
-      }
-      return this.#buffered <= HIGH_WATER;
+      if (used < n) this.push(Buffer.from(buf.buffer, buf.byteOffset + used, n - used));
+      return this.buffered <= HIGH_WATER;
     },
   };
 
   /** Connects the reader to the socket's end and resume (call once, after creating it). */
   attach(socket: { resume(): void; on(event: string, fn: (err?: Error) => void): unknown }): void {
     this.#resume = () => socket.resume();
-    const end = (err?: Error) => {
-      this.#ended ??= new ConnectionClosed(err ? `connection failed: ${err.message}` : 'connection closed');
-      const t = this.#target;
-      this.#target = undefined;
-      t?.fail(this.#ended);
-      this.#notify();
-    };
-    socket.on('end', () => end());
-    socket.on('close', () => end());
-    socket.on('error', (err) => end(err));
+    this.watchEnd(socket);
   }
 
-  #notify(): void {
-    const w = this.#wake;
-    this.#wake = undefined;
-    w?.();
+  protected resume(): void {
+    this.#resume?.();
+  }
+
+  protected override onEnd(err: Error): void {
+    const t = this.#target;
+    this.#target = undefined;
+    t?.fail(err);
   }
 
   /** Exactly `n` bytes in a new buffer. */
@@ -89,45 +75,28 @@ export class DirectReader {
 
   /** Exactly `n` bytes into `into` at `at`; throws ConnectionClosed if they never come. */
   async readInto(into: Buffer, at: number, n: number): Promise<void> {
-    let filled = this.#take(into, at, n);
+    let filled = this.take(into, at, n);
     while (filled < n) {
-      if (this.#buffered > 0) {
-        filled += this.#take(into, at + filled, n - filled);
+      if (this.buffered > 0) {
+        filled += this.take(into, at + filled, n - filled);
         continue;
       }
-      if (this.#ended) throw this.#ended;
+      const ended = this.ended;
+      if (ended) throw ended;
       if (n - filled >= SCRATCH) {
         // Nothing buffered: the next socket reads land in `into` itself.
         const left = n - filled;
         await new Promise<void>((done, fail) => {
           this.#target = { buf: into, at: at + filled, left, done, fail };
-          this.#resume?.();
+          this.resume();
         });
         return;
       }
-      await new Promise<void>((resolve) => {
-        this.#wake = resolve;
-        this.#resume?.();
-      });
+      await this.more();
     }
   }
 
   async skip(n: number): Promise<void> {
     await this.read(n);
-  }
-
-  #take(into: Buffer, at: number, max: number): number {
-    let taken = 0;
-    while (taken < max && this.#chunks.length > 0) {
-      const c = this.#chunks[0];
-      const k = Math.min(c.length, max - taken);
-      c.copy(into, at + taken, 0, k);
-      taken += k;
-      if (k === c.length) this.#chunks.shift();
-      else this.#chunks[0] = c.subarray(k);
-    }
-    this.#buffered -= taken;
-    if (taken > 0 && this.#buffered <= HIGH_WATER) this.#resume?.();
-    return taken;
   }
 }

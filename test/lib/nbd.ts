@@ -29,8 +29,11 @@ export function nbdClientsMissing(extra: string[] = []): string | undefined {
 
 export interface ServerHandle {
   child: ChildProcess;
+  /** The Unix socket path (unused when the server listens on TCP). */
   socket: string;
-  /** nbd+unix URI of an export. */
+  /** With `tcp`: the port it listens on, on 127.0.0.1. */
+  port: number | undefined;
+  /** nbd+unix (or with `tcp` nbd://) URI of an export. */
   uri(uid: string): string;
   stderr(): string;
   /** SIGTERM, then waits; returns the exit code. */
@@ -39,10 +42,18 @@ export interface ServerHandle {
 
 let serial = 0;
 
-/** Starts `backy nbd -u SOCKET ...args` and waits until it listens. */
-export async function startServer(sb: Sandbox, args: string[] = []): Promise<ServerHandle> {
+/**
+ * Starts `backy nbd -u SOCKET ...args` (with `tcp`: `-a 127.0.0.1 -p 0`, a free port) and waits
+ * until it listens.
+ */
+export async function startServer(
+  sb: Sandbox,
+  args: string[] = [],
+  opts: { tcp?: boolean } = {},
+): Promise<ServerHandle> {
   const socket = sb.path(`nbd-${++serial}.sock`);
-  const child = spawn(process.execPath, [BIN, '-c', sb.config, 'nbd', '-u', socket, ...args], {
+  const listen = opts.tcp ? ['-a', '127.0.0.1', '-p', '0'] : ['-u', socket];
+  const child = spawn(process.execPath, [BIN, '-c', sb.config, 'nbd', ...listen, ...args], {
     cwd: sb.dir,
     stdio: ['ignore', 'pipe', 'pipe'],
   });
@@ -58,10 +69,12 @@ export async function startServer(sb: Sandbox, args: string[] = []): Promise<Ser
     }
     await new Promise((r) => setTimeout(r, 20));
   }
+  const port = opts.tcp ? Number(/NBD server listening on 127\.0\.0\.1:(\d+)/.exec(err)?.[1]) : undefined;
   return {
     child,
     socket,
-    uri: (uid) => `nbd+unix:///${uid}?socket=${socket}`,
+    port,
+    uri: (uid) => (opts.tcp ? `nbd://127.0.0.1:${port}/${uid}` : `nbd+unix:///${uid}?socket=${socket}`),
     stderr: () => err,
     stop: async () => {
       if (child.exitCode === null) child.kill('SIGTERM');

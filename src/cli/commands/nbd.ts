@@ -1,7 +1,7 @@
 import { existsSync, chmodSync } from 'node:fs';
 import { InputError, UsageError, ioReason } from '../../errors.js';
 import type { InterruptedError } from '../../errors.js';
-import { NbdServer } from '../../nbd/server.js';
+import { HANDSHAKE_TIMEOUT_MS, NbdServer } from '../../nbd/server.js';
 import type { Context } from '../context.js';
 
 export interface NbdCliOptions {
@@ -10,10 +10,32 @@ export interface NbdCliOptions {
   socket?: string;
   write?: boolean;
   discard?: boolean;
+  handshakeTimeout?: string;
 }
 
+/** Longest --handshake-timeout: a day is already far beyond any client's need. */
+const MAX_HANDSHAKE_TIMEOUT_S = 86_400;
+
 /** Checks the command line before anything is opened or logged. */
-export function nbdOptions(opts: NbdCliOptions): { host: string; port: number } | { path: string } {
+export function nbdOptions(opts: NbdCliOptions): {
+  where: { host: string; port: number } | { path: string };
+  handshakeTimeoutMs: number;
+} {
+  return { where: listenOn(opts), handshakeTimeoutMs: handshakeTimeoutMs(opts.handshakeTimeout) };
+}
+
+function handshakeTimeoutMs(value: string | undefined): number {
+  if (value === undefined) return HANDSHAKE_TIMEOUT_MS;
+  const s = Number(value);
+  if (!/^\d+(\.\d+)?$/.test(value) || !(s > 0) || s > MAX_HANDSHAKE_TIMEOUT_S)
+    throw new UsageError(
+      `--handshake-timeout '${value}' is not a number of seconds above 0 and at most ${MAX_HANDSHAKE_TIMEOUT_S}`,
+    );
+  // At least 1 ms: a tiny fraction must not round to "no time at all".
+  return Math.max(1, Math.round(s * 1000));
+}
+
+function listenOn(opts: NbdCliOptions): { host: string; port: number } | { path: string } {
   if (opts.discard && !opts.write) throw new UsageError('--discard only makes sense with -w (copy-on-write)');
   if (opts.socket !== undefined) {
     if (opts.address !== undefined || opts.port !== undefined)
@@ -28,7 +50,7 @@ export function nbdOptions(opts: NbdCliOptions): { host: string; port: number } 
 }
 
 export async function nbdCommand(ctx: Context, opts: NbdCliOptions): Promise<void> {
-  const where = nbdOptions(opts);
+  const { where, handshakeTimeoutMs } = nbdOptions(opts);
   if ('path' in where && existsSync(where.path))
     throw new InputError(`${JSON.stringify(where.path)} exists; remove it or choose another socket path`);
   const meta = await ctx.meta();
@@ -39,6 +61,7 @@ export async function nbdCommand(ctx: Context, opts: NbdCliOptions): Promise<voi
     store,
     writable: Boolean(opts.write),
     discard: Boolean(opts.discard),
+    handshakeTimeoutMs,
     log: (level, msg) => (level === 'warn' ? log.warn(msg) : log[level](msg)),
   });
   let address: string;

@@ -7,7 +7,7 @@ import { hasherFor } from '../blocks/hash.js';
 import { CorruptBlockError } from '../errors.js';
 import { BlockStore, objectBufferSize } from '../storage/block-store.js';
 import { DirBackend } from '../storage/dir-backend.js';
-import { BlockCache } from './export.js';
+import { BlockCache } from './block-cache.js';
 
 const BS = 4096;
 const OBJ = objectBufferSize(BS);

@@ -1,0 +1,42 @@
+/**
+ * One client's socket as the NBD server uses it: exact-length reads, whole replies that never
+ * interleave, and back-pressure; and the error that ends a connection the protocol cannot
+ * answer.
+ */
+import { once } from 'node:events';
+import type { Socket } from 'node:net';
+import { ByteReader } from './byte-reader.js';
+
+export type LogLevel = 'debug' | 'info' | 'warn' | 'error';
+export type Log = (level: LogLevel, msg: string) => void;
+
+/** Input the protocol has no error reply for: the connection is closed. */
+export class DropConnection extends Error {}
+
+export class Wire {
+  readonly socket: Socket;
+  readonly reader: ByteReader;
+
+  constructor(socket: Socket) {
+    this.socket = socket;
+    this.reader = new ByteReader(socket);
+  }
+
+  /** Writes one reply; `sent` runs once its buffers are no longer needed. */
+  send(reply: Buffer | Buffer[], sent?: () => void): void {
+    const bufs = Array.isArray(reply) ? reply : [reply];
+    if (this.socket.destroyed) {
+      sent?.();
+      return;
+    }
+    // One reply is written in one go: replies to concurrent requests never interleave.
+    this.socket.cork();
+    bufs.forEach((b, i) => this.socket.write(b, i === bufs.length - 1 && sent ? () => sent() : undefined));
+    this.socket.uncork();
+  }
+
+  async drained(): Promise<void> {
+    if (!this.socket.writableNeedDrain || this.socket.destroyed) return;
+    await Promise.race([once(this.socket, 'drain'), once(this.socket, 'close')]);
+  }
+}

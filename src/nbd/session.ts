@@ -1,0 +1,134 @@
+/**
+ * What one NBD connection holds on the version it serves: the 'nbd' lease (rm and cleanup keep
+ * the version), the shared block table, and with -w the new version it writes into under a
+ * lease of its own. close() finishes the new version (completed after a clean disconnect,
+ * removed otherwise) and gives everything back, whatever point opening had reached.
+ */
+import { blockCount } from '../blocks/blocks.js';
+import { keepLeaseAlive } from '../core/lease.js';
+import { errorMessage } from '../errors.js';
+import type { Version } from '../meta/meta-store.js';
+import type { Log } from './connection.js';
+import { DropConnection } from './connection.js';
+import { ExportReader, ExportWriter } from './export.js';
+import type { NbdServer, NbdServerOptions } from './server.js';
+
+export class ExportSession {
+  readonly #server: NbdServer;
+  readonly #opts: NbdServerOptions;
+  readonly #log: Log;
+  #device: ExportReader | undefined;
+  #writer: ExportWriter | undefined;
+  #undo: (() => Promise<void>)[] = [];
+  /** The client ended with NBD_CMD_DISC. */
+  cleanDisconnect = false;
+  /** A write, trim or zero reached the writer: without one no new version is kept. */
+  wrote = false;
+
+  constructor(server: NbdServer, opts: NbdServerOptions, log: Log) {
+    this.#server = server;
+    this.#opts = opts;
+    this.#log = log;
+  }
+
+  /** The export being served, once open() has succeeded. */
+  get device(): ExportReader | undefined {
+    return this.#device;
+  }
+
+  /** With -w: the copy-on-write device (the same as `device`). */
+  get writer(): ExportWriter | undefined {
+    return this.#writer;
+  }
+
+  /** Takes the lease, loads the block table, and for -w creates the new version. */
+  async open(v: Version): Promise<void> {
+    const { meta, store } = this.#opts;
+    const lease = await meta.acquireLease('nbd', v.uid);
+    const stop = keepLeaseAlive(meta, lease.id);
+    this.#undo.push(async () => {
+      stop();
+      await meta.releaseLease(lease.id);
+    });
+    // Re-read under the lease: an rm that ran before it took effect must not go unnoticed.
+    const version = await this.#server.findExport(v.uid);
+    if (!version) throw new DropConnection(`version ${v.uid} was removed`);
+    const table = await this.#server.table(version);
+    this.#undo.push(async () => this.#server.releaseTable(version.uid));
+    const common = {
+      meta,
+      store,
+      version,
+      table,
+      cache: this.#server.cache,
+      events: { onBadBlock: this.#onBad },
+    };
+    if (!this.#opts.writable) {
+      this.#device = new ExportReader(common);
+      this.#log('info', `serving ${version.uid} (${version.name}) read-only`);
+      return;
+    }
+    const created = await meta.createVersionWithLease(
+      {
+        name: `${version.name}+nbd`.slice(0, 255),
+        snapshotName: version.snapshotName,
+        sizeBytes: version.sizeBytes,
+        blockSize: version.blockSize,
+        baseUid: version.uid,
+      },
+      'nbd',
+    );
+    const stopNew = keepLeaseAlive(meta, created.lease.id);
+    this.#undo.push(async () => {
+      stopNew();
+      await meta.releaseLease(created.lease.id);
+    });
+    await meta.copyBlocks(version.uid, created.version.uid, blockCount(version.sizeBytes, version.blockSize));
+    this.#writer = new ExportWriter({ ...common, newVersion: created.version });
+    this.#device = this.#writer;
+    this.#log(
+      'info',
+      `serving ${version.uid} (${version.name}) copy-on-write into new version ${created.version.uid}` +
+        (this.#opts.discard ? ' (discarded at disconnect)' : ''),
+    );
+  }
+
+  #onBad = (idx: number, reason: string) => {
+    this.#log('error', `block ${idx} of ${this.#device?.version.uid}: ${reason}; the read fails with EIO`);
+  };
+
+  /** Finishes or throws away the new version, then releases leases and the table. */
+  async close(): Promise<void> {
+    const w = this.#writer;
+    try {
+      if (w) {
+        const uid = w.newVersion.uid;
+        if (this.cleanDisconnect && !this.#opts.discard && !this.wrote) {
+          await this.#opts.meta.removeVersion(uid);
+          this.#log('info', `no writes: no new version kept`);
+        } else if (this.cleanDisconnect && !this.#opts.discard) {
+          try {
+            await w.complete();
+            this.#log(
+              'info',
+              `new version ${uid} (${w.newVersion.name}, base ${w.version.uid}) is complete and valid`,
+            );
+          } catch (err) {
+            this.#log('error', `new version ${uid} could not be completed: ${errorMessage(err)}`);
+          }
+        } else {
+          await this.#opts.meta.removeVersion(uid);
+          this.#log(
+            this.#opts.discard ? 'info' : 'warn',
+            this.#opts.discard
+              ? `writes discarded: version ${uid} removed`
+              : `the client left without NBD_CMD_DISC: its writes (version ${uid}) were removed`,
+          );
+        }
+      }
+    } finally {
+      for (const undo of this.#undo.reverse()) await undo().catch(() => {});
+      this.#undo = [];
+    }
+  }
+}
