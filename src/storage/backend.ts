@@ -5,8 +5,10 @@
  * - put: stores `data` (the concatenation of the chunks) under `key` durably and atomically:
  *   when put resolves the object survives a crash, and no reader ever sees a partial object
  *   under its final name. Overwriting an existing key replaces it atomically.
- *   With `{ defer: true }` the object is complete under its name when put resolves, but may
- *   be lost in a crash until the next sync() resolves; a backend may so batch its flushes.
+ *   With `{ defer: true }` put may resolve as soon as it is done with `data` (the caller may
+ *   reuse its buffers); the object is complete under its name, and durable, once the next
+ *   sync() resolves, which also reports a deferred put that failed after put resolved. A
+ *   backend may so batch or overlap its flushes.
  * - sync (optional; required if deferred puts are not durable at once): makes every deferred
  *   put durable.
  * - get: the whole object; rejects with MissingBlockError when the key does not exist.

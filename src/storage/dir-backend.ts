@@ -10,7 +10,7 @@ import { constants, statSync } from 'node:fs';
 import { open, opendir, readFile, rm, stat } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { BackyError, MissingBlockError, ioReason } from '../errors.js';
-import { syncDir, writeFileAtomic } from '../util/atomic-file.js';
+import { stageFileAtomic, syncDir, writeFileAtomic } from '../util/atomic-file.js';
 import { mapOrdered } from '../util/concurrency.js';
 import { mkdirp } from '../util/mkdirp.js';
 import { META_NAME_RE, checkMetaName } from './backend.js';
@@ -22,6 +22,11 @@ const SYNC_SLICE_MS = 5;
 /** statMany: a slice slower than this (ms) per lookup is not served from cache; the rest go async. */
 const SLOW_STAT_MS = 0.2;
 const STATS_IN_FLIGHT = 16;
+/**
+ * Deferred puts still being fsynced and renamed in the background, at most. Their buffers are
+ * free already (the content is in the page cache), so this bounds open files, not memory.
+ */
+const BACKGROUND_PUTS = 32;
 
 export class DirBackend implements StorageBackend {
   readonly url: string;
@@ -29,6 +34,9 @@ export class DirBackend implements StorageBackend {
   readonly #knownDirs = new Set<string>();
   /** Directories changed by deferred puts and not yet fsynced. */
   readonly #dirty = new Set<string>();
+  /** Deferred puts finishing (fsync, rename) in the background; sync() waits for them. */
+  readonly #finishing = new Set<Promise<void>>();
+  #finishError: unknown;
 
   constructor(root: string) {
     this.#root = root;
@@ -104,16 +112,39 @@ export class DirBackend implements StorageBackend {
       }
       this.#knownDirs.add(dir);
     }
-    await writeFileAtomic(join(dir, key), data, { dirSync: 'defer' });
-    // The rename is durable once the directory is fsynced. Deferred, many objects share one
-    // pass in sync() (one journal commit per object saved); the caller must not reference
-    // the object durably (commit a row naming it) before that.
-    if (opts.defer) for (const d of dirsToSync) this.#dirty.add(d);
-    else for (const d of dirsToSync.reverse()) await syncDir(d);
+    if (!opts.defer) {
+      await writeFileAtomic(join(dir, key), data, { dirSync: 'defer' });
+      for (const d of dirsToSync.reverse()) await syncDir(d);
+      return;
+    }
+    // Deferred: once the content is written the caller has its buffers back; the file's fsync
+    // and rename (and the directory fsyncs, batched in sync()) overlap with the next blocks
+    // instead of holding a block buffer each. The object appears under its name, and is
+    // durable, once sync() resolves; the caller must not reference it durably before.
+    while (this.#finishing.size >= BACKGROUND_PUTS) await Promise.race(this.#finishing);
+    const staged = await stageFileAtomic(join(dir, key), data, { dirSync: 'defer' });
+    const finishing = staged.commit().then(
+      () => {
+        for (const d of dirsToSync) this.#dirty.add(d);
+      },
+      (err: unknown) => {
+        this.#finishError ??= new BackyError(`cannot store block ${key} in ${this.#root}: ${ioReason(err)}`, {
+          cause: err,
+        });
+      },
+    );
+    this.#finishing.add(finishing);
+    void finishing.finally(() => this.#finishing.delete(finishing));
   }
 
   /** Makes every deferred put durable: fsyncs the directories they changed. */
   async sync(): Promise<void> {
+    await Promise.all(this.#finishing);
+    if (this.#finishError) {
+      const err = this.#finishError;
+      this.#finishError = undefined;
+      throw err;
+    }
     const dirs = [...this.#dirty];
     this.#dirty.clear();
     try {
@@ -268,7 +299,10 @@ export class DirBackend implements StorageBackend {
     }
   }
 
-  async close(): Promise<void> {}
+  /** Waits for deferred puts still finishing (their files are closed then); sync() reports their errors. */
+  async close(): Promise<void> {
+    await Promise.all(this.#finishing);
+  }
 }
 
 async function* walk(dir: string, depth: number): AsyncIterable<{ path: string; name: string }> {

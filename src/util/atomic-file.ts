@@ -36,40 +36,63 @@ export async function writeFileAtomic(
   data: string | Buffer | readonly Buffer[],
   opts: AtomicWriteOptions = {},
 ): Promise<void> {
+  const staged = await stageFileAtomic(path, data, opts);
+  await staged.commit();
+}
+
+/**
+ * The first half of writeFileAtomic: the content is written to the temp file (the caller may
+ * reuse `data` once this resolves); commit() then fsyncs it, renames it over `path` and fsyncs
+ * the directory as `dirSync` says. A failed commit removes the temp file.
+ */
+export async function stageFileAtomic(
+  path: string,
+  data: string | Buffer | readonly Buffer[],
+  opts: AtomicWriteOptions = {},
+): Promise<{ commit(): Promise<void> }> {
   const { mode = 0o600, exclusive = false, dirSync = 'sync' } = opts;
   const dir = dirname(path);
   const tmp = join(dir, `.tmp-${basename(path).slice(0, 40)}-${randomBytes(6).toString('hex')}`);
   const fh = await open(tmp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL, mode);
   try {
-    try {
-      await fh.chmod(mode);
-      if (typeof data === 'string' || Buffer.isBuffer(data)) await fh.writeFile(data);
-      else await writeAll(fh, data);
-      // Content first, then the name: no crash can leave a partial file under the final name.
-      await fh.sync();
-    } catch (err) {
-      await fh.close().catch(() => {});
-      throw err;
-    }
-    await fh.close();
-    if (exclusive) {
-      // rename() replaces whatever is there; taking the name with O_EXCL first makes the
-      // refusal atomic against another writer, on every file system (link() is not).
-      const taken = await open(path, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL, mode);
-      await taken.close();
-      try {
-        await rename(tmp, path);
-      } catch (err) {
-        await unlink(path).catch(() => {});
-        throw err;
-      }
-    } else await rename(tmp, path);
+    await fh.chmod(mode);
+    if (typeof data === 'string' || Buffer.isBuffer(data)) await fh.writeFile(data);
+    else await writeAll(fh, data);
   } catch (err) {
+    await fh.close().catch(() => {});
     await unlink(tmp).catch(() => {});
     throw err;
   }
-  if (dirSync === 'sync') await syncDir(dir);
-  else if (dirSync === 'best-effort') await syncDir(dir).catch(() => {});
+  const commit = async (): Promise<void> => {
+    try {
+      try {
+        // Content first, then the name: no crash can leave a partial file under the final name.
+        await fh.sync();
+      } catch (err) {
+        await fh.close().catch(() => {});
+        throw err;
+      }
+      await fh.close();
+      if (exclusive) {
+        // rename() replaces whatever is there; taking the name with O_EXCL first makes the
+        // refusal atomic against another writer, on every file system (link() is not).
+        const taken = await open(path, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL, mode);
+        await taken.close();
+        try {
+          await rename(tmp, path);
+        } catch (err) {
+          await unlink(path).catch(() => {});
+          throw err;
+        }
+      } else await rename(tmp, path);
+    } catch (err) {
+      await unlink(tmp).catch(() => {});
+      throw err;
+    }
+    if (dirSync === 'sync') await syncDir(dir);
+    else if (dirSync === 'best-effort') await syncDir(dir).catch(() => {});
+  };
+  return { commit };
 }
 
 /** fsyncs a directory: makes the names created, renamed or removed in it durable. */
