@@ -2,7 +2,7 @@
  * The backup pipeline: plan -> read (several blocks in flight) -> zero check -> hash ->
  * dedup (this run, then the objects table) -> store -> record (batched transactions).
  *
- * Concurrency: blocksInFlight() blocks (4 of 4 MiB) are read, zero-checked, hashed (on the
+ * Concurrency: blocksInFlight() blocks (8 of 4 MiB on a directory store, 4 on S3) are read, zero-checked, hashed (on the
  * CodecPool's worker threads, when the store has one) and stored at once; results are recorded
  * in order. Each block lives in one buffer of a fixed BufferPool from read to store, and is
  * encoded (compressed, encrypted) in place there, so memory is that many block buffers plus
@@ -111,7 +111,7 @@ async function backupOnto(opts: BackupOptions, base: Version | undefined): Promi
     );
   }
   const blockSize = base ? base.blockSize : opts.blockSize;
-  const inFlight = blocksInFlight(blockSize);
+  const inFlight = blocksInFlight(blockSize, store.inFlightBytes);
   // One more buffer than tasks: a stream fills the next block while `inFlight` are stored.
   // With room around each block, an object is encoded in place: no output buffers.
   const buffers = new BufferPool(inFlight + 1, blockSize, ENCODE_ROOM);

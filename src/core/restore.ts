@@ -76,7 +76,7 @@ export async function restore(opts: {
   }
 
   const positional = target.positional;
-  const inFlight = blocksInFlight(blockSize);
+  const inFlight = blocksInFlight(blockSize, store.inFlightBytes);
   // Positional targets are written inside the tasks; for stdout one more buffer waits its turn.
   const buffers = new BufferPool(inFlight + (positional ? 0 : 1), objectBufferSize(blockSize));
 

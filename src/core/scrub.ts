@@ -133,7 +133,7 @@ export async function scrub(opts: ScrubOptions): Promise<ScrubResult> {
   }
 
   // A task holds at most one buffer at a time (the stored block, then the source's block).
-  const inFlight = blocksInFlight(blockSize);
+  const inFlight = blocksInFlight(blockSize, store.inFlightBytes);
   const buffers = new BufferPool(inFlight, objectBufferSize(blockSize));
 
   // A checksum is fetched and verified once per run, however many blocks share it.

@@ -44,6 +44,8 @@ export interface PutOptions {
 
 export interface StorageBackend {
   readonly url: string;
+  /** Bytes of blocks a pipeline keeps in flight on this backend (blocksInFlight); default 16 MiB. */
+  readonly inFlightBytes?: number;
   put(key: string, data: readonly Buffer[], opts?: PutOptions): Promise<void>;
   sync?(): Promise<void>;
   get(key: string): Promise<Buffer>;

@@ -31,6 +31,11 @@ export class BlockStore {
     this.#pool = pool;
   }
 
+  /** Bytes of blocks a pipeline keeps in flight on this store (see blocksInFlight). */
+  get inFlightBytes(): number | undefined {
+    return this.backend.inFlightBytes;
+  }
+
   /** The block name of `data`, synchronous, on the calling thread. */
   readonly hash = (data: Buffer): string => this.#codec.name(data);
 

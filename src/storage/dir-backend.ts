@@ -30,6 +30,8 @@ const BACKGROUND_PUTS = 32;
 
 export class DirBackend implements StorageBackend {
   readonly url: string;
+  /** A local store's client costs no memory of its own: blocksInFlight gets 32 MiB. */
+  readonly inFlightBytes = 32 << 20;
   readonly #root: string;
   readonly #knownDirs = new Set<string>();
   /** Directories changed by deferred puts and not yet fsynced. */
