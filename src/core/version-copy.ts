@@ -5,14 +5,18 @@
  * is). Written when the version becomes valid and whenever its recorded state changes; so the
  * data store alone is enough for `backy recover` to rebuild the database.
  *
- * The copy is built in memory (~110 bytes a block before compression: 28 MB for a 1 TiB image
- * of 4 MiB blocks) and written in one put, so no reader ever sees a partial copy.
+ * The copy is streamed (~110 bytes a block before compression: 28 MB for a 1 TiB image of
+ * 4 MiB blocks, never all in memory): a first pass over the block list counts its bytes (the
+ * copy's header, authenticated before any data, holds its length), a second encodes and writes
+ * it through one atomic put, so no reader ever sees a partial copy. Should the version change
+ * between the passes (a scrub marking a block invalid), the lengths differ, the put fails
+ * before the copy replaces anything, and the copy is built again.
  */
-import { Writable } from 'node:stream';
+import { PassThrough, Writable } from 'node:stream';
 import { labelsOf } from '../meta/catalog.js';
 import type { MetaStore } from '../meta/meta-store.js';
 import type { BlockStore } from '../storage/block-store.js';
-import { decodeMetaObject, encodeMetaObject } from '../storage/meta-codec.js';
+import { CopyLengthError, decodeMetaObject, encodeMetaStream } from '../storage/meta-codec.js';
 import type { MetaCodecSpec } from '../storage/meta-codec.js';
 import { exportVersion } from './metadata-io.js';
 
@@ -48,23 +52,45 @@ export async function writeVersionCopy(
     return 'removed';
   }
   if (v.status === 'incomplete') return 'skipped';
-  const chunks: Buffer[] = [];
-  const out = new Writable({
-    highWaterMark: 1 << 30,
-    write(chunk: Buffer | string, _enc, cb) {
-      chunks.push(typeof chunk === 'string' ? Buffer.from(chunk) : chunk);
-      cb();
-    },
-  });
-  await exportVersion({
-    meta,
-    uid,
-    out,
-    copy: async () => ({ labels: (await labelsOf(meta, [uid])).get(uid) ?? {}, storeId }),
-  });
+  const copy = async () => ({ labels: (await labelsOf(meta, [uid])).get(uid) ?? {}, storeId });
   const name = copyName(uid);
-  await store.backend.putMeta(name, encodeMetaObject(name, Buffer.concat(chunks), codecSpec(store)));
-  return 'written';
+  for (let attempt = 1; ; attempt++) {
+    let length = 0;
+    const counter = new Writable({
+      write(chunk: Buffer | string, _enc, cb) {
+        length += typeof chunk === 'string' ? Buffer.byteLength(chunk) : chunk.length;
+        cb();
+      },
+    });
+    await exportVersion({ meta, uid, out: counter, copy });
+    // The second pass feeds the encoder through a pipe; if the put fails, the abort stops the
+    // export (which may be waiting for the pipe to drain).
+    const text = new PassThrough();
+    const stop = new AbortController();
+    let exportError: unknown;
+    const exported = exportVersion({ meta, uid, out: text, copy, signal: stop.signal }).then(
+      () => void text.end(),
+      (err: unknown) => {
+        exportError = err;
+        text.destroy(err as Error);
+      },
+    );
+    try {
+      await store.backend.putMeta(name, encodeMetaStream(name, length, text, codecSpec(store)));
+      await exported;
+      return 'written';
+    } catch (err) {
+      stop.abort(err);
+      await exported;
+      const changed = err instanceof CopyLengthError || (err as Error)?.cause instanceof CopyLengthError;
+      // Changed between the passes: count again (a version does not change for long). A put
+      // that failed because the export did (e.g. the version was removed) reports the export's
+      // error; otherwise the put's own (the export then only saw its pipe torn down).
+      const fromExport =
+        exportError !== undefined && (err === exportError || (err as Error)?.cause === exportError);
+      if (!changed || attempt >= 3) throw fromExport ? exportError : err;
+    }
+  }
 }
 
 export async function removeVersionCopy(store: BlockStore, uid: string): Promise<void> {

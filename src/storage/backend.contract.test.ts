@@ -219,6 +219,24 @@ for (const c of cases) {
       await assert.rejects(backend.putMeta('../x', Buffer.from('x')));
       await assert.rejects(backend.getMeta('meta/../../x'));
     });
+
+    it('putMeta takes a stream of chunks (a big copy); one that fails mid-way leaves the old object', async () => {
+      const piece = Buffer.alloc(256 << 10, 7);
+      async function* chunks(n: number, fail = false): AsyncGenerator<Buffer> {
+        for (let i = 0; i < n; i++) {
+          if (fail && i === 2) throw new Error('the source failed');
+          yield Buffer.from(piece.map((b) => b + i));
+        }
+      }
+      const expected = Buffer.concat(
+        Array.from({ length: 12 }, (_, i) => Buffer.from(piece.map((b) => b + i))),
+      );
+      await backend.putMeta('version-streamed', chunks(12));
+      assert.deepEqual(await backend.getMeta('version-streamed'), expected);
+      await assert.rejects(backend.putMeta('version-streamed', chunks(12, true)), /the source failed/);
+      assert.deepEqual(await backend.getMeta('version-streamed'), expected, 'the old object is whole');
+      await backend.deleteMeta('version-streamed');
+    });
   });
 }
 

@@ -25,7 +25,8 @@
  * `meta/` directory beside the two-hex-digit fan-out directories; keys under `PREFIX meta/` in
  * a bucket), so no block key can collide with one, and list() never yields them: cleanup,
  * import's adoption and scrub never see them.
- * - putMeta: like put (durable, atomic, replaces).
+ * - putMeta: like put (durable, atomic, replaces). `data` may be a stream of chunks (a large
+ *   metadata copy), which a backend takes without holding it whole in memory.
  * - getMeta: the whole object, or undefined when it, or the whole store, does not exist.
  * - listMeta: every meta name with size and modification time.
  * - deleteMeta: removes the name; a missing one is not an error.
@@ -54,7 +55,7 @@ export interface StorageBackend {
   statMany?(keys: readonly string[], signal?: AbortSignal): Promise<(ObjectInfo | undefined)[]>;
   delete(key: string): Promise<void>;
   list(): AsyncIterable<ObjectInfo>;
-  putMeta(name: string, data: Buffer): Promise<void>;
+  putMeta(name: string, data: Buffer | AsyncIterable<Buffer>): Promise<void>;
   getMeta(name: string): Promise<Buffer | undefined>;
   listMeta(): AsyncIterable<ObjectInfo>;
   deleteMeta(name: string): Promise<void>;

@@ -251,7 +251,7 @@ export class DirBackend implements StorageBackend {
     return join(this.#root, 'meta', checkMetaName(name));
   }
 
-  async putMeta(name: string, data: Buffer): Promise<void> {
+  async putMeta(name: string, data: Buffer | AsyncIterable<Buffer>): Promise<void> {
     const path = this.#metaPath(name);
     const dir = dirname(path);
     try {

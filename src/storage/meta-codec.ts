@@ -6,7 +6,8 @@
  * Format (version 1): a 16-byte header, then the payload.
  *   0..3   magic "BKYM"
  *   4      format version (1)
- *   5      compression: 0 = none, 1 = zstd (one frame)
+ *   5      compression: 0 = none, 1 = zstd (one frame; a streamed copy's frame has a checksum
+ *          and no content size)
  *   6      encryption: 0 = none, 1 = AES-256-GCM
  *   7      reserved (0)
  *   8..15  plaintext length, unsigned 64-bit little endian
@@ -15,7 +16,9 @@
  * another version's name, or altered anywhere, fails authentication.
  */
 import { createCipheriv, createDecipheriv, randomBytes } from 'node:crypto';
-import { compress, decompress } from 'zstd-napi';
+import type { CipherGCM } from 'node:crypto';
+import { Readable, pipeline } from 'node:stream';
+import { CompressStream, Decompressor, compress } from 'zstd-napi';
 import type { Compression } from './codec.js';
 
 const MAGIC = Buffer.from('BKYM');
@@ -34,6 +37,69 @@ export interface MetaCodecSpec {
 /** A copy that cannot be decoded: wrong format, truncated, tampered, or another store's key. */
 export class DamagedCopyError extends Error {}
 
+/** The plaintext given to encodeMetaStream was not as long as promised (its source changed). */
+export class CopyLengthError extends Error {}
+
+function metaHeader(comp: number, enc: number, length: number): Buffer {
+  const header = Buffer.alloc(HEADER);
+  MAGIC.copy(header, 0);
+  header[4] = 1;
+  header[5] = comp;
+  header[6] = enc;
+  header.writeBigUInt64LE(BigInt(length), 8);
+  return header;
+}
+
+/**
+ * The same format as encodeMetaObject, streamed: memory stays a few buffers whatever the copy's
+ * size. The header (authenticated before any data) holds the plaintext length, so the caller
+ * says it up front (`length`: e.g. from a first, counting pass) and the stream fails with
+ * CopyLengthError, before its last chunk, when `plain` turns out longer or shorter. Compressed
+ * whenever the store compresses (one zstd frame without a content size; the reader handles it).
+ */
+export async function* encodeMetaStream(
+  name: string,
+  length: number,
+  plain: AsyncIterable<Buffer | string>,
+  spec: MetaCodecSpec,
+): AsyncGenerator<Buffer> {
+  const comp = spec.compression.codec !== 'none' ? 1 : 0;
+  const header = metaHeader(comp, spec.key ? 1 : 0, length);
+  yield header;
+  let cipher: CipherGCM | undefined;
+  if (spec.key) {
+    const nonce = randomBytes(NONCE);
+    cipher = createCipheriv('aes-256-gcm', spec.key, nonce);
+    cipher.setAAD(Buffer.concat([header, Buffer.from(name, 'ascii')]));
+    yield nonce;
+  }
+  let seen = 0;
+  async function* counted(): AsyncGenerator<Buffer> {
+    for await (const c of plain) {
+      const b = typeof c === 'string' ? Buffer.from(c) : c;
+      seen += b.length;
+      if (seen > length) throw new CopyLengthError(`the copy grew past the ${length} bytes promised`);
+      yield b;
+    }
+  }
+  const level = spec.compression.codec === 'zstd' ? spec.compression.level : 1;
+  // pipeline() passes an error of the source on to the compressor, which the loop then throws.
+  const body: AsyncIterable<Buffer> = comp
+    ? pipeline(
+        Readable.from(counted()),
+        new CompressStream({ compressionLevel: level, checksumFlag: true }),
+        () => {},
+      )
+    : counted();
+  for await (const chunk of body) yield cipher ? cipher.update(chunk) : chunk;
+  if (seen !== length) throw new CopyLengthError(`the copy holds ${seen} bytes, ${length} were promised`);
+  if (cipher) {
+    const last = cipher.final();
+    if (last.length > 0) yield last;
+    yield cipher.getAuthTag();
+  }
+}
+
 export function encodeMetaObject(name: string, plain: Buffer, spec: MetaCodecSpec): Buffer {
   let body = plain;
   let comp = 0;
@@ -47,12 +113,7 @@ export function encodeMetaObject(name: string, plain: Buffer, spec: MetaCodecSpe
       comp = 1;
     }
   }
-  const header = Buffer.alloc(HEADER);
-  MAGIC.copy(header, 0);
-  header[4] = 1;
-  header[5] = comp;
-  header[6] = spec.key ? 1 : 0;
-  header.writeBigUInt64LE(BigInt(plain.length), 8);
+  const header = metaHeader(comp, spec.key ? 1 : 0, plain.length);
   if (!spec.key) return Buffer.concat([header, body]);
   const nonce = randomBytes(NONCE);
   const c = createCipheriv('aes-256-gcm', spec.key, nonce);
@@ -91,7 +152,10 @@ export function decodeMetaObject(name: string, obj: Buffer, spec: MetaCodecSpec)
   let plain: Buffer;
   if (comp === 1) {
     try {
-      plain = decompress(body);
+      // A decompressor of its own: a streamed copy's frame has no content size, so it is
+      // decoded as a stream, and a damaged one would leave a shared decompressor mid-frame
+      // (every later copy would then fail to decode).
+      plain = new Decompressor().decompress(body);
     } catch {
       throw new DamagedCopyError('cannot be decompressed (truncated or damaged)');
     }

@@ -10,7 +10,11 @@
  * never by a read, so a restore from a vanished bucket is an I/O error, not a store full of
  * holes. Messages name the endpoint and bucket, never the credentials.
  */
+import { createReadStream } from 'node:fs';
+import { mkdtemp, open, rm } from 'node:fs/promises';
 import type { Agent } from 'node:http';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import type { Readable } from 'node:stream';
 import {
   CreateBucketCommand,
@@ -192,15 +196,47 @@ export class S3Backend implements StorageBackend {
     return `${this.#o.prefix}meta/${checkMetaName(name)}`;
   }
 
-  async putMeta(name: string, data: Buffer): Promise<void> {
+  async putMeta(name: string, data: Buffer | AsyncIterable<Buffer>): Promise<void> {
     const Key = this.#metaKey(name);
     await this.#bucketForWrites();
-    await this.#retry.run(`cannot store ${name} in ${this.where}`, (signal) =>
-      this.#client.send(
-        new PutObjectCommand({ Bucket: this.#o.bucket, Key, Body: data, ContentLength: data.length }),
-        { abortSignal: signal },
-      ),
-    );
+    if (Buffer.isBuffer(data)) {
+      await this.#retry.run(`cannot store ${name} in ${this.where}`, (signal) =>
+        this.#client.send(
+          new PutObjectCommand({ Bucket: this.#o.bucket, Key, Body: data, ContentLength: data.length }),
+          { abortSignal: signal },
+        ),
+      );
+      return;
+    }
+    // A stream is spooled to a private temp file first: a PUT needs its length, and each retry
+    // reads the file afresh. Memory stays a chunk, whatever the copy's size.
+    const dir = await mkdtemp(join(tmpdir(), 'backy-meta-'));
+    try {
+      const file = join(dir, 'spool');
+      const fh = await open(file, 'wx', 0o600);
+      let size = 0;
+      try {
+        for await (const chunk of data) {
+          await fh.writeFile(chunk); // the whole chunk, from the current position
+          size += chunk.length;
+        }
+      } finally {
+        await fh.close();
+      }
+      await this.#retry.run(`cannot store ${name} in ${this.where}`, (signal) =>
+        this.#client.send(
+          new PutObjectCommand({
+            Bucket: this.#o.bucket,
+            Key,
+            Body: createReadStream(file),
+            ContentLength: size,
+          }),
+          { abortSignal: signal },
+        ),
+      );
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
   }
 
   async getMeta(name: string): Promise<Buffer | undefined> {

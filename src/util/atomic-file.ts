@@ -33,7 +33,7 @@ export interface AtomicWriteOptions {
  */
 export async function writeFileAtomic(
   path: string,
-  data: string | Buffer | readonly Buffer[],
+  data: string | Buffer | readonly Buffer[] | AsyncIterable<Buffer>,
   opts: AtomicWriteOptions = {},
 ): Promise<void> {
   const staged = await stageFileAtomic(path, data, opts);
@@ -47,7 +47,7 @@ export async function writeFileAtomic(
  */
 export async function stageFileAtomic(
   path: string,
-  data: string | Buffer | readonly Buffer[],
+  data: string | Buffer | readonly Buffer[] | AsyncIterable<Buffer>,
   opts: AtomicWriteOptions = {},
 ): Promise<{ commit(): Promise<void> }> {
   const { mode = 0o600, exclusive = false, dirSync = 'sync' } = opts;
@@ -57,6 +57,7 @@ export async function stageFileAtomic(
   try {
     await fh.chmod(mode);
     if (typeof data === 'string' || Buffer.isBuffer(data)) await fh.writeFile(data);
+    else if (Symbol.asyncIterator in data) for await (const chunk of data) await writeAll(fh, [chunk]);
     else await writeAll(fh, data);
   } catch (err) {
     await fh.close().catch(() => {});
