@@ -18,7 +18,7 @@
 import { createCipheriv, createDecipheriv, randomBytes } from 'node:crypto';
 import type { CipherGCM } from 'node:crypto';
 import { Readable, pipeline } from 'node:stream';
-import { CompressStream, Decompressor, compress } from 'zstd-napi';
+import { CompressStream, Decompressor } from 'zstd-napi';
 import type { Compression } from './codec.js';
 
 const MAGIC = Buffer.from('BKYM');
@@ -51,7 +51,7 @@ function metaHeader(comp: number, enc: number, length: number): Buffer {
 }
 
 /**
- * The same format as encodeMetaObject, streamed: memory stays a few buffers whatever the copy's
+ * Encodes a copy in the format above, streamed: memory stays a few buffers whatever the copy's
  * size. The header (authenticated before any data) holds the plaintext length, so the caller
  * says it up front (`length`: e.g. from a first, counting pass) and the stream fails with
  * CopyLengthError, before its last chunk, when `plain` turns out longer or shorter. Compressed
@@ -98,28 +98,6 @@ export async function* encodeMetaStream(
     if (last.length > 0) yield last;
     yield cipher.getAuthTag();
   }
-}
-
-export function encodeMetaObject(name: string, plain: Buffer, spec: MetaCodecSpec): Buffer {
-  let body = plain;
-  let comp = 0;
-  if (spec.compression.codec !== 'none') {
-    // Copies are small and written once per version: zstd whatever the blocks use (LZ4 too),
-    // so this format needs no codec of its own.
-    const level = spec.compression.codec === 'zstd' ? spec.compression.level : 1;
-    const z = compress(plain, { compressionLevel: level });
-    if (z.length < plain.length) {
-      body = z;
-      comp = 1;
-    }
-  }
-  const header = metaHeader(comp, spec.key ? 1 : 0, plain.length);
-  if (!spec.key) return Buffer.concat([header, body]);
-  const nonce = randomBytes(NONCE);
-  const c = createCipheriv('aes-256-gcm', spec.key, nonce);
-  c.setAAD(Buffer.concat([header, Buffer.from(name, 'ascii')]));
-  const ct = Buffer.concat([c.update(body), c.final()]);
-  return Buffer.concat([header, nonce, ct, c.getAuthTag()]);
 }
 
 export function decodeMetaObject(name: string, obj: Buffer, spec: MetaCodecSpec): Buffer {
