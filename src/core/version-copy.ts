@@ -16,8 +16,8 @@ import { PassThrough, Writable } from 'node:stream';
 import { labelsOf } from '../meta/catalog.js';
 import type { MetaStore } from '../meta/meta-store.js';
 import type { BlockStore } from '../storage/block-store.js';
-import { CopyLengthError, decodeMetaObject, encodeMetaStream } from '../storage/meta-codec.js';
-import type { MetaCodecSpec } from '../storage/meta-codec.js';
+import { CopyLengthError, decodeMetaCopy, encodeMetaStream } from '../storage/meta-codec.js';
+import type { DecodedCopy, MetaCodecSpec } from '../storage/meta-codec.js';
 import { exportVersion } from './metadata-io.js';
 
 const PREFIX = 'version-';
@@ -38,16 +38,19 @@ function codecSpec(store: BlockStore): MetaCodecSpec {
 
 /**
  * Writes (or replaces) the copy of version `uid` as the database records it now; removes it
- * when the version is gone. An incomplete version has no copy (nothing to recover).
+ * when the version is gone (unless `ifGone` is 'keep': the caller only knows the version
+ * changed, not that it was removed here). An incomplete version has no copy (nothing to recover).
  */
 export async function writeVersionCopy(
   meta: MetaStore,
   store: BlockStore,
   storeId: string,
   uid: string,
+  opts: { ifGone?: 'remove' | 'keep' } = {},
 ): Promise<'written' | 'removed' | 'skipped'> {
   const v = await meta.findVersion(uid);
   if (!v) {
+    if (opts.ifGone === 'keep') return 'skipped';
     await store.backend.deleteMeta(copyName(uid));
     return 'removed';
   }
@@ -99,10 +102,11 @@ export async function removeVersionCopy(store: BlockStore, uid: string): Promise
 
 /**
  * The decoded copy of `uid`: undefined when there is none; throws DamagedCopyError when it
- * cannot be decoded (truncated, tampered, moved from another name, another store's key).
+ * cannot be decoded or fails its checksum or authentication (damaged, truncated, tampered,
+ * moved from another name, another store's key).
  */
-export async function readVersionCopy(store: BlockStore, uid: string): Promise<Buffer | undefined> {
+export async function readVersionCopy(store: BlockStore, uid: string): Promise<DecodedCopy | undefined> {
   const name = copyName(uid);
   const obj = await store.backend.getMeta(name);
-  return obj && decodeMetaObject(name, obj, codecSpec(store));
+  return obj && decodeMetaCopy(name, obj, codecSpec(store));
 }

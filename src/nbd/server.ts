@@ -26,6 +26,7 @@ import type { Server, Socket } from 'node:net';
 import { errorMessage } from '../errors.js';
 import type { MetaStore, Version } from '../meta/meta-store.js';
 import type { BlockStore } from '../storage/block-store.js';
+import type { CopyKeeper } from '../core/copy-keeper.js';
 import { Budget } from './budget.js';
 import { ConnectionClosed } from './chunk-reader.js';
 import { DropConnection, Wire } from './connection.js';
@@ -60,6 +61,8 @@ export interface NbdServerOptions {
   blockBuffers?: number;
   /** Milliseconds from connect to transmission before the connection is closed (default HANDSHAKE_TIMEOUT_MS). */
   handshakeTimeoutMs?: number;
+  /** Keeps the store's metadata copies in step (a completed -w version, damage met by a read). */
+  copies?: CopyKeeper;
 }
 
 export class NbdServer {

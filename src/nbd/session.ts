@@ -62,6 +62,7 @@ export class ExportSession {
       table,
       cache: this.#server.cache,
       events: { onBadBlock: this.#onBad },
+      copies: this.#opts.copies,
     };
     if (!this.#opts.writable) {
       this.#device = new ExportReader(common);
