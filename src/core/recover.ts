@@ -22,7 +22,7 @@ import { importVersion, inPieces, prepareImport } from './metadata-io.js';
 import { recordImportedVersions } from '../meta/record-import.js';
 import type { ImportedVersion } from '../meta/record-import.js';
 import type { ExportHeader } from './export-format.js';
-import { copyName, copyUid, readVersionCopy } from './version-copy.js';
+import { copyName, copyUid, readVersionCopyChecked } from './version-copy.js';
 
 /** Small versions recorded in one transaction: at most this many, and this many block rows. */
 const GROUP_VERSIONS = 200;
@@ -100,7 +100,7 @@ export async function recover(opts: {
       }
       const name = `metadata copy ${copyName(uid)}`;
       try {
-        const decoded = await readVersionCopy(store, uid);
+        const decoded = await readVersionCopyChecked(store, uid);
         if (!decoded) throw new DamagedCopyError('it disappeared while recover ran');
         const content = decoded.plain;
         if (!decoded.verified) result.unverified.push(uid);

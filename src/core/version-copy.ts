@@ -105,7 +105,15 @@ export async function removeVersionCopy(store: BlockStore, uid: string): Promise
  * cannot be decoded or fails its checksum or authentication (damaged, truncated, tampered,
  * moved from another name, another store's key).
  */
-export async function readVersionCopy(store: BlockStore, uid: string): Promise<DecodedCopy | undefined> {
+export async function readVersionCopy(store: BlockStore, uid: string): Promise<Buffer | undefined> {
+  return (await readVersionCopyChecked(store, uid))?.plain;
+}
+
+/** readVersionCopy, saying too whether the copy carried a check (format 1 plaintext did not). */
+export async function readVersionCopyChecked(
+  store: BlockStore,
+  uid: string,
+): Promise<DecodedCopy | undefined> {
   const name = copyName(uid);
   const obj = await store.backend.getMeta(name);
   return obj && decodeMetaCopy(name, obj, codecSpec(store));

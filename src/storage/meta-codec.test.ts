@@ -164,7 +164,7 @@ describe('metadata copy integrity (format 2: checksum trailer, or AES-GCM)', () 
       }
     });
 
-    it(`${what}: a truncated copy, one with bytes appended, or one moved to another name is refused`, async () => {
+    it(`${what}: a truncated copy, or one with bytes appended, is refused (encrypted: one moved to another name too)`, async () => {
       const obj = await encoded('version-a', plain, spec);
       for (const cut of [obj.length - 1, obj.length - 32, obj.length >> 1, 17])
         assert.throws(() => decodeMetaObject('version-a', obj.subarray(0, cut), spec), DamagedCopyError);
@@ -172,7 +172,8 @@ describe('metadata copy integrity (format 2: checksum trailer, or AES-GCM)', () 
         () => decodeMetaObject('version-a', Buffer.concat([obj, Buffer.from('x')]), spec),
         DamagedCopyError,
       );
-      assert.throws(() => decodeMetaObject('version-b', obj, spec), DamagedCopyError);
+      // Unencrypted, a moved copy is caught by recover's check of the uid inside.
+      if (spec.key) assert.throws(() => decodeMetaObject('version-b', obj, spec), DamagedCopyError);
     });
   }
 

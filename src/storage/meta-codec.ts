@@ -15,10 +15,12 @@
  * authenticated data is the header followed by the copy's name (ASCII): a copy moved onto
  * another version's name, or altered anywhere, fails authentication (the nonce is not in the
  * authenticated data, but a changed nonce changes the keystream and the tag: it fails too).
- * Without encryption the payload is followed by a 32-byte trailer, the SHA-256 of the header,
- * the copy's name (ASCII) and the payload: every byte of the copy is checked, whatever the
- * compression (zstd's own frame checksum is 32 bits and covers only what it decompresses; an
- * uncompressed copy had nothing). Either check runs before any byte is decompressed or parsed.
+ * Without encryption the payload is followed by a 32-byte trailer, the SHA-256 of the header
+ * and the payload: every byte of the copy is checked, whatever the compression (zstd's own
+ * frame checksum is 32 bits and covers only what it decompresses; an uncompressed copy had
+ * nothing). Either check runs before any byte is decompressed or parsed. (The name is not
+ * hashed: an unkeyed digest would not stop a deliberate move, and a copy moved by mistake is
+ * caught by recover, which checks the uid inside against the name, with a clearer message.)
  *
  * Version 1 (before the trailer): an encrypted one is authenticated exactly as above and read
  * as such; an unencrypted one carries no check over its content and is read unverified
@@ -52,9 +54,9 @@ export class DamagedCopyError extends Error {}
 /** The plaintext given to encodeMetaStream was not as long as promised (its source changed). */
 export class CopyLengthError extends Error {}
 
-/** The trailer's digest, started: header and name; the payload follows. */
-function trailerDigest(header: Buffer, name: string): Hash {
-  return createHash('sha256').update(header).update(Buffer.from(name, 'ascii'));
+/** The trailer's digest, started with the header; the payload follows. */
+function trailerDigest(header: Buffer): Hash {
+  return createHash('sha256').update(header);
 }
 
 function metaHeader(comp: number, enc: number, length: number): Buffer {
@@ -84,7 +86,7 @@ export async function* encodeMetaStream(
   const header = metaHeader(comp, spec.key ? 1 : 0, length);
   yield header;
   let cipher: CipherGCM | undefined;
-  const digest = spec.key ? undefined : trailerDigest(header, name);
+  const digest = spec.key ? undefined : trailerDigest(header);
   if (spec.key) {
     const nonce = randomBytes(NONCE);
     cipher = createCipheriv('aes-256-gcm', spec.key, nonce);
@@ -156,9 +158,9 @@ export function decodeMetaCopy(name: string, obj: Buffer, spec: MetaCodecSpec): 
     if (body.length < TRAILER) throw new DamagedCopyError('truncated (no checksum trailer)');
     const payload = body.subarray(0, body.length - TRAILER);
     const want = body.subarray(body.length - TRAILER);
-    const got = trailerDigest(obj.subarray(0, HEADER), name).update(payload).digest();
+    const got = trailerDigest(obj.subarray(0, HEADER)).update(payload).digest();
     if (!timingSafeEqual(got, want)) {
-      throw new DamagedCopyError('checksum mismatch (damaged, truncated, or moved from another name)');
+      throw new DamagedCopyError('checksum mismatch (damaged or truncated)');
     }
     body = payload;
     verified = true;

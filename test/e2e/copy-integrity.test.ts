@@ -131,7 +131,6 @@ describe('metadata copies carry an integrity check', () => {
 
       for (const suffix of ['', '-wal', '-shm']) await rm(sb.dbPath + suffix, { force: true });
       const r = await sb.run(['-m', 'recover']);
-      console.log(r.stderr);
       assert.equal(r.code, 3, r.stderr);
       const errors = r.stderr.split('\n').filter((l) => l.includes('ERROR:'));
       for (const uid of [dated, summed])
