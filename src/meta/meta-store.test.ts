@@ -9,7 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { ConfigError, NotFoundError } from '../errors.js';
-import { copyPendingToken } from './copy-pending.js';
+import { clearCopyPending, copyPendingToken, pendingCopies } from './copy-pending.js';
 import { MetaStore } from './meta-store.js';
 import type { BlockRow } from './meta-store.js';
 import { pgDatabase, pgSkipReason } from '../../test/lib/pg.js';
@@ -196,6 +196,29 @@ for (const dialect of dialects) {
       assert.equal(await meta.touchObject(bad, 4), true);
       // Its only problem was that object: valid again without a scrub (validity follows objects).
       assert.equal((await meta.getVersion(v1.uid)).status, 'valid');
+    });
+
+    it('migration 0004 marks every existing copy out of date (the next cleanup rewrites it with a checksum)', async () => {
+      const url = await dialect.fresh();
+      let m = await MetaStore.open(url);
+      const done = await m.createVersion({ name: 'old', sizeBytes: 4096, blockSize: 4096 });
+      await m.putBlocks(done.uid, rows(1));
+      assert.equal(await m.completeVersion(done.uid), undefined);
+      const running = await m.createVersion({ name: 'running', sizeBytes: 4096, blockSize: 4096 });
+      await clearCopyPending(m, done.uid);
+      assert.deepEqual(await pendingCopies(m), []);
+      // As a database made before 0004: the migration not applied yet.
+      await m.db
+        .deleteFrom('kysely_migration' as never)
+        .where('name' as never, '=', '0004_copy_checksums' as never)
+        .execute();
+      await m.close();
+      m = await MetaStore.open(url);
+      try {
+        assert.deepEqual(await pendingCopies(m), [done.uid], `not ${running.uid}: incomplete, no copy`);
+      } finally {
+        await m.close();
+      }
     });
 
     it('an object confirmed sound makes valid every version whose only problem it was; copies are marked', async () => {

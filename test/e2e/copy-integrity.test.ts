@@ -143,4 +143,33 @@ describe('metadata copies carry an integrity check', () => {
       await assertSameBytes(images[2], sb.path('out'));
     });
   }
+
+  it('an old (format 1) plaintext copy without a checksum is recovered unverified, with one warning, and rewritten with one', async () => {
+    const sb = await sandbox('compression = none');
+    boxes.push(sb);
+    const img = sb.path('old.img');
+    await writeImage(img, { blocks: 4, blockSize: BS, seed: 'old', kinds: () => 'random' });
+    const uid = await sb.backup([img, 'vm1']);
+    const before = (await sb.ok(['-m', 'ls'])).stdout;
+    // What a backy before format 2 wrote: the same header with version 1, and no trailer.
+    const path = copyPath(sb, uid);
+    const obj = await readFile(path);
+    assert.equal(obj[4], 2);
+    const old = Buffer.from(obj.subarray(0, obj.length - 32));
+    old[4] = 1;
+    await writeFile(path, old);
+
+    for (const suffix of ['', '-wal', '-shm']) await rm(sb.dbPath + suffix, { force: true });
+    const r = await sb.ok(['-m', 'recover']);
+    assert.equal(r.stdout, before);
+    assert.match(
+      r.stderr,
+      /WARN.*1 metadata copies were of the old format without a checksum: read unverified, now rewritten/,
+    );
+    const rewritten = await readFile(path);
+    assert.equal(rewritten[4], 2);
+    assert.deepEqual(rewritten, obj, 'the same copy, now with its checksum');
+    await sb.ok(['restore', uid, sb.path('out')]);
+    await assertSameBytes(img, sb.path('out'));
+  });
 });
