@@ -140,6 +140,37 @@ describe('nbd: copies written at once', () => {
   });
 });
 
+describe('restore: damage in the copies', () => {
+  let sb: Sandbox;
+  after(async () => sb?.remove());
+
+  it('two versions sharing an object a restore found damaged both come back invalid after a database loss', async () => {
+    sb = await Sandbox.create({ defaults: `block_size = ${BS}` });
+    const imgA = sb.path('a.img');
+    const imgB = sb.path('b.img');
+    await writeImage(imgA, { blocks: 3, blockSize: BS, seed: 'ra', kinds: () => 'random' });
+    await writeImage(imgB, { blocks: 3, blockSize: BS, seed: 'rb', kinds: () => 'random' });
+    const fh = await open(imgB, 'r+');
+    try {
+      await fh.write((await readFile(imgA)).subarray(BS, 2 * BS), 0, BS, BS);
+    } finally {
+      await fh.close();
+    }
+    const va = await sb.backup([imgA, 'vma']);
+    const vb = await sb.backup([imgB, 'vmb']);
+    assert.equal(await checksumOf(sb, vb, 1), await checksumOf(sb, va, 1));
+    await flipLastByte(objectPath(sb, await checksumOf(sb, va, 1)));
+    assert.equal((await sb.run(['restore', va, sb.path('a.out')])).code, 3);
+    const before = await lsLines(sb);
+    assert.deepEqual(validity(before), { [va]: false, [vb]: false });
+
+    await loseDatabase(sb, undefined);
+    const r = await sb.run(['recover']);
+    assert.ok(r.code === 0 || r.code === 3, r.stderr);
+    assert.equal(await lsLines(sb), before);
+  });
+});
+
 const engines: { name: string; skip?: string; engine: () => Promise<string | undefined> }[] = [
   { name: 'sqlite', engine: async () => undefined },
   { name: 'postgres', skip: pgSkipReason(), engine: () => pgDatabase('backy_copyval') },
