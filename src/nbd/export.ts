@@ -48,6 +48,8 @@ type BlockState =
 export interface DeviceEvents {
   /** A damaged or missing block was met (already marked invalid). */
   onBadBlock?: (idx: number, reason: string) => void;
+  /** The validity of versions changed (damage marked): their metadata copies are out of date. */
+  onValidityChanged?: () => void;
 }
 
 /** Read access to one version. */
@@ -58,7 +60,7 @@ export class ExportReader {
   protected readonly meta: MetaStore;
   protected readonly store: BlockStore;
   protected readonly table: BlockTable;
-  /** The store's metadata copies: refreshed when a read marks damage, written at completion. */
+  /** The store's metadata copies: the new version's is written at completion. */
   protected readonly copies: CopyKeeper;
   readonly #cache: BlockCache;
   readonly #events: DeviceEvents;
@@ -104,7 +106,7 @@ export class ExportReader {
       if (this.version.status === 'valid') {
         this.version.status = 'invalid';
         await this.meta.setVersionStatus(this.version.uid, 'invalid').catch(() => {});
-        await this.copies.update([]);
+        this.#events.onValidityChanged?.();
       }
       throw new Error('no entry in the block list');
     }
@@ -119,7 +121,7 @@ export class ExportReader {
         // are the copies of the versions it makes invalid (a recover must not bring them back valid).
         this.#marked.add(st.checksum);
         await this.meta.markObjectInvalid(st.checksum).catch(() => {});
-        await this.copies.update([]);
+        this.#events.onValidityChanged?.();
       }
       throw err;
     }

@@ -75,6 +75,8 @@ export class NbdServer {
   readonly #reads = new Budget(SPANNING_BUDGET);
   readonly #writes = new Budget(WRITE_BUDGET);
   #nextId = 1;
+  /** The copy updates refreshCopies queued (CopyKeeper.update never rejects). */
+  #copyUpdates: Promise<void> = Promise.resolve();
   #closing = false;
   /** Connections accepted that have not entered transmission (at most MAX_HANDSHAKES). */
   #handshaking = 0;
@@ -111,6 +113,18 @@ export class NbdServer {
     for (const s of this.#sockets) s.destroy();
     await Promise.allSettled([...this.#connections]);
     await closed;
+    await this.#copyUpdates;
+  }
+
+  /**
+   * Brings the metadata copies of versions whose validity changed (damage a read met) in step,
+   * in the background, one update at a time: the read that met the damage answers EIO at once
+   * instead of waiting for copies to be written (an object many versions share is many copies).
+   * close() waits for it.
+   */
+  refreshCopies(): void {
+    const copies = this.#opts.copies;
+    if (copies) this.#copyUpdates = this.#copyUpdates.then(() => copies.update([]));
   }
 
   get connections(): number {
