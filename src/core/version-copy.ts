@@ -2,8 +2,9 @@
  * One metadata copy per version in the store's meta namespace, `version-<uid>`: the version's
  * export (metadata-io.ts, with its labels and the store id in the header), encoded like a block
  * (meta-codec.ts: compressed; encrypted and authenticated under the copy's name when the store
- * is). Written when the version becomes valid and whenever its recorded state changes; so the
- * data store alone is enough for `backy recover` to rebuild the database.
+ * is, else with a SHA-256 trailer: every byte checked). Written when the version is completed
+ * and whenever its recorded state changes (copy-keeper.ts); so the data store alone is enough
+ * for `backy recover` to rebuild the database.
  *
  * The copy is streamed (~110 bytes a block before compression: 28 MB for a 1 TiB image of
  * 4 MiB blocks, never all in memory): a first pass over the block list counts its bytes (the
