@@ -2,8 +2,8 @@
 import { describeDataBackend, loadConfig, redactUrl } from '../config/config.js';
 import type { Config } from '../config/config.js';
 import { InputError, errorMessage } from '../errors.js';
-import { writeVersionCopy } from '../core/version-copy.js';
-import { markCopyPending } from '../meta/copy-pending.js';
+import { copyKeeper } from '../core/copy-keeper.js';
+import type { CopyKeeper } from '../core/copy-keeper.js';
 import { settleEncryption } from '../meta/encryption-setting.js';
 import { MetaStore } from '../meta/meta-store.js';
 import { BlockStore } from '../storage/block-store.js';
@@ -35,6 +35,7 @@ export class Context {
   #keys: StoreKeys | undefined;
   #backend: StorageBackend | undefined;
   #descriptor: Descriptor | undefined;
+  #copies: CopyKeeper | undefined;
 
   constructor(
     log: Logger,
@@ -180,27 +181,34 @@ export class Context {
 
   /**
    * Brings the store's metadata copies of these versions in step with the database (written,
-   * replaced, or removed for a version that is gone). A failure never fails the command, whose
+   * replaced, or removed for a version that is gone), and those of every version whose validity
+   * this command changed (core/copy-keeper.ts). A failure never fails the command, whose
    * change is committed already: one warning line per version, and `backy cleanup` writes
    * every missing copy later (until then `recover` cannot bring that version back).
    */
   async updateCopies(uids: readonly string[]): Promise<void> {
-    if (uids.length === 0) return;
-    const meta = await this.meta();
-    if (meta.readOnly) return;
-    for (const uid of uids) {
-      try {
-        const store = await this.store({ root: 'any' });
-        if (store.backend instanceof DirBackend) await store.backend.checkRoot();
-        const { storeId } = await this.descriptor();
-        await writeVersionCopy(meta, store, storeId, uid);
-      } catch (err) {
-        await markCopyPending(meta, uid).catch(() => {});
-        this.log.warn(
-          `the store's metadata copy of version ${uid} was not updated: ${errorMessage(err)}; 'backy cleanup' rewrites it`,
-        );
-      }
+    await (await this.copies()).update(uids);
+  }
+
+  /** The command's CopyKeeper (also handed to the NBD server). */
+  async copies(): Promise<CopyKeeper> {
+    if (!this.#copies) {
+      const meta = await this.meta();
+      this.#copies = copyKeeper({
+        meta,
+        target: async () => {
+          const store = await this.store({ root: 'any' });
+          if (store.backend instanceof DirBackend) await store.backend.checkRoot();
+          const { storeId } = await this.descriptor();
+          return { store, storeId };
+        },
+        onFailure: (uid, err) =>
+          this.log.warn(
+            `the store's metadata copy of version ${uid} was not updated: ${errorMessage(err)}; 'backy cleanup' rewrites it`,
+          ),
+      });
     }
+    return this.#copies;
   }
 
   /** A result line on stdout. */

@@ -22,7 +22,7 @@ import { importVersion, inPieces, prepareImport } from './metadata-io.js';
 import { recordImportedVersions } from '../meta/record-import.js';
 import type { ImportedVersion } from '../meta/record-import.js';
 import type { ExportHeader } from './export-format.js';
-import { copyName, copyUid, readVersionCopy } from './version-copy.js';
+import { copyName, copyUid, readVersionCopyChecked } from './version-copy.js';
 
 /** Small versions recorded in one transaction: at most this many, and this many block rows. */
 const GROUP_VERSIONS = 200;
@@ -41,6 +41,11 @@ export interface RecoverResult {
   /** Already in the database: left alone. */
   present: string[];
   problems: RecoverProblem[];
+  /**
+   * Added from a copy of the old format without a checksum (unencrypted, format version 1):
+   * read unverified; the caller writes its copy again.
+   */
+  unverified: string[];
 }
 
 export async function recover(opts: {
@@ -53,7 +58,7 @@ export async function recover(opts: {
   signal?: AbortSignal;
 }): Promise<RecoverResult> {
   const { meta, store, signal } = opts;
-  const result: RecoverResult = { added: [], downgraded: [], present: [], problems: [] };
+  const result: RecoverResult = { added: [], downgraded: [], present: [], problems: [], unverified: [] };
   const held = opts.dryRun ? undefined : await hold(meta, 'recover', null);
   try {
     const copies = new Set<string>();
@@ -95,8 +100,10 @@ export async function recover(opts: {
       }
       const name = `metadata copy ${copyName(uid)}`;
       try {
-        const content = await readVersionCopy(store, uid);
-        if (!content) throw new DamagedCopyError('it disappeared while recover ran');
+        const decoded = await readVersionCopyChecked(store, uid);
+        if (!decoded) throw new DamagedCopyError('it disappeared while recover ran');
+        const content = decoded.plain;
+        if (!decoded.verified) result.unverified.push(uid);
         if (opts.dryRun) {
           result.added.push(versionOf(await check(content, name, uid, opts.storeId, meta)));
           continue;
@@ -137,6 +144,9 @@ export async function recover(opts: {
     await held?.release();
   }
   result.added.sort((a, b) => a.date - b.date || a.uid.localeCompare(b.uid));
+  // Only versions now in the database: writing the copy of one that is not would remove it.
+  const added = new Set(opts.dryRun ? [] : result.added.map((v) => v.uid));
+  result.unverified = result.unverified.filter((uid) => added.has(uid));
   return result;
 }
 

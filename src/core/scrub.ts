@@ -7,8 +7,16 @@
  * A missing object, a wrong size or a wrong checksum marks the object, every block entry that
  * references it and every version holding such an entry invalid (MetaStore.markObjectInvalid);
  * the scrub keeps going. A difference from the source fails the scrub but invalidates nothing:
- * the source may be what changed. Only a full scrub that finds every block sound turns an
- * invalid version valid again; a partial scrub never does.
+ * the source may be what changed.
+ *
+ * Validity follows objects: an object marked damaged that this scrub reads and verifies (it was
+ * repaired: stored again, or its file put back) is sound again, and so is every version, of any
+ * name, whose only problem it was (MetaStore.objectsSound): no scrub per version is needed. A
+ * partial scrub contributes only what it read: a version becomes valid through it only when
+ * every block entry it had marked invalid names an object verified sound since (by this scrub
+ * or an earlier one, or stored again by a backup); an entry it did not pick keeps it invalid. A
+ * full scrub that finds every block sound also makes valid a version whose problem was not an
+ * object (its objects rows, MetaStore.revalidateVersion).
  *
  * Memory: blocksInFlight() blocks in flight, each in a reused buffer of a fixed BufferPool
  * (decoding and verification on the store's CodecPool workers), one page of the block list, one byte
@@ -51,8 +59,13 @@ export interface ScrubResult {
   problems: ScrubProblem[];
   /** Versions marked invalid because of damage found here (this one included). */
   versionsAffected: string[];
-  /** True when this was a full, clean scrub that turned an invalid version valid again. */
+  /** True when the scrubbed version was invalid and is valid again. */
   revalidated: boolean;
+  /**
+   * Versions made valid again because objects marked damaged verified sound here (the scrubbed
+   * one among them when that was its only problem).
+   */
+  versionsRevalidated: string[];
   /** Why a full clean scrub of an invalid version could not make it valid. */
   notRevalidated?: string;
 }
@@ -114,7 +127,10 @@ export async function scrub(opts: ScrubOptions): Promise<ScrubResult> {
     problems: [],
     versionsAffected: [],
     revalidated: false,
+    versionsRevalidated: [],
   };
+  /** Objects whose block entries were marked invalid and that verified sound in this run. */
+  const soundAgain = new Set<string>();
   const affected = new Set<string>();
   const note = (p: ScrubProblem) => {
     if (result.problems.length < maxProblems) result.problems.push(p);
@@ -199,6 +215,7 @@ export async function scrub(opts: ScrubOptions): Promise<ScrubResult> {
     for await (const r of checked) {
       result.checked++;
       progress.advance(r.length);
+      if (r.damage === undefined && r.row?.checksum && !r.row.valid) soundAgain.add(r.row.checksum);
       if (r.damage !== undefined) {
         await removed.atBad(r.idx);
         result.bad++;
@@ -233,12 +250,19 @@ export async function scrub(opts: ScrubOptions): Promise<ScrubResult> {
   result.versionsAffected = [...affected].sort();
   opts.signal?.throwIfAborted();
 
-  if (full && result.bad === 0 && version.status === 'invalid' && !record) {
+  if (record && soundAgain.size > 0) {
+    result.versionsRevalidated = (await meta.objectsSound([...soundAgain])).sort();
+    if (result.versionsRevalidated.includes(version.uid)) result.revalidated = true;
+  }
+  const pending = !result.revalidated && full && result.bad === 0 && version.status === 'invalid';
+  if (pending && !record) {
     result.notRevalidated = 'the metadata database is read-only';
-  } else if (full && result.bad === 0 && version.status === 'invalid') {
+  } else if (pending) {
     const problem = await meta.revalidateVersion(version.uid);
-    if (problem === undefined) result.revalidated = true;
-    else result.notRevalidated = problem;
+    if (problem === undefined) {
+      result.revalidated = true;
+      result.versionsRevalidated = [...new Set([...result.versionsRevalidated, version.uid])].sort();
+    } else result.notRevalidated = problem;
   }
   return result;
 }

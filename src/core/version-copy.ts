@@ -2,8 +2,9 @@
  * One metadata copy per version in the store's meta namespace, `version-<uid>`: the version's
  * export (metadata-io.ts, with its labels and the store id in the header), encoded like a block
  * (meta-codec.ts: compressed; encrypted and authenticated under the copy's name when the store
- * is). Written when the version becomes valid and whenever its recorded state changes; so the
- * data store alone is enough for `backy recover` to rebuild the database.
+ * is, else with a SHA-256 trailer: every byte checked). Written when the version is completed
+ * and whenever its recorded state changes (copy-keeper.ts); so the data store alone is enough
+ * for `backy recover` to rebuild the database.
  *
  * The copy is streamed (~110 bytes a block before compression: 28 MB for a 1 TiB image of
  * 4 MiB blocks, never all in memory): a first pass over the block list counts its bytes (the
@@ -16,8 +17,8 @@ import { PassThrough, Writable } from 'node:stream';
 import { labelsOf } from '../meta/catalog.js';
 import type { MetaStore } from '../meta/meta-store.js';
 import type { BlockStore } from '../storage/block-store.js';
-import { CopyLengthError, decodeMetaObject, encodeMetaStream } from '../storage/meta-codec.js';
-import type { MetaCodecSpec } from '../storage/meta-codec.js';
+import { CopyLengthError, decodeMetaCopy, encodeMetaStream } from '../storage/meta-codec.js';
+import type { DecodedCopy, MetaCodecSpec } from '../storage/meta-codec.js';
 import { exportVersion } from './metadata-io.js';
 
 const PREFIX = 'version-';
@@ -38,16 +39,19 @@ function codecSpec(store: BlockStore): MetaCodecSpec {
 
 /**
  * Writes (or replaces) the copy of version `uid` as the database records it now; removes it
- * when the version is gone. An incomplete version has no copy (nothing to recover).
+ * when the version is gone (unless `ifGone` is 'keep': the caller only knows the version
+ * changed, not that it was removed here). An incomplete version has no copy (nothing to recover).
  */
 export async function writeVersionCopy(
   meta: MetaStore,
   store: BlockStore,
   storeId: string,
   uid: string,
+  opts: { ifGone?: 'remove' | 'keep' } = {},
 ): Promise<'written' | 'removed' | 'skipped'> {
   const v = await meta.findVersion(uid);
   if (!v) {
+    if (opts.ifGone === 'keep') return 'skipped';
     await store.backend.deleteMeta(copyName(uid));
     return 'removed';
   }
@@ -99,10 +103,19 @@ export async function removeVersionCopy(store: BlockStore, uid: string): Promise
 
 /**
  * The decoded copy of `uid`: undefined when there is none; throws DamagedCopyError when it
- * cannot be decoded (truncated, tampered, moved from another name, another store's key).
+ * cannot be decoded or fails its checksum or authentication (damaged, truncated, tampered,
+ * moved from another name, another store's key).
  */
 export async function readVersionCopy(store: BlockStore, uid: string): Promise<Buffer | undefined> {
+  return (await readVersionCopyChecked(store, uid))?.plain;
+}
+
+/** readVersionCopy, saying too whether the copy carried a check (format 1 plaintext did not). */
+export async function readVersionCopyChecked(
+  store: BlockStore,
+  uid: string,
+): Promise<DecodedCopy | undefined> {
   const name = copyName(uid);
   const obj = await store.backend.getMeta(name);
-  return obj && decodeMetaObject(name, obj, codecSpec(store));
+  return obj && decodeMetaCopy(name, obj, codecSpec(store));
 }

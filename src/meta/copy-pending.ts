@@ -1,19 +1,38 @@
 /**
- * Versions whose metadata copy in the store may be out of date (writing it failed): settings
- * rows `copy_pending:<uid>`, rewritten and cleared by cleanup.
+ * Versions whose metadata copy in the store may be out of date: settings rows
+ * `copy_pending:<uid>`. Every change of a version's validity (its status, or the validity of
+ * its block entries) marks it in the same transaction (markCopiesPendingIn), so a crash
+ * between the commit and the copy's rewrite leaves the mark behind; a failed write leaves it
+ * too. The copy's writer clears it once the copy is written (core/copy-keeper.ts), and cleanup
+ * rewrites whatever is still marked. The value is a token that every mark renews: a writer
+ * clears the mark only if no change marked it again meanwhile (its copy may predate that change).
  */
+import { randomBytes } from 'node:crypto';
 import type { MetaStore } from './meta-store.js';
+import { nowMicros } from './meta-types.js';
+import type { Db } from './meta-types.js';
 
 const PREFIX = 'copy_pending:';
 
-export async function markCopyPending(meta: MetaStore, uid: string): Promise<void> {
-  await meta.write((tx) =>
-    tx
+function token(): string {
+  return `${nowMicros()}-${randomBytes(4).toString('hex')}`;
+}
+
+/** Marks the copies of `uids` out of date, inside the caller's transaction `tx`. */
+export async function markCopiesPendingIn(tx: Db, uids: readonly string[]): Promise<void> {
+  const unique = [...new Set(uids)];
+  for (let i = 0; i < unique.length; i += 500) {
+    const value = token();
+    await tx
       .insertInto('settings')
-      .values({ key: `${PREFIX}${uid}`, value: '1' })
-      .onConflict((oc) => oc.column('key').doNothing())
-      .execute(),
-  );
+      .values(unique.slice(i, i + 500).map((uid) => ({ key: `${PREFIX}${uid}`, value })))
+      .onConflict((oc) => oc.column('key').doUpdateSet({ value }))
+      .execute();
+  }
+}
+
+export async function markCopyPending(meta: MetaStore, uid: string): Promise<void> {
+  await meta.write((tx) => markCopiesPendingIn(tx, [uid]));
 }
 
 export async function pendingCopies(meta: MetaStore): Promise<string[]> {
@@ -25,6 +44,21 @@ export async function pendingCopies(meta: MetaStore): Promise<string[]> {
   return rows.map((r) => r.key.slice(PREFIX.length));
 }
 
-export async function clearCopyPending(meta: MetaStore, uid: string): Promise<void> {
-  await meta.write((tx) => tx.deleteFrom('settings').where('key', '=', `${PREFIX}${uid}`).execute());
+/** The mark's current token, undefined when the copy is not marked. */
+export async function copyPendingToken(meta: MetaStore, uid: string): Promise<string | undefined> {
+  const row = await meta.db
+    .selectFrom('settings')
+    .select('value')
+    .where('key', '=', `${PREFIX}${uid}`)
+    .executeTakeFirst();
+  return row?.value;
+}
+
+/** Clears the mark; with `token`, only if no change renewed it since that token was read. */
+export async function clearCopyPending(meta: MetaStore, uid: string, token?: string): Promise<void> {
+  await meta.write(async (tx) => {
+    let q = tx.deleteFrom('settings').where('key', '=', `${PREFIX}${uid}`);
+    if (token !== undefined) q = q.where('value', '=', token);
+    await q.execute();
+  });
 }

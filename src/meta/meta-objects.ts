@@ -4,6 +4,7 @@
 import { sql } from 'kysely';
 import type { SqlBool } from 'kysely';
 import { MetaBlocks } from './meta-blocks.js';
+import { revalidateSoundIn } from './meta-versions.js';
 import { INSERT_BATCH, nowMicros } from './meta-types.js';
 import type { Db } from './meta-types.js';
 
@@ -17,6 +18,19 @@ export class MetaObjects extends MetaBlocks {
    */
   async markObjectInvalid(checksum: string): Promise<string[]> {
     return this.write(async (tx) => {
+      // The versions this changes (a valid block entry, or a valid version): their copies.
+      const changing = await tx
+        .selectFrom('blocks as b')
+        .innerJoin('versions as v', 'v.uid', 'b.version_uid')
+        .select('b.version_uid')
+        .distinct()
+        .where('b.checksum', '=', checksum)
+        .where((eb) => eb.or([eb('b.valid', '=', 1), eb('v.status', '=', 'valid')]))
+        .execute();
+      await this.markCopies(
+        tx,
+        changing.map((r) => r.version_uid),
+      );
       await tx.updateTable('objects').set({ valid: 0 }).where('checksum', '=', checksum).execute();
       await tx.updateTable('blocks').set({ valid: 0 }).where('checksum', '=', checksum).execute();
       const rows = await tx
@@ -81,19 +95,70 @@ export class MetaObjects extends MetaBlocks {
             })),
           )
           .execute();
-        // A re-stored object is sound again: so are the block entries that reference it.
-        await tx
-          .updateTable('blocks')
-          .set({ valid: 1 })
-          .where(
-            'checksum',
-            'in',
-            batch.map((o) => o.checksum),
-          )
-          .where('valid', '=', 0)
-          .execute();
+        // A re-stored object is sound again: so are the block entries that reference it, and
+        // the versions whose only problem it was (DESIGN: validity follows objects).
+        await this.#soundAgainIn(
+          tx,
+          batch.map((o) => o.checksum),
+        );
       }
     });
+  }
+
+  /**
+   * Objects confirmed sound (a scrub of any version read and verified them): recorded ones
+   * that were marked damaged become valid again, with the block entries that name them and
+   * every version whose only problem they were. One transaction; returns the versions made
+   * valid. Unrecorded checksums are left alone (cleanup or an import records them).
+   */
+  async objectsSound(checksums: readonly string[]): Promise<string[]> {
+    if (checksums.length === 0) return [];
+    return this.write(async (tx) => {
+      const out: string[] = [];
+      for (let i = 0; i < checksums.length; i += INSERT_BATCH) {
+        const batch = checksums.slice(i, i + INSERT_BATCH);
+        const recorded = await tx
+          .selectFrom('objects')
+          .select('checksum')
+          .where('checksum', 'in', batch)
+          .execute();
+        if (recorded.length === 0) continue;
+        const sound = recorded.map((r) => r.checksum);
+        await tx
+          .updateTable('objects')
+          .set({ valid: 1 })
+          .where('checksum', 'in', sound)
+          .where('valid', '=', 0)
+          .execute();
+        out.push(...(await this.#soundAgainIn(tx, sound)));
+      }
+      return out;
+    });
+  }
+
+  /**
+   * Inside `tx`: the block entries naming these (sound) objects valid again, and the versions
+   * that then have no problem left valid again; their copies marked. Returns those made valid.
+   * Costs one indexed look-up when no entry was marked invalid (every backup's batch).
+   */
+  async #soundAgainIn(tx: Db, checksums: readonly string[]): Promise<string[]> {
+    const rows = await tx
+      .selectFrom('blocks')
+      .select('version_uid')
+      .distinct()
+      .where('checksum', 'in', checksums)
+      .where('valid', '=', 0)
+      .execute();
+    if (rows.length === 0) return [];
+    const uids = rows.map((r) => r.version_uid);
+    await tx
+      .updateTable('blocks')
+      .set({ valid: 1 })
+      .where('checksum', 'in', checksums)
+      .where('valid', '=', 0)
+      .execute();
+    await this.markCopies(tx, uids);
+    return revalidateSoundIn(tx, uids);
   }
 
   async objectStats(): Promise<{ count: number; bytes: number }> {

@@ -9,6 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { ConfigError, NotFoundError } from '../errors.js';
+import { clearCopyPending, copyPendingToken, pendingCopies } from './copy-pending.js';
 import { MetaStore } from './meta-store.js';
 import type { BlockRow } from './meta-store.js';
 import { pgDatabase, pgSkipReason } from '../../test/lib/pg.js';
@@ -160,7 +161,7 @@ for (const dialect of dialects) {
       assert.equal((await meta.getVersion(v.uid)).status, 'valid');
     });
 
-    it('marks a damaged object, its block entries and their versions invalid; re-storing heals the entries', async () => {
+    it('marks a damaged object, its block entries and their versions invalid; re-storing heals the entries and the versions', async () => {
       const bad = sum(7777);
       await meta.recordObjects(
         [
@@ -193,8 +194,86 @@ for (const dialect of dialects) {
       await meta.recordObjects([{ checksum: bad, storedSize: 11 }], 3);
       assert.equal((await meta.blockPage(v1.uid, 0))[0].valid, true);
       assert.equal(await meta.touchObject(bad, 4), true);
-      // The version stays invalid until a scrub says otherwise.
-      assert.equal((await meta.getVersion(v1.uid)).status, 'invalid');
+      // Its only problem was that object: valid again without a scrub (validity follows objects).
+      assert.equal((await meta.getVersion(v1.uid)).status, 'valid');
+    });
+
+    it('migration 0004 marks every existing copy out of date (the next cleanup rewrites it with a checksum)', async () => {
+      const url = await dialect.fresh();
+      let m = await MetaStore.open(url);
+      const done = await m.createVersion({ name: 'old', sizeBytes: 4096, blockSize: 4096 });
+      await m.putBlocks(done.uid, rows(1));
+      assert.equal(await m.completeVersion(done.uid), undefined);
+      const running = await m.createVersion({ name: 'running', sizeBytes: 4096, blockSize: 4096 });
+      await clearCopyPending(m, done.uid);
+      assert.deepEqual(await pendingCopies(m), []);
+      // As a database made before 0004: the migration not applied yet.
+      await m.db
+        .deleteFrom('kysely_migration' as never)
+        .where('name' as never, '=', '0004_copy_checksums' as never)
+        .execute();
+      await m.close();
+      m = await MetaStore.open(url);
+      try {
+        assert.deepEqual(await pendingCopies(m), [done.uid], `not ${running.uid}: incomplete, no copy`);
+      } finally {
+        await m.close();
+      }
+    });
+
+    it('an object confirmed sound makes valid every version whose only problem it was; copies are marked', async () => {
+      const shared = sum(6001);
+      const other = sum(6002);
+      await meta.recordObjects(
+        [
+          { checksum: shared, storedSize: 10 },
+          { checksum: other, storedSize: 10 },
+        ],
+        1,
+      );
+      const a = await meta.createVersion({ name: 'share-a', sizeBytes: 2 * 4096, blockSize: 4096 });
+      const b = await meta.createVersion({ name: 'share-b', sizeBytes: 4096, blockSize: 4096 });
+      const c = await meta.createVersion({ name: 'share-c', sizeBytes: 2 * 4096, blockSize: 4096 });
+      await meta.putBlocks(
+        a.uid,
+        rows(2, 0, (i) => (i === 0 ? shared : null)),
+      );
+      await meta.putBlocks(
+        b.uid,
+        rows(1, 0, () => shared),
+      );
+      await meta.putBlocks(
+        c.uid,
+        rows(2, 0, (i) => (i === 0 ? shared : other)),
+      );
+      for (const v of [a, b, c]) assert.equal(await meta.completeVersion(v.uid), undefined);
+      meta.takeMarkedCopies();
+      for (const v of [a, b, c]) assert.notEqual(await copyPendingToken(meta, v.uid), undefined);
+
+      assert.deepEqual((await meta.markObjectInvalid(shared)).sort(), [a.uid, b.uid, c.uid].sort());
+      assert.deepEqual(meta.takeMarkedCopies().sort(), [a.uid, b.uid, c.uid].sort());
+      const token = await copyPendingToken(meta, a.uid);
+      // Marking it again changes nothing: no copy to rewrite.
+      await meta.markObjectInvalid(shared);
+      assert.deepEqual(meta.takeMarkedCopies(), []);
+      await meta.markObjectInvalid(other);
+      meta.takeMarkedCopies();
+      // c has a second damaged object: it stays invalid; a and b are valid again.
+      assert.deepEqual((await meta.objectsSound([shared, sum(6999)])).sort(), [a.uid, b.uid].sort());
+      assert.equal((await meta.getVersion(a.uid)).status, 'valid');
+      assert.equal((await meta.getVersion(b.uid)).status, 'valid');
+      assert.equal((await meta.getVersion(c.uid)).status, 'invalid');
+      assert.equal((await meta.blockPage(c.uid, 0))[0].valid, true);
+      assert.equal((await meta.blockPage(c.uid, 0))[1].valid, false);
+      assert.deepEqual(meta.takeMarkedCopies().sort(), [a.uid, b.uid, c.uid].sort());
+      assert.notEqual(await copyPendingToken(meta, a.uid), token, 'the mark was renewed');
+      assert.equal(await meta.touchObject(shared, 5), true, 'a dedup target again');
+      // A sound object does not make valid a version with a gap in its block list.
+      const gap = await meta.createVersion({ name: 'gap', sizeBytes: 2 * 4096, blockSize: 4096 });
+      await meta.putBlocks(gap.uid, [{ idx: 0, checksum: other, size: 4096, valid: false }]);
+      await meta.setVersionStatus(gap.uid, 'invalid');
+      assert.deepEqual(await meta.objectsSound([other]), [c.uid]);
+      assert.equal((await meta.getVersion(gap.uid)).status, 'invalid');
     });
 
     it('touches and records objects (duplicates in one batch, upserts)', async () => {

@@ -7,12 +7,38 @@ import { randomUUID } from 'node:crypto';
 import { sql } from 'kysely';
 import type { Kysely } from 'kysely';
 import { InputError, NotFoundError } from '../errors.js';
+import { markCopiesPendingIn } from './copy-pending.js';
 import { MetaLeases } from './meta-leases.js';
 import { nowMicros, toLease, toVersion, versionRow } from './meta-types.js';
-import type { Lease, Version } from './meta-types.js';
+import type { Db, Lease, Version } from './meta-types.js';
 import type { Database, VersionStatus } from './schema.js';
 
 export class MetaVersions extends MetaLeases {
+  /** Versions whose copies this process marked out of date (takeMarkedCopies). */
+  readonly #copiesMarked = new Set<string>();
+
+  /**
+   * Marks the copies of `uids` out of date inside `tx` (copy-pending.ts), and remembers them
+   * so that the command writes them before it ends (takeMarkedCopies). Every change of a
+   * version's validity goes through here.
+   */
+  protected async markCopies(tx: Db, uids: readonly string[]): Promise<void> {
+    if (uids.length === 0) return;
+    await markCopiesPendingIn(tx, uids);
+    for (const uid of uids) this.#copiesMarked.add(uid);
+  }
+
+  /**
+   * The versions whose validity this process changed since the last call (their copies are out
+   * of date), and forgets them. A transaction that rolled back may have left one here: writing
+   * its copy again costs a write, never a wrong copy (it is written as the database says).
+   */
+  takeMarkedCopies(): string[] {
+    const uids = [...this.#copiesMarked];
+    this.#copiesMarked.clear();
+    return uids;
+  }
+
   async createVersion(v: NewVersion): Promise<Version> {
     const version = newVersion(v);
     await this.db.insertInto('versions').values(versionRow(version)).execute();
@@ -62,7 +88,15 @@ export class MetaVersions extends MetaLeases {
   }
 
   async setVersionStatus(uid: string, status: VersionStatus): Promise<void> {
-    await this.db.updateTable('versions').set({ status }).where('uid', '=', uid).execute();
+    await this.write(async (tx) => {
+      const r = await tx
+        .updateTable('versions')
+        .set({ status })
+        .where('uid', '=', uid)
+        .where('status', '<>', status)
+        .executeTakeFirst();
+      if (Number(r.numUpdatedRows) > 0) await this.markCopies(tx, [uid]);
+    });
   }
 
   async setVersionSize(uid: string, sizeBytes: number): Promise<void> {
@@ -92,6 +126,7 @@ export class MetaVersions extends MetaLeases {
       const problem = await completionProblem(tx, uid);
       if (problem) return problem;
       await tx.updateTable('versions').set({ status: 'valid' }).where('uid', '=', uid).execute();
+      await this.markCopies(tx, [uid]);
       return undefined;
     });
   }
@@ -137,6 +172,7 @@ export class MetaVersions extends MetaLeases {
         .where('valid', '=', 0)
         .execute();
       await tx.updateTable('versions').set({ status: 'valid' }).where('uid', '=', uid).execute();
+      await this.markCopies(tx, [uid]);
       return undefined;
     });
   }
@@ -256,4 +292,44 @@ async function completionProblem(tx: Kysely<Database>, uid: string): Promise<str
     .executeTakeFirstOrThrow();
   if (Number(bad.n) > 0) return `${bad.n} blocks reference objects that are missing or invalid`;
   return undefined;
+}
+
+/**
+ * Of `uids`, the invalid versions that nothing keeps invalid any more, made valid inside `tx`:
+ * a complete block list, no block entry marked invalid, and every non-sparse block naming a
+ * recorded, valid object (what completeVersion asks of a new version). For validity that
+ * follows objects: once a damaged object is confirmed sound, the versions whose only problem
+ * it was are valid again without a scrub each. Returns those made valid.
+ */
+export async function revalidateSoundIn(tx: Db, uids: readonly string[]): Promise<string[]> {
+  const out: string[] = [];
+  for (const uid of new Set(uids)) {
+    const v = await tx
+      .selectFrom('versions')
+      .selectAll()
+      .where('uid', '=', uid)
+      .where('status', '=', 'invalid')
+      .executeTakeFirst();
+    if (!v) continue;
+    if (await blockListProblem(tx, uid, Number(v.size_bytes), Number(v.block_size))) continue;
+    const bad = await tx
+      .selectFrom('blocks as b')
+      .leftJoin('objects as o', 'o.checksum', 'b.checksum')
+      .select((eb) => eb.fn.countAll<number>().as('n'))
+      .where('b.version_uid', '=', uid)
+      .where((eb) =>
+        eb.or([
+          eb('b.valid', '=', 0),
+          eb.and([
+            eb('b.checksum', 'is not', null),
+            eb.or([eb('o.checksum', 'is', null), eb('o.valid', '=', 0)]),
+          ]),
+        ]),
+      )
+      .executeTakeFirstOrThrow();
+    if (Number(bad.n) > 0) continue;
+    await tx.updateTable('versions').set({ status: 'valid' }).where('uid', '=', uid).execute();
+    out.push(uid);
+  }
+  return out;
 }

@@ -1,3 +1,4 @@
+import { sql } from 'kysely';
 import type { Kysely, Migration, MigrationProvider } from 'kysely';
 
 /** Migrations in code (no files to find at run time); names sort in order. */
@@ -62,6 +63,16 @@ const migrations: Record<string, Migration> = {
         .addPrimaryKeyConstraint('labels_pk', ['version_uid', 'key'])
         .execute();
       await db.schema.createIndex('labels_key_value').on('labels').columns(['key', 'value']).execute();
+    },
+  },
+  // Metadata copies of format 2 carry a checksum (storage/meta-codec.ts): every existing copy
+  // is marked out of date (copy-pending.ts), so the next cleanup writes it again in that format.
+  '0004_copy_checksums': {
+    async up(db: Kysely<unknown>) {
+      await sql`
+        INSERT INTO settings (key, value)
+        SELECT 'copy_pending:' || uid, '0' FROM versions WHERE status <> 'incomplete'
+        ON CONFLICT (key) DO NOTHING`.execute(db);
     },
   },
 };

@@ -8,7 +8,9 @@
  * flight are bounded by the server (request size and count).
  */
 import { blockLength } from '../blocks/blocks.js';
-import { BlockWriter, completeOrInvalidate, emptyStats } from '../core/backup.js';
+import { BlockWriter, emptyStats } from '../core/backup.js';
+import { NO_COPIES, completeWithCopy } from '../core/copy-keeper.js';
+import type { CopyKeeper } from '../core/copy-keeper.js';
 import { CorruptBlockError, MissingBlockError, errorMessage } from '../errors.js';
 import type { MetaStore, Version } from '../meta/meta-store.js';
 import type { BlockStore } from '../storage/block-store.js';
@@ -46,6 +48,8 @@ type BlockState =
 export interface DeviceEvents {
   /** A damaged or missing block was met (already marked invalid). */
   onBadBlock?: (idx: number, reason: string) => void;
+  /** The validity of versions changed (damage marked): their metadata copies are out of date. */
+  onValidityChanged?: () => void;
 }
 
 /** Read access to one version. */
@@ -56,8 +60,12 @@ export class ExportReader {
   protected readonly meta: MetaStore;
   protected readonly store: BlockStore;
   protected readonly table: BlockTable;
+  /** The store's metadata copies: the new version's is written at completion. */
+  protected readonly copies: CopyKeeper;
   readonly #cache: BlockCache;
   readonly #events: DeviceEvents;
+  /** Objects this reader has marked damaged already (a client retries a failed read often). */
+  readonly #marked = new Set<string>();
 
   constructor(opts: {
     meta: MetaStore;
@@ -66,6 +74,7 @@ export class ExportReader {
     table: BlockTable;
     cache: BlockCache;
     events?: DeviceEvents;
+    copies?: CopyKeeper;
   }) {
     this.meta = opts.meta;
     this.store = opts.store;
@@ -75,6 +84,7 @@ export class ExportReader {
     this.blockSize = opts.version.blockSize;
     this.#cache = opts.cache;
     this.#events = opts.events ?? {};
+    this.copies = opts.copies ?? NO_COPIES;
   }
 
   protected state(idx: number): BlockState {
@@ -96,15 +106,22 @@ export class ExportReader {
       if (this.version.status === 'valid') {
         this.version.status = 'invalid';
         await this.meta.setVersionStatus(this.version.uid, 'invalid').catch(() => {});
+        this.#events.onValidityChanged?.();
       }
       throw new Error('no entry in the block list');
     }
     try {
       return await this.#cache.get(this.store, st.checksum, length, this.blockSize);
     } catch (err) {
-      if (err instanceof MissingBlockError || err instanceof CorruptBlockError) {
-        // Like restore: the damage is recorded so scrub, backups and ls know of it.
+      if (
+        (err instanceof MissingBlockError || err instanceof CorruptBlockError) &&
+        !this.#marked.has(st.checksum)
+      ) {
+        // Like restore: the damage is recorded so scrub, backups and ls know of it, and so
+        // are the copies of the versions it makes invalid (a recover must not bring them back valid).
+        this.#marked.add(st.checksum);
         await this.meta.markObjectInvalid(st.checksum).catch(() => {});
+        this.#events.onValidityChanged?.();
       }
       throw err;
     }
@@ -296,10 +313,13 @@ export class ExportWriter extends ExportReader {
     });
   }
 
-  /** Clean end: stores what is left and makes the new version valid (or invalid, and throws). */
+  /**
+   * Clean end: stores what is left and makes the new version valid (or invalid, and throws);
+   * either way its metadata copy is written now (completeWithCopy), as a backup's is.
+   */
   async complete(): Promise<void> {
     await this.flush();
-    await completeOrInvalidate(this.meta, this.newVersion.uid);
+    await completeWithCopy(this.meta, this.newVersion.uid, this.copies);
     this.newVersion.status = 'valid';
   }
 

@@ -26,6 +26,7 @@ import type { Server, Socket } from 'node:net';
 import { errorMessage } from '../errors.js';
 import type { MetaStore, Version } from '../meta/meta-store.js';
 import type { BlockStore } from '../storage/block-store.js';
+import type { CopyKeeper } from '../core/copy-keeper.js';
 import { Budget } from './budget.js';
 import { ConnectionClosed } from './chunk-reader.js';
 import { DropConnection, Wire } from './connection.js';
@@ -60,6 +61,8 @@ export interface NbdServerOptions {
   blockBuffers?: number;
   /** Milliseconds from connect to transmission before the connection is closed (default HANDSHAKE_TIMEOUT_MS). */
   handshakeTimeoutMs?: number;
+  /** Keeps the store's metadata copies in step (a completed -w version, damage met by a read). */
+  copies?: CopyKeeper;
 }
 
 export class NbdServer {
@@ -72,6 +75,8 @@ export class NbdServer {
   readonly #reads = new Budget(SPANNING_BUDGET);
   readonly #writes = new Budget(WRITE_BUDGET);
   #nextId = 1;
+  /** The copy updates refreshCopies queued (CopyKeeper.update never rejects). */
+  #copyUpdates: Promise<void> = Promise.resolve();
   #closing = false;
   /** Connections accepted that have not entered transmission (at most MAX_HANDSHAKES). */
   #handshaking = 0;
@@ -108,6 +113,18 @@ export class NbdServer {
     for (const s of this.#sockets) s.destroy();
     await Promise.allSettled([...this.#connections]);
     await closed;
+    await this.#copyUpdates;
+  }
+
+  /**
+   * Brings the metadata copies of versions whose validity changed (damage a read met) in step,
+   * in the background, one update at a time: the read that met the damage answers EIO at once
+   * instead of waiting for copies to be written (an object many versions share is many copies).
+   * close() waits for it.
+   */
+  refreshCopies(): void {
+    const copies = this.#opts.copies;
+    if (copies) this.#copyUpdates = this.#copyUpdates.then(() => copies.update([]));
   }
 
   get connections(): number {

@@ -61,7 +61,8 @@ export class ExportSession {
       version,
       table,
       cache: this.#server.cache,
-      events: { onBadBlock: this.#onBad },
+      events: { onBadBlock: this.#onBad, onValidityChanged: () => this.#server.refreshCopies() },
+      copies: this.#opts.copies,
     };
     if (!this.#opts.writable) {
       this.#device = new ExportReader(common);

@@ -62,6 +62,7 @@ export async function nbdCommand(ctx: Context, opts: NbdCliOptions): Promise<voi
     writable: Boolean(opts.write),
     discard: Boolean(opts.discard),
     handshakeTimeoutMs,
+    copies: await ctx.copies(),
     log: (level, msg) => (level === 'warn' ? log.warn(msg) : log[level](msg)),
   });
   let address: string;

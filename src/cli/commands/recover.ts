@@ -37,7 +37,12 @@ export async function recoverCommand(ctx: Context, uidArgs: string[], opts: { dr
   // were reported): cleanup may run again.
   if (!dryRun && !uids) await clearRecoverPending(meta);
   // A copy that said valid but whose blocks are missing: its copy now says what the database does.
-  await ctx.updateCopies(r.downgraded);
+  // A copy of the old format without a checksum: written again in the current one.
+  await ctx.updateCopies([...new Set([...r.downgraded, ...r.unverified])]);
+  if (r.unverified.length > 0)
+    ctx.log.warn(
+      `${r.unverified.length} metadata copies were of the old format without a checksum: read unverified, now rewritten`,
+    );
   const labels = dryRun
     ? new Map<string, Record<string, string>>()
     : await labelsOf(

@@ -80,7 +80,13 @@ export async function scrubCommand(
   );
   for (const v of result.versionsAffected) ctx.log.warn(`version ${v} is marked invalid`);
   if (result.revalidated)
-    ctx.log.info(`Version ${uid} was invalid; every block is sound now, so it is valid again`);
+    ctx.log.info(
+      percent >= 100
+        ? `Version ${uid} was invalid; every block is sound now, so it is valid again`
+        : `Version ${uid} was invalid; every block it had marked invalid verifies now, so it is valid again`,
+    );
+  for (const v of result.versionsRevalidated.filter((v) => v !== uid))
+    ctx.log.info(`Version ${v} is valid again: the damaged objects it named verify now`);
   if (result.notRevalidated) ctx.log.warn(`version ${uid} stays invalid: ${result.notRevalidated}`);
   if (ctx.json) {
     ctx.out(
@@ -91,6 +97,7 @@ export async function scrubCommand(
         differing: result.differing,
         versions_affected: result.versionsAffected,
         revalidated: Boolean(result.revalidated),
+        versions_revalidated: result.versionsRevalidated,
         problems: result.problems.map((p) => ({ idx: p.idx, kind: p.kind, reason: p.reason })),
       }),
     );
