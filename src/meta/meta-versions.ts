@@ -11,6 +11,7 @@ import { MetaLeases } from './meta-leases.js';
 import { nowMicros, toLease, toVersion, versionRow } from './meta-types.js';
 import type { Lease, Version } from './meta-types.js';
 import type { Database, VersionStatus } from './schema.js';
+import type { Tracking } from './tracking.js';
 
 export class MetaVersions extends MetaLeases {
   async createVersion(v: NewVersion): Promise<Version> {
@@ -188,6 +189,7 @@ type NewVersion = {
   sizeBytes: number;
   blockSize: number;
   baseUid?: string;
+  tracking?: Tracking | null;
 };
 
 /** A new incomplete version made here, on this host, now. */
@@ -203,6 +205,7 @@ function newVersion(v: NewVersion): Version {
     baseUid: v.baseUid ?? null,
     protected: false,
     hostname: hostname(),
+    tracking: v.tracking ?? null,
   };
 }
 

@@ -64,6 +64,12 @@ const migrations: Record<string, Migration> = {
       await db.schema.createIndex('labels_key_value').on('labels').columns(['key', 'value']).execute();
     },
   },
+  '0003_change_tracking': {
+    async up(db: Kysely<unknown>) {
+      // JSON (meta/tracking.ts); null: not recorded (a full backup, or made before this column).
+      await db.schema.alterTable('versions').addColumn('tracking', 'text').execute();
+    },
+  },
 };
 
 export const migrationProvider: MigrationProvider = {
