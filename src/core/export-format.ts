@@ -126,7 +126,9 @@ export class ExportParser {
     const issue = r.error.issues[0];
     const path = issue.path.join('.');
     if (issue.code === 'unrecognized_keys')
-      this.#fail(`${what}: unknown field ${issue.keys.map((k) => `'${k}'`).join(', ')}`);
+      this.#fail(
+        `${what}: unknown field ${issue.keys.map((k) => `'${[...issue.path, k].join('.')}'`).join(', ')}`,
+      );
     if (issue.code === 'invalid_type' && issue.input === undefined)
       this.#fail(`${what}: field '${path}' is missing`);
     this.#fail(`${what}: ${path ? `'${path}' ` : ''}${issue.message}`);
