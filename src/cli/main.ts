@@ -100,6 +100,11 @@ export async function main(argv: string[]): Promise<number> {
       'rbd export-diff stream (a file, or - for stdin) to apply onto the base (-f); replaces SOURCE',
     )
     .option('--snapshot-name <snap>', 'record the snapshot the backup was read from (shown by ls)')
+    .option('--force-base', "accept a -f base whose NAME (or thin device) differs from the new version's")
+    .option(
+      '--verify-unhinted',
+      'read every block the hints call unchanged and compare it with the base (a full read; stores only changes)',
+    )
     .option('--protect', 'protect the new version (from rm and enforce) once it is valid')
     .option('-l, --label <key=value>', 'label the new version (repeatable)', collect, [])
     .action(async (a: string | undefined, b: string | undefined, opts: BackupCliOptions) => {

@@ -71,6 +71,7 @@ export function versionJsonFields(v: Version, labels: Record<string, string> = {
     valid: v.status === 'valid',
     protected: v.protected,
     base: v.baseUid,
+    tracking: v.tracking ?? null,
     labels,
   };
 }

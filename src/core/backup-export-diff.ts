@@ -31,6 +31,8 @@ import type { ExportDiffPiece } from '../source/rbd-export-diff.js';
 import { abortableIterable, mapOrdered } from '../util/concurrency.js';
 import { BlockWriter, READ_AHEAD, completeOrInvalidate, emptyStats } from './backup.js';
 import { holdVersion, keepLeaseAlive } from './lease.js';
+import { checkBase } from './base-check.js';
+import type { Tracking } from '../meta/tracking.js';
 import type { BackupResult, Stored } from './backup.js';
 import { noProgress } from './progress.js';
 import type { ProgressReporter } from './progress.js';
@@ -52,6 +54,9 @@ export interface ExportDiffBackupOptions {
   onVersion?: (v: Version) => void;
   /** Stops the backup (SIGINT): it rejects with the signal's reason and records nothing. */
   signal?: AbortSignal;
+  /** Accept a base whose name differs from `name` (base-check.ts). */
+  forceBase?: boolean;
+  onWarn?: (message: string) => void;
 }
 
 interface Job {
@@ -75,11 +80,7 @@ async function backupExportDiffOnto(
 ): Promise<BackupResult> {
   const progress = opts.progress ?? noProgress;
   const what = `export-diff ${opts.inputName}`;
-  if (base && base.status !== 'valid') {
-    throw new InputError(
-      `version ${base.uid} is ${base.status} and cannot be the base of a backup; choose a valid version (see 'backy ls')`,
-    );
-  }
+  if (base) checkBase(base, opts.name, opts.forceBase ?? false, opts.onWarn);
   const blockSize = base ? base.blockSize : opts.blockSize;
   const reader = await ExportDiffReader.open(abortableIterable(opts.input, opts.signal), {
     name: what,
@@ -113,7 +114,13 @@ async function backupExportDiffOnto(
         `--snapshot-name '${opts.snapshotName}' differs from the export-diff's snapshot '${toSnap}'; leave the option out`,
       );
     }
-    return await apply(opts, reader, base, blockSize, size, toSnap ?? opts.snapshotName, progress);
+    const snapshot = toSnap ?? opts.snapshotName;
+    const tracking: Tracking = {
+      kind: 'rbd-export-diff',
+      snapshot: snapshot ?? null,
+      base_snapshot: fromSnap ?? null,
+    };
+    return await apply(opts, reader, base, blockSize, size, snapshot, tracking, progress);
   } finally {
     await reader.close().catch(() => {});
   }
@@ -126,6 +133,7 @@ async function apply(
   blockSize: number,
   size: number,
   snapshotName: string | undefined,
+  tracking: Tracking,
   progress: ProgressReporter,
 ): Promise<BackupResult> {
   const { meta, store } = opts;
@@ -134,7 +142,7 @@ async function apply(
   const baseN = blockCount(baseSize, blockSize);
   // Version and lease in one transaction: cleanup never sees this version without its lease.
   const { version, lease } = await meta.createVersionWithLease(
-    { name: opts.name, snapshotName, sizeBytes: size, blockSize, baseUid: base?.uid },
+    { name: opts.name, snapshotName, sizeBytes: size, blockSize, baseUid: base?.uid, tracking },
     'backup',
   );
   opts.onVersion?.(version);

@@ -14,7 +14,7 @@
  * that checks every block entry is present and backed by a valid object. A crash at any point leaves an incomplete version that is never a base.
  */
 import { blockCount, blockLength, isZero } from '../blocks/blocks.js';
-import { InputError, IntegrityError, UsageError } from '../errors.js';
+import { IntegrityError, UsageError } from '../errors.js';
 import type { BlockRow, MetaStore, Version } from '../meta/meta-store.js';
 import { nowMicros } from '../meta/meta-store.js';
 import { ENCODE_ROOM } from '../storage/block-store.js';
@@ -22,7 +22,10 @@ import type { BlockStore } from '../storage/block-store.js';
 import type { Source } from '../source/source.js';
 import { BufferPool, blocksInFlight } from '../util/buffer-pool.js';
 import { mapOrdered } from '../util/concurrency.js';
-import { DISCARD, KEEP, READ, SPARSE, countActions, pickBlocks, plan } from './plan.js';
+import { DISCARD, KEEP, READ, SPARSE, countActions, plan } from './plan.js';
+import { checkBase, checkTracking } from './base-check.js';
+import { sampleHints, verifyUnhinted } from './hint-check.js';
+import type { Tracking } from '../meta/tracking.js';
 import { blocksWithData } from '../blocks/allocation.js';
 import type { Extent } from '../source/extents.js';
 import { planFromHints } from './hint-plan.js';
@@ -45,7 +48,17 @@ export async function completeOrInvalidate(meta: MetaStore, uid: string): Promis
 }
 
 export function emptyStats(blocks = 0): BackupStats {
-  return { blocks, read: 0, sparse: 0, kept: 0, stored: 0, deduplicated: 0, bytesRead: 0, bytesStored: 0 };
+  return {
+    blocks,
+    read: 0,
+    sparse: 0,
+    kept: 0,
+    stored: 0,
+    deduplicated: 0,
+    bytesRead: 0,
+    bytesStored: 0,
+    verified: 0,
+  };
 }
 
 export interface BackupOptions {
@@ -64,8 +77,17 @@ export interface BackupOptions {
    * (with a base), and up to this many blocks the hints call discarded must read as zeros.
    */
   hintCheckBlocks: number;
+  /**
+   * With hints and a base: read every block the hints call unchanged (or discarded) and check
+   * it against the base (or zeros) before anything is stored, instead of a sample.
+   */
+  verifyUnhinted?: boolean;
+  /** Accept a base whose name differs from `name` (or whose thin device differs from the delta's). */
+  forceBase?: boolean;
   /** Informational messages (what the hint check sampled). */
   onInfo?: (message: string) => void;
+  /** Warnings (a base that cannot be checked against the change source). */
+  onWarn?: (message: string) => void;
   progress?: ProgressReporter;
   /** Called with the new version as soon as it exists (so the CLI can name it on failure). */
   onVersion?: (v: Version) => void;
@@ -73,8 +95,12 @@ export interface BackupOptions {
   signal?: AbortSignal;
 }
 
-/** Hint extents, streamed; read once the source's size is known (see hint-plan.ts). */
-export type HintSource = HintReader;
+/**
+ * Hint extents, streamed; read once the source's size is known (see hint-plan.ts). `tracking`
+ * (once they are read) says what they are relative to, recorded with the version and checked
+ * against the base's.
+ */
+export type HintSource = HintReader & { tracking?(base: Version | undefined): Tracking | null };
 
 export interface BackupStats {
   blocks: number;
@@ -85,6 +111,8 @@ export interface BackupStats {
   deduplicated: number;
   bytesRead: number;
   bytesStored: number;
+  /** Blocks --verify-unhinted read and found as the hints say (0 without it). */
+  verified: number;
 }
 
 export interface BackupResult {
@@ -105,11 +133,7 @@ export async function backup(opts: BackupOptions): Promise<BackupResult> {
 async function backupOnto(opts: BackupOptions, base: Version | undefined): Promise<BackupResult> {
   const { meta, store, source } = opts;
   const progress = opts.progress ?? noProgress;
-  if (base && base.status !== 'valid') {
-    throw new InputError(
-      `version ${base.uid} is ${base.status} and cannot be the base of a backup; choose a valid version (see 'backy ls')`,
-    );
-  }
+  if (base) checkBase(base, opts.name, opts.forceBase ?? false, opts.onWarn);
   const blockSize = base ? base.blockSize : opts.blockSize;
   const inFlight = blocksInFlight(blockSize, store.inFlightBytes);
   // One more buffer than tasks: a stream fills the next block while `inFlight` are stored.
@@ -118,20 +142,47 @@ async function backupOnto(opts: BackupOptions, base: Version | undefined): Promi
 
   let actions: Uint8Array | undefined;
   let size: number | undefined;
+  let tracking: Tracking | null = null;
+  let verified = 0;
+  if (opts.verifyUnhinted && (!opts.hints || !base)) {
+    throw new UsageError(
+      '--verify-unhinted needs change hints and -f UID: it checks what the hints keep from the base',
+    );
+  }
   if (source.kind === 'random') {
     size = source.size;
     const hints = opts.hints;
     if (hints) {
       actions = await planFromHints(size, blockSize, base ? { size: base.sizeBytes } : undefined, hints);
+      tracking = hints.tracking?.(base) ?? null;
+      if (base) checkTracking(base, tracking, opts.forceBase ?? false, opts.onWarn);
     } else {
       actions = plan({ size, blockSize });
     }
-    if (hints && opts.hintCheckBlocks > 0) {
-      const sampled = await verifyHints(meta, store, source, base, actions, buffers, opts.hintCheckBlocks);
+    if (hints && base && opts.verifyUnhinted) {
+      progress.start(
+        'verify',
+        countBytes(actions, size, blockSize, (a) => a === KEEP || a === DISCARD),
+      );
+      verified = await verifyUnhinted(
+        meta,
+        store,
+        source,
+        base,
+        actions,
+        buffers,
+        inFlight,
+        opts.signal,
+        (n) => progress.advance(n),
+      );
+      progress.stop();
+      opts.onInfo?.(`verify-unhinted: ${verified} blocks outside the hints read, all as the hints say`);
+    } else if (hints && opts.hintCheckBlocks > 0) {
+      const sampled = await sampleHints(meta, store, source, base, actions, buffers, opts.hintCheckBlocks);
       opts.onInfo?.(
         sampled.unchanged + sampled.discarded === 0
           ? 'hint check: no unhinted or discarded blocks to sample'
-          : `hint check: ${sampled.unchanged} unhinted and ${sampled.discarded} discarded blocks sampled, all as the hints say`,
+          : `hint check: ${sampled.unchanged} unhinted and ${sampled.discarded} discarded blocks sampled (a sample: see --verify-unhinted), all as the hints say`,
       );
     }
     if (source.dataExtents) await skipHoles(actions, source.dataExtents(), size, blockSize);
@@ -141,7 +192,14 @@ async function backupOnto(opts: BackupOptions, base: Version | undefined): Promi
 
   // Version and lease in one transaction: cleanup never sees this version without its lease.
   const { version, lease } = await meta.createVersionWithLease(
-    { name: opts.name, snapshotName: opts.snapshotName, sizeBytes: size ?? 0, blockSize, baseUid: base?.uid },
+    {
+      name: opts.name,
+      snapshotName: opts.snapshotName,
+      sizeBytes: size ?? 0,
+      blockSize,
+      baseUid: base?.uid,
+      tracking,
+    },
     'backup',
   );
   opts.onVersion?.(version);
@@ -150,13 +208,14 @@ async function backupOnto(opts: BackupOptions, base: Version | undefined): Promi
     if (base && size !== undefined) await meta.copyBlocks(base.uid, version.uid, blockCount(size, blockSize));
     const writer = new BlockWriter(meta, store, version.uid);
     const stats = emptyStats();
+    stats.verified = verified;
 
     if (source.kind === 'random' && actions && size !== undefined) {
       const counts = countActions(actions);
       stats.blocks = actions.length;
       stats.kept = counts.keep;
       const total = size;
-      const toRead = countReadBytes(actions, total, blockSize);
+      const toRead = countBytes(actions, total, blockSize, (a) => a === READ);
       progress.start('backup', toRead);
       const work = function* () {
         for (let idx = 0; idx < actions.length; idx++) {
@@ -247,65 +306,15 @@ async function skipHoles(
   for (let i = 0; i < actions.length; i++) if (actions[i] === READ && hasData[i] === 0) actions[i] = SPARSE;
 }
 
-function countReadBytes(actions: Uint8Array, size: number, blockSize: number): number {
-  let bytes = 0;
-  for (let i = 0; i < actions.length; i++) if (actions[i] === READ) bytes += blockLength(i, size, blockSize);
-  return bytes;
-}
-
-/**
- * Hints say which regions changed since the base and which were discarded. Wrong hints would
- * silently produce a wrong backup (a changed block kept from the base, a block with data
- * stored as zeros), so before anything is created a few random blocks of each kind are read:
- * blocks the hints call unchanged must match the base, blocks they call discarded must read as
- * zeros. Blocks outside the hints without a base are sparse by design and not checked.
- */
-async function verifyHints(
-  meta: MetaStore,
-  store: BlockStore,
-  source: Source & { kind: 'random' },
-  base: Version | undefined,
+function countBytes(
   actions: Uint8Array,
-  buffers: BufferPool,
-  count: number,
-): Promise<{ unchanged: number; discarded: number }> {
-  const blockSize = buffers.bufferSize;
-  const size = source.size;
-  const hint =
-    'nothing was stored. Check that the hints are for this image' +
-    (base ? ' and base snapshot' : '') +
-    ', or back up without hints';
-  const discarded = pickBlocks(actions, DISCARD, count);
-  for (const idx of discarded) {
-    const zero = await buffers.with(async (buf) =>
-      isZero(await source.read(idx * blockSize, blockLength(idx, size, blockSize), buf)),
-    );
-    if (!zero) {
-      throw new InputError(
-        `hints are wrong: block ${idx} (offset ${idx * blockSize}) is not zeros although the hints say it was discarded ("exists":"false"); ${hint}`,
-      );
-    }
-  }
-  if (!base) return { unchanged: 0, discarded: discarded.length };
-  const picks = pickBlocks(actions, KEEP, count);
-  const rows = await meta.blocksAt(base.uid, picks);
-  for (const idx of picks) {
-    const row = rows.get(idx);
-    if (!row)
-      throw new IntegrityError(
-        `base version ${base.uid} has no entry for block ${idx}; run 'backy scrub ${base.uid}'`,
-      );
-    const same = await buffers.with(async (buf) => {
-      const data = await source.read(idx * blockSize, row.size, buf);
-      return row.checksum === null ? isZero(data) : (await store.digest(data)) === row.checksum;
-    });
-    if (!same) {
-      throw new InputError(
-        `hints are wrong: block ${idx} (offset ${idx * blockSize}) differs from base ${base.uid} although no hint covers it; ${hint}`,
-      );
-    }
-  }
-  return { unchanged: picks.length, discarded: discarded.length };
+  size: number,
+  blockSize: number,
+  which: (a: number) => boolean,
+): number {
+  let bytes = 0;
+  for (let i = 0; i < actions.length; i++) if (which(actions[i])) bytes += blockLength(i, size, blockSize);
+  return bytes;
 }
 
 export interface Stored {

@@ -14,6 +14,9 @@
  * Two optional header fields: "labels":{"key":"value",...} (the version's labels, when it has
  * any; import sets them) and, in the store's own metadata copies only (version-copy.ts),
  * "store_id":"<uuid>" (the store the copy belongs to; recover refuses another store's).
+ * A third, "tracking":{"kind":"thin","device_id":2,"base_device_id":1} (or another kind, see
+ * meta/tracking.ts), is what the version's change tracking is relative to, when recorded;
+ * files without it (older ones) import with none recorded.
  */
 import * as z from 'zod';
 import { blockCount, blockLength } from '../blocks/blocks.js';
@@ -23,6 +26,7 @@ import type { HashFunction } from '../config/config.js';
 import { InputError } from '../errors.js';
 import { parseLabel } from '../meta/catalog.js';
 import type { BlockRow, Version } from '../meta/meta-store.js';
+import { trackingSchema } from '../meta/tracking.js';
 
 export const EXPORT_FORMAT = 'backy-export';
 export const EXPORT_VERSION = 1;
@@ -68,6 +72,7 @@ const headerSchema = z.strictObject({
     .regex(/^[^\n\r]*$/, 'must be one line'),
   labels: z.record(z.string().max(63), z.string().max(255)).optional(),
   store_id: uid.optional(),
+  tracking: trackingSchema.optional(),
 });
 
 const blockSchema = z.strictObject({
@@ -121,7 +126,9 @@ export class ExportParser {
     const issue = r.error.issues[0];
     const path = issue.path.join('.');
     if (issue.code === 'unrecognized_keys')
-      this.#fail(`${what}: unknown field ${issue.keys.map((k) => `'${k}'`).join(', ')}`);
+      this.#fail(
+        `${what}: unknown field ${issue.keys.map((k) => `'${[...issue.path, k].join('.')}'`).join(', ')}`,
+      );
     if (issue.code === 'invalid_type' && issue.input === undefined)
       this.#fail(`${what}: field '${path}' is missing`);
     this.#fail(`${what}: ${path ? `'${path}' ` : ''}${issue.message}`);
@@ -314,6 +321,7 @@ export function versionOf(h: ExportHeader, status: Version['status'] = h.status)
     baseUid: h.base_uid,
     protected: h.protected,
     hostname: h.hostname,
+    tracking: h.tracking ?? null,
   };
 }
 
@@ -339,6 +347,7 @@ export function headerOf(
     hostname: v.hostname,
   };
   if (Object.keys(labels).length > 0) h.labels = labels;
+  if (v.tracking) h.tracking = v.tracking;
   if (copy) h.store_id = copy.storeId;
   return h;
 }

@@ -68,7 +68,7 @@ describe('planner properties', () => {
           else if (base && i < baseBlocks) {
             const baseLen = Math.min(blockSize, base.size - start);
             want = baseLen === len ? KEEP : READ;
-          } else want = SPARSE;
+          } else want = base ? READ : SPARSE;
           assert.equal(actions[i], want, `block ${i} of ${n}`);
         }
       }),

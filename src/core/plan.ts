@@ -8,8 +8,8 @@
  *   really reads as zeros;
  * - a block only partly covered by `exists:false` is read, never assumed zero;
  * - any other block keeps the base's entry when there is a base whose block has the same length,
- *   is read when the length changed (the image grew or shrank through it), and is sparse
- *   without a base or beyond the base's end.
+ *   is read when the length changed (the image grew or shrank through it) or lies beyond the
+ *   base's end (the image grew: never assumed zero), and is sparse without a base.
  *
  * One byte per block: 1 TiB at 4 MiB is 256 KiB of plan.
  */
@@ -69,7 +69,10 @@ export class HintPlanner {
       if (i < baseBlocks && base) {
         actions[i] = blockLength(i, base.size, blockSize) === blockLength(i, size, blockSize) ? KEEP : READ;
       } else {
-        actions[i] = SPARSE;
+        // Past the base's end (the source grew) nothing says what is there: hints name what
+        // changed since the base, and these blocks were not in it. Read them; a hole the
+        // source's allocation map reports is still skipped without a read (backup.ts).
+        actions[i] = base ? READ : SPARSE;
       }
     }
     this.#actions = actions;

@@ -2,7 +2,13 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import fc from 'fast-check';
 import { InputError } from '../errors.js';
-import { parseRetentionRules, selectForRemoval } from './retention.js';
+import {
+  FUTURE_TOLERANCE_MICROS,
+  futureDated,
+  isFutureDated,
+  parseRetentionRules,
+  selectForRemoval,
+} from './retention.js';
 import type { RetentionCandidate } from './retention.js';
 
 const us = (iso: string) => Date.parse(iso) * 1000;
@@ -122,8 +128,42 @@ describe('selectForRemoval', () => {
       v('old2', '2002-01-01T00:00:00Z'),
       v('future', '2027-01-01T00:00:00Z'),
     ];
-    assert.deepEqual(selectForRemoval(vs, { hours: 1 }, now), ['old1', 'old2']);
+    // old2 is the youngest that is not future-dated: kept.
+    assert.deepEqual(selectForRemoval(vs, { hours: 1 }, now), ['old1']);
     assert.deepEqual(selectForRemoval([v('only', '2001-01-01T00:00:00Z')], { latest: 1 }, now), []);
+  });
+
+  it('a future-dated version counts for nothing: not the youngest, not toward latestN, in no bucket', () => {
+    const vs = [
+      v('real1', '2026-11-27T12:00:00Z'),
+      v('real2', '2026-11-28T12:00:00Z'), // the real newest backup
+      v('skewed', '2027-03-01T00:00:00Z'), // clock skew or an import
+    ];
+    // Before: 'skewed' was the youngest and filled latest1, so real2 was removed every run.
+    assert.deepEqual(selectForRemoval(vs, { latest: 1 }, now), ['real1']);
+    assert.deepEqual(selectForRemoval(vs, { latest: 2 }, now), []);
+    assert.deepEqual(selectForRemoval(vs, { days: 1 }, now), ['real1']);
+    // Enforcing again keeps the real newest: the skewed one never pushes it out.
+    assert.deepEqual(selectForRemoval([vs[1], vs[2]], { latest: 1 }, now), []);
+    // Only future-dated versions: nothing is removed, nothing counted.
+    assert.deepEqual(selectForRemoval([vs[2], v('skewed2', '2027-04-01T00:00:00Z')], { latest: 1 }, now), []);
+  });
+
+  it('a date up to the tolerance past now is not future-dated; beyond it is', () => {
+    const soon = now + FUTURE_TOLERANCE_MICROS;
+    const later = now + FUTURE_TOLERANCE_MICROS + 1;
+    assert.equal(isFutureDated(soon, now), false);
+    assert.equal(isFutureDated(later, now), true);
+    const vs = [
+      { uid: 'past', date: now - 3_600_000_000 },
+      { uid: 'soon', date: soon },
+    ];
+    // 'soon' counts (a host whose clock is a little ahead): it is the youngest, latest1 keeps it.
+    assert.deepEqual(selectForRemoval(vs, { latest: 1 }, now), ['past']);
+    assert.deepEqual(
+      futureDated([...vs, { uid: 'later', date: later }], now).map((x) => x.uid),
+      ['later'],
+    );
   });
 
   it('local time moves the day boundaries', () => {
@@ -163,7 +203,7 @@ describe('selectForRemoval', () => {
     const arbVersions = fc.uniqueArray(
       fc.record({
         uid: fc.uuid(),
-        date: fc.integer({ min: now - 3 * 365 * 86_400_000_000, max: now + 3_600_000_000 }),
+        date: fc.integer({ min: now - 3 * 365 * 86_400_000_000, max: now + 86_400_000_000 }),
       }),
       { selector: (x) => x.uid, maxLength: 60 },
     );
@@ -178,6 +218,10 @@ describe('selectForRemoval', () => {
           assert.ok(!removed.includes(youngest.uid));
           assert.ok(removed.length < vs.length);
         }
+        // Future-dated ones are never removed, and the youngest of the rest is kept too.
+        for (const f of futureDated(vs, now)) assert.ok(!removed.includes(f.uid));
+        const present = vs.filter((x) => !isFutureDated(x.date, now)).sort((a, b) => b.date - a.date);
+        if (present.length > 0) assert.ok(!removed.includes(present[0].uid));
         // Enforcing again right away removes nothing more: what is kept is a fixed point.
         const kept = vs.filter((x) => !removed.includes(x.uid));
         assert.deepEqual(selectForRemoval(kept, rules, now), []);

@@ -10,9 +10,12 @@
  *   oldest candidate in that bucket. Buckets follow calendar boundaries in UTC, or in the local
  *   time zone with `localTime`. Categories are evaluated independently over all candidates and
  *   what any of them keeps is kept;
- * - a candidate dated after now (a clock set back) is kept;
- * - the youngest candidate is always kept, whatever the rules say, so a name never loses its
- *   last good version to enforcement;
+ * - a candidate dated more than FUTURE_TOLERANCE after now (clock skew, a clock set back, an
+ *   imported version) is future-dated: it is kept, and it counts for nothing — not as the
+ *   youngest, not toward latestN, not in any bucket. Were it counted, `latest1` would remove
+ *   the real newest backup every run until the clock caught up (see futureDated());
+ * - the youngest candidate that is not future-dated is always kept, whatever the rules say,
+ *   so a name never loses its last good version to enforcement;
  * - every other candidate is removed.
  *
  * Pure: no I/O, no clock (the caller passes `now`).
@@ -51,6 +54,19 @@ export interface RetentionCandidate {
   date: number;
 }
 
+/** How far past now a date may be before it counts as future-dated: small clock differences between hosts. */
+export const FUTURE_TOLERANCE_MICROS = 5 * 60 * 1_000_000;
+
+/** Whether `date` (microseconds) lies in the future beyond the tolerance, at time `now`. */
+export function isFutureDated(date: number, now: number): boolean {
+  return date > now + FUTURE_TOLERANCE_MICROS;
+}
+
+/** The candidates that are future-dated at `now` (kept, and counted for nothing), oldest first. */
+export function futureDated<T extends RetentionCandidate>(candidates: readonly T[], now: number): T[] {
+  return candidates.filter((v) => isFutureDated(v.date, now)).sort((a, b) => a.date - b.date);
+}
+
 /** Calendar bucket numbers: consecutive integers for consecutive hours, days, weeks, months, years. */
 function bucketOf(cat: Exclude<Category, 'latest'>, micros: number, localTime: boolean): number {
   const d = new Date(Math.floor(micros / 1000));
@@ -87,18 +103,19 @@ export function selectForRemoval(
 ): string[] {
   const localTime = opts.localTime ?? false;
   // Youngest first; uid breaks ties so that the result does not depend on input order.
-  const byAge = [...candidates].sort((a, b) => b.date - a.date || (a.uid < b.uid ? -1 : 1));
+  // Future-dated candidates are neither counted nor removed: they are simply left out.
+  const byAge = candidates
+    .filter((v) => !isFutureDated(v.date, now))
+    .sort((a, b) => b.date - a.date || (a.uid < b.uid ? -1 : 1));
   const keep = new Set<string>();
   if (byAge.length > 0) keep.add(byAge[0].uid);
   for (const v of byAge.slice(0, rules.latest ?? 0)) keep.add(v.uid);
-  for (const v of byAge) if (v.date > now) keep.add(v.uid);
   for (const cat of CATEGORIES) {
     if (cat === 'latest' || rules[cat] === undefined) continue;
     const n = rules[cat];
     const current = bucketOf(cat, now, localTime);
     const oldestInBucket = new Map<number, RetentionCandidate>();
     for (const v of byAge) {
-      if (v.date > now) continue;
       const b = bucketOf(cat, v.date, localTime);
       if (current - b >= n) continue;
       // byAge is youngest first: the last one seen in a bucket is its oldest.

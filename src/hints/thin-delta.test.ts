@@ -70,6 +70,8 @@ describe('parseThinDelta', () => {
     ['unknown element', plain.replace('<same', '<sane'), /unexpected element <sane>/],
     ['two diffs', plain.replace('</diff>', '</diff><diff left="1" right="3"></diff>'), /more than one/],
     ['text', plain.replace('<same', 'x<same'), /unexpected text/],
+    ['bad device id', plain.replace('left="1"', 'left="x"'), /whole number left/],
+    ['left without right', plain.replace(' right="2"', ''), /whole number right/],
     ['rbd diff JSON', '[{"offset":0,"length":1,"exists":"true"}]', /not valid/],
   ];
   for (const [what, text, re] of bad) {
@@ -83,6 +85,20 @@ describe('parseThinDelta', () => {
       });
     });
   }
+});
+
+describe('parseThinDelta device ids', () => {
+  const devices = async (text: string) => {
+    const seen: { left: number; right: number }[] = [];
+    for await (const e of parseThinDelta([text], 'd.xml', (d) => seen.push(d))) assert.ok(e);
+    return seen;
+  };
+  it("gives <diff>'s left and right device ids", async () => {
+    assert.deepEqual(await devices(plain), [{ left: 1, right: 2 }]);
+  });
+  it('a diff naming no devices (hand-made) gives none', async () => {
+    assert.deepEqual(await devices(plain.replace(' left="1" right="2"', '')), []);
+  });
 });
 
 describe(
@@ -102,6 +118,9 @@ describe(
       for (const extra of [[], ['--verbose']]) {
         const xml = thinDelta(bin, { extra });
         assert.deepEqual(await parse(xml, 5), expected, extra.join(' '));
+        const seen: { left: number; right: number }[] = [];
+        for await (const e of parseThinDelta([xml], 'd.xml', (d) => seen.push(d))) assert.ok(e);
+        assert.deepEqual(seen, [{ left: 1, right: 2 }]);
       }
     });
   },

@@ -17,6 +17,9 @@
  * `rbd diff` gives (offset, length, exists), in the order thin_delta prints them (ascending),
  * so they go through the same planner and the same sanity check.
  *
+ * The diff's left and right are thin device ids (--snap1, --snap2): backy records right with
+ * the new version and checks left against the base's (core/base-check.ts).
+ *
  * Parsed as a stream (saxes): memory stays bounded whatever the number of ranges. Anything
  * unexpected (unknown elements, missing or non-integer attributes, overlapping or unordered
  * ranges, several diffs) is one InputError naming the file and what is wrong.
@@ -30,9 +33,20 @@ import type { HintExtent } from './rbd-diff.js';
 const SECTOR = 512;
 const KINDS = new Set(['same', 'different', 'left_only', 'right_only']);
 
+/** The two thin devices a delta compares: `left` (--snap1, the base's) and `right` (--snap2). */
+export interface ThinDevices {
+  left: number;
+  right: number;
+}
+
+/**
+ * `onDiff` gets the devices of `<diff left=".." right="..">` before the first extent (not
+ * called when the diff names none, as hand-made files may not).
+ */
 export async function* parseThinDelta(
   input: AsyncIterable<Buffer | string> | Iterable<Buffer | string>,
   name: string,
+  onDiff?: (devices: ThinDevices) => void,
 ): AsyncGenerator<HintExtent> {
   const parser = new SaxesParser({ xmlns: false, position: true });
   const out: HintExtent[] = [];
@@ -73,6 +87,10 @@ export async function* parseThinDelta(
     } else if (tag.name === 'diff') {
       if (parent !== 'superblock') fail('<diff> outside <superblock>');
       if (++diffs > 1) fail('more than one <diff>; compare two devices at a time');
+      if (tag.attributes.left !== undefined || tag.attributes.right !== undefined) {
+        const devices = { left: int(tag, 'left'), right: int(tag, 'right') };
+        onDiff?.(devices);
+      }
     } else if (KINDS.has(tag.name)) {
       if (parent !== 'diff') fail(`<${tag.name}> outside <diff>`);
       if (tag.isSelfClosing || tag.attributes.begin !== undefined) range(tag, tag.name);

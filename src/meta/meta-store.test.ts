@@ -60,6 +60,22 @@ for (const dialect of dialects) {
       await meta?.close();
     });
 
+    it('records what change tracking is relative to (0003_change_tracking), or none', async () => {
+      const thin = { kind: 'thin' as const, device_id: 7, base_device_id: 3 };
+      const bitmap = { kind: 'dirty-bitmap' as const, bitmap: 'b1' };
+      const a = await meta.createVersion({ name: 't', sizeBytes: 0, blockSize: 4096, tracking: thin });
+      const b = await meta.createVersion({ name: 't', sizeBytes: 0, blockSize: 4096, tracking: bitmap });
+      const c = await meta.createVersion({ name: 't', sizeBytes: 0, blockSize: 4096 });
+      assert.deepEqual((await meta.getVersion(a.uid)).tracking, thin);
+      assert.deepEqual((await meta.getVersion(b.uid)).tracking, bitmap);
+      assert.equal((await meta.getVersion(c.uid)).tracking, null);
+      const listed = await meta.listVersions({ name: 't' });
+      assert.deepEqual(
+        listed.map((v) => v.tracking),
+        [thin, bitmap, null],
+      );
+    });
+
     it('creates, finds, lists and updates versions, with numbers as numbers', async () => {
       const a = await meta.createVersion({ name: 'vm-a', sizeBytes: 3 * 2 ** 40, blockSize: 4 << 20 });
       const b = await meta.createVersion({ name: 'vm-b', sizeBytes: 8192, blockSize: 4096, baseUid: a.uid });

@@ -4,6 +4,8 @@
  */
 import type { Kysely } from 'kysely';
 import type { Database, VersionStatus } from './schema.js';
+import { parseTrackingText, trackingText } from './tracking.js';
+import type { Tracking } from './tracking.js';
 
 export type Db = Kysely<Database>;
 
@@ -19,6 +21,8 @@ export interface Version {
   baseUid: string | null;
   protected: boolean;
   hostname: string;
+  /** What its change tracking is relative to (meta/tracking.ts); null or absent: not recorded. */
+  tracking?: Tracking | null;
 }
 
 export interface BlockRow {
@@ -90,6 +94,7 @@ export function versionRow(v: Version) {
     base_uid: v.baseUid,
     protected: v.protected ? 1 : 0,
     hostname: v.hostname,
+    tracking: trackingText(v.tracking),
   };
 }
 
@@ -104,6 +109,7 @@ export function toVersion(r: {
   base_uid: string | null;
   protected: number;
   hostname: string;
+  tracking?: string | null;
 }): Version {
   return {
     uid: r.uid,
@@ -116,5 +122,6 @@ export function toVersion(r: {
     baseUid: r.base_uid,
     protected: Number(r.protected) === 1,
     hostname: r.hostname,
+    tracking: parseTrackingText(r.tracking),
   };
 }

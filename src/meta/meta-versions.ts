@@ -12,6 +12,7 @@ import { MetaLeases } from './meta-leases.js';
 import { nowMicros, toLease, toVersion, versionRow } from './meta-types.js';
 import type { Db, Lease, Version } from './meta-types.js';
 import type { Database, VersionStatus } from './schema.js';
+import type { Tracking } from './tracking.js';
 
 export class MetaVersions extends MetaLeases {
   /** Versions whose copies this process marked out of date (takeMarkedCopies). */
@@ -224,6 +225,7 @@ type NewVersion = {
   sizeBytes: number;
   blockSize: number;
   baseUid?: string;
+  tracking?: Tracking | null;
 };
 
 /** A new incomplete version made here, on this host, now. */
@@ -239,6 +241,7 @@ function newVersion(v: NewVersion): Version {
     baseUid: v.baseUid ?? null,
     protected: false,
     hostname: hostname(),
+    tracking: v.tracking ?? null,
   };
 }
 

@@ -65,6 +65,12 @@ const migrations: Record<string, Migration> = {
       await db.schema.createIndex('labels_key_value').on('labels').columns(['key', 'value']).execute();
     },
   },
+  '0003_change_tracking': {
+    async up(db: Kysely<unknown>) {
+      // JSON (meta/tracking.ts); null: not recorded (a full backup, or made before this column).
+      await db.schema.alterTable('versions').addColumn('tracking', 'text').execute();
+    },
+  },
   // Metadata copies of format 2 carry a checksum (storage/meta-codec.ts): every existing copy
   // is marked out of date (copy-pending.ts), so the next cleanup writes it again in that format.
   '0004_copy_checksums': {

@@ -18,6 +18,8 @@ export interface VersionsTable {
   base_uid: string | null;
   protected: Int;
   hostname: string;
+  /** What the version's change tracking is relative to, as JSON (meta/tracking.ts); null: none recorded. */
+  tracking: ColumnType<string | null, string | null | undefined, string | null>;
 }
 
 export interface BlocksTable {

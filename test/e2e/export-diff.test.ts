@@ -118,6 +118,30 @@ describe('backup --rbd-export-diff', () => {
         [uid3, 'snap4', size3, true],
       ],
     );
+    // What each version's change tracking is relative to: the stream's snapshots.
+    const tracking = new Map(
+      (JSON.parse((await sb.ok(['--json', 'ls'])).stdout) as { uid: string; tracking: unknown }[]).map(
+        (v) => [v.uid, v.tracking],
+      ),
+    );
+    assert.deepEqual(tracking.get(uid0), { kind: 'rbd-export-diff', snapshot: 'snap1', base_snapshot: null });
+    assert.deepEqual(tracking.get(uid2), {
+      kind: 'rbd-export-diff',
+      snapshot: 'snap3',
+      base_snapshot: 'snap2',
+    });
+    // A base of another image is refused here too (one line, nothing recorded).
+    const other = await sb.run(['--json', 'backup', '--rbd-export-diff', '-', '-f', uid3, 'vm2@snap5'], {
+      input: encodeExportDiff(1, [
+        { tag: 'f', name: 'snap4' },
+        { tag: 't', name: 'snap5' },
+        { tag: 's', size: size3 },
+        { tag: 'e' },
+      ]),
+    });
+    assert.equal(other.code, 1, other.stderr);
+    assert.match(other.stderr, /ERROR: base .* is a backup of 'vm1@snap4', another image than 'vm2@snap5'/);
+    assert.equal(parseLsMachine((await sb.ok(['-m', 'ls'])).stdout).length, 4);
     assert.match((await sb.ok(['ls'])).stdout, /snapshot[\s\S]*snap3/);
   });
 

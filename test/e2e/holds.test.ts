@@ -262,7 +262,7 @@ for (const e of engines) {
 
     it('rm refuses the base of a running -f backup (stdin); the backup completes byte for byte', async () => {
       const data = randomBytesSeeded('child', 8 * BS);
-      const run = start(sb.config, sb.dir, ['backup', '-f', uid, '-', 'vm-child']);
+      const run = start(sb.config, sb.dir, ['backup', '-f', uid, '-', 'vm-big@child']);
       run.child.stdin.write(data.subarray(0, 2 * BS));
       await leaseOrTimeout(db, 'base', uid);
       const r = await sb.run(['rm', uid]);

@@ -92,7 +92,8 @@ export function oldPlan(input: {
     if (i < baseBlocks && base) {
       actions[i] = blockLength(i, base.size, blockSize) === blockLength(i, size, blockSize) ? KEEP : READ;
     } else {
-      actions[i] = SPARSE;
+      // Past a base's end nothing is known: read. Without a base, unhinted means sparse.
+      actions[i] = base ? READ : SPARSE;
     }
   }
 

@@ -14,6 +14,7 @@ import {
 import type { Version } from '../../meta/meta-store.js';
 import { RbdDiffParser } from '../../hints/rbd-diff.js';
 import { parseThinDelta } from '../../hints/thin-delta.js';
+import type { ThinDevices } from '../../hints/thin-delta.js';
 import type { HintExtent } from '../../hints/rbd-diff.js';
 import { TooLargeError, readChunksLimited } from '../../util/read-limited.js';
 import { openSource } from '../../source/source.js';
@@ -33,6 +34,8 @@ export interface BackupCliOptions {
   label?: string[];
   thinDelta?: string;
   dirtyBitmap?: string;
+  forceBase?: boolean;
+  verifyUnhinted?: boolean;
 }
 
 /**
@@ -82,6 +85,11 @@ export async function backupCommand(
   if (hintOptions.length > 1) {
     throw new UsageError(`${hintOptions.join(' and ')} exclude each other: give one source of change hints`);
   }
+  if (opts.verifyUnhinted && (hintOptions.length === 0 || baseUid === undefined)) {
+    throw new UsageError(
+      '--verify-unhinted needs change hints (-r, --thin-delta or --dirty-bitmap) and -f UID: it checks what the hints keep from the base',
+    );
+  }
   if (opts.dirtyBitmap !== undefined) {
     if (!isNbdUri(sourcePath)) {
       throw new UsageError(
@@ -109,7 +117,14 @@ export async function backupCommand(
       throw new InputError(`cannot read thin delta file ${path}: ${ioReason(err)}`);
     }
     const fh = hintFile;
-    hints = { name: `thin delta file ${path}`, read: (onExtent) => readThinDeltaFile(fh, path, onExtent) };
+    let devices: ThinDevices | undefined;
+    hints = {
+      name: `thin delta file ${path}`,
+      read: (onExtent) => readThinDeltaFile(fh, path, onExtent, (d) => (devices = d)),
+      // This version is the thin device the delta ends at; its base the one it starts from.
+      tracking: () =>
+        devices ? { kind: 'thin', device_id: devices.right, base_device_id: devices.left } : null,
+    };
   }
   if (opts.rbd !== undefined) {
     if (sourcePath === '-') throw new UsageError('-r (hints) needs a seekable SOURCE, not stdin');
@@ -122,7 +137,16 @@ export async function backupCommand(
       throw new InputError(`cannot read hint file ${path}: ${ioReason(err)}`);
     }
     const fh = hintFile;
-    hints = { name: `hint file ${path}`, read: (onExtent) => readHintFile(fh, path, onExtent) };
+    hints = {
+      name: `hint file ${path}`,
+      read: (onExtent) => readHintFile(fh, path, onExtent),
+      // rbd diff JSON names no snapshot: what is known is --snapshot-name and the base's.
+      tracking: (base) => ({
+        kind: 'rbd-diff',
+        snapshot: snapshotName ?? null,
+        base_snapshot: base && base.snapshotName !== '' ? base.snapshotName : null,
+      }),
+    };
   }
   try {
     await backupFromSource(ctx, sourcePath, name, snapshotName, baseUid, hints, opts);
@@ -139,6 +163,7 @@ function dirtyBitmapHints(source: NbdSource, bitmap: string): HintSource {
       let index = 0;
       for await (const e of source.dirtyExtents()) onExtent(e, index++);
     },
+    tracking: () => ({ kind: 'dirty-bitmap', bitmap }),
   };
 }
 
@@ -146,12 +171,14 @@ async function readThinDeltaFile(
   fh: FileHandle,
   path: string,
   onExtent: (extent: HintExtent, index: number) => void,
+  onDiff: (devices: ThinDevices) => void,
 ): Promise<void> {
   let index = 0;
   try {
     for await (const e of parseThinDelta(
       fh.createReadStream({ highWaterMark: 1 << 20, autoClose: false }),
       `thin delta file ${path}`,
+      onDiff,
     )) {
       onExtent(e, index++);
     }
@@ -210,8 +237,11 @@ async function backupFromSource(
       hints,
       baseUid,
       hintCheckBlocks: ctx.config.hintCheckBlocks,
+      verifyUnhinted: opts.verifyUnhinted ?? false,
+      forceBase: opts.forceBase ?? false,
       progress: progressBar(ctx.log),
       onInfo: (m) => ctx.log.info(m),
+      onWarn: (m) => ctx.log.warn(m),
       signal: ctx.signal,
       onVersion: (v) => {
         created = v;
@@ -220,7 +250,7 @@ async function backupFromSource(
     });
     await markVersion(ctx, version, opts);
     report(ctx, source.name, version, stats);
-    printResult(ctx, version, stats);
+    printResult(ctx, version, stats, opts.verifyUnhinted);
   } catch (err) {
     // Invalid at completion: recorded as such, and so is its copy.
     if (err instanceof IntegrityError && created) await ctx.updateCopies([created.uid]);
@@ -304,10 +334,21 @@ async function markVersion(ctx: Context, version: BackupResult['version'], opts:
   await ctx.updateCopies([version.uid]);
 }
 
-/** The uid as the last line of stdout; with --json one object with the statistics. */
-function printResult(ctx: Context, version: BackupResult['version'], stats: BackupResult['stats']) {
+/**
+ * The uid as the last line of stdout; with --json one object with the statistics. With -m and
+ * --verify-unhinted, a `verified N` line (blocks read and found as the hints say) before it.
+ */
+function printResult(
+  ctx: Context,
+  version: BackupResult['version'],
+  stats: BackupResult['stats'],
+  verifyUnhinted = false,
+) {
   if (ctx.json) ctx.out(JSON.stringify({ ...versionJsonFields(version), stats }));
-  else ctx.out(version.uid);
+  else {
+    if (ctx.machine && verifyUnhinted) ctx.out(`verified ${stats.verified}`);
+    ctx.out(version.uid);
+  }
 }
 
 function report(
@@ -319,12 +360,18 @@ function report(
   ctx.log.info(
     `Backed up ${sourceName} as ${version.name} (${formatBytes(version.sizeBytes)}, ${stats.blocks} blocks): ` +
       `${stats.read} read, ${stats.stored} stored (${formatBytes(stats.bytesStored)}), ${stats.deduplicated} deduplicated, ` +
-      `${stats.sparse} sparse, ${stats.kept} kept from base`,
+      `${stats.sparse} sparse, ${stats.kept} kept from base` +
+      (stats.verified > 0 ? `, ${stats.verified} verified against the base` : ''),
   );
 }
 
 async function exportDiffBackup(ctx: Context, file: string, name: string, opts: BackupCliOptions) {
   checkName(name);
+  if (opts.verifyUnhinted) {
+    throw new UsageError(
+      '--verify-unhinted and --rbd-export-diff exclude each other: the export-diff carries the changed data itself, there is no source to read',
+    );
+  }
   if (opts.rbd !== undefined || opts.thinDelta !== undefined || opts.dirtyBitmap !== undefined) {
     const other =
       opts.rbd !== undefined
@@ -379,6 +426,8 @@ async function exportDiffBackup(ctx: Context, file: string, name: string, opts: 
       snapshotName,
       progress: progressBar(ctx.log),
       signal: ctx.signal,
+      forceBase: opts.forceBase ?? false,
+      onWarn: (m) => ctx.log.warn(m),
       onVersion: (v) => ctx.log.debug(`new version ${v.uid}`),
     });
     await markVersion(ctx, version, opts);

@@ -1,4 +1,4 @@
-import { parseRetentionRules, selectForRemoval } from '../../core/retention.js';
+import { futureDated, parseRetentionRules, selectForRemoval } from '../../core/retention.js';
 import { nowMicros } from '../../meta/meta-store.js';
 import type { Version } from '../../meta/meta-store.js';
 import type { Context } from '../context.js';
@@ -7,7 +7,8 @@ import { formatDate } from '../render.js';
 /**
  * `enforce RULES [NAME...] [--dry-run]`: removes the versions the rules do not keep (see
  * core/retention.ts). Only valid, unprotected versions are candidates; a version that a
- * running command holds (a lease) is skipped and kept. Does not run cleanup.
+ * running command holds (a lease) is skipped and kept. A future-dated version is kept, counted
+ * for nothing, and named in a warning. Does not run cleanup.
  */
 export async function enforceCommand(
   ctx: Context,
@@ -32,6 +33,11 @@ export async function enforceCommand(
   const inUse = new Set<string>();
   for (const l of await meta.leases()) {
     if (l.versionUid && (await meta.isLeaseAlive(l))) inUse.add(l.versionUid);
+  }
+  for (const v of futureDated([...byName.values()].flat(), now)) {
+    ctx.log.warn(
+      `version ${v.uid} (${v.name}) is dated ${formatDate(v.date)} UTC, in the future: kept, and not counted by the rules (clock skew or an import?)`,
+    );
   }
   const removed: Version[] = [];
   for (const [, versions] of byName) {
