@@ -41,6 +41,8 @@ export interface RecoverResult {
   /** Already in the database: left alone. */
   present: string[];
   problems: RecoverProblem[];
+  /** dryRun only: the labels each copy would restore (a real run records them in the database). */
+  labels: Map<string, Record<string, string>>;
 }
 
 export async function recover(opts: {
@@ -53,7 +55,7 @@ export async function recover(opts: {
   signal?: AbortSignal;
 }): Promise<RecoverResult> {
   const { meta, store, signal } = opts;
-  const result: RecoverResult = { added: [], downgraded: [], present: [], problems: [] };
+  const result: RecoverResult = { added: [], downgraded: [], present: [], problems: [], labels: new Map() };
   const held = opts.dryRun ? undefined : await hold(meta, 'recover', null);
   try {
     const copies = new Set<string>();
@@ -98,7 +100,9 @@ export async function recover(opts: {
         const content = await readVersionCopy(store, uid);
         if (!content) throw new DamagedCopyError('it disappeared while recover ran');
         if (opts.dryRun) {
-          result.added.push(versionOf(await check(content, name, uid, opts.storeId, meta)));
+          const header = await check(content, name, uid, opts.storeId, meta);
+          result.added.push(versionOf(header));
+          if (header.labels) result.labels.set(uid, header.labels);
           continue;
         }
         const checkThis = (h: ExportHeader) => checkHeader(h, uid, opts.storeId, meta);
