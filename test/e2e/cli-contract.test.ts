@@ -128,6 +128,13 @@ describe('quiet by default (cron mails carry only warnings and errors)', () => {
     await assertSameBytes(img, out);
   });
 
+  it('cleanup is quiet too; its --dry-run shows its summary without -v (that is what was asked)', async () => {
+    const dry = await sb.ok(['cleanup', '--dry-run']);
+    assert.match(dry.stderr, /^ {4}INFO: Cleanup \(dry run\): \d+ objects .* would be freed/m);
+    assert.doesNotMatch(dry.stderr, /\$ backy|Backy complete/);
+    assert.equal((await sb.ok(['cleanup'])).stderr, '');
+  });
+
   it('errors still reach stderr without -v', async () => {
     const uid = (await sb.ok(['-m', 'ls'])).stdout.split('\n')[0].split(' ')[6];
     const [{ checksum }] = query<{ checksum: string }>(
