@@ -1,12 +1,12 @@
 /**
- * Faults a bucket policy makes on a real radosgw (the shared gateway; no mock): a 403 in the
- * middle of a restore, and a 403 on the PUT of a metadata copy (a streamed request). A restore
- * that fails removes the file it created (so that the retry is not refused with "target
- * exists") and names an existing target it partly overwrote; stderr carries backy's own lines
- * only, never one of the AWS SDK's.
+ * Faults on a real radosgw (the shared gateway; no mock): a bucket policy's 403 in the middle
+ * of a restore, a bucket that does not exist, and a 403 on the PUT of a metadata copy (a
+ * streamed request). A restore that fails removes the file it created (so that the retry is
+ * not refused with "target exists") and names an existing target it partly overwrote; stderr
+ * carries backy's own lines only, never one of the AWS SDK's.
  */
 import assert from 'node:assert/strict';
-import { stat, writeFile } from 'node:fs/promises';
+import { readFile, stat, writeFile } from 'node:fs/promises';
 import { after, before, describe, it } from 'node:test';
 import { DeleteBucketPolicyCommand, PutBucketPolicyCommand } from '@aws-sdk/client-s3';
 import type { S3Client } from '@aws-sdk/client-s3';
@@ -123,6 +123,25 @@ describe('S3 faults from a bucket policy (radosgw)', { skip }, () => {
       /existing\.img is now incomplete \(partly overwritten\): restore again before using it/,
     );
     await sb.ok(['restore', '--force', uid, out]);
+    await assertSameBytes(img, out);
+  });
+
+  it('a bucket that does not exist (a typo in the config): exit 1, one line, no file left behind', async () => {
+    const cfg = await readFile(sb.config, 'utf8');
+    const out = sb.path('nobucket.img');
+    await writeFile(sb.config, cfg.replace(`bucket = ${bucket}`, `bucket = ${bucket}-typo`));
+    let r: RunResult;
+    try {
+      r = await sb.run(['restore', uid, out]);
+    } finally {
+      await writeFile(sb.config, cfg);
+    }
+    assert.equal(r.code, 1, r.stderr);
+    const errors = backyLinesOnly(r);
+    assert.equal(errors.length, 1, r.stderr);
+    assert.match(errors[0], new RegExp(`${bucket}-typo`));
+    await assert.rejects(stat(out), { code: 'ENOENT' }, 'no partial file left');
+    await sb.ok(['restore', uid, out]);
     await assertSameBytes(img, out);
   });
 
