@@ -37,7 +37,8 @@ const blocks = size / BLOCK;
 function backy(sb: Sandbox, argv: string[]): Promise<{ s: number; uid: string; log: string }> {
   const start = performance.now();
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [`${process.cwd()}/bin/backy.js`, '-c', sb.config, ...argv], {
+    // -v: the summary line printed below is INFO, on stderr only with -v.
+    const child = spawn(process.execPath, [`${process.cwd()}/bin/backy.js`, '-v', '-c', sb.config, ...argv], {
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     let out = '';

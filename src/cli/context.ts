@@ -93,7 +93,11 @@ export class Context {
         const cfg = this.config.dataBackend;
         const backend =
           probe && cfg.type === 's3'
-            ? await openBackend({ ...cfg, timeout: Math.min(cfg.timeout, PROBE_TIMEOUT_S) })
+            ? await openBackend(
+                { ...cfg, timeout: Math.min(cfg.timeout, PROBE_TIMEOUT_S) },
+                process.env,
+                this.#sdkDebug,
+              )
             : await this.#openBackend();
         let desc: Descriptor | undefined;
         try {
@@ -127,8 +131,10 @@ export class Context {
     return this.#meta;
   }
 
+  readonly #sdkDebug = (msg: string) => this.log.debug(msg);
+
   async #openBackend(): Promise<StorageBackend> {
-    this.#backend ??= await openBackend(this.config.dataBackend);
+    this.#backend ??= await openBackend(this.config.dataBackend, process.env, this.#sdkDebug);
     return this.#backend;
   }
 

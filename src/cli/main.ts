@@ -53,7 +53,8 @@ export async function main(argv: string[]): Promise<number> {
       outputError: (s) => log.error(`${s.trim().replace(/^error: /, '')} (see 'backy --help')`),
     });
 
-  // Each command: set up the context, log the start, run, log the end.
+  // Each command: set up the context, log the start, run, log the end (INFO lines: on stderr
+  // only with -v, so that cron mails carry only warnings and errors; always in the log file).
   const run =
     <A extends unknown[]>(fn: (ctx: Context, ...args: A) => Promise<void>) =>
     async (...args: A) => {

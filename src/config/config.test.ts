@@ -151,6 +151,14 @@ describe('config', () => {
     assert.deepEqual(d.encryption, { codec: 'aes-256-gcm', keyFile: '/etc/backy/k' });
     assert.equal(parse('encryption = none').encryption, undefined);
   });
+  it("a relative key_file is relative to the config file's directory, not the working directory", () => {
+    const key = (file: string, path: string) =>
+      parseConfig(`[DataBackend]\nencryption = aes-256-gcm\nkey_file = ${path}`, file, {}).dataBackend
+        .encryption?.keyFile;
+    assert.equal(key('/etc/backy/backy.cfg', 'backy.key'), '/etc/backy/backy.key');
+    assert.equal(key('/etc/backy/backy.cfg', '../keys/k'), '/etc/keys/k');
+    assert.equal(key('/etc/backy/backy.cfg', '/srv/k'), '/srv/k');
+  });
   for (const [name, text, re] of bad) {
     it(`rejects ${name}, naming the key`, () => {
       assert.throws(

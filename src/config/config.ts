@@ -8,7 +8,7 @@
  */
 import { existsSync } from 'node:fs';
 import { homedir } from 'node:os';
-import { isAbsolute, join, resolve } from 'node:path';
+import { dirname, isAbsolute, join, resolve } from 'node:path';
 import { parse as parseIni } from 'ini';
 import { ConfigError, ioReason } from '../errors.js';
 import { DEFAULT_COMPRESSION, ZSTD_MAX_LEVEL, ZSTD_MIN_LEVEL, parseCompression } from '../storage/codec.js';
@@ -258,7 +258,9 @@ export function parseConfig(text: string, file: string, env: NodeJS.ProcessEnv =
         `${file}: [DataBackend] encryption = aes-256-gcm needs key_file = PATH (create one with 'backy key create PATH')`,
       );
     }
-    cfg.dataBackend.encryption = { codec: 'aes-256-gcm', keyFile: resolve(b.key_file) };
+    // Relative to the config file, as a file that names another file is read: the same config
+    // must find the same key from cron's working directory as from a shell's.
+    cfg.dataBackend.encryption = { codec: 'aes-256-gcm', keyFile: resolve(dirname(file), b.key_file) };
   } else if (b.key_file !== undefined) {
     throw new ConfigError(
       `${file}: [DataBackend] key_file is set but encryption is not; add encryption = aes-256-gcm`,

@@ -46,6 +46,8 @@ export interface RecoverResult {
    * read unverified; the caller writes its copy again.
    */
   unverified: string[];
+  /** dryRun only: the labels each copy would restore (a real run records them in the database). */
+  labels: Map<string, Record<string, string>>;
 }
 
 export async function recover(opts: {
@@ -58,7 +60,14 @@ export async function recover(opts: {
   signal?: AbortSignal;
 }): Promise<RecoverResult> {
   const { meta, store, signal } = opts;
-  const result: RecoverResult = { added: [], downgraded: [], present: [], problems: [], unverified: [] };
+  const result: RecoverResult = {
+    added: [],
+    downgraded: [],
+    present: [],
+    problems: [],
+    unverified: [],
+    labels: new Map(),
+  };
   const held = opts.dryRun ? undefined : await hold(meta, 'recover', null);
   try {
     const copies = new Set<string>();
@@ -105,7 +114,9 @@ export async function recover(opts: {
         const content = decoded.plain;
         if (!decoded.verified) result.unverified.push(uid);
         if (opts.dryRun) {
-          result.added.push(versionOf(await check(content, name, uid, opts.storeId, meta)));
+          const header = await check(content, name, uid, opts.storeId, meta);
+          result.added.push(versionOf(header));
+          if (header.labels) result.labels.set(uid, header.labels);
           continue;
         }
         const checkThis = (h: ExportHeader) => checkHeader(h, uid, opts.storeId, meta);

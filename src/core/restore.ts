@@ -122,10 +122,11 @@ export async function restore(opts: {
     const marked = new Set<string>();
     const affected = new Set<string>();
     // rm --force took the block list away: nothing is damaged, the version is just gone.
+    // The caller adds what became of the target (removed, or incomplete).
     const removed = removalCheck(
       meta,
       version.uid,
-      `version ${version.uid} was removed while being restored; the target is incomplete`,
+      `version ${version.uid} was removed while being restored`,
     );
     for await (const r of fetched) {
       if (r.bad) {

@@ -52,7 +52,7 @@ describe('key files', () => {
     ];
     for (const [what, content, re] of cases) {
       const p = join(dir, `${what}.key`);
-      await writeFile(p, content);
+      await writeFile(p, content, { mode: 0o600 });
       await assert.rejects(
         readKeyFile(p, noPassphrase),
         (e: unknown) => e instanceof ConfigError && re.test(e.message) && !e.message.includes('\n'),
@@ -119,7 +119,7 @@ describe('key files', () => {
     ];
     for (const [what, body, re] of variants) {
       const p = join(dir, `v-${what}.key`);
-      await writeFile(p, JSON.stringify(body));
+      await writeFile(p, JSON.stringify(body), { mode: 0o600 });
       await assert.rejects(
         readKeyFile(p, given('pw')),
         (e: unknown) => e instanceof ConfigError && re.test(e.message) && !e.message.includes('\n'),

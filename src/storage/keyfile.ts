@@ -15,6 +15,8 @@
  * be stored in the metadata database and shown in messages; the key never is.
  */
 import { createHash, hkdfSync, randomBytes } from 'node:crypto';
+import { statSync } from 'node:fs';
+import { realpath } from 'node:fs/promises';
 import { ConfigError, InputError, ioReason } from '../errors.js';
 import { writeFileAtomic } from '../util/atomic-file.js';
 import { TooLargeError, readTextLimitedSync } from '../util/read-limited.js';
@@ -69,7 +71,26 @@ export type PassphraseSource = (what: string) => Promise<string>;
 
 type Parsed = { version: 1; key: Buffer } | { version: 2; wrapped: WrappedKey };
 
+/**
+ * Refuses a key file other users may read or change, as ssh refuses a loose private key: a
+ * key readable by others is as good as published, one writable by them can be swapped.
+ */
+function checkPrivate(path: string): void {
+  let mode: number;
+  try {
+    mode = statSync(path).mode & 0o777;
+  } catch (err) {
+    throw new ConfigError(`cannot read key file ${path}: ${ioReason(err)}`);
+  }
+  if ((mode & 0o077) === 0) return;
+  const what = mode & 0o044 ? 'readable' : 'accessible';
+  throw new ConfigError(
+    `key file ${path} is ${what} by others (mode ${mode.toString(8).padStart(4, '0')}): chmod 600 ${path}`,
+  );
+}
+
 function parseKeyFile(path: string): Parsed {
+  checkPrivate(path);
   let text: string;
   try {
     text = readTextLimitedSync(path, 4096);
@@ -154,7 +175,10 @@ export function isSealedKeyFile(path: string): boolean {
  * Seals the key of `path` under the passphrase `next` gives (asked after the current one is
  * found right), or stores it in the clear when `next` is undefined,
  * replacing the file atomically: a crash leaves the old file or the new one, never neither.
- * The master key, and so the store's key fingerprint, stay the same.
+ * The master key, and so the store's key fingerprint, stay the same. A symlink is followed:
+ * the file it points to is rewritten (next to itself), and the link stays a link; replacing
+ * the link would leave the real key file, the one other configs may name, under the old
+ * passphrase.
  */
 export async function rewrapKeyFile(
   path: string,
@@ -164,9 +188,10 @@ export async function rewrapKeyFile(
   const key = await readMasterKey(path, current);
   const line = await keyFileLine(key, next ? await next() : undefined);
   try {
+    const real = await realpath(path);
     // The directory fsync is best effort: some file systems refuse it, and the file is
     // already replaced by then.
-    await writeFileAtomic(path, line, { mode: 0o600, dirSync: 'best-effort' });
+    await writeFileAtomic(real, line, { mode: 0o600, dirSync: 'best-effort' });
   } catch (err) {
     throw new InputError(`cannot rewrite key file ${path}: ${ioReason(err)}`);
   }

@@ -10,6 +10,8 @@ import { DirBackend } from './dir-backend.js';
 export async function openBackend(
   cfg: Config['dataBackend'],
   env: NodeJS.ProcessEnv = process.env,
+  /** The S3 SDK's warnings (debug log). */
+  debug?: (msg: string) => void,
 ): Promise<StorageBackend> {
   if (cfg.type === 'file') return new DirBackend(cfg.path);
   const accessKeyId = cfg.accessKeyId ?? env.AWS_ACCESS_KEY_ID;
@@ -32,5 +34,6 @@ export async function openBackend(
     sessionToken: cfg.accessKeyId === undefined ? env.AWS_SESSION_TOKEN || undefined : undefined,
     maxConnections: cfg.maxConnections,
     timeoutMs: cfg.timeout * 1000,
+    debug,
   });
 }

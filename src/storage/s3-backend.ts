@@ -52,6 +52,8 @@ export interface S3Options {
   timeoutMs: number;
   /** Keys per list request (S3's maximum and default: 1000); smaller in tests. */
   listPageSize?: number;
+  /** Where the SDK's own warnings go (backy's debug log), never stderr. */
+  debug?: (msg: string) => void;
 }
 
 export class S3Backend implements StorageBackend {

@@ -9,6 +9,7 @@ import { Agent as HttpsAgent } from 'node:https';
 import type { Duplex } from 'node:stream';
 import type { Readable } from 'node:stream';
 import { S3Client } from '@aws-sdk/client-s3';
+import { errorMessage } from '../errors.js';
 import { freeBuffer } from '../util/free-buffer.js';
 import type { S3Options } from './s3-backend.js';
 
@@ -36,6 +37,10 @@ export function createS3Client(o: S3Options): { client: S3Client; agent: Agent }
     responseChecksumValidation: 'WHEN_REQUIRED',
     // Retrying is ours (bounded by timeoutMs, with our idea of transient).
     maxAttempts: 1,
+    // Without a logger the SDK writes some warnings with console.warn ("An error was
+    // encountered in a non-retryable streaming request.", beside backy's own line for the same
+    // failure): they go to the debug log. Its info lines (every request) are dropped.
+    logger: sdkLogger(o.debug),
     requestHandler: {
       httpAgent: https ? undefined : agent,
       httpsAgent: https ? agent : undefined,
@@ -44,6 +49,12 @@ export function createS3Client(o: S3Options): { client: S3Client; agent: Agent }
     },
   });
   return { client, agent };
+}
+
+function sdkLogger(debug: ((msg: string) => void) | undefined) {
+  const toDebug = (...args: unknown[]) =>
+    debug?.(`S3 client: ${args.map((a) => (typeof a === 'string' ? a : errorMessage(a))).join(' ')}`);
+  return { trace: () => {}, debug: () => {}, info: () => {}, warn: toDebug, error: toDebug };
 }
 
 /**

@@ -14,7 +14,7 @@ export interface Target {
   readonly name: string;
   /** Positional targets accept writes in any order and can leave holes; stdout cannot. */
   readonly positional: boolean;
-  /** A new file this restore made (an interrupted restore removes it again). */
+  /** A new file this restore made (a restore that fails or is interrupted removes it again). */
   readonly created: boolean;
   write(offset: number, data: Buffer): Promise<void>;
   /** Extends a file to its full size (sparse tail) and makes everything durable. */

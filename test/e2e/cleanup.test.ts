@@ -15,7 +15,8 @@ const HEADER = 16;
 
 /** `cleanup DRY OBJECTS BYTES FILES FILE_BYTES VERSIONS_REMOVED` and `removed UID` lines. */
 async function cleanup(sb: Sandbox, ...args: string[]) {
-  const r = await sb.ok(['-m', 'cleanup', ...args]);
+  // -v: what cleanup kept and why are INFO lines, on stderr only with -v.
+  const r = await sb.ok(['-v', '-m', 'cleanup', ...args]);
   const lines = r.stdout.trim().split('\n');
   const f = lines[0].split(' ').map(Number);
   return {

@@ -1,11 +1,14 @@
 /**
  * The CLI contract as the README documents it: usage exit codes, the `ls -m` field layout
- * (read by position, as `cut -d' ' -f7` or awk would), and the table's empty-snapshot cell.
+ * (read by position, as `cut -d' ' -f7` or awk would), the table's empty-snapshot cell, and
+ * quiet by default: INFO lines on stderr only with -v.
  */
 import assert from 'node:assert/strict';
+import { readFile, rm, writeFile } from 'node:fs/promises';
 import { after, before, describe, it } from 'node:test';
 import { Sandbox, assertSameBytes, runBacky } from '../lib/cli.js';
 import { writeImage } from '../lib/image.js';
+import { objectPath, query } from '../lib/store.js';
 
 const BS = 64 * 1024;
 
@@ -76,5 +79,73 @@ describe('CLI contract', () => {
     assert.equal(cells[3], '-', row); // date, name, snapshot, ...
     await sb.ok(['restore', uid, sb.path('out.img')]);
     await assertSameBytes(img, sb.path('out.img'));
+  });
+});
+
+describe('quiet by default (cron mails carry only warnings and errors)', () => {
+  let sb: Sandbox;
+  let img: string;
+  let logfile: string;
+  before(async () => {
+    sb = await Sandbox.create({ defaults: `block_size = ${BS}` });
+    logfile = sb.path('backy.log');
+    const cfg = await readFile(sb.config, 'utf8');
+    await writeFile(sb.config, cfg.replace('[DEFAULTS]\n', `[DEFAULTS]\nlogfile = ${logfile}\n`));
+    img = sb.path('disk.img');
+    await writeImage(img, {
+      blocks: 6,
+      blockSize: BS,
+      kinds: (i) => (i % 3 ? 'random' : 'zero'),
+      seed: 'quiet',
+    });
+  });
+  after(() => sb.remove());
+
+  it('backup, ls and restore print nothing on stderr without -v; the log file has their lines', async () => {
+    const b = await sb.ok(['backup', img, 'vm']);
+    const uid = b.stdout.trim().split('\n').pop()!;
+    const out = sb.path('quiet.img');
+    for (const r of [b, await sb.ok(['ls']), await sb.ok(['restore', uid, out])]) {
+      assert.equal(r.stderr, '', 'nothing on stderr');
+    }
+    await assertSameBytes(img, out);
+    const log = await readFile(logfile, 'utf8');
+    assert.match(log, /INFO: \$ backy .*backup/);
+    assert.match(log, /INFO: Backy complete\./);
+  });
+
+  it('with -v they print the start line, their summary and "Backy complete." last', async () => {
+    const b = await sb.ok(['-v', 'backup', img, 'vm']);
+    const uid = b.stdout.trim().split('\n').pop()!;
+    const out = sb.path('verbose.img');
+    const runs = [b, await sb.ok(['-v', 'ls']), await sb.ok(['-v', 'restore', uid, out])];
+    for (const r of runs) {
+      assert.match(r.stderr, /^ {4}INFO: \$ backy /m);
+      assert.match(r.stderr, / {4}INFO: Backy complete\.\n$/);
+    }
+    assert.match(runs[0].stderr, /INFO: Backed up /);
+    assert.match(runs[2].stderr, /INFO: Restored /);
+    await assertSameBytes(img, out);
+  });
+
+  it('cleanup is quiet too; its --dry-run shows its summary without -v (that is what was asked)', async () => {
+    const dry = await sb.ok(['cleanup', '--dry-run']);
+    assert.match(dry.stderr, /^ {4}INFO: Cleanup \(dry run\): \d+ objects .* would be freed/m);
+    assert.doesNotMatch(dry.stderr, /\$ backy|Backy complete/);
+    assert.equal((await sb.ok(['cleanup'])).stderr, '');
+  });
+
+  it('errors still reach stderr without -v', async () => {
+    const uid = (await sb.ok(['-m', 'ls'])).stdout.split('\n')[0].split(' ')[6];
+    const [{ checksum }] = query<{ checksum: string }>(
+      sb,
+      'SELECT checksum FROM blocks WHERE version_uid = ? AND checksum IS NOT NULL LIMIT 1',
+      uid,
+    );
+    await rm(objectPath(sb, checksum));
+    const r = await sb.run(['restore', uid, sb.path('damaged.img')]);
+    assert.equal(r.code, 3, r.stderr);
+    assert.match(r.stderr, /^ {3}ERROR: block \d+: .*missing.*; written as zeros$/m);
+    assert.doesNotMatch(r.stderr, /INFO:/);
   });
 });

@@ -53,7 +53,8 @@ function mulberry32(seed: number): () => number {
  * read, about to work); `kill()` sends SIGKILL.
  */
 function start(sb: Sandbox, args: string[], stdinFile?: string) {
-  const child = spawn(process.execPath, [BIN, '-c', sb.config, ...args], {
+  // -v: the start line (INFO, shown only with -v) says start-up is over.
+  const child = spawn(process.execPath, [BIN, '-v', '-c', sb.config, ...args], {
     cwd: sb.dir,
     stdio: [stdinFile ? 'pipe' : 'ignore', 'pipe', 'pipe'],
   });

@@ -73,7 +73,7 @@ describe('backup --dirty-bitmap', { skip }, () => {
     await mkdir(bin);
     await writeFile(
       join(bin, 'backy'),
-      `#!/bin/sh\nexec ${JSON.stringify(process.execPath)} ${JSON.stringify(BIN)} -c ${JSON.stringify(rsb.config)} "$@"\n`,
+      `#!/bin/sh\nexec ${JSON.stringify(process.execPath)} ${JSON.stringify(BIN)} -v -c ${JSON.stringify(rsb.config)} "$@"\n`,
     );
     await chmod(join(bin, 'backy'), 0o755);
     const run = spawnSync('bash', ['-c', `set -euo pipefail\n${script}`], {
@@ -104,7 +104,7 @@ describe('backup --dirty-bitmap', { skip }, () => {
     // 64 KiB in block 1, 2 MiB over blocks 10-11, 4 KiB straddling blocks 25/26.
     await qemuIo(img, 'write -P 0x55 1M 64k', 'write -P 0x66 10M 2M', `write -P 0x77 ${26 * MiB - 2048} 4k`);
     s = await serve(socket, img, ['-B', 'b1']);
-    const r = await sb.ok(['backup', '--dirty-bitmap', 'b1', '-f', full, uri(socket), 'vm@incr']);
+    const r = await sb.ok(['-v', 'backup', '--dirty-bitmap', 'b1', '-f', full, uri(socket), 'vm@incr']);
     await s.stop();
     assert.match(r.stderr, / 5 read, .* 27 kept from base/);
     assert.match(r.stderr, /hint check: 10 unhinted/);
@@ -127,7 +127,7 @@ describe('backup --dirty-bitmap', { skip }, () => {
     await qemuIo(img, 'write -P 0x55 5M 1M'); // block 5: tracked
     const afterRaw = await toRaw(img, off.path('after.raw'));
     s = await serve(socket, img, ['-B', 'b1']);
-    const r = await off.ok(['backup', '--dirty-bitmap', 'b1', '-f', full, uri(socket), 'vm@incr']);
+    const r = await off.ok(['-v', 'backup', '--dirty-bitmap', 'b1', '-f', full, uri(socket), 'vm@incr']);
     const uid = r.stdout.trim().split('\n').pop()!;
     assert.match(r.stderr, / 1 read, .* 31 kept from base/);
     // Expected: the image now, with block 16 as it was at the full backup.

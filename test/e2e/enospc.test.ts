@@ -3,11 +3,11 @@
  * root; skipped with a message otherwise). A backup that runs out of space fails with one
  * clear line and exit 1, its version stays incomplete, earlier versions restore byte for
  * byte, and once there is space again the next backup works. A restore whose target fills
- * up fails the same way and changes nothing in the store.
+ * up fails the same way, removes its partial file, and changes nothing in the store.
  */
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { mkdir, rm, statfs } from 'node:fs/promises';
+import { mkdir, rm, stat, statfs } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { Sandbox, assertSameBytes, parseLsMachine } from '../lib/cli.js';
@@ -115,8 +115,13 @@ describe('full disk (ENOSPC) on a real tmpfs', () => {
     const r = await sb.run(['restore', uid, `${tgtDir}/out.img`]);
     assert.equal(r.code, 1, r.stderr);
     const message = oneErrorLine(r.stderr);
-    assert.match(message, /^cannot (write|finish writing) .*out\.img.*: no space left on device \(ENOSPC\)$/);
+    assert.match(
+      message,
+      /^cannot (write|finish writing) .*out\.img.*: no space left on device \(ENOSPC\); restore of .* stopped; the partial file .*out\.img was removed$/,
+    );
     t.diagnostic(`restore to a full target -> exit 1: ${message}`);
+    // The partial file is gone: the space is free again and a retry is not refused as "exists".
+    await assert.rejects(stat(`${tgtDir}/out.img`), { code: 'ENOENT' });
     assert.equal((await sb.ok(['-m', 'ls'])).stdout, lsBefore, 'no version changed');
   });
 

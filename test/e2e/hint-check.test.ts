@@ -79,7 +79,7 @@ describe('hint check: discarded regions must read as zeros', () => {
       { offset: 3 * BS, length: 2 * BS, exists: 'false' },
       { offset: 7 * BS + 100, length: 1000, exists: 'true' },
     ]);
-    const r = await sb.ok(['backup', '-r', h, '-f', b0, zeroed, 'z@1']);
+    const r = await sb.ok(['-v', 'backup', '-r', h, '-f', b0, zeroed, 'z@1']);
     const uid = r.stdout.trim().split('\n').pop()!;
     assert.match(r.stderr, /hint check: .*2 discarded/);
     await sb.ok(['restore', uid, sb.path('z1.out')]);
@@ -99,7 +99,7 @@ describe('hint check: discarded regions must read as zeros', () => {
 
   it('says so when nothing is left to sample', async () => {
     const h = await hintFile('all-read.json', [{ offset: 0, length: BLOCKS * BS, exists: 'true' }]);
-    const r = await sb.ok(['backup', '-r', h, '-f', base, img, 'vm@all']);
+    const r = await sb.ok(['-v', 'backup', '-r', h, '-f', base, img, 'vm@all']);
     assert.match(r.stderr, /hint check: no unhinted or discarded blocks to sample/);
     const uid = r.stdout.trim().split('\n').pop()!;
     await sb.ok(['restore', uid, sb.path('all.out')]);

@@ -247,7 +247,7 @@ for (const e of engines) {
       const done = await restore.done();
       assert.equal(done.code, 1, done.stderr);
       assert.deepEqual(errorLines(done.stderr), [
-        `ERROR: version ${uid2} was removed while being restored; the target is incomplete`,
+        `ERROR: version ${uid2} was removed while being restored; restore of ${uid2} to stdout stopped; the output is incomplete`,
       ]);
       assert.doesNotMatch(done.stderr, /marked invalid/);
       // The restore ended: now its objects (those only the removed version used) go.

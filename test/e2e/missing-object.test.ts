@@ -58,7 +58,7 @@ describe('a dedup hit whose object file is gone', () => {
     const uid = await sb.backup([img, 'vm']);
     const victim = blockRows(sb, uid)[0].checksum!;
     await rm(objectPath(sb, victim));
-    const r = await sb.ok(['backup', img, 'vm']);
+    const r = await sb.ok(['-v', 'backup', img, 'vm']);
     assert.match(r.stderr, /1 stored \(.*\), 11 deduplicated/, r.stderr);
     assert.ok((await readFile(objectPath(sb, victim))).length > BS, 'object file present');
   });

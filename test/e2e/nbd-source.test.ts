@@ -85,7 +85,7 @@ describe('NBD URIs as sources', { skip }, () => {
     const img = await sparseQcow2('sparse.qcow2');
     const socket = sb.path('q1.sock');
     await start(qemuNbd(socket, img, 'qcow2'));
-    const r = await sb.ok(['backup', unixUri(socket), 'vm@1']);
+    const r = await sb.ok(['-v', 'backup', unixUri(socket), 'vm@1']);
     const uid = r.stdout.trim().split('\n').pop()!;
     // Blocks 0, 20, 21, 22 hold data; the holes and the zero-flagged 8 MiB are never read.
     assert.match(r.stderr, / 4 read, .* 60 sparse, 0 kept from base/);
@@ -102,7 +102,7 @@ describe('NBD URIs as sources', { skip }, () => {
     await writeFile(file, randomBytesSeeded('tcp', 3 * MiB + 4096), { flag: 'r+' });
     const port = await freePort();
     await start(qemuNbdTcp(port, file, 'raw', ['-x', 'disk']));
-    const r = await sb.ok(['backup', `nbd://127.0.0.1:${port}/disk`, 'tcp@1']);
+    const r = await sb.ok(['-v', 'backup', `nbd://127.0.0.1:${port}/disk`, 'tcp@1']);
     const uid = r.stdout.trim().split('\n').pop()!;
     assert.match(r.stderr, / 4 read, .* 12 sparse/);
     await sb.ok(['restore', uid, sb.path('tcp.restored')]);
@@ -123,7 +123,7 @@ describe('NBD URIs as sources', { skip }, () => {
     const kit = await start(
       nbdkit(socket, ['--filter=log', '--filter=delay', 'file', file, `logfile=${log}`, 'rdelay=200ms']),
     );
-    const r = await sb.ok(['backup', unixUri(socket), 'kit@1']);
+    const r = await sb.ok(['-v', 'backup', unixUri(socket), 'kit@1']);
     await kit.stop();
     assert.match(r.stderr, / 9 read, .* 23 sparse/);
     assert.equal(await bytesReadInLog(log), 9 * BS);
@@ -177,7 +177,7 @@ describe('NBD URIs as sources', { skip }, () => {
     await start(nbdkit(socket, ['--no-sr', 'file', file]));
     // Without structured replies there is no base:allocation: every block is read, and the
     // zero ones are found sparse by looking at them.
-    const r = await sb.ok(['backup', unixUri(socket), 'nosr@1']);
+    const r = await sb.ok(['-v', 'backup', unixUri(socket), 'nosr@1']);
     assert.match(r.stderr, / 8 read, .* 5 sparse/);
     const uid = r.stdout.trim().split('\n').pop()!;
     await sb.ok(['restore', uid, sb.path('nosr.restored')]);
@@ -192,7 +192,7 @@ describe('NBD URIs as sources', { skip }, () => {
     const uid = await sb.backup([file, 'own@1']);
     const server = await startServer(sb);
     try {
-      const r = await sb.ok(['backup', server.uri(uid), 'own@copy']);
+      const r = await sb.ok(['-v', 'backup', server.uri(uid), 'own@copy']);
       assert.match(r.stderr, / 5 read, .* 7 sparse/);
       const copy = r.stdout.trim().split('\n').pop()!;
       await sb.ok(['restore', copy, sb.path('own.restored')]);

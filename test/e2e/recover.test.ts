@@ -93,7 +93,25 @@ for (const e of engines) {
       assert.match(before, new RegExp(`${v4} 0 `), 'v4 is invalid');
 
       await loseDatabase(sb, engine);
-      const r = await sb.ok(['-m', 'recover']);
+      // A dry run shows what the real run brings back, labels included (-m and --json).
+      const dry = await sb.run(['-m', 'recover', '--dry-run']);
+      assert.equal(dry.stdout, before, 'recover --dry-run -m prints the ls -m lines, labels too');
+      const dryJson = JSON.parse((await sb.run(['--json', 'recover', '--dry-run'])).stdout) as {
+        recovered: { uid: string; labels: Record<string, string> }[];
+      };
+      assert.deepEqual(dryJson.recovered.find((v) => v.uid === v1)?.labels, { site: 'a', tier: 'gold' });
+      assert.deepEqual(dryJson.recovered.find((v) => v.uid === v2)?.labels, { kept: 'yes' });
+      assert.equal((await lsLines(sb)).trim(), '', 'the dry run added nothing');
+      // v4 comes back invalid: damage found, exit 3 (the dry run says so too), one line.
+      assert.equal(dry.code, 3, dry.stderr);
+      const r = await sb.run(['-m', 'recover']);
+      assert.equal(r.code, 3, r.stderr);
+      assert.deepEqual(
+        errorLines(r.stderr).map((l) => l.replace(/^ *ERROR: /, '')),
+        [
+          '1 versions were recovered as invalid (blocks missing or damaged); 3 versions were recovered in all',
+        ],
+      );
       assert.equal(r.stdout, before, 'recover prints the ls -m line of every version it added');
       assert.equal(await lsLines(sb), before, 'ls -m is identical');
       assert.doesNotMatch(before, new RegExp(v3), 'the removed version did not come back');

@@ -5,7 +5,7 @@
  */
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { writeFile } from 'node:fs/promises';
+import { stat, writeFile } from 'node:fs/promises';
 import { after, before, describe, it } from 'node:test';
 import Database from 'better-sqlite3';
 import { BIN, Sandbox, assertSameBytes, parseLsMachine } from '../lib/cli.js';
@@ -173,6 +173,38 @@ describe('S3 faults against a real radosgw', { skip }, () => {
     const out1 = sb.path('first.img');
     await sb.ok(['restore', uid1, out1]);
     await assertSameBytes(img, out1);
+  });
+
+  it('radosgw stopped mid-restore to a file: one line, exit 1, the partial file removed; the retry works', async () => {
+    await setTimeoutSeconds(TIMEOUT_S);
+    const out = sb.path('stopped.img');
+    const run = start(sb, ['restore', uid1, out]);
+    let exited = false;
+    void run.done.then(() => (exited = true));
+    for (;;) {
+      if (exited || ((await stat(out).catch(() => undefined))?.size ?? 0) > 0) break;
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    assert.ok(!exited, 'the restore was still running when the gateway stopped');
+    const pid = rgw.pid();
+    process.kill(pid, 'SIGSTOP');
+    let r;
+    try {
+      r = await run.done;
+    } finally {
+      process.kill(pid, 'SIGCONT');
+    }
+    assert.equal(r.code, 1, r.stderr);
+    oneErrorLine(
+      r.stderr,
+      new RegExp(
+        `no answer within ${TIMEOUT_S} s \\(timeout\\); restore of ${uid1} to .*stopped\\.img stopped; the partial file .* was removed`,
+      ),
+    );
+    await assert.rejects(stat(out), { code: 'ENOENT' }, 'no partial file left');
+    await setTimeoutSeconds(RELAXED_TIMEOUT_S);
+    await sb.ok(['restore', uid1, out]);
+    await assertSameBytes(img, out);
   });
 
   it('radosgw killed mid-restore: one line, exit 1, no block or object marked invalid; restores after a restart', async () => {

@@ -164,7 +164,7 @@ describe('scrub', () => {
     assert.equal(partial.code, 0, partial.stderr);
     assert.equal((await valid(sb)).get(a), false, 'a partial scrub never makes a version valid');
 
-    const full = await sb.run(['-m', 'scrub', a]);
+    const full = await sb.run(['-v', '-m', 'scrub', a]);
     assert.equal(full.code, 0, full.stderr);
     assert.equal(full.stdout.trim(), `scrub ${a} ${BLOCKS} 0 0 0 1`);
     assert.match(full.stderr, /valid again/);

@@ -238,7 +238,8 @@ describe('signals', () => {
       const exported = (await sb.ok(['export', uid, '-'])).stdoutBuf;
       await sb.ok(['rm', '--force', uid]);
       t.after(() => sb.run(['import', '-'], { input: exported })); // the restore tests' version back
-      const { child, done } = spawnBacky(sb, ['import', '-']);
+      // -v for the start line that says the import is running.
+      const { child, done } = spawnBacky(sb, ['-v', 'import', '-']);
       t.after(() => child.kill('SIGKILL'));
       child.stdin.write(exported.subarray(0, exported.length >> 1)); // half, and stdin stays open
       let started = false;

@@ -52,7 +52,8 @@ describe('sparse source files', () => {
       [101 * BS - 1, 1, 'b'],
       [301 * BS - MiB, 2 * MiB, 'c'],
     ]);
-    const r = await sb.ok(['backup', img, 'sparse']);
+    // -v: the counts are in the summary, an INFO line (on stderr only with -v).
+    const r = await sb.ok(['-v', 'backup', img, 'sparse']);
     const s = stats(r.stderr);
     assert.equal(s.blocks, 512);
     assert.equal(s.read, 4, 'blocks 3, 100, 300 and 301 only');
@@ -71,7 +72,7 @@ describe('sparse source files', () => {
       [200 * BS, BS, 'd'],
       [301 * BS - MiB, 2 * MiB, 'c'],
     ]);
-    const r2 = await sb.ok(['backup', '-f', uid, img, 'sparse']);
+    const r2 = await sb.ok(['-v', 'backup', '-f', uid, img, 'sparse']);
     const s2 = stats(r2.stderr);
     assert.equal(s2.read, 4, 'blocks 100, 200, 300 and 301');
     const uid2 = r2.stdout.trim().split('\n').pop()!;

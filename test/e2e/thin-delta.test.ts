@@ -47,7 +47,16 @@ describe(
 
     it('reads only the changed blocks and restores the new snapshot exactly', async () => {
       const base = await sb.backup([sb.path('snap1.img'), 'lv@1']);
-      const r = await sb.ok(['backup', '--thin-delta', delta, '-f', base, sb.path('snap2.img'), 'lv@2']);
+      const r = await sb.ok([
+        '-v',
+        'backup',
+        '--thin-delta',
+        delta,
+        '-f',
+        base,
+        sb.path('snap2.img'),
+        'lv@2',
+      ]);
       const uid = r.stdout.trim().split('\n').pop()!;
       // 32 blocks: 3 read (2, 20, 21), 1 discarded (10), 28 kept from the base.
       assert.match(r.stderr, /3 read, .* 1 sparse, 28 kept from base/);

@@ -58,14 +58,16 @@ export async function cleanupCommand(ctx: Context, opts: { dryRun?: boolean }) {
   if (r.sweepSkipped) {
     ctx.log.info('Files without a database entry are kept while a backup runs; run cleanup again later');
   }
-  ctx.log.info(
+  const summary =
     `Cleanup${dryRun ? ' (dry run)' : ''}: ${r.objects} objects (${formatBytes(r.bytes)}) ${would}freed` +
-      (r.unrecordedFiles > 0
-        ? `, ${r.unrecordedFiles} unrecorded object files (${formatBytes(r.unrecordedBytes)})`
-        : '') +
-      (r.tempFiles > 0 ? `, ${r.tempFiles} temp files (${formatBytes(r.tempBytes)})` : '') +
-      `, ${r.versionsRemoved.length} incomplete versions ${would}removed`,
-  );
+    (r.unrecordedFiles > 0
+      ? `, ${r.unrecordedFiles} unrecorded object files (${formatBytes(r.unrecordedBytes)})`
+      : '') +
+    (r.tempFiles > 0 ? `, ${r.tempFiles} temp files (${formatBytes(r.tempBytes)})` : '') +
+    `, ${r.versionsRemoved.length} incomplete versions ${would}removed`;
+  // A dry run's summary is what was asked for: shown without -v too.
+  if (dryRun) ctx.log.notice(summary);
+  else ctx.log.info(summary);
   if (ctx.json) {
     ctx.out(
       JSON.stringify({

@@ -6,7 +6,7 @@ import { newPassphrase, passphraseSource } from '../passphrase.js';
 export async function keyCreateCommand(ctx: Context, file: string, opts: { passphrase?: boolean } = {}) {
   const passphrase = opts.passphrase ? await newPassphrase(`key file ${file}`) : undefined;
   const keys = await createKeyFile(file, passphrase);
-  ctx.log.info(
+  ctx.log.notice(
     `Created key file ${file} (fingerprint ${keys.fingerprint.slice(0, 16)}${passphrase ? ', sealed with a passphrase' : ''}). Keep a copy somewhere safe: without it${passphrase ? ' and its passphrase' : ''} the data of a store it encrypts is lost`,
   );
   if (ctx.machine) ctx.out(`key ${keys.fingerprint}`);

@@ -63,7 +63,9 @@ export async function nbdCommand(ctx: Context, opts: NbdCliOptions): Promise<voi
     discard: Boolean(opts.discard),
     handshakeTimeoutMs,
     copies: await ctx.copies(),
-    log: (level, msg) => (level === 'warn' ? log.warn(msg) : log[level](msg)),
+    // A server's activity (connections, the new versions it makes) is its output: shown without -v.
+    log: (level, msg) =>
+      level === 'warn' ? log.warn(msg) : level === 'info' ? log.notice(msg) : log[level](msg),
   });
   let address: string;
   // The socket is created 0600: only this user may read the backups through it.
@@ -83,7 +85,7 @@ export async function nbdCommand(ctx: Context, opts: NbdCliOptions): Promise<voi
       ? 'copy-on-write, writes discarded'
       : 'copy-on-write'
     : 'read-only';
-  log.info(
+  log.notice(
     `NBD server listening on ${address} (${mode}); export names are version uids. Stop it with Ctrl-C`,
   );
   // main turns SIGINT/SIGTERM into ctx.signal; for a server that is the normal way to stop.
@@ -92,6 +94,6 @@ export async function nbdCommand(ctx: Context, opts: NbdCliOptions): Promise<voi
     else ctx.signal.addEventListener('abort', () => resolve(), { once: true });
   });
   const reason = ctx.signal.reason as InterruptedError | undefined;
-  log.info(`${reason?.signal ?? 'signal'}: stopping the NBD server`);
+  log.notice(`${reason?.signal ?? 'signal'}: stopping the NBD server`);
   await server.close();
 }

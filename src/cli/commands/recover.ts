@@ -9,7 +9,8 @@ import { formatDate, machineVersionLine, versionJsonFields } from '../render.js'
 /**
  * `recover [--dry-run] [UID...]`: adds the versions whose metadata copies the store holds and
  * the database lacks. Prints each added version (uid; `-m`: its `ls -m` line; `--json`: an
- * array). A damaged copy is one error line and exit 3, after the others are recovered.
+ * array). A damaged copy is one error line and exit 3, after the others are recovered; so is
+ * a version recovered as invalid. A dry run shows what a real run would add, labels included.
  */
 export async function recoverCommand(ctx: Context, uidArgs: string[], opts: { dryRun?: boolean }) {
   const uids = uidArgs.length > 0 ? [...new Set(uidArgs.map(parseUid))] : undefined;
@@ -44,7 +45,7 @@ export async function recoverCommand(ctx: Context, uidArgs: string[], opts: { dr
       `${r.unverified.length} metadata copies were of the old format without a checksum: read unverified, now rewritten`,
     );
   const labels = dryRun
-    ? new Map<string, Record<string, string>>()
+    ? r.labels
     : await labelsOf(
         meta,
         r.added.map((v) => v.uid),
@@ -72,9 +73,18 @@ export async function recoverCommand(ctx: Context, uidArgs: string[], opts: { dr
   ctx.log.info(
     `${r.added.length} versions ${dryRun ? 'would be ' : ''}recovered, ${r.present.length} already present, ${r.problems.length} not recoverable`,
   );
-  if (r.problems.length > 0) {
+  // Versions brought back invalid (their copy said so, or blocks are missing) are damage found,
+  // as a scrub that finds it: exit 3, whatever else went well.
+  const invalid = r.added.filter((v) => v.status === 'invalid').length;
+  const damage = [
+    r.problems.length > 0 ? `${r.problems.length} metadata copies could not be recovered (see above)` : '',
+    invalid > 0
+      ? `${invalid} versions ${dryRun ? 'would be' : 'were'} recovered as invalid (blocks missing or damaged)`
+      : '',
+  ].filter(Boolean);
+  if (damage.length > 0) {
     throw new IntegrityError(
-      `${r.problems.length} metadata copies could not be recovered (see above); ${r.added.length} versions ${dryRun ? 'would be ' : 'were '}recovered`,
+      `${damage.join('; ')}; ${r.added.length} versions ${dryRun ? 'would be ' : 'were '}recovered in all`,
     );
   }
 }

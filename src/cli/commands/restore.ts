@@ -4,7 +4,15 @@ import { sqlitePath } from '../../config/config.js';
 import { holdVersion } from '../../core/lease.js';
 import { restore } from '../../core/restore.js';
 import type { RestoreResult } from '../../core/restore.js';
-import { InputError, IntegrityError, InterruptedError } from '../../errors.js';
+import {
+  BackyError,
+  EXIT_ERROR,
+  InputError,
+  IntegrityError,
+  InterruptedError,
+  errorMessage,
+  ioReason,
+} from '../../errors.js';
 import { checkTargetOutsideStore, openTarget } from '../../target/target.js';
 import type { Target } from '../../target/target.js';
 import type { Context } from '../context.js';
@@ -60,26 +68,9 @@ export async function restoreCommand(
       signal: ctx.signal,
     });
   } catch (err) {
-    if (!(err instanceof InterruptedError) || !target) throw err;
+    if (!target) throw err;
     await target.close().catch(() => {});
-    // A partial image must not pass for a finished restore: a file made by this restore goes;
-    // an existing file or device that was partly overwritten is named as such.
-    if (
-      target.created &&
-      (await unlink(target.name).then(
-        () => true,
-        () => false,
-      ))
-    ) {
-      throw err.leaving(
-        `restore of ${uid} to ${target.name} stopped; the partial file ${target.name} was removed`,
-      );
-    }
-    throw err.leaving(
-      target.positional
-        ? `restore of ${uid} to ${target.name} stopped; ${target.name} is now incomplete (partly overwritten): restore again before using it`
-        : `restore of ${uid} to ${target.name} stopped; the output is incomplete`,
-    );
+    throw await incompleteTarget(err, uid, target);
   } finally {
     await target?.close().catch(() => {});
     await held.release();
@@ -99,6 +90,41 @@ export async function restoreCommand(
     throw new IntegrityError(
       `restore of ${uid} finished with ${result.bad.length} missing or damaged blocks written as zeros; ${recorded}`,
     );
+  }
+}
+
+/**
+ * A restore that stopped (a signal, an I/O error: S3 403, a gateway gone, a full disk) must not
+ * leave a partial image that passes for a finished one, nor block its own retry with "target
+ * exists": a file this restore created goes; an existing file (--force) or a device that was
+ * partly overwritten is named as such. The error keeps its class and exit code.
+ */
+async function incompleteTarget(err: unknown, uid: string, target: Target): Promise<unknown> {
+  const stopped = `restore of ${uid} to ${target.name} stopped`;
+  let what: string;
+  if (!target.positional) what = `${stopped}; the output is incomplete`;
+  else if (target.created) {
+    const removed = await unlink(target.name).then(
+      () => true,
+      (e: unknown) => ioReason(e),
+    );
+    what =
+      removed === true
+        ? `${stopped}; the partial file ${target.name} was removed`
+        : `${stopped}; the partial file ${target.name} could not be removed (${removed}): delete it before using it`;
+  } else {
+    what = `${stopped}; ${target.name} is now incomplete (partly overwritten): restore again before using it`;
+  }
+  if (err instanceof InterruptedError) return err.leaving(what);
+  return new RestoreStoppedError(`${errorMessage(err)}; ${what}`, err);
+}
+
+/** Any other failure of a restore with the target's fate added; the exit code is the cause's. */
+class RestoreStoppedError extends BackyError {
+  override readonly exitCode: number;
+  constructor(message: string, cause: unknown) {
+    super(message, { cause });
+    this.exitCode = cause instanceof BackyError ? cause.exitCode : EXIT_ERROR;
   }
 }
 
