@@ -188,7 +188,7 @@ describe('backup --verify-unhinted', () => {
 
   it('passes on right hints, stores only the changes, and reports how many blocks it verified', async () => {
     const right = await hints([5, 9]);
-    const r = await sb.ok(['-m', 'backup', '--verify-unhinted', '-r', right, '-f', base, img, 'vm@2']);
+    const r = await sb.ok(['-v', '-m', 'backup', '--verify-unhinted', '-r', right, '-f', base, img, 'vm@2']);
     const lines = r.stdout.trim().split('\n');
     assert.equal(lines[lines.length - 2], `verified ${BLOCKS - 2}`);
     assert.match(r.stderr, /2 read, .* 62 kept from base, 62 verified against the base/);

@@ -137,7 +137,7 @@ describe('a source grown past its -f base', () => {
       await mustRun('qemu-img', ['bitmap', '--add', img, 'b1']);
       await qemuIo(`write -P 0x55 ${MiB} 64k`);
       s = await serve(['-B', 'b1']);
-      const r = await sb.ok(['backup', '--dirty-bitmap', 'b1', '-f', full, uri, 'vm@incr']);
+      const r = await sb.ok(['-v', 'backup', '--dirty-bitmap', 'b1', '-f', full, uri, 'vm@incr']);
       await s.stop();
       await sb.ok(['restore', uidOf(r.stdout), sb.path('out.img')]);
       await mustRun('qemu-img', ['convert', '-f', 'qcow2', '-O', 'raw', img, sb.path('vm.raw')]);
