@@ -35,8 +35,11 @@ export class Wire {
     this.socket.uncork();
   }
 
+  /** Waits until the socket takes more; a failed socket (a client's reset) counts as drained. */
   async drained(): Promise<void> {
     if (!this.socket.writableNeedDrain || this.socket.destroyed) return;
-    await Promise.race([once(this.socket, 'drain'), once(this.socket, 'close')]);
+    // once() rejects on 'error': a client resetting the connection is its reader's news (the
+    // connection closed), not an internal error of the request loop.
+    await Promise.race([once(this.socket, 'drain'), once(this.socket, 'close')]).catch(() => {});
   }
 }

@@ -18,7 +18,9 @@
  *
  * Stalled handshakes (a port scanner, a stuck client) hold nothing for long: a connection that
  * has not entered transmission within the handshake timeout is closed, and at most
- * MAX_HANDSHAKES connections are in the handshake at once (others are closed at once).
+ * MAX_HANDSHAKES connections are in the handshake at once, at most MAX_HANDSHAKES_PER_PEER of
+ * them from one TCP peer address (others are closed at once), so that one peer cannot lock
+ * the others out.
  * The bounds are in limits.ts.
  */
 import { createServer } from 'node:net';
@@ -36,6 +38,7 @@ import {
   BLOCK_BUFFERS,
   HANDSHAKE_TIMEOUT_MS,
   MAX_HANDSHAKES,
+  MAX_HANDSHAKES_PER_PEER,
   MAX_REQUEST,
   SPANNING_BUDGET,
   WRITE_BUDGET,
@@ -45,7 +48,7 @@ import * as P from './protocol.js';
 import { ExportSession } from './session.js';
 import { Transmission } from './transmission.js';
 
-export { HANDSHAKE_TIMEOUT_MS, MAX_HANDSHAKES, MAX_REQUEST };
+export { HANDSHAKE_TIMEOUT_MS, MAX_HANDSHAKES, MAX_HANDSHAKES_PER_PEER, MAX_REQUEST };
 export type { LogLevel };
 
 export interface NbdServerOptions {
@@ -75,6 +78,8 @@ export class NbdServer {
   #closing = false;
   /** Connections accepted that have not entered transmission (at most MAX_HANDSHAKES). */
   #handshaking = 0;
+  /** The same per TCP peer address (a Unix socket is 0600: only this user connects). */
+  readonly #handshakingPeers = new Map<string, number>();
 
   constructor(opts: NbdServerOptions) {
     this.#opts = opts;
@@ -124,8 +129,19 @@ export class NbdServer {
       socket.destroy();
       return;
     }
+    const address = socket.remoteAddress;
+    const fromPeer = address === undefined ? 0 : (this.#handshakingPeers.get(address) ?? 0);
+    if (fromPeer >= MAX_HANDSHAKES_PER_PEER) {
+      log(
+        'warn',
+        `refused: ${MAX_HANDSHAKES_PER_PEER} connections from ${address} are already in the handshake`,
+      );
+      socket.destroy();
+      return;
+    }
     this.#sockets.add(socket);
     this.#handshaking++;
+    if (address !== undefined) this.#handshakingPeers.set(address, fromPeer + 1);
     const timeoutMs = this.#opts.handshakeTimeoutMs ?? HANDSHAKE_TIMEOUT_MS;
     let timedOut = false;
     const timer = setTimeout(() => {
@@ -138,6 +154,10 @@ export class NbdServer {
       handshaking = false;
       clearTimeout(timer);
       this.#handshaking--;
+      if (address === undefined) return;
+      const n = (this.#handshakingPeers.get(address) ?? 1) - 1;
+      if (n > 0) this.#handshakingPeers.set(address, n);
+      else this.#handshakingPeers.delete(address);
     };
     log('info', 'connected');
     const wire = new Wire(socket);
@@ -153,6 +173,7 @@ export class NbdServer {
       if (timedOut)
         log('warn', `dropped: handshake not finished within ${timeoutMs / 1000} s (--handshake-timeout)`);
       else if (err instanceof ConnectionClosed) log('info', `disconnected (${err.message})`);
+      else if (isClientReset(err)) log('info', `disconnected (the client reset the connection)`);
       else if (err instanceof DropConnection || err instanceof P.NbdProtocolError)
         log('warn', `dropped: ${err.message}`);
       else log('error', `dropped after an internal error: ${errorMessage(err)}`);
@@ -205,4 +226,10 @@ export class NbdServer {
     const t = this.#tables.get(uid);
     if (t && --t.refs <= 0) this.#tables.delete(uid);
   }
+}
+
+/** A socket error that is the client's doing (it reset or closed the connection), not ours. */
+function isClientReset(err: unknown): boolean {
+  const code = (err as NodeJS.ErrnoException | undefined)?.code;
+  return code === 'ECONNRESET' || code === 'EPIPE' || code === 'ECONNABORTED';
 }

@@ -1,4 +1,5 @@
-import { existsSync, chmodSync } from 'node:fs';
+import { chmodSync, lstatSync, unlinkSync } from 'node:fs';
+import { connect } from 'node:net';
 import { InputError, UsageError, ioReason } from '../../errors.js';
 import type { InterruptedError } from '../../errors.js';
 import { HANDSHAKE_TIMEOUT_MS, NbdServer } from '../../nbd/server.js';
@@ -51,8 +52,7 @@ function listenOn(opts: NbdCliOptions): { host: string; port: number } | { path:
 
 export async function nbdCommand(ctx: Context, opts: NbdCliOptions): Promise<void> {
   const { where, handshakeTimeoutMs } = nbdOptions(opts);
-  if ('path' in where && existsSync(where.path))
-    throw new InputError(`${JSON.stringify(where.path)} exists; remove it or choose another socket path`);
+  if ('path' in where) await removeStaleSocket(where.path, ctx);
   const meta = await ctx.meta();
   const store = await ctx.store();
   const log = ctx.log;
@@ -93,4 +93,37 @@ export async function nbdCommand(ctx: Context, opts: NbdCliOptions): Promise<voi
   const reason = ctx.signal.reason as InterruptedError | undefined;
   log.info(`${reason?.signal ?? 'signal'}: stopping the NBD server`);
   await server.close();
+}
+
+/**
+ * A socket file left by a server that was killed (kill -9, a crash) would block every restart:
+ * one nobody listens on is removed. A live server's socket, and anything not a socket, stay.
+ */
+async function removeStaleSocket(path: string, ctx: Context): Promise<void> {
+  let st;
+  try {
+    st = lstatSync(path);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return;
+    throw new InputError(`cannot use ${JSON.stringify(path)}: ${ioReason(err)}`);
+  }
+  if (!st.isSocket())
+    throw new InputError(
+      `${JSON.stringify(path)} exists and is not a socket; remove it or choose another socket path`,
+    );
+  const live = await new Promise<boolean | Error>((resolve) => {
+    const s = connect(path);
+    s.once('connect', () => {
+      s.destroy();
+      resolve(true);
+    });
+    s.once('error', (err: NodeJS.ErrnoException) => resolve(err.code === 'ECONNREFUSED' ? false : err));
+  });
+  if (live === true)
+    throw new InputError(
+      `${JSON.stringify(path)}: a server is already listening on it; stop it or choose another socket path`,
+    );
+  if (live instanceof Error) throw new InputError(`cannot use ${JSON.stringify(path)}: ${ioReason(live)}`);
+  unlinkSync(path);
+  ctx.log.info(`removed the stale socket ${JSON.stringify(path)} (nothing listened on it)`);
 }
