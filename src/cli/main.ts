@@ -295,6 +295,18 @@ export async function main(argv: string[]): Promise<number> {
       '--handshake-timeout <seconds>',
       'close a connection that has not finished the NBD handshake within this time (default 30)',
     )
+    .option(
+      '--tls-psk <file>',
+      "TLS with pre-shared keys: 'username:hexkey' lines (nbdkit's, psktool's format), mode 0600",
+    )
+    .option('--tls-cert <file>', 'TLS with this X.509 certificate (PEM); needs --tls-key')
+    .option('--tls-key <file>', 'the private key of --tls-cert (PEM)')
+    .option('--tls-ca <file>', 'with --tls-cert: require client certificates signed by this CA (PEM)')
+    .option('--tls-only', 'refuse clients that do not start TLS')
+    .option(
+      '--insecure',
+      'allow a non-loopback address without --tls-only (anyone reaching it reads every version)',
+    )
     .action(async (opts: NbdCliOptions) => {
       const { nbdCommand, nbdOptions } = await import('./commands/nbd.js');
       nbdOptions(opts); // usage errors before anything is logged

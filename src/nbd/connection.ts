@@ -14,12 +14,28 @@ export type Log = (level: LogLevel, msg: string) => void;
 export class DropConnection extends Error {}
 
 export class Wire {
-  readonly socket: Socket;
-  readonly reader: ByteReader;
+  /** The socket replies go to: the accepted one, or after STARTTLS the TLS socket over it. */
+  socket: Socket;
+  reader: ByteReader;
+  readonly #raw: Socket;
 
   constructor(socket: Socket) {
+    this.#raw = socket;
     this.socket = socket;
     this.reader = new ByteReader(socket);
+  }
+
+  /** From now on reads and replies go through `secure` (a TLS socket over the accepted one). */
+  upgrade(secure: Socket): void {
+    secure.on('error', () => {}); // seen by the reader as a closed connection
+    this.socket = secure;
+    this.reader = new ByteReader(secure);
+  }
+
+  /** Closes the connection (the TLS socket and the one under it). */
+  destroy(): void {
+    this.socket.destroy();
+    this.#raw.destroy();
   }
 
   /** Writes one reply; `sent` runs once its buffers are no longer needed. */

@@ -46,6 +46,7 @@ import {
 import { Negotiation } from './negotiation.js';
 import * as P from './protocol.js';
 import { ExportSession } from './session.js';
+import type { NbdTls } from './tls.js';
 import { Transmission } from './transmission.js';
 
 export { HANDSHAKE_TIMEOUT_MS, MAX_HANDSHAKES, MAX_HANDSHAKES_PER_PEER, MAX_REQUEST };
@@ -63,12 +64,16 @@ export interface NbdServerOptions {
   blockBuffers?: number;
   /** Milliseconds from connect to transmission before the connection is closed (default HANDSHAKE_TIMEOUT_MS). */
   handshakeTimeoutMs?: number;
+  /** NBD_OPT_STARTTLS is served with these credentials (without: refused with ERR_POLICY). */
+  tls?: NbdTls;
+  /** With tls: every option but STARTTLS and ABORT is refused until TLS is on. */
+  tlsOnly?: boolean;
 }
 
 export class NbdServer {
   readonly #opts: NbdServerOptions;
   readonly #server: Server;
-  readonly #sockets = new Set<Socket>();
+  readonly #wires = new Set<Wire>();
   readonly #connections = new Set<Promise<void>>();
   readonly #cache: BlockCache;
   readonly #tables = new Map<string, { table: Promise<BlockTable>; refs: number }>();
@@ -110,13 +115,13 @@ export class NbdServer {
   async close(): Promise<void> {
     this.#closing = true;
     const closed = new Promise<void>((resolve) => this.#server.close(() => resolve()));
-    for (const s of this.#sockets) s.destroy();
+    for (const w of this.#wires) w.destroy();
     await Promise.allSettled([...this.#connections]);
     await closed;
   }
 
   get connections(): number {
-    return this.#sockets.size;
+    return this.#wires.size;
   }
 
   async #serve(socket: Socket): Promise<void> {
@@ -139,14 +144,15 @@ export class NbdServer {
       socket.destroy();
       return;
     }
-    this.#sockets.add(socket);
+    const wire = new Wire(socket);
+    this.#wires.add(wire);
     this.#handshaking++;
     if (address !== undefined) this.#handshakingPeers.set(address, fromPeer + 1);
     const timeoutMs = this.#opts.handshakeTimeoutMs ?? HANDSHAKE_TIMEOUT_MS;
     let timedOut = false;
     const timer = setTimeout(() => {
       timedOut = true;
-      socket.destroy(); // the reader fails with ConnectionClosed; #serve cleans up as for any drop
+      wire.destroy(); // the reader fails with ConnectionClosed; #serve cleans up as for any drop
     }, timeoutMs).unref();
     let handshaking = true;
     const handshakeOver = () => {
@@ -160,10 +166,9 @@ export class NbdServer {
       else this.#handshakingPeers.delete(address);
     };
     log('info', 'connected');
-    const wire = new Wire(socket);
     const session = new ExportSession(this, this.#opts, log);
     try {
-      const negotiated = await new Negotiation(this, this.#opts, wire, session).run();
+      const negotiated = await new Negotiation(this, this.#opts, wire, session, log).run();
       if (negotiated) {
         handshakeOver();
         await new Transmission(this, wire, session, negotiated, log).run();
@@ -179,8 +184,8 @@ export class NbdServer {
       else log('error', `dropped after an internal error: ${errorMessage(err)}`);
     } finally {
       handshakeOver();
-      socket.destroy();
-      this.#sockets.delete(socket);
+      wire.destroy();
+      this.#wires.delete(wire);
       await session.close().catch((err: unknown) => log('error', errorMessage(err)));
     }
   }

@@ -43,16 +43,16 @@ export interface ServerHandle {
 let serial = 0;
 
 /**
- * Starts `backy nbd -u SOCKET ...args` (with `tcp`: `-a 127.0.0.1 -p 0`, a free port) and waits
- * until it listens.
+ * Starts `backy nbd -u SOCKET ...args` (with `tcp`: `-a 127.0.0.1 -p 0`, a free port, or `-a
+ * address`; clients connect to 127.0.0.1) and waits until it listens.
  */
 export async function startServer(
   sb: Sandbox,
   args: string[] = [],
-  opts: { tcp?: boolean; socket?: string } = {},
+  opts: { tcp?: boolean; socket?: string; address?: string } = {},
 ): Promise<ServerHandle> {
   const socket = opts.socket ?? sb.path(`nbd-${++serial}.sock`);
-  const listen = opts.tcp ? ['-a', '127.0.0.1', '-p', '0'] : ['-u', socket];
+  const listen = opts.tcp ? ['-a', opts.address ?? '127.0.0.1', '-p', '0'] : ['-u', socket];
   const child = spawn(process.execPath, [BIN, '-c', sb.config, 'nbd', ...listen, ...args], {
     cwd: sb.dir,
     stdio: ['ignore', 'pipe', 'pipe'],
@@ -69,7 +69,7 @@ export async function startServer(
     }
     await new Promise((r) => setTimeout(r, 20));
   }
-  const port = opts.tcp ? Number(/NBD server listening on 127\.0\.0\.1:(\d+)/.exec(err)?.[1]) : undefined;
+  const port = opts.tcp ? Number(/NBD server listening on [^\s]*:(\d+) /.exec(err)?.[1]) : undefined;
   return {
     child,
     socket,

@@ -3,6 +3,8 @@ import { connect } from 'node:net';
 import { InputError, UsageError, ioReason } from '../../errors.js';
 import type { InterruptedError } from '../../errors.js';
 import { HANDSHAKE_TIMEOUT_MS, NbdServer } from '../../nbd/server.js';
+import { NbdTls } from '../../nbd/tls.js';
+import type { TlsFiles } from '../../nbd/tls.js';
 import type { Context } from '../context.js';
 
 export interface NbdCliOptions {
@@ -12,6 +14,12 @@ export interface NbdCliOptions {
   write?: boolean;
   discard?: boolean;
   handshakeTimeout?: string;
+  tlsCert?: string;
+  tlsKey?: string;
+  tlsCa?: string;
+  tlsPsk?: string;
+  tlsOnly?: boolean;
+  insecure?: boolean;
 }
 
 /** Longest --handshake-timeout: a day is already far beyond any client's need. */
@@ -21,8 +29,40 @@ const MAX_HANDSHAKE_TIMEOUT_S = 86_400;
 export function nbdOptions(opts: NbdCliOptions): {
   where: { host: string; port: number } | { path: string };
   handshakeTimeoutMs: number;
+  tls: TlsFiles | undefined;
 } {
-  return { where: listenOn(opts), handshakeTimeoutMs: handshakeTimeoutMs(opts.handshakeTimeout) };
+  const where = listenOn(opts);
+  const tls = tlsFiles(opts);
+  if ('host' in where && !isLoopback(where.host) && !(tls && opts.tlsOnly) && !opts.insecure)
+    throw new UsageError(
+      `${where.host} is not a loopback address: anyone who can reach it could read every version; serve it with --tls-psk FILE (or --tls-cert/--tls-key) and --tls-only, or give --insecure`,
+    );
+  return { where, handshakeTimeoutMs: handshakeTimeoutMs(opts.handshakeTimeout), tls };
+}
+
+function tlsFiles(opts: NbdCliOptions): TlsFiles | undefined {
+  const { tlsCert: cert, tlsKey: key, tlsCa: ca, tlsPsk: psk } = opts;
+  if (psk !== undefined && (cert !== undefined || key !== undefined || ca !== undefined))
+    throw new UsageError('--tls-psk and --tls-cert/--tls-key/--tls-ca exclude each other');
+  if ((cert === undefined) !== (key === undefined))
+    throw new UsageError('--tls-cert and --tls-key go together');
+  if (ca !== undefined && cert === undefined) throw new UsageError('--tls-ca needs --tls-cert and --tls-key');
+  for (const [flag, v] of [
+    ['--tls-cert', cert],
+    ['--tls-key', key],
+    ['--tls-ca', ca],
+    ['--tls-psk', psk],
+  ])
+    if (v === '') throw new UsageError(`${flag} needs a file`);
+  const files = psk !== undefined ? { psk } : cert !== undefined ? { cert, key, ca } : undefined;
+  if (opts.tlsOnly && !files) throw new UsageError('--tls-only needs --tls-psk FILE or --tls-cert/--tls-key');
+  return files;
+}
+
+/** 127.0.0.0/8, ::1 (also IPv4-mapped) and localhost: only local processes can connect. */
+function isLoopback(host: string): boolean {
+  const h = host.toLowerCase().replace(/^::ffff:/, '');
+  return h === 'localhost' || h === '::1' || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(h);
 }
 
 function handshakeTimeoutMs(value: string | undefined): number {
@@ -51,7 +91,8 @@ function listenOn(opts: NbdCliOptions): { host: string; port: number } | { path:
 }
 
 export async function nbdCommand(ctx: Context, opts: NbdCliOptions): Promise<void> {
-  const { where, handshakeTimeoutMs } = nbdOptions(opts);
+  const { where, handshakeTimeoutMs, tls: tlsFiles } = nbdOptions(opts);
+  const tls = tlsFiles && NbdTls.load(tlsFiles);
   if ('path' in where) await removeStaleSocket(where.path, ctx);
   const meta = await ctx.meta();
   const store = await ctx.store();
@@ -62,6 +103,8 @@ export async function nbdCommand(ctx: Context, opts: NbdCliOptions): Promise<voi
     writable: Boolean(opts.write),
     discard: Boolean(opts.discard),
     handshakeTimeoutMs,
+    tls,
+    tlsOnly: Boolean(opts.tlsOnly),
     log: (level, msg) => (level === 'warn' ? log.warn(msg) : log[level](msg)),
   });
   let address: string;
@@ -82,8 +125,11 @@ export async function nbdCommand(ctx: Context, opts: NbdCliOptions): Promise<voi
       ? 'copy-on-write, writes discarded'
       : 'copy-on-write'
     : 'read-only';
+  const security = tls
+    ? `TLS ${tls.kind === 'psk' ? 'PSK' : 'X.509'}${opts.tlsOnly ? ' required' : ' offered, plaintext allowed'}`
+    : 'no TLS';
   log.info(
-    `NBD server listening on ${address} (${mode}); export names are version uids. Stop it with Ctrl-C`,
+    `NBD server listening on ${address} (${mode}, ${security}); export names are version uids. Stop it with Ctrl-C`,
   );
   // main turns SIGINT/SIGTERM into ctx.signal; for a server that is the normal way to stop.
   await new Promise<void>((resolve) => {
