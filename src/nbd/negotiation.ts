@@ -41,6 +41,7 @@ export class Negotiation {
   readonly #log: Log;
   #noZeroes = false;
   #secure = false;
+  #toldTlsRequired = false;
   #structured = false;
   #meta: MetaSelection | undefined;
 
@@ -82,6 +83,8 @@ export class Negotiation {
         if (option === P.OPT.EXPORT_NAME)
           throw new DropConnection('NBD_OPT_EXPORT_NAME without TLS (--tls-only)');
         this.#reply(option, P.REP.ERR_TLS_REQD, 'this server requires TLS (NBD_OPT_STARTTLS; nbds:// URIs)');
+        if (!this.#toldTlsRequired) this.#log('info', `refused option ${option} without TLS (--tls-only)`);
+        this.#toldTlsRequired = true;
         continue;
       }
       try {

@@ -204,7 +204,7 @@ describe('backy nbd -w: a client that leaves without NBD_CMD_DISC', () => {
   );
 });
 
-describe('backy nbd -w through nbdfuse (the README recipe)', () => {
+describe('backy nbd -w through nbdfuse, written directly', () => {
   let skip = nbdClientsMissing();
   if (!skip && process.getuid?.() !== 0) skip = 'not root: FUSE mounts need root here';
   if (!skip && !existsSync('/dev/fuse')) skip = 'no /dev/fuse';
@@ -259,6 +259,72 @@ describe('backy nbd -w through nbdfuse (the README recipe)', () => {
     await pwrite(expected, at, patch);
     await sb.ok(['restore', m[1], sb.path('fuse.out')]);
     await assertSameBytes(expected, sb.path('fuse.out'));
+  });
+});
+
+describe('backy nbd -w through nbdfuse and a read-write loop mount (the README recipe)', () => {
+  let skip = nbdClientsMissing(['mkfs.ext4', 'mount', 'umount', 'debugfs']);
+  if (!skip && process.getuid?.() !== 0) skip = 'not root: loop mounts need root';
+  if (!skip && !existsSync('/dev/fuse')) skip = 'no /dev/fuse';
+  let sb: Sandbox;
+
+  before(async () => {
+    sb = await Sandbox.create({ defaults: `block_size = ${BS}` });
+  });
+  after(async () => sb?.remove());
+
+  it('mount, write a file, unmount: the new version holds the file', { skip }, async () => {
+    const tree = sb.path('tree');
+    await mkdir(tree);
+    await writeFile(`${tree}/old.txt`, 'old\n');
+    const img = sb.path('fs.img');
+    await mustRun('mkfs.ext4', ['-q', '-F', '-d', tree, img, '16M']);
+    const fsUid = await sb.backup([img, 'fs']);
+    const srv = await startServer(sb, ['-w']);
+    const fuseDir = sb.path('fuse');
+    const mnt = sb.path('mnt');
+    await mkdir(fuseDir);
+    await mkdir(mnt);
+    const fuse = spawn('nbdfuse', [fuseDir, srv.uri(fsUid)], { stdio: ['ignore', 'ignore', 'pipe'] });
+    let fuseErr = '';
+    fuse.stderr.on('data', (b: Buffer) => (fuseErr += b.toString()));
+    const exited = new Promise((r) => fuse.once('exit', r));
+    const content = randomBytesSeeded('new-file', 300_000 + 17);
+    let mounted = false;
+    try {
+      const deadline = Date.now() + 15_000;
+      while (!(await stat(`${fuseDir}/nbd`).catch(() => undefined))) {
+        if (Date.now() > deadline || fuse.exitCode !== null)
+          throw new Error(`nbdfuse did not come up: ${fuseErr}`);
+        await new Promise((r) => setTimeout(r, 50));
+      }
+      await mustRun('mount', ['-o', 'loop', '-t', 'ext4', `${fuseDir}/nbd`, mnt]);
+      mounted = true;
+      await writeFile(`${mnt}/new.bin`, content);
+      await mustRun('umount', [mnt]);
+      mounted = false;
+      await mustRun('umount', [fuseDir]);
+      await exited;
+      await logged(srv, /new version [0-9a-f-]{36} .*is complete and valid/);
+    } finally {
+      if (mounted) await run('umount', [mnt]);
+      await run('umount', [fuseDir]);
+      if (fuse.exitCode === null) {
+        fuse.kill('SIGTERM');
+        await exited;
+      }
+      await stopClean(srv);
+    }
+    const m = /new version ([0-9a-f-]{36}) \(fs\+nbd, base [0-9a-f-]{36}\) is complete and valid/.exec(
+      srv.stderr(),
+    );
+    assert.ok(m, srv.stderr());
+    const restored = sb.path('fs.out');
+    await sb.ok(['restore', m[1], restored]);
+    await mustRun('debugfs', ['-R', `dump /new.bin ${sb.path('new.bin')}`, restored]);
+    assert.deepEqual(await readFile(sb.path('new.bin')), content);
+    await mustRun('debugfs', ['-R', `dump /old.txt ${sb.path('old.txt')}`, restored]);
+    assert.equal(await readFile(sb.path('old.txt'), 'utf8'), 'old\n');
   });
 });
 
