@@ -4,7 +4,9 @@
  * (session.ts); and what connections share (block cache, block tables, budgets).
  * Export names are version uids. Each connection holds an 'nbd' lease on the version it
  * serves (rm and cleanup keep it), and with `writable` writes into a new version of its own
- * (ExportWriter), completed on a clean disconnect (NBD_CMD_DISC) or removed with `discard`.
+ * (ExportWriter), completed when the connection ends, with NBD_CMD_DISC or without (what the
+ * client saw acknowledged is kept), or removed with `discard`. With TLS credentials the
+ * handshake offers NBD_OPT_STARTTLS (tls.ts), and with `tlsOnly` requires it.
  *
  * Hostile clients: anything malformed gets the protocol's error where the protocol has one
  * (unknown options and commands, reads past the end, oversized requests) and a dropped
