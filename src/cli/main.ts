@@ -289,7 +289,7 @@ export async function main(argv: string[]): Promise<number> {
     .option('-a, --address <address>', 'address to listen on (default 127.0.0.1)')
     .option('-p, --port <port>', 'TCP port (default 10809)')
     .option('-u, --socket <path>', 'listen on a Unix socket (created 0600) instead of TCP')
-    .option('-w, --write', 'copy-on-write: writes go to a new version, completed at a clean disconnect')
+    .option('-w, --write', 'copy-on-write: writes go to a new version, completed when the client disconnects')
     .option('--discard', 'with -w: throw the writes away at disconnect')
     .option(
       '--handshake-timeout <seconds>',
