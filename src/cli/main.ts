@@ -295,11 +295,23 @@ export async function main(argv: string[]): Promise<number> {
     .option('-a, --address <address>', 'address to listen on (default 127.0.0.1)')
     .option('-p, --port <port>', 'TCP port (default 10809)')
     .option('-u, --socket <path>', 'listen on a Unix socket (created 0600) instead of TCP')
-    .option('-w, --write', 'copy-on-write: writes go to a new version, completed at a clean disconnect')
+    .option('-w, --write', 'copy-on-write: writes go to a new version, completed when the client disconnects')
     .option('--discard', 'with -w: throw the writes away at disconnect')
     .option(
       '--handshake-timeout <seconds>',
       'close a connection that has not finished the NBD handshake within this time (default 30)',
+    )
+    .option(
+      '--tls-psk <file>',
+      "TLS with pre-shared keys: 'username:hexkey' lines (nbdkit's, psktool's format), mode 0600",
+    )
+    .option('--tls-cert <file>', 'TLS with this X.509 certificate (PEM); needs --tls-key')
+    .option('--tls-key <file>', 'the private key of --tls-cert (PEM)')
+    .option('--tls-ca <file>', 'with --tls-cert: require client certificates signed by this CA (PEM)')
+    .option('--tls-only', 'refuse clients that do not start TLS')
+    .option(
+      '--insecure',
+      'allow a non-loopback address without --tls-only (anyone reaching it reads every version)',
     )
     .action(async (opts: NbdCliOptions) => {
       const { nbdCommand, nbdOptions } = await import('./commands/nbd.js');

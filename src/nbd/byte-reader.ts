@@ -9,14 +9,26 @@ import { ChunkReader } from './chunk-reader.js';
  */
 export class ByteReader extends ChunkReader {
   readonly #socket: Socket;
+  readonly #onData = (b: Buffer) => {
+    if (!this.push(b)) this.#socket.pause();
+  };
 
   constructor(socket: Socket) {
     super();
     this.#socket = socket;
-    socket.on('data', (b: Buffer) => {
-      if (!this.push(b)) socket.pause();
-    });
+    socket.on('data', this.#onData);
     this.watchEnd(socket);
+  }
+
+  /** Bytes received and not read yet. */
+  get unread(): number {
+    return this.buffered;
+  }
+
+  /** Stops taking the socket's bytes (another reader, TLS, takes over): paused until then. */
+  detach(): void {
+    this.#socket.off('data', this.#onData);
+    this.#socket.pause();
   }
 
   protected resume(): void {

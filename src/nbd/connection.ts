@@ -14,12 +14,28 @@ export type Log = (level: LogLevel, msg: string) => void;
 export class DropConnection extends Error {}
 
 export class Wire {
-  readonly socket: Socket;
-  readonly reader: ByteReader;
+  /** The socket replies go to: the accepted one, or after STARTTLS the TLS socket over it. */
+  socket: Socket;
+  reader: ByteReader;
+  readonly #raw: Socket;
 
   constructor(socket: Socket) {
+    this.#raw = socket;
     this.socket = socket;
     this.reader = new ByteReader(socket);
+  }
+
+  /** From now on reads and replies go through `secure` (a TLS socket over the accepted one). */
+  upgrade(secure: Socket): void {
+    secure.on('error', () => {}); // seen by the reader as a closed connection
+    this.socket = secure;
+    this.reader = new ByteReader(secure);
+  }
+
+  /** Closes the connection (the TLS socket and the one under it). */
+  destroy(): void {
+    this.socket.destroy();
+    this.#raw.destroy();
   }
 
   /** Writes one reply; `sent` runs once its buffers are no longer needed. */
@@ -35,8 +51,11 @@ export class Wire {
     this.socket.uncork();
   }
 
+  /** Waits until the socket takes more; a failed socket (a client's reset) counts as drained. */
   async drained(): Promise<void> {
     if (!this.socket.writableNeedDrain || this.socket.destroyed) return;
-    await Promise.race([once(this.socket, 'drain'), once(this.socket, 'close')]);
+    // once() rejects on 'error': a client resetting the connection is its reader's news (the
+    // connection closed), not an internal error of the request loop.
+    await Promise.race([once(this.socket, 'drain'), once(this.socket, 'close')]).catch(() => {});
   }
 }

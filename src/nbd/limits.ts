@@ -29,3 +29,9 @@ export const HANDSHAKE_TIMEOUT_MS = 30_000;
  * less than the block buffers, until the timeout frees them.
  */
 export const MAX_HANDSHAKES = 32;
+/**
+ * Connections in the handshake at once from one peer address (TCP): a single peer holding
+ * idle sockets open, or reconnecting as each times out, cannot take all MAX_HANDSHAKES places
+ * and lock every other client out. nbdcopy opens 4 connections at once; qemu 1 per drive.
+ */
+export const MAX_HANDSHAKES_PER_PEER = 8;

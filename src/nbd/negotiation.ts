@@ -4,8 +4,15 @@
  * NBD_OPT_ABORT. Unknown and malformed options get the protocol's errors; what the protocol
  * has no answer for (bad magic, unknown client flags, an unknown NBD_OPT_EXPORT_NAME, too many
  * options) drops the connection.
+ *
+ * TLS (NBD_OPT_STARTTLS, with --tls-psk or --tls-cert): the reply is sent in plaintext, then
+ * the TLS handshake, then haggling goes on encrypted with what was negotiated before
+ * forgotten. Bytes that arrived after STARTTLS and before its reply could only have been
+ * injected by someone on the path: the connection is dropped. With --tls-only every option
+ * but STARTTLS and ABORT is refused with NBD_REP_ERR_TLS_REQD until TLS is on (the
+ * protocol's FORCEDTLS), and NBD_OPT_EXPORT_NAME, which has no error reply, drops.
  */
-import type { Wire } from './connection.js';
+import type { Log, Wire } from './connection.js';
 import { DropConnection } from './connection.js';
 import { MAX_OPTIONS, MAX_OPTION_DATA, MAX_REQUEST } from './limits.js';
 import * as P from './protocol.js';
@@ -31,15 +38,19 @@ export class Negotiation {
   readonly #opts: NbdServerOptions;
   readonly #wire: Wire;
   readonly #session: ExportSession;
+  readonly #log: Log;
   #noZeroes = false;
+  #secure = false;
+  #toldTlsRequired = false;
   #structured = false;
   #meta: MetaSelection | undefined;
 
-  constructor(server: NbdServer, opts: NbdServerOptions, wire: Wire, session: ExportSession) {
+  constructor(server: NbdServer, opts: NbdServerOptions, wire: Wire, session: ExportSession, log: Log) {
     this.#server = server;
     this.#opts = opts;
     this.#wire = wire;
     this.#session = session;
+    this.#log = log;
   }
 
   /** Greets and haggles; the negotiated state once transmission starts, undefined on NBD_OPT_ABORT. */
@@ -67,6 +78,14 @@ export class Negotiation {
       if (this.#server.closing) {
         this.#reply(option, P.REP.ERR_SHUTDOWN, 'the server is shutting down');
         throw new DropConnection('server shutting down');
+      }
+      if (this.#opts.tlsOnly && !this.#secure && option !== P.OPT.STARTTLS && option !== P.OPT.ABORT) {
+        if (option === P.OPT.EXPORT_NAME)
+          throw new DropConnection('NBD_OPT_EXPORT_NAME without TLS (--tls-only)');
+        this.#reply(option, P.REP.ERR_TLS_REQD, 'this server requires TLS (NBD_OPT_STARTTLS; nbds:// URIs)');
+        if (!this.#toldTlsRequired) this.#log('info', `refused option ${option} without TLS (--tls-only)`);
+        this.#toldTlsRequired = true;
+        continue;
       }
       try {
         const done = await this.#option(option, data);
@@ -174,12 +193,43 @@ export class Negotiation {
         return undefined;
       }
       case OPT.STARTTLS:
-        this.#reply(option, REP.ERR_POLICY, 'TLS is not supported; use a Unix socket or loopback');
+        await this.#startTls(data);
         return undefined;
       default:
         this.#reply(option, REP.ERR_UNSUP, `option ${option} is not supported`);
         return undefined;
     }
+  }
+
+  async #startTls(data: Buffer): Promise<void> {
+    const { OPT, REP } = P;
+    const tls = this.#opts.tls;
+    if (!tls) return this.#reply(OPT.STARTTLS, REP.ERR_POLICY, 'TLS is not configured on this server');
+    if (data.length !== 0)
+      return this.#reply(OPT.STARTTLS, REP.ERR_INVALID, 'NBD_OPT_STARTTLS takes no data');
+    if (this.#secure) return this.#reply(OPT.STARTTLS, REP.ERR_INVALID, 'TLS is already on');
+    if (this.#wire.reader.unread > 0)
+      throw new DropConnection('data after NBD_OPT_STARTTLS, before its reply');
+    // Nothing more may be read in plaintext: the next bytes are the client's TLS hello.
+    this.#wire.reader.detach();
+    const raw = this.#wire.socket;
+    this.#wire.send(P.encodeOptionReply(OPT.STARTTLS, REP.ACK, Buffer.alloc(0)));
+    let secured;
+    try {
+      secured = await tls.upgrade(raw);
+    } catch (err) {
+      throw new DropConnection((err as Error).message);
+    }
+    this.#wire.upgrade(secured.socket);
+    this.#secure = true;
+    // What was negotiated in plaintext could have been altered on the way: start afresh.
+    this.#structured = false;
+    this.#meta = undefined;
+    const { protocol, cipher, peer } = secured.info;
+    this.#log(
+      'info',
+      `TLS on (${protocol}, ${cipher}${peer ? `, ${tls.kind === 'psk' ? 'PSK user' : 'client'} ${peer}` : ''})`,
+    );
   }
 
   #flags(): number {

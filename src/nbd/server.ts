@@ -4,7 +4,9 @@
  * (session.ts); and what connections share (block cache, block tables, budgets).
  * Export names are version uids. Each connection holds an 'nbd' lease on the version it
  * serves (rm and cleanup keep it), and with `writable` writes into a new version of its own
- * (ExportWriter), completed on a clean disconnect (NBD_CMD_DISC) or removed with `discard`.
+ * (ExportWriter), completed when the connection ends, with NBD_CMD_DISC or without (what the
+ * client saw acknowledged is kept), or removed with `discard`. With TLS credentials the
+ * handshake offers NBD_OPT_STARTTLS (tls.ts), and with `tlsOnly` requires it.
  *
  * Hostile clients: anything malformed gets the protocol's error where the protocol has one
  * (unknown options and commands, reads past the end, oversized requests) and a dropped
@@ -18,7 +20,9 @@
  *
  * Stalled handshakes (a port scanner, a stuck client) hold nothing for long: a connection that
  * has not entered transmission within the handshake timeout is closed, and at most
- * MAX_HANDSHAKES connections are in the handshake at once (others are closed at once).
+ * MAX_HANDSHAKES connections are in the handshake at once, at most MAX_HANDSHAKES_PER_PEER of
+ * them from one TCP peer address (others are closed at once), so that one peer cannot lock
+ * the others out.
  * The bounds are in limits.ts.
  */
 import { createServer } from 'node:net';
@@ -37,6 +41,7 @@ import {
   BLOCK_BUFFERS,
   HANDSHAKE_TIMEOUT_MS,
   MAX_HANDSHAKES,
+  MAX_HANDSHAKES_PER_PEER,
   MAX_REQUEST,
   SPANNING_BUDGET,
   WRITE_BUDGET,
@@ -44,9 +49,10 @@ import {
 import { Negotiation } from './negotiation.js';
 import * as P from './protocol.js';
 import { ExportSession } from './session.js';
+import type { NbdTls } from './tls.js';
 import { Transmission } from './transmission.js';
 
-export { HANDSHAKE_TIMEOUT_MS, MAX_HANDSHAKES, MAX_REQUEST };
+export { HANDSHAKE_TIMEOUT_MS, MAX_HANDSHAKES, MAX_HANDSHAKES_PER_PEER, MAX_REQUEST };
 export type { LogLevel };
 
 export interface NbdServerOptions {
@@ -63,12 +69,16 @@ export interface NbdServerOptions {
   handshakeTimeoutMs?: number;
   /** Keeps the store's metadata copies in step (a completed -w version, damage met by a read). */
   copies?: CopyKeeper;
+  /** NBD_OPT_STARTTLS is served with these credentials (without: refused with ERR_POLICY). */
+  tls?: NbdTls;
+  /** With tls: every option but STARTTLS and ABORT is refused until TLS is on. */
+  tlsOnly?: boolean;
 }
 
 export class NbdServer {
   readonly #opts: NbdServerOptions;
   readonly #server: Server;
-  readonly #sockets = new Set<Socket>();
+  readonly #wires = new Set<Wire>();
   readonly #connections = new Set<Promise<void>>();
   readonly #cache: BlockCache;
   readonly #tables = new Map<string, { table: Promise<BlockTable>; refs: number }>();
@@ -80,6 +90,8 @@ export class NbdServer {
   #closing = false;
   /** Connections accepted that have not entered transmission (at most MAX_HANDSHAKES). */
   #handshaking = 0;
+  /** The same per TCP peer address (a Unix socket is 0600: only this user connects). */
+  readonly #handshakingPeers = new Map<string, number>();
 
   constructor(opts: NbdServerOptions) {
     this.#opts = opts;
@@ -110,7 +122,7 @@ export class NbdServer {
   async close(): Promise<void> {
     this.#closing = true;
     const closed = new Promise<void>((resolve) => this.#server.close(() => resolve()));
-    for (const s of this.#sockets) s.destroy();
+    for (const w of this.#wires) w.destroy();
     await Promise.allSettled([...this.#connections]);
     await closed;
     await this.#copyUpdates;
@@ -128,7 +140,7 @@ export class NbdServer {
   }
 
   get connections(): number {
-    return this.#sockets.size;
+    return this.#wires.size;
   }
 
   async #serve(socket: Socket): Promise<void> {
@@ -141,13 +153,25 @@ export class NbdServer {
       socket.destroy();
       return;
     }
-    this.#sockets.add(socket);
+    const address = socket.remoteAddress;
+    const fromPeer = address === undefined ? 0 : (this.#handshakingPeers.get(address) ?? 0);
+    if (fromPeer >= MAX_HANDSHAKES_PER_PEER) {
+      log(
+        'warn',
+        `refused: ${MAX_HANDSHAKES_PER_PEER} connections from ${address} are already in the handshake`,
+      );
+      socket.destroy();
+      return;
+    }
+    const wire = new Wire(socket);
+    this.#wires.add(wire);
     this.#handshaking++;
+    if (address !== undefined) this.#handshakingPeers.set(address, fromPeer + 1);
     const timeoutMs = this.#opts.handshakeTimeoutMs ?? HANDSHAKE_TIMEOUT_MS;
     let timedOut = false;
     const timer = setTimeout(() => {
       timedOut = true;
-      socket.destroy(); // the reader fails with ConnectionClosed; #serve cleans up as for any drop
+      wire.destroy(); // the reader fails with ConnectionClosed; #serve cleans up as for any drop
     }, timeoutMs).unref();
     let handshaking = true;
     const handshakeOver = () => {
@@ -155,12 +179,15 @@ export class NbdServer {
       handshaking = false;
       clearTimeout(timer);
       this.#handshaking--;
+      if (address === undefined) return;
+      const n = (this.#handshakingPeers.get(address) ?? 1) - 1;
+      if (n > 0) this.#handshakingPeers.set(address, n);
+      else this.#handshakingPeers.delete(address);
     };
     log('info', 'connected');
-    const wire = new Wire(socket);
     const session = new ExportSession(this, this.#opts, log);
     try {
-      const negotiated = await new Negotiation(this, this.#opts, wire, session).run();
+      const negotiated = await new Negotiation(this, this.#opts, wire, session, log).run();
       if (negotiated) {
         handshakeOver();
         await new Transmission(this, wire, session, negotiated, log).run();
@@ -170,13 +197,14 @@ export class NbdServer {
       if (timedOut)
         log('warn', `dropped: handshake not finished within ${timeoutMs / 1000} s (--handshake-timeout)`);
       else if (err instanceof ConnectionClosed) log('info', `disconnected (${err.message})`);
+      else if (isClientReset(err)) log('info', `disconnected (the client reset the connection)`);
       else if (err instanceof DropConnection || err instanceof P.NbdProtocolError)
         log('warn', `dropped: ${err.message}`);
       else log('error', `dropped after an internal error: ${errorMessage(err)}`);
     } finally {
       handshakeOver();
-      socket.destroy();
-      this.#sockets.delete(socket);
+      wire.destroy();
+      this.#wires.delete(wire);
       await session.close().catch((err: unknown) => log('error', errorMessage(err)));
     }
   }
@@ -222,4 +250,10 @@ export class NbdServer {
     const t = this.#tables.get(uid);
     if (t && --t.refs <= 0) this.#tables.delete(uid);
   }
+}
+
+/** A socket error that is the client's doing (it reset or closed the connection), not ours. */
+function isClientReset(err: unknown): boolean {
+  const code = (err as NodeJS.ErrnoException | undefined)?.code;
+  return code === 'ECONNRESET' || code === 'EPIPE' || code === 'ECONNABORTED';
 }

@@ -1,8 +1,9 @@
 /**
  * What one NBD connection holds on the version it serves: the 'nbd' lease (rm and cleanup keep
  * the version), the shared block table, and with -w the new version it writes into under a
- * lease of its own. close() finishes the new version (completed after a clean disconnect,
- * removed otherwise) and gives everything back, whatever point opening had reached.
+ * lease of its own. close() finishes the new version (completed, whether or not the client
+ * sent NBD_CMD_DISC; removed with --discard) and gives everything back, whatever point opening
+ * had reached.
  */
 import { blockCount } from '../blocks/blocks.js';
 import { keepLeaseAlive } from '../core/lease.js';
@@ -24,6 +25,7 @@ export class ExportSession {
   cleanDisconnect = false;
   /** A write, trim or zero reached the writer: without one no new version is kept. */
   wrote = false;
+  #removedReported = false;
 
   constructor(server: NbdServer, opts: NbdServerOptions, log: Log) {
     this.#server = server;
@@ -94,42 +96,70 @@ export class ExportSession {
     );
   }
 
+  /**
+   * Logs a failed write or flush, and returns the reason for the client. A version removed
+   * under the writer (rm --force) fails every later write on a database constraint: that is
+   * said once, in words, rather than as one constraint error per request.
+   */
+  async writeFailed(what: string, err: unknown): Promise<string> {
+    const uid = this.#writer?.newVersion.uid;
+    if (uid && !(await this.#opts.meta.findVersion(uid).catch(() => true))) {
+      if (!this.#removedReported)
+        this.#log('warn', `new version ${uid} was removed (rm --force): writes to it fail from now on`);
+      this.#removedReported = true;
+      return `version ${uid} was removed`;
+    }
+    this.#log('error', `${what} failed: ${errorMessage(err)}`);
+    return errorMessage(err);
+  }
+
   #onBad = (idx: number, reason: string) => {
     this.#log('error', `block ${idx} of ${this.#device?.version.uid}: ${reason}; the read fails with EIO`);
   };
 
-  /** Finishes or throws away the new version, then releases leases and the table. */
+  /**
+   * Finishes the new version or throws it away, then releases leases and the table. What the
+   * client wrote is kept whether or not it said goodbye: nbdfuse and a killed qemu never send
+   * NBD_CMD_DISC, and their writes were acknowledged. Only --discard, a connection that wrote
+   * nothing, or a version removed meanwhile (rm --force) keep no version.
+   */
   async close(): Promise<void> {
     const w = this.#writer;
     try {
-      if (w) {
-        const uid = w.newVersion.uid;
-        if (this.cleanDisconnect && !this.#opts.discard && !this.wrote) {
-          await this.#opts.meta.removeVersion(uid);
-          this.#log('info', `no writes: no new version kept`);
-        } else if (this.cleanDisconnect && !this.#opts.discard) {
-          try {
-            await w.complete();
-            this.#log(
-              'info',
-              `new version ${uid} (${w.newVersion.name}, base ${w.version.uid}) is complete and valid`,
-            );
-          } catch (err) {
-            this.#log('error', `new version ${uid} could not be completed: ${errorMessage(err)}`);
-          }
-        } else {
-          await this.#opts.meta.removeVersion(uid);
-          this.#log(
-            this.#opts.discard ? 'info' : 'warn',
-            this.#opts.discard
-              ? `writes discarded: version ${uid} removed`
-              : `the client left without NBD_CMD_DISC: its writes (version ${uid}) were removed`,
-          );
-        }
-      }
+      if (w) await this.#finish(w);
     } finally {
       for (const undo of this.#undo.reverse()) await undo().catch(() => {});
       this.#undo = [];
+    }
+  }
+
+  async #finish(w: ExportWriter): Promise<void> {
+    const uid = w.newVersion.uid;
+    const meta = this.#opts.meta;
+    if (this.#opts.discard) {
+      await meta.removeVersion(uid);
+      this.#log('info', `writes discarded: version ${uid} removed`);
+      return;
+    }
+    if (!this.wrote) {
+      await meta.removeVersion(uid);
+      this.#log('info', 'no writes: no new version kept');
+      return;
+    }
+    if (!(await meta.findVersion(uid))) {
+      this.#log('warn', `new version ${uid} was removed (rm --force) while in use: nothing kept`);
+      return;
+    }
+    const how = this.cleanDisconnect ? '' : 'client left without NBD_CMD_DISC: ';
+    try {
+      // The same completion as after NBD_CMD_DISC: every write received in full is stored.
+      await w.complete();
+      this.#log(
+        'info',
+        `${how}new version ${uid} (${w.newVersion.name}, base ${w.version.uid}) is complete and valid`,
+      );
+    } catch (err) {
+      this.#log('error', `${how}new version ${uid} could not be completed: ${errorMessage(err)}`);
     }
   }
 }

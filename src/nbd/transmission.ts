@@ -160,8 +160,11 @@ export class Transmission {
           else await w.zero(req.offset, req.length);
           if (req.flags & P.CMD_FLAG.FUA) await w.flush();
         } catch (err) {
-          this.#log('error', `write at ${req.offset} failed: ${errorMessage(err)}`);
-          return this.#error(req, NBD_ERR.EIO, errorMessage(err));
+          return this.#error(
+            req,
+            NBD_ERR.EIO,
+            await this.#session.writeFailed(`write at ${req.offset}`, err),
+          );
         }
         return this.#ok(req);
       }
@@ -170,8 +173,7 @@ export class Transmission {
           try {
             await w.flush();
           } catch (err) {
-            this.#log('error', `flush failed: ${errorMessage(err)}`);
-            return this.#error(req, NBD_ERR.EIO, errorMessage(err));
+            return this.#error(req, NBD_ERR.EIO, await this.#session.writeFailed('flush', err));
           }
         }
         return this.#ok(req);

@@ -9,7 +9,7 @@
 import { execFile, spawn } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
 import { connect } from 'node:net';
-import type { Socket } from 'node:net';
+import type { NetConnectOpts, Socket } from 'node:net';
 import { ByteReader } from '../../src/nbd/byte-reader.js';
 import * as P from '../../src/nbd/protocol.js';
 import { BIN } from './cli.js';
@@ -43,16 +43,16 @@ export interface ServerHandle {
 let serial = 0;
 
 /**
- * Starts `backy nbd -u SOCKET ...args` (with `tcp`: `-a 127.0.0.1 -p 0`, a free port) and waits
- * until it listens.
+ * Starts `backy nbd -u SOCKET ...args` (with `tcp`: `-a 127.0.0.1 -p 0`, a free port, or `-a
+ * address`; clients connect to 127.0.0.1) and waits until it listens.
  */
 export async function startServer(
   sb: Sandbox,
   args: string[] = [],
-  opts: { tcp?: boolean } = {},
+  opts: { tcp?: boolean; socket?: string; address?: string } = {},
 ): Promise<ServerHandle> {
-  const socket = sb.path(`nbd-${++serial}.sock`);
-  const listen = opts.tcp ? ['-a', '127.0.0.1', '-p', '0'] : ['-u', socket];
+  const socket = opts.socket ?? sb.path(`nbd-${++serial}.sock`);
+  const listen = opts.tcp ? ['-a', opts.address ?? '127.0.0.1', '-p', '0'] : ['-u', socket];
   const child = spawn(process.execPath, [BIN, '-c', sb.config, 'nbd', ...listen, ...args], {
     cwd: sb.dir,
     stdio: ['ignore', 'pipe', 'pipe'],
@@ -69,7 +69,7 @@ export async function startServer(
     }
     await new Promise((r) => setTimeout(r, 20));
   }
-  const port = opts.tcp ? Number(/NBD server listening on 127\.0\.0\.1:(\d+)/.exec(err)?.[1]) : undefined;
+  const port = opts.tcp ? Number(/NBD server listening on [^\s]*:(\d+) /.exec(err)?.[1]) : undefined;
   return {
     child,
     socket,
@@ -118,8 +118,9 @@ export class RawClient {
     this.reader = new ByteReader(socket);
   }
 
-  static async connect(path: string): Promise<RawClient> {
-    const socket = connect(path);
+  /** A Unix socket path, or where to connect on TCP (a `localAddress` picks the peer address). */
+  static async connect(where: string | NetConnectOpts): Promise<RawClient> {
+    const socket = typeof where === 'string' ? connect(where) : connect(where);
     await new Promise<void>((resolve, reject) => {
       socket.once('connect', resolve);
       socket.once('error', reject);

@@ -1,7 +1,10 @@
-import { existsSync, chmodSync } from 'node:fs';
+import { chmodSync, lstatSync, unlinkSync } from 'node:fs';
+import { connect } from 'node:net';
 import { InputError, UsageError, ioReason } from '../../errors.js';
 import type { InterruptedError } from '../../errors.js';
 import { HANDSHAKE_TIMEOUT_MS, NbdServer } from '../../nbd/server.js';
+import { NbdTls } from '../../nbd/tls.js';
+import type { TlsFiles } from '../../nbd/tls.js';
 import type { Context } from '../context.js';
 
 export interface NbdCliOptions {
@@ -11,6 +14,12 @@ export interface NbdCliOptions {
   write?: boolean;
   discard?: boolean;
   handshakeTimeout?: string;
+  tlsCert?: string;
+  tlsKey?: string;
+  tlsCa?: string;
+  tlsPsk?: string;
+  tlsOnly?: boolean;
+  insecure?: boolean;
 }
 
 /** Longest --handshake-timeout: a day is already far beyond any client's need. */
@@ -20,8 +29,40 @@ const MAX_HANDSHAKE_TIMEOUT_S = 86_400;
 export function nbdOptions(opts: NbdCliOptions): {
   where: { host: string; port: number } | { path: string };
   handshakeTimeoutMs: number;
+  tls: TlsFiles | undefined;
 } {
-  return { where: listenOn(opts), handshakeTimeoutMs: handshakeTimeoutMs(opts.handshakeTimeout) };
+  const where = listenOn(opts);
+  const tls = tlsFiles(opts);
+  if ('host' in where && !isLoopback(where.host) && !(tls && opts.tlsOnly) && !opts.insecure)
+    throw new UsageError(
+      `${where.host} is not a loopback address: anyone who can reach it could read every version; serve it with --tls-psk FILE (or --tls-cert/--tls-key) and --tls-only, or give --insecure`,
+    );
+  return { where, handshakeTimeoutMs: handshakeTimeoutMs(opts.handshakeTimeout), tls };
+}
+
+function tlsFiles(opts: NbdCliOptions): TlsFiles | undefined {
+  const { tlsCert: cert, tlsKey: key, tlsCa: ca, tlsPsk: psk } = opts;
+  if (psk !== undefined && (cert !== undefined || key !== undefined || ca !== undefined))
+    throw new UsageError('--tls-psk and --tls-cert/--tls-key/--tls-ca exclude each other');
+  if ((cert === undefined) !== (key === undefined))
+    throw new UsageError('--tls-cert and --tls-key go together');
+  if (ca !== undefined && cert === undefined) throw new UsageError('--tls-ca needs --tls-cert and --tls-key');
+  for (const [flag, v] of [
+    ['--tls-cert', cert],
+    ['--tls-key', key],
+    ['--tls-ca', ca],
+    ['--tls-psk', psk],
+  ])
+    if (v === '') throw new UsageError(`${flag} needs a file`);
+  const files = psk !== undefined ? { psk } : cert !== undefined ? { cert, key, ca } : undefined;
+  if (opts.tlsOnly && !files) throw new UsageError('--tls-only needs --tls-psk FILE or --tls-cert/--tls-key');
+  return files;
+}
+
+/** 127.0.0.0/8, ::1 (also IPv4-mapped) and localhost: only local processes can connect. */
+function isLoopback(host: string): boolean {
+  const h = host.toLowerCase().replace(/^::ffff:/, '');
+  return h === 'localhost' || h === '::1' || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(h);
 }
 
 function handshakeTimeoutMs(value: string | undefined): number {
@@ -50,9 +91,9 @@ function listenOn(opts: NbdCliOptions): { host: string; port: number } | { path:
 }
 
 export async function nbdCommand(ctx: Context, opts: NbdCliOptions): Promise<void> {
-  const { where, handshakeTimeoutMs } = nbdOptions(opts);
-  if ('path' in where && existsSync(where.path))
-    throw new InputError(`${JSON.stringify(where.path)} exists; remove it or choose another socket path`);
+  const { where, handshakeTimeoutMs, tls: tlsFiles } = nbdOptions(opts);
+  const tls = tlsFiles && NbdTls.load(tlsFiles);
+  if ('path' in where) await removeStaleSocket(where.path, ctx);
   const meta = await ctx.meta();
   const store = await ctx.store();
   const log = ctx.log;
@@ -63,6 +104,8 @@ export async function nbdCommand(ctx: Context, opts: NbdCliOptions): Promise<voi
     discard: Boolean(opts.discard),
     handshakeTimeoutMs,
     copies: await ctx.copies(),
+    tls,
+    tlsOnly: Boolean(opts.tlsOnly),
     // A server's activity (connections, the new versions it makes) is its output: shown without -v.
     log: (level, msg) =>
       level === 'warn' ? log.warn(msg) : level === 'info' ? log.notice(msg) : log[level](msg),
@@ -85,8 +128,11 @@ export async function nbdCommand(ctx: Context, opts: NbdCliOptions): Promise<voi
       ? 'copy-on-write, writes discarded'
       : 'copy-on-write'
     : 'read-only';
+  const security = tls
+    ? `TLS ${tls.kind === 'psk' ? 'PSK' : 'X.509'}${opts.tlsOnly ? ' required' : ' offered, plaintext allowed'}`
+    : 'no TLS';
   log.notice(
-    `NBD server listening on ${address} (${mode}); export names are version uids. Stop it with Ctrl-C`,
+    `NBD server listening on ${address} (${mode}, ${security}); export names are version uids. Stop it with Ctrl-C`,
   );
   // main turns SIGINT/SIGTERM into ctx.signal; for a server that is the normal way to stop.
   await new Promise<void>((resolve) => {
@@ -96,4 +142,37 @@ export async function nbdCommand(ctx: Context, opts: NbdCliOptions): Promise<voi
   const reason = ctx.signal.reason as InterruptedError | undefined;
   log.notice(`${reason?.signal ?? 'signal'}: stopping the NBD server`);
   await server.close();
+}
+
+/**
+ * A socket file left by a server that was killed (kill -9, a crash) would block every restart:
+ * one nobody listens on is removed. A live server's socket, and anything not a socket, stay.
+ */
+async function removeStaleSocket(path: string, ctx: Context): Promise<void> {
+  let st;
+  try {
+    st = lstatSync(path);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return;
+    throw new InputError(`cannot use ${JSON.stringify(path)}: ${ioReason(err)}`);
+  }
+  if (!st.isSocket())
+    throw new InputError(
+      `${JSON.stringify(path)} exists and is not a socket; remove it or choose another socket path`,
+    );
+  const live = await new Promise<boolean | Error>((resolve) => {
+    const s = connect(path);
+    s.once('connect', () => {
+      s.destroy();
+      resolve(true);
+    });
+    s.once('error', (err: NodeJS.ErrnoException) => resolve(err.code === 'ECONNREFUSED' ? false : err));
+  });
+  if (live === true)
+    throw new InputError(
+      `${JSON.stringify(path)}: a server is already listening on it; stop it or choose another socket path`,
+    );
+  if (live instanceof Error) throw new InputError(`cannot use ${JSON.stringify(path)}: ${ioReason(live)}`);
+  unlinkSync(path);
+  ctx.log.info(`removed the stale socket ${JSON.stringify(path)} (nothing listened on it)`);
 }
