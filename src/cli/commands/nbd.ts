@@ -174,5 +174,5 @@ async function removeStaleSocket(path: string, ctx: Context): Promise<void> {
     );
   if (live instanceof Error) throw new InputError(`cannot use ${JSON.stringify(path)}: ${ioReason(live)}`);
   unlinkSync(path);
-  ctx.log.info(`removed the stale socket ${JSON.stringify(path)} (nothing listened on it)`);
+  ctx.log.notice(`removed the stale socket ${JSON.stringify(path)} (nothing listened on it)`);
 }
