@@ -1,7 +1,7 @@
 /** What every command gets: logger, output mode, and lazily opened config, metadata and store. */
 import { describeDataBackend, loadConfig, redactUrl } from '../config/config.js';
 import type { Config } from '../config/config.js';
-import { InputError, errorMessage } from '../errors.js';
+import { BackyError, InputError, errorMessage } from '../errors.js';
 import { writeVersionCopy } from '../core/version-copy.js';
 import { markCopyPending } from '../meta/copy-pending.js';
 import { settleEncryption } from '../meta/encryption-setting.js';
@@ -10,7 +10,27 @@ import { BlockStore } from '../storage/block-store.js';
 import { formatCompression } from '../storage/codec.js';
 import type { CodecSpec } from '../storage/codec.js';
 import type { StorageBackend } from '../storage/backend.js';
-import { checkDescriptor, describeStore, readDescriptor } from '../core/store-descriptor.js';
+import {
+  DESCRIPTOR_NAME,
+  DamagedDescriptorError,
+  checkDescriptor,
+  encodeDescriptor,
+  readDescriptor,
+} from '../core/store-descriptor.js';
+import {
+  absentStoreError,
+  claimStore,
+  describeStore,
+  lostDescriptorError,
+  notOwnerError,
+  ownership,
+  rebuildDescriptor,
+  storeHoldsData,
+  tombstoneName,
+  writeTombstone,
+} from '../core/store-authority.js';
+import type { Ownership } from '../core/store-authority.js';
+import { databaseHoldsData, readStoreId } from '../meta/store-identity.js';
 import type { Descriptor } from '../core/store-descriptor.js';
 import { DirBackend } from '../storage/dir-backend.js';
 import { readKeyFile } from '../storage/keyfile.js';
@@ -35,6 +55,7 @@ export class Context {
   #keys: StoreKeys | undefined;
   #backend: StorageBackend | undefined;
   #descriptor: Descriptor | undefined;
+  #ownership: Ownership | undefined;
 
   constructor(
     log: Logger,
@@ -70,7 +91,7 @@ export class Context {
    * database that already belongs to a store, the store gets PROBE_TIMEOUT_S to show its
    * descriptor, and the command goes on without it after that.
    */
-  async meta(opts: { write?: string; databaseOnly?: boolean } = {}): Promise<MetaStore> {
+  async meta(opts: { write?: string; databaseOnly?: boolean; rebuild?: boolean } = {}): Promise<MetaStore> {
     if (!this.#meta) {
       const enc = this.config.dataBackend.encryption;
       if (enc) this.#keys = await readKeyFile(enc.keyFile, passphraseSource());
@@ -79,12 +100,7 @@ export class Context {
       try {
         // The store's descriptor first: a fresh database takes its settings (hash function,
         // encryption, key fingerprint), one of another store is refused before anything else.
-        const known = async () =>
-          (await meta!.db
-            .selectFrom('settings')
-            .select('value')
-            .where('key', '=', 'store_id')
-            .executeTakeFirst()) !== undefined;
+        const known = async () => (await readStoreId(meta!)) !== undefined;
         // A command that reads the database only, on a database that already belongs to a
         // store, still checks the descriptor (a config pointing at another store is refused),
         // but gives the store a short time to answer: ls must work during a store outage.
@@ -95,21 +111,36 @@ export class Context {
             ? await openBackend({ ...cfg, timeout: Math.min(cfg.timeout, PROBE_TIMEOUT_S) })
             : await this.#openBackend();
         let desc: Descriptor | undefined;
+        let damaged = false;
+        let unread = false;
         try {
           desc = await readDescriptor(backend);
         } catch (err) {
-          // An unreachable store (gateway down, directory unmounted) must not stop commands
-          // that only read the database: a database that already belongs to a store goes on
-          // unchecked; commands that write, or a fresh database, need the descriptor.
-          if (opts.write !== undefined || !(await known())) throw err;
-          this.log.debug(`store descriptor not read: ${errorMessage(err)}`);
+          // A damaged descriptor is what recover rebuilds. An unreachable store (gateway down,
+          // directory unmounted) must not stop commands that only read the database: a
+          // database that already belongs to a store goes on unchecked; commands that write,
+          // or a fresh database, need the descriptor.
+          if (err instanceof DamagedDescriptorError && opts.rebuild) damaged = true;
+          else {
+            if (opts.write !== undefined || !(await known())) throw err;
+            this.log.debug(`store descriptor not read: ${errorMessage(err)}`);
+            unread = true;
+          }
         } finally {
           if (backend !== this.#backend) await backend.close().catch(() => {});
         }
-        if (desc && (await checkDescriptor(meta, desc, (await this.#openBackend()).url)) === 'adopted') {
-          await meta.close();
-          meta = undefined;
-          meta = await open();
+        if (!desc && !unread && !(opts.databaseOnly && opts.write === undefined)) {
+          desc = await this.#withoutDescriptor(meta, damaged, opts);
+        }
+        const store = await this.#openBackend();
+        if (desc) {
+          const adopted = (await checkDescriptor(meta, desc, store.url)) === 'adopted';
+          if (adopted) {
+            await meta.close();
+            meta = undefined;
+            meta = await open();
+          }
+          if (!meta.readOnly) this.#ownership = await ownership(meta, store, desc, adopted);
         }
         this.#descriptor = desc;
         await settleEncryption(
@@ -122,8 +153,73 @@ export class Context {
       }
       this.#meta = meta;
     }
-    if (opts.write !== undefined) this.#meta.requireWritable(opts.write);
+    if (opts.write !== undefined) {
+      this.#meta.requireWritable(opts.write);
+      await this.#requireOwner(opts.write);
+    }
     return this.#meta;
+  }
+
+  /**
+   * No descriptor where the store should be (store-authority.ts rules 3 and 4): an absent
+   * store for a database with versions, a lost one over data; `rebuild` (recover) rebuilds a
+   * lost or damaged one from the copies, written only when the command writes.
+   */
+  async #withoutDescriptor(
+    meta: MetaStore,
+    damaged: boolean,
+    opts: { write?: string; rebuild?: boolean },
+  ): Promise<Descriptor | undefined> {
+    const backend = await this.#openBackend();
+    const storeId = await readStoreId(meta);
+    const used = storeId !== undefined && (await databaseHoldsData(meta));
+    if (!damaged && !used && !opts.rebuild) return undefined;
+    if (!(await storeHoldsData(backend))) {
+      if (used) throw absentStoreError(storeId, backend.url);
+      return undefined;
+    }
+    if (!opts.rebuild) throw lostDescriptorError(backend.url);
+    const d = await rebuildDescriptor({
+      backend,
+      compression: this.config.dataBackend.compression,
+      keys: this.#keys && { key: this.#keys.encryption, fingerprint: this.#keys.fingerprint },
+      defaults: {
+        blockSize: this.config.blockSize,
+        compression: formatCompression(this.config.dataBackend.compression),
+      },
+      expectedStoreId: storeId,
+    });
+    if (opts.write !== undefined && !meta.readOnly) {
+      await backend.putMeta(DESCRIPTOR_NAME, encodeDescriptor(d));
+      this.log.info(
+        `Rebuilt the store descriptor of ${backend.url} from its metadata copies (store ${d.storeId})`,
+      );
+    } else this.log.info(`The store descriptor of ${backend.url} would be rebuilt (store ${d.storeId})`);
+    return d;
+  }
+
+  /** Writing commands run only on the store's owner; recover may run anywhere (it makes the owner). */
+  async #requireOwner(what: string): Promise<void> {
+    const own = this.#ownership;
+    if (!own) return;
+    if (!own.owner) {
+      if (what.startsWith('recover')) return;
+      throw notOwnerError((await this.#openBackend()).url, own.why);
+    }
+    if (own.claim) await this.takeOwnership();
+  }
+
+  /** This database owns the store: the descriptor says so (rewritten when it did not). */
+  async takeOwnership(): Promise<void> {
+    const meta = this.#meta;
+    if (!meta || meta.readOnly || !this.#descriptor) return;
+    this.#descriptor = await claimStore(meta, await this.#openBackend(), this.#descriptor);
+    this.#ownership = { owner: true, claim: false };
+  }
+
+  /** False when the database may not write to the store (another database owns it). */
+  get ownsStore(): boolean {
+    return this.#ownership?.owner ?? true;
   }
 
   async #openBackend(): Promise<StorageBackend> {
@@ -187,7 +283,8 @@ export class Context {
   async updateCopies(uids: readonly string[]): Promise<void> {
     if (uids.length === 0) return;
     const meta = await this.meta();
-    if (meta.readOnly) return;
+    // Another database's view of the store must not overwrite the owner's copies.
+    if (meta.readOnly || !this.ownsStore) return;
     for (const uid of uids) {
       try {
         const store = await this.store({ root: 'any' });
@@ -201,6 +298,23 @@ export class Context {
         );
       }
     }
+  }
+
+  /**
+   * Writes the store's tombstone of `uid` before its rows go (store-authority.ts rule 2): a
+   * removal the store cannot record is refused, since cleanup would then take the version's
+   * copy for one its database does not know. Returns an undo for a removal that did not happen.
+   */
+  async recordRemoval(uid: string, by: string): Promise<() => Promise<void>> {
+    const backend = (await this.store({ root: 'any' })).backend;
+    try {
+      await writeTombstone(backend, uid, by);
+    } catch (err) {
+      throw new BackyError(
+        `version ${uid} was not removed: the store at ${backend.url} could not record the removal (${errorMessage(err)}); nothing was changed`,
+      );
+    }
+    return () => backend.deleteMeta(tombstoneName(uid)).catch(() => {});
   }
 
   /** A result line on stdout. */

@@ -23,6 +23,7 @@ import { recordImportedVersions } from '../meta/record-import.js';
 import type { ImportedVersion } from '../meta/record-import.js';
 import type { ExportHeader } from './export-format.js';
 import { copyName, copyUid, readVersionCopy } from './version-copy.js';
+import { tombstoneUid } from './store-authority.js';
 
 /** Small versions recorded in one transaction: at most this many, and this many block rows. */
 const GROUP_VERSIONS = 200;
@@ -40,6 +41,8 @@ export interface RecoverResult {
   downgraded: string[];
   /** Already in the database: left alone. */
   present: string[];
+  /** Copies a tombstone gives up (rm, recover --forget): skipped unless named. */
+  forgotten: string[];
   problems: RecoverProblem[];
 }
 
@@ -53,15 +56,20 @@ export async function recover(opts: {
   signal?: AbortSignal;
 }): Promise<RecoverResult> {
   const { meta, store, signal } = opts;
-  const result: RecoverResult = { added: [], downgraded: [], present: [], problems: [] };
+  const result: RecoverResult = { added: [], downgraded: [], present: [], forgotten: [], problems: [] };
   const held = opts.dryRun ? undefined : await hold(meta, 'recover', null);
   try {
     const copies = new Set<string>();
+    const tombstones = new Set<string>();
     for await (const o of store.backend.listMeta()) {
       const uid = copyUid(o.key);
       if (uid) copies.add(uid);
+      const gone = tombstoneUid(o.key);
+      if (gone) tombstones.add(gone);
     }
-    const wanted = opts.uids ?? [...copies].sort();
+    // A removed or given-up version's copy (not yet deleted by cleanup) stays out, unless named.
+    const wanted = opts.uids ?? [...copies].filter((u) => !tombstones.has(u)).sort();
+    if (!opts.uids) result.forgotten = [...copies].filter((u) => tombstones.has(u)).sort();
     const existing = new Set((await meta.listVersions()).map((v) => v.uid));
     // Small versions are recorded GROUP_VERSIONS (or GROUP_ROWS block rows) to a transaction:
     // one commit and a few statements for many versions, not a dozen statements each.

@@ -53,7 +53,7 @@ export async function nbdCommand(ctx: Context, opts: NbdCliOptions): Promise<voi
   const { where, handshakeTimeoutMs } = nbdOptions(opts);
   if ('path' in where && existsSync(where.path))
     throw new InputError(`${JSON.stringify(where.path)} exists; remove it or choose another socket path`);
-  const meta = await ctx.meta();
+  const meta = await ctx.meta(opts.write ? { write: 'nbd -w' } : {});
   const store = await ctx.store();
   const log = ctx.log;
   const server = new NbdServer({
