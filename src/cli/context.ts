@@ -317,6 +317,19 @@ export class Context {
     return () => backend.deleteMeta(tombstoneName(uid)).catch(() => {});
   }
 
+  /** Versions back in the database (import, a named recover): their tombstones would hide them from recover. */
+  async clearRemovals(uids: readonly string[]): Promise<void> {
+    if (uids.length === 0 || !this.ownsStore) return;
+    const backend = (await this.store()).backend;
+    for (const uid of uids) {
+      await backend.deleteMeta(tombstoneName(uid)).catch((err: unknown) => {
+        this.log.warn(
+          `the store's record that version ${uid} was removed stays: ${errorMessage(err)}; 'backy cleanup' removes it`,
+        );
+      });
+    }
+  }
+
   /** A result line on stdout. */
   out(line: string): void {
     process.stdout.write(`${line}\n`);

@@ -43,11 +43,12 @@ export async function cleanupCopies(opts: {
     if (!opts.dryRun) await store.backend.deleteMeta(copyName(uid));
     result.removed.push(uid);
   }
-  // A tombstone has done its work once its copy is gone (and the version with it).
+  // A tombstone has done its work once its copy is gone; one whose version is in the database
+  // (imported again, or an rm that failed after writing it) is stale, and would make recover
+  // skip the version. Both go once older than cleanup's start.
   for (const [uid, mtimeMs] of tombstones) {
-    if (opts.dryRun || result.held || known.has(uid) || mtimeMs >= opts.cutoffMs) continue;
-    if (copies.has(uid) && !result.removed.includes(uid)) continue;
-    if (await meta.findVersion(uid)) continue;
+    if (opts.dryRun || result.held || mtimeMs >= opts.cutoffMs) continue;
+    if (!known.has(uid) && copies.has(uid) && !result.removed.includes(uid)) continue;
     await store.backend.deleteMeta(tombstoneName(uid));
   }
   const pending = new Set(await pendingCopies(meta));

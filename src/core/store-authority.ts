@@ -28,8 +28,10 @@
  *    Tombstones go with their copy at cleanup (older than cleanup's start). A copy written
  *    after its tombstone was swept (a label racing an rm) only makes cleanup refuse: safe.
  * 3. No store is created over data. A descriptor is written for a new store only when the
- *    store holds no object and no meta object; a lost or damaged descriptor is rebuilt by
- *    `recover` from the copies, whose headers carry the store id and hash function.
+ *    store holds no meta object (copy, tombstone), and no object either unless the database
+ *    has versions of its own (a store from before descriptors, or a database rebuilt from
+ *    export files by import); a lost or damaged descriptor is rebuilt by `recover` from the
+ *    copies, whose headers carry the store id and hash function.
  * 4. An absent store is not an empty one. A database that has versions and finds no
  *    descriptor and nothing else where its store should be (an unmounted mount point, a
  *    mistyped prefix) stops with one line; nothing is read as missing, nothing is written.
@@ -76,6 +78,17 @@ export async function writeTombstone(backend: StorageBackend, uid: string, why: 
     tombstoneName(uid),
     Buffer.from(`${JSON.stringify({ uid, removed: new Date().toISOString(), by: why })}\n`),
   );
+}
+
+/** The store holds a meta object other than the descriptor: a copy or a tombstone. */
+async function storeHoldsMeta(backend: StorageBackend): Promise<boolean> {
+  try {
+    for await (const o of backend.listMeta()) if (o.key !== DESCRIPTOR_NAME) return true;
+  } catch (err) {
+    if (err instanceof NoBucketError) return false;
+    throw err;
+  }
+  return false;
 }
 
 /** The store holds an object or a meta object other than the descriptor. */
@@ -189,6 +202,9 @@ export async function describeStore(
   backend: StorageBackend,
   defaults: { blockSize: number; compression: string },
 ): Promise<Descriptor> {
+  if (await storeHoldsMeta(backend)) throw lostDescriptorError(backend.url);
+  // Objects alone: a store from before descriptors, described by a database with versions of
+  // its own (its old one, or one rebuilt by import); never by an empty one.
   if (!(await databaseHoldsData(meta)) && (await storeHoldsData(backend)))
     throw lostDescriptorError(backend.url);
   const storeId = (await readStoreId(meta)) ?? (await recordStoreId(meta, randomUUID()));

@@ -29,14 +29,14 @@ export async function cleanupCommand(ctx: Context, opts: { dryRun?: boolean }) {
     }
     throw err;
   }
-  const copies = await cleanupCopies({
-    meta,
-    store,
-    storeId: (await ctx.descriptor()).storeId,
-    cutoffMs: start,
-    dryRun,
-    catalogue,
-  });
+  // A store without a descriptor is described now, unless the database has no version yet
+  // (then there is no copy to write, and an empty database never describes a store with data).
+  const complete = (await meta.listVersions()).some((v) => v.status !== 'incomplete');
+  const storeId = ctx.knownDescriptor?.storeId ?? (complete ? (await ctx.descriptor()).storeId : undefined);
+  const copies =
+    storeId === undefined
+      ? { removed: [], written: [], held: false }
+      : await cleanupCopies({ meta, store, storeId, cutoffMs: start, dryRun, catalogue });
   const would = dryRun ? 'would be ' : '';
   if (copies.removed.length > 0 || copies.written.length > 0) {
     ctx.log.info(

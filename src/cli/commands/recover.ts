@@ -35,6 +35,8 @@ export async function recoverCommand(ctx: Context, uidArgs: string[], opts: { dr
   // After a run over every copy this database is the store's owner (store-authority.ts): the
   // copies it could not recover keep cleanup away until recovered or forgotten.
   if (!dryRun && !uids) await ctx.takeOwnership();
+  // Named, a removed version's copy is recovered; its tombstone goes.
+  if (!dryRun && uids) await ctx.clearRemovals(r.added.map((v) => v.uid));
   // A copy that said valid but whose blocks are missing: its copy now says what the database does.
   await ctx.updateCopies(r.downgraded);
   const labels = dryRun
