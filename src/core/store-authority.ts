@@ -154,7 +154,13 @@ export async function ownership(
   // A fresh database over a store that holds nothing may take it.
   if (adopted && !(await storeHoldsData(backend))) return { owner: true, claim: true };
   if (adopted) return { owner: false, why: 'it was created over a store that already holds versions' };
-  if (d.owner === null) return { owner: true, claim: true };
+  // A version 1 (or rebuilt) descriptor names no owner: the database that already has versions
+  // of the store takes it, not one that adopted it earlier and holds nothing yet.
+  if (d.owner === null) {
+    if ((await databaseHoldsData(meta)) || !(await storeHoldsData(backend)))
+      return { owner: true, claim: true };
+    return { owner: false, why: 'it was created over a store that already holds versions' };
+  }
   return {
     owner: false,
     why: `its descriptor names database ${d.owner} as the owner, this one is ${mine ?? 'without an id'}: another database took the store over, or this one was created over it`,

@@ -410,3 +410,33 @@ describe('an absent store is an I/O error, never damage', () => {
     }
   });
 });
+
+describe('a store made by the previous backy (descriptor version 1)', () => {
+  let sb: Sandbox;
+  before(async () => {
+    sb = await Sandbox.create();
+  });
+  after(async () => sb?.remove());
+
+  it('is claimed by the database that knows it; a database that only adopted it is refused', async () => {
+    const lines = await dirStore.setup(sb);
+    const own = await database(sb, 'own', lines.lines());
+    const img = await image(sb, 'v1-desc');
+    const v = await own.backup(img, 'vm1');
+    const path = join(sb.dataDir, 'meta', 'descriptor');
+    const d = JSON.parse(await readFile(path, 'utf8')) as Record<string, unknown>;
+    delete d.owner_database;
+    await writeFile(path, `${JSON.stringify({ ...d, version: 1 })}\n`);
+
+    const other = await database(sb, 'other', lines.lines());
+    assert.equal((await other.ls()).length, 0); // adopts the store's settings, owns nothing
+    refused(await other.run(['backup', img, 'vm2']), /does not own the store/, 'adopted over versions');
+    await own.backup(img, 'vm1');
+    const claimed = JSON.parse(await readFile(path, 'utf8')) as { version: number; owner_database: string };
+    assert.equal(claimed.version, 2);
+    assert.match(claimed.owner_database, /^[0-9a-f-]{36}$/);
+    refused(await other.run(['backup', img, 'vm2']), /does not own the store/, 'after the claim');
+    await own.ok(['cleanup']);
+    await own.restoresAs(v, img);
+  });
+});
