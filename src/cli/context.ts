@@ -89,7 +89,10 @@ export class Context {
    * `write` names a command that must write (backup, rm...): on a read-only database it is
    * refused at once, naming the store, before anything is done. `databaseOnly` (ls, du): on a
    * database that already belongs to a store, the store gets PROBE_TIMEOUT_S to show its
-   * descriptor, and the command goes on without it after that.
+   * descriptor, and the command goes on without it after that. A writing command runs only
+   * on the database that owns the store (core/store-authority.ts; recover is the way to
+   * become it). Without a descriptor, a database with versions stops (absent store, or a lost
+   * descriptor over data); `rebuild` (recover) rebuilds a lost or damaged one from the copies.
    */
   async meta(opts: { write?: string; databaseOnly?: boolean; rebuild?: boolean } = {}): Promise<MetaStore> {
     if (!this.#meta) {

@@ -4,9 +4,10 @@
  * metadata database.
  *
  * Holders: everything that uses a version holds a lease (core/lease.ts): a backup on its new
- * version (created in the same transaction) and on its -f base, a restore, scrub or export on
- * the version it reads, an import from before it reads its input (a lease naming no version)
- * until its version is recorded. rm refuses a version a live lease names (re-checked in the
+ * version (created in the same transaction) and on its -f base, a restore, scrub, export or
+ * NBD connection on the version it reads (an `nbd -w` connection also on its new version),
+ * an import or recover from before it reads its input (a lease naming no version) until its
+ * versions are recorded. rm refuses a version a live lease names (re-checked in the
  * transaction that removes it, which keeps new leases out); rm --force removes it anyway.
  *
  * What goes:
@@ -19,8 +20,8 @@
  * 2. Objects with no block entry and last_seen before the cutoff: the start of the oldest live
  *    writer's lease (a backup, import, recover, `nbd -w` connection: every lease but a
  *    reader's on a complete version, READER_LEASE_KINDS), or cleanup's own start when none
- *    runs. Readers do not hold the cutoff: see the reader case below. None at all while a lease exists that may
- *    reference objects no block entry names: an import's or recover's
+ *    runs. Readers do not hold the cutoff: see the reader case below. None at all while a
+ *    lease exists that may reference objects no block entry names: an import's or recover's
  *    (ANY_OBJECT_LEASE_KINDS), or one naming a version that no longer exists (a reader, or a
  *    backup's base, removed with --force).
  * 3. Object files without an objects row (a backup crashed between renaming the file into
@@ -45,15 +46,19 @@
  *   recent, or the backup's lease is visible: the object stays) or runs after its commit,
  *   finds no row, and stores the object anew. A backup adds a block entry for an object only
  *   after touching or recording it under its lease (or by copying a base's entries, which
- *   already reference it), so "unreferenced" cannot change behind the re-check either. The file is unlinked
- *   inside the transaction, before the commit: unlinking after the commit could remove the
- *   copy a backup stored in between.
+ *   already reference it), so "unreferenced" cannot change behind the re-check either. The
+ *   file is unlinked inside the transaction, before the commit: unlinking after the commit
+ *   could remove the copy a backup stored in between.
  * - Files without a row may belong to a backup that renamed them into place and has not yet
  *   recorded them, or be what an import is about to adopt (a database rebuilt from exports
  *   over the old data directory); they are removed only inside a transaction that sees no
- *   lease at all and keeps new leases out until it ends (SQLite: BEGIN IMMEDIATE; PostgreSQL:
- *   the leases table locked against writes), so no backup or import can be between those two
- *   steps (each takes its lease before it writes or reads anything).
+ *   writer's lease and keeps new leases out until it ends (SQLite: BEGIN IMMEDIATE;
+ *   PostgreSQL: the leases table locked against writes), so no backup or import can be
+ *   between those two steps (each takes its lease before it writes or reads anything). A
+ *   reader's lease does not stop the sweep: a reader writes no file, and the files of its
+ *   version have rows (a lease naming a version that is gone counts as a writer's here).
+ * - Before any of this, the caller has checked the store's catalogue (store-authority.ts):
+ *   a database behind its store (copies of versions it does not know) deletes nothing.
  * - A reader (restore, scrub, export, a backup's base, a read-only NBD connection) reads only
  *   objects its version's block entries name, and stores or reuses none; while the version
  *   exists those entries keep them, whatever the cutoff. So its lease's start does not lower

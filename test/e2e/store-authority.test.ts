@@ -358,6 +358,8 @@ describe('an absent store is an I/O error, never damage', () => {
       ['backup', img, 'vm9'],
       ['cleanup'],
       ['recover'],
+      ['import', sbx.path('none.jsonl')],
+      ['nbd', '-u', sbx.path('absent.sock')],
     ]) {
       refused(await run(args), absent, args[0]);
     }
