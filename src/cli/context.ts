@@ -177,6 +177,8 @@ export class Context {
     const storeId = await readStoreId(meta);
     const used = storeId !== undefined && (await databaseHoldsData(meta));
     if (!damaged && !used && !opts.rebuild) return undefined;
+    // A data directory that is not there at all says so in its own words.
+    if (used && backend instanceof DirBackend) await backend.checkRoot();
     if (!(await storeHoldsData(backend))) {
       if (used) throw absentStoreError(storeId, backend.url);
       return undefined;
