@@ -179,7 +179,7 @@ export class Context {
     if (!damaged && !used && !opts.rebuild) return undefined;
     // A data directory that is not there at all says so in its own words.
     if (used && backend instanceof DirBackend) await backend.checkRoot();
-    if (!(await storeHoldsData(backend))) {
+    if (!(await storeHoldsData(backend, { missingBucket: used ? 'error' : 'empty' }))) {
       if (used) throw absentStoreError(storeId, backend.url);
       return undefined;
     }

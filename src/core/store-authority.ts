@@ -91,13 +91,20 @@ async function storeHoldsMeta(backend: StorageBackend): Promise<boolean> {
   return false;
 }
 
-/** The store holds an object or a meta object other than the descriptor. */
-export async function storeHoldsData(backend: StorageBackend): Promise<boolean> {
+/**
+ * The store holds an object or a meta object other than the descriptor. A missing bucket is an
+ * empty store (a backup creates it), or with `missingBucket: 'error'` (a database that has
+ * versions there) the one-line error that names it.
+ */
+export async function storeHoldsData(
+  backend: StorageBackend,
+  opts: { missingBucket?: 'empty' | 'error' } = {},
+): Promise<boolean> {
   try {
     for await (const o of backend.listMeta()) if (o.key !== DESCRIPTOR_NAME) return true;
     for await (const o of backend.list()) if (o) return true;
   } catch (err) {
-    if (err instanceof NoBucketError) return false;
+    if (err instanceof NoBucketError && opts.missingBucket !== 'error') return false;
     throw err;
   }
   return false;
