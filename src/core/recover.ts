@@ -70,7 +70,12 @@ export async function recover(opts: {
     // A removed or given-up version's copy (not yet deleted by cleanup) stays out, unless named.
     const wanted = opts.uids ?? [...copies].filter((u) => !tombstones.has(u)).sort();
     if (!opts.uids) result.forgotten = [...copies].filter((u) => tombstones.has(u)).sort();
-    const existing = new Set((await meta.listVersions()).map((v) => v.uid));
+    // A version the database holds incomplete while the store holds its copy was finished after
+    // this database's state was taken (a dump restored): the copy replaces the stale row (a
+    // running backup's version has no copy yet).
+    const all = await meta.listVersions();
+    const existing = new Set(all.filter((v) => v.status !== 'incomplete').map((v) => v.uid));
+    const stale = new Set(all.filter((v) => v.status === 'incomplete').map((v) => v.uid));
     // Small versions are recorded GROUP_VERSIONS (or GROUP_ROWS block rows) to a transaction:
     // one commit and a few statements for many versions, not a dozen statements each.
     let group: ImportedVersion[] = [];
@@ -109,6 +114,7 @@ export async function recover(opts: {
           result.added.push(versionOf(await check(content, name, uid, opts.storeId, meta)));
           continue;
         }
+        if (stale.has(uid)) await meta.removeVersion(uid);
         const checkThis = (h: ExportHeader) => checkHeader(h, uid, opts.storeId, meta);
         const item = await prepareImport({ meta, store, name, content, checkHeader: checkThis, signal });
         if (item) {

@@ -11,8 +11,8 @@
  *    runs on any database of the store and, once it has gone over every copy, makes its
  *    database the owner (the descriptor is rewritten in one put: a rename on a directory, a
  *    PUT on S3). A fresh database adopts a descriptor freely only while the store holds
- *    nothing; a version 1 descriptor (previous backy) is claimed by the database that already
- *    records its store id. This keeps two databases from writing one store, but cannot tell a
+ *    nothing; a version 1 descriptor (previous backy, or one rebuilt by recover) is claimed by
+ *    the first writing command of a database that has versions there. This keeps two databases from writing one store, but cannot tell a
  *    database from an older dump of itself (same id): rule 2 does.
  * 2. The store's catalogue. Each version has a metadata copy in the store (version-copy.ts),
  *    and `rm` writes a tombstone `removed-<uid>` BEFORE the version's rows go (rm fails when
@@ -25,7 +25,10 @@
  *    unrecorded file, no copy). `recover` brings them in; `recover --forget UID` writes the
  *    tombstone that gives one up. A copy that recover fails on therefore keeps cleanup away
  *    until it is recovered (e.g. after renaming it back) or forgotten.
- *    Tombstones go with their copy at cleanup (older than cleanup's start). A copy written
+ *    A version that was still being written when the older dump was taken is incomplete in
+ *    it: its copy counts as unknown too (cleanup would otherwise remove it as a crashed
+ *    backup). Tombstones go with their copy at cleanup (older than cleanup's start), and
+ *    when their version is back in the database (import, a named recover). A copy written
  *    after its tombstone was swept (a label racing an rm) only makes cleanup refuse: safe.
  * 3. No store is created over data. A descriptor is written for a new store only when the
  *    store holds no meta object (copy, tombstone), and no object either unless the database

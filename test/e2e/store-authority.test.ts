@@ -11,7 +11,9 @@ import { join, relative } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { Sandbox, assertSameBytes, parseLsMachine, runBacky } from '../lib/cli.js';
 import type { RunResult } from '../lib/cli.js';
-import { mixedKind, writeImage } from '../lib/image.js';
+import Database from 'better-sqlite3';
+import { mixedKind, randomBytesSeeded, writeImage } from '../lib/image.js';
+import { query, spawnBacky, waitFor } from '../lib/store.js';
 import { listKeys, newBucket, rgwServer, rgwSkipReason, s3Client, s3ConfigLines } from '../lib/rgw.js';
 import type { S3Server } from '../lib/rgw.js';
 
@@ -440,5 +442,52 @@ describe('a store made by the previous backy (descriptor version 1)', () => {
     refused(await other.run(['backup', img, 'vm2']), /does not own the store/, 'after the claim');
     await own.ok(['cleanup']);
     await own.restoresAs(v, img);
+  });
+});
+
+describe('a dump taken while a backup ran', () => {
+  let sb: Sandbox;
+  before(async () => {
+    sb = await Sandbox.create({ defaults: `block_size = ${BS}` });
+  });
+  after(async () => sb?.remove());
+
+  it('holds that version incomplete: cleanup refuses instead of removing it as a crashed backup', async () => {
+    const img1 = await image(sb, 'during-1');
+    const v1 = await sb.backup([img1, 'vm1']);
+    const data = randomBytesSeeded('during-2', 5 * BS);
+    const run = spawnBacky(sb, ['backup', '-', 'vm2']);
+    try {
+      run.child.stdin.write(data.subarray(0, 2 * BS));
+      await waitFor(
+        'the running backup',
+        () => query(sb, "SELECT id FROM leases WHERE kind = 'backup'").length === 1,
+      );
+      // An online backup of the SQLite file (as a dump job would take it) while vm2 runs.
+      const live = new Database(sb.dbPath, { readonly: true });
+      await live.backup(sb.path('dump.sqlite'));
+      live.close();
+      run.child.stdin.end(data.subarray(2 * BS));
+      const done = await run.done;
+      assert.equal(done.code, 0, done.stderr);
+    } finally {
+      run.child.kill('SIGKILL');
+    }
+    const v2 = (await sb.ok(['-m', 'ls'])).stdout.match(/ vm2 \d+ \d+ (\S+) /)![1];
+    for (const x of ['', '-wal', '-shm']) await rm(sb.dbPath + x, { force: true });
+    await copyFile(sb.path('dump.sqlite'), sb.dbPath);
+
+    const before = await readdir(sb.dataDir, { recursive: true });
+    refused(await sb.run(['cleanup']), new RegExp(`does not know \\(${v2}\\)`), 'cleanup');
+    assert.deepEqual(await readdir(sb.dataDir, { recursive: true }), before, 'nothing was deleted');
+    // recover replaces the stale incomplete row with the finished version its copy describes.
+    assert.equal((await sb.ok(['recover'])).stdout.trim(), v2);
+    await sb.ok(['cleanup']);
+    const out = sb.path('during.out');
+    await sb.ok(['restore', v2, out]);
+    await writeFile(sb.path('during.img'), data);
+    await assertSameBytes(sb.path('during.img'), out);
+    await sb.ok(['restore', v1, sb.path('during-1.out')]);
+    await assertSameBytes(img1, sb.path('during-1.out'));
   });
 });
