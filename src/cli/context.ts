@@ -1,8 +1,8 @@
 /** What every command gets: logger, output mode, and lazily opened config, metadata and store. */
 import { describeDataBackend, loadConfig, redactUrl } from '../config/config.js';
 import type { Config } from '../config/config.js';
-import { InputError, errorMessage } from '../errors.js';
-import { copyKeeper } from '../core/copy-keeper.js';
+import { BackyError, InputError, errorMessage } from '../errors.js';
+import { NO_COPIES, copyKeeper } from '../core/copy-keeper.js';
 import type { CopyKeeper } from '../core/copy-keeper.js';
 import { settleEncryption } from '../meta/encryption-setting.js';
 import { MetaStore } from '../meta/meta-store.js';
@@ -10,7 +10,27 @@ import { BlockStore } from '../storage/block-store.js';
 import { formatCompression } from '../storage/codec.js';
 import type { CodecSpec } from '../storage/codec.js';
 import type { StorageBackend } from '../storage/backend.js';
-import { checkDescriptor, describeStore, readDescriptor } from '../core/store-descriptor.js';
+import {
+  DESCRIPTOR_NAME,
+  DamagedDescriptorError,
+  checkDescriptor,
+  encodeDescriptor,
+  readDescriptor,
+} from '../core/store-descriptor.js';
+import {
+  absentStoreError,
+  claimStore,
+  describeStore,
+  lostDescriptorError,
+  notOwnerError,
+  ownership,
+  rebuildDescriptor,
+  storeHoldsData,
+  tombstoneName,
+  writeTombstone,
+} from '../core/store-authority.js';
+import type { Ownership } from '../core/store-authority.js';
+import { databaseHoldsData, readStoreId } from '../meta/store-identity.js';
 import type { Descriptor } from '../core/store-descriptor.js';
 import { DirBackend } from '../storage/dir-backend.js';
 import { readKeyFile } from '../storage/keyfile.js';
@@ -36,6 +56,7 @@ export class Context {
   #backend: StorageBackend | undefined;
   #descriptor: Descriptor | undefined;
   #copies: CopyKeeper | undefined;
+  #ownership: Ownership | undefined;
 
   constructor(
     log: Logger,
@@ -69,9 +90,12 @@ export class Context {
    * `write` names a command that must write (backup, rm...): on a read-only database it is
    * refused at once, naming the store, before anything is done. `databaseOnly` (ls, du): on a
    * database that already belongs to a store, the store gets PROBE_TIMEOUT_S to show its
-   * descriptor, and the command goes on without it after that.
+   * descriptor, and the command goes on without it after that. A writing command runs only
+   * on the database that owns the store (core/store-authority.ts; recover is the way to
+   * become it). Without a descriptor, a database with versions stops (absent store, or a lost
+   * descriptor over data); `rebuild` (recover) rebuilds a lost or damaged one from the copies.
    */
-  async meta(opts: { write?: string; databaseOnly?: boolean } = {}): Promise<MetaStore> {
+  async meta(opts: { write?: string; databaseOnly?: boolean; rebuild?: boolean } = {}): Promise<MetaStore> {
     if (!this.#meta) {
       const enc = this.config.dataBackend.encryption;
       if (enc) this.#keys = await readKeyFile(enc.keyFile, passphraseSource());
@@ -80,12 +104,7 @@ export class Context {
       try {
         // The store's descriptor first: a fresh database takes its settings (hash function,
         // encryption, key fingerprint), one of another store is refused before anything else.
-        const known = async () =>
-          (await meta!.db
-            .selectFrom('settings')
-            .select('value')
-            .where('key', '=', 'store_id')
-            .executeTakeFirst()) !== undefined;
+        const known = async () => (await readStoreId(meta!)) !== undefined;
         // A command that reads the database only, on a database that already belongs to a
         // store, still checks the descriptor (a config pointing at another store is refused),
         // but gives the store a short time to answer: ls must work during a store outage.
@@ -100,21 +119,36 @@ export class Context {
               )
             : await this.#openBackend();
         let desc: Descriptor | undefined;
+        let damaged = false;
+        let unread = false;
         try {
           desc = await readDescriptor(backend);
         } catch (err) {
-          // An unreachable store (gateway down, directory unmounted) must not stop commands
-          // that only read the database: a database that already belongs to a store goes on
-          // unchecked; commands that write, or a fresh database, need the descriptor.
-          if (opts.write !== undefined || !(await known())) throw err;
-          this.log.debug(`store descriptor not read: ${errorMessage(err)}`);
+          // A damaged descriptor is what recover rebuilds. An unreachable store (gateway down,
+          // directory unmounted) must not stop commands that only read the database: a
+          // database that already belongs to a store goes on unchecked; commands that write,
+          // or a fresh database, need the descriptor.
+          if (err instanceof DamagedDescriptorError && opts.rebuild) damaged = true;
+          else {
+            if (opts.write !== undefined || !(await known())) throw err;
+            this.log.debug(`store descriptor not read: ${errorMessage(err)}`);
+            unread = true;
+          }
         } finally {
           if (backend !== this.#backend) await backend.close().catch(() => {});
         }
-        if (desc && (await checkDescriptor(meta, desc, (await this.#openBackend()).url)) === 'adopted') {
-          await meta.close();
-          meta = undefined;
-          meta = await open();
+        if (!desc && !unread && !(opts.databaseOnly && opts.write === undefined)) {
+          desc = await this.#withoutDescriptor(meta, damaged, opts);
+        }
+        const store = await this.#openBackend();
+        if (desc) {
+          const adopted = (await checkDescriptor(meta, desc, store.url)) === 'adopted';
+          if (adopted) {
+            await meta.close();
+            meta = undefined;
+            meta = await open();
+          }
+          if (!meta.readOnly) this.#ownership = await ownership(meta, store, desc, adopted);
         }
         this.#descriptor = desc;
         await settleEncryption(
@@ -127,11 +161,78 @@ export class Context {
       }
       this.#meta = meta;
     }
-    if (opts.write !== undefined) this.#meta.requireWritable(opts.write);
+    if (opts.write !== undefined) {
+      this.#meta.requireWritable(opts.write);
+      await this.#requireOwner(opts.write);
+    }
     return this.#meta;
   }
 
   readonly #sdkDebug = (msg: string) => this.log.debug(msg);
+
+  /**
+   * No descriptor where the store should be (store-authority.ts rules 3 and 4): an absent
+   * store for a database with versions, a lost one over data; `rebuild` (recover) rebuilds a
+   * lost or damaged one from the copies, written only when the command writes.
+   */
+  async #withoutDescriptor(
+    meta: MetaStore,
+    damaged: boolean,
+    opts: { write?: string; rebuild?: boolean },
+  ): Promise<Descriptor | undefined> {
+    const backend = await this.#openBackend();
+    const storeId = await readStoreId(meta);
+    const used = storeId !== undefined && (await databaseHoldsData(meta));
+    if (!damaged && !used && !opts.rebuild) return undefined;
+    // A data directory that is not there at all says so in its own words.
+    if (used && backend instanceof DirBackend) await backend.checkRoot();
+    if (!(await storeHoldsData(backend, { missingBucket: used ? 'error' : 'empty' }))) {
+      if (used) throw absentStoreError(storeId, backend.url);
+      return undefined;
+    }
+    if (!opts.rebuild) throw lostDescriptorError(backend.url);
+    const d = await rebuildDescriptor({
+      backend,
+      compression: this.config.dataBackend.compression,
+      keys: this.#keys && { key: this.#keys.encryption, fingerprint: this.#keys.fingerprint },
+      defaults: {
+        blockSize: this.config.blockSize,
+        compression: formatCompression(this.config.dataBackend.compression),
+      },
+      expectedStoreId: storeId,
+    });
+    if (opts.write !== undefined && !meta.readOnly) {
+      await backend.putMeta(DESCRIPTOR_NAME, encodeDescriptor(d));
+      this.log.info(
+        `Rebuilt the store descriptor of ${backend.url} from its metadata copies (store ${d.storeId})`,
+      );
+    } else this.log.info(`The store descriptor of ${backend.url} would be rebuilt (store ${d.storeId})`);
+    return d;
+  }
+
+  /** Writing commands run only on the store's owner; recover may run anywhere (it makes the owner). */
+  async #requireOwner(what: string): Promise<void> {
+    const own = this.#ownership;
+    if (!own) return;
+    if (!own.owner) {
+      if (what.startsWith('recover')) return;
+      throw notOwnerError((await this.#openBackend()).url, own.why);
+    }
+    if (own.claim) await this.takeOwnership();
+  }
+
+  /** This database owns the store: the descriptor says so (rewritten when it did not). */
+  async takeOwnership(): Promise<void> {
+    const meta = this.#meta;
+    if (!meta || meta.readOnly || !this.#descriptor) return;
+    this.#descriptor = await claimStore(meta, await this.#openBackend(), this.#descriptor);
+    this.#ownership = { owner: true, claim: false };
+  }
+
+  /** False when the database may not write to the store (another database owns it). */
+  get ownsStore(): boolean {
+    return this.#ownership?.owner ?? true;
+  }
 
   async #openBackend(): Promise<StorageBackend> {
     this.#backend ??= await openBackend(this.config.dataBackend, process.env, this.#sdkDebug);
@@ -200,6 +301,8 @@ export class Context {
   async copies(): Promise<CopyKeeper> {
     if (!this.#copies) {
       const meta = await this.meta();
+      // Another database's view of the store must not overwrite the owner's copies.
+      if (!this.ownsStore) return NO_COPIES;
       this.#copies = copyKeeper({
         meta,
         target: async () => {
@@ -215,6 +318,36 @@ export class Context {
       });
     }
     return this.#copies;
+  }
+
+  /**
+   * Writes the store's tombstone of `uid` before its rows go (store-authority.ts rule 2): a
+   * removal the store cannot record is refused, since cleanup would then take the version's
+   * copy for one its database does not know. Returns an undo for a removal that did not happen.
+   */
+  async recordRemoval(uid: string, by: string): Promise<() => Promise<void>> {
+    const backend = (await this.store({ root: 'any' })).backend;
+    try {
+      await writeTombstone(backend, uid, by);
+    } catch (err) {
+      throw new BackyError(
+        `version ${uid} was not removed: the store at ${backend.url} could not record the removal (${errorMessage(err)}); nothing was changed`,
+      );
+    }
+    return () => backend.deleteMeta(tombstoneName(uid)).catch(() => {});
+  }
+
+  /** Versions back in the database (import, a named recover): their tombstones would hide them from recover. */
+  async clearRemovals(uids: readonly string[]): Promise<void> {
+    if (uids.length === 0 || !this.ownsStore) return;
+    const backend = (await this.store()).backend;
+    for (const uid of uids) {
+      await backend.deleteMeta(tombstoneName(uid)).catch((err: unknown) => {
+        this.log.warn(
+          `the store's record that version ${uid} was removed stays: ${errorMessage(err)}; 'backy cleanup' removes it`,
+        );
+      });
+    }
   }
 
   /** A result line on stdout. */

@@ -170,9 +170,15 @@ export async function main(argv: string[]): Promise<number> {
     )
     .argument('[uid...]')
     .option('--dry-run', 'only show what would be recovered')
+    .option(
+      '--forget',
+      'give up the versions UID... whose copies cannot be recovered (cleanup may then free their blocks)',
+    )
     .action(
-      run(async (ctx, uids: string[], opts: { dryRun?: boolean }) =>
-        (await import('./commands/recover.js')).recoverCommand(ctx, uids, opts),
+      run(async (ctx, uids: string[], opts: { dryRun?: boolean; forget?: boolean }) =>
+        opts.forget
+          ? (await import('./commands/recover-forget.js')).forgetCommand(ctx, uids, opts)
+          : (await import('./commands/recover.js')).recoverCommand(ctx, uids, opts),
       ),
     );
 

@@ -56,6 +56,28 @@ for (const dialect of dialects) {
       assert.deepEqual(later, [{ checksum: x, storedSize: 10 }], 'without the lease x is garbage');
     });
 
+    it("a reader's lease on a complete version does not hold the cutoff; a writer's does", async () => {
+      const v = await meta.createVersion({ name: 'served', sizeBytes: 4096, blockSize: 4096 });
+      await meta.setVersionStatus(v.uid, 'valid');
+      const reader = await meta.acquireLease('nbd', v.uid);
+      const x = 'ee'.repeat(32);
+      await meta.recordObjects([{ checksum: x, storedSize: 10 }], nowMicros()); // garbage made later
+      const gone = await meta.deleteGarbage([x], Number.MAX_SAFE_INTEGER, async () => {});
+      assert.deepEqual(gone, [{ checksum: x, storedSize: 10 }], 'the reader holds nothing back');
+
+      // An nbd -w connection's lease names its new, incomplete version: a writer.
+      const w = await meta.createVersion({ name: 'served+nbd', sizeBytes: 4096, blockSize: 4096 });
+      const writer = await meta.acquireLease('nbd', w.uid);
+      const y = 'ff'.repeat(32);
+      await meta.recordObjects([{ checksum: y, storedSize: 10 }], nowMicros());
+      assert.deepEqual(await meta.deleteGarbage([y], Number.MAX_SAFE_INTEGER, async () => {}), []);
+      await meta.releaseLease(writer.id);
+      await meta.releaseLease(reader.id);
+      await meta.removeVersion(w.uid);
+      await meta.removeVersion(v.uid);
+      assert.equal((await meta.deleteGarbage([y], Number.MAX_SAFE_INTEGER, async () => {})).length, 1);
+    });
+
     it('keeps a row when unlinking fails (the transaction rolls back)', async () => {
       const z = 'cc'.repeat(32);
       await meta.recordObjects([{ checksum: z, storedSize: 5 }], 1000);

@@ -4,9 +4,10 @@
  * metadata database.
  *
  * Holders: everything that uses a version holds a lease (core/lease.ts): a backup on its new
- * version (created in the same transaction) and on its -f base, a restore, scrub or export on
- * the version it reads, an import from before it reads its input (a lease naming no version)
- * until its version is recorded. rm refuses a version a live lease names (re-checked in the
+ * version (created in the same transaction) and on its -f base, a restore, scrub, export or
+ * NBD connection on the version it reads (an `nbd -w` connection also on its new version),
+ * an import or recover from before it reads its input (a lease naming no version) until its
+ * versions are recorded. rm refuses a version a live lease names (re-checked in the
  * transaction that removes it, which keeps new leases out); rm --force removes it anyway.
  *
  * What goes:
@@ -17,13 +18,15 @@
  *    block entries would keep everything they wrote alive forever, and an incomplete version
  *    is never a base.
  * 2. Objects with no block entry and last_seen before the cutoff: the start of the oldest live
- *    lease, or cleanup's own start when none runs. None at all while a lease exists that may
- *    reference objects no block entry names: an import's or recover's
+ *    writer's lease (a backup, import, recover, `nbd -w` connection: every lease but a
+ *    reader's on a complete version, READER_LEASE_KINDS), or cleanup's own start when none
+ *    runs. Readers do not hold the cutoff: see the reader case below. None at all while a
+ *    lease exists that may reference objects no block entry names: an import's or recover's
  *    (ANY_OBJECT_LEASE_KINDS), or one naming a version that no longer exists (a reader, or a
  *    backup's base, removed with --force).
  * 3. Object files without an objects row (a backup crashed between renaming the file into
  *    place and recording it) and `.tmp-*` files, older than cleanup's start, only while no
- *    lease exists at all.
+ *    writer's lease exists (readers write no file).
  *
  * Why this never deletes an object that a valid version, or a running holder, references or
  * is about to reference:
@@ -43,17 +46,24 @@
  *   recent, or the backup's lease is visible: the object stays) or runs after its commit,
  *   finds no row, and stores the object anew. A backup adds a block entry for an object only
  *   after touching or recording it under its lease (or by copying a base's entries, which
- *   already reference it), so "unreferenced" cannot change behind the re-check either. The file is unlinked
- *   inside the transaction, before the commit: unlinking after the commit could remove the
- *   copy a backup stored in between.
+ *   already reference it), so "unreferenced" cannot change behind the re-check either. The
+ *   file is unlinked inside the transaction, before the commit: unlinking after the commit
+ *   could remove the copy a backup stored in between.
  * - Files without a row may belong to a backup that renamed them into place and has not yet
  *   recorded them, or be what an import is about to adopt (a database rebuilt from exports
  *   over the old data directory); they are removed only inside a transaction that sees no
- *   lease at all and keeps new leases out until it ends (SQLite: BEGIN IMMEDIATE; PostgreSQL:
- *   the leases table locked against writes), so no backup or import can be between those two
- *   steps (each takes its lease before it writes or reads anything).
- * - A reader (restore, scrub, export, a backup's base) reads objects its version's block
- *   entries name; while the version exists those entries keep them. rm without --force cannot
+ *   writer's lease and keeps new leases out until it ends (SQLite: BEGIN IMMEDIATE;
+ *   PostgreSQL: the leases table locked against writes), so no backup or import can be
+ *   between those two steps (each takes its lease before it writes or reads anything). A
+ *   reader's lease does not stop the sweep: a reader writes no file, and the files of its
+ *   version have rows (a lease naming a version that is gone counts as a writer's here).
+ * - Before any of this, the caller has checked the store's catalogue (store-authority.ts):
+ *   a database behind its store (copies of versions it does not know) deletes nothing.
+ * - A reader (restore, scrub, export, a backup's base, a read-only NBD connection) reads only
+ *   objects its version's block entries name, and stores or reuses none; while the version
+ *   exists those entries keep them, whatever the cutoff. So its lease's start does not lower
+ *   the cutoff (an NBD client connected for days must not keep every object that became
+ *   garbage meanwhile). rm without --force cannot
  *   remove it while the reader's lease lives. After rm --force the entries are gone, but the
  *   lease still names the removed version, and every delete transaction re-reads the leases
  *   and deletes nothing while such a lease exists; the reader itself stops within a page of
@@ -69,7 +79,7 @@
  */
 import { rm, stat } from 'node:fs/promises';
 import type { MetaStore, Version } from '../meta/meta-store.js';
-import { ANY_OBJECT_LEASE_KINDS, nowMicros } from '../meta/meta-store.js';
+import { ANY_OBJECT_LEASE_KINDS, READER_LEASE_KINDS, nowMicros } from '../meta/meta-store.js';
 import type { StorageBackend } from '../storage/backend.js';
 import { mapOrdered } from '../util/concurrency.js';
 import { noProgress } from './progress.js';
@@ -81,8 +91,8 @@ const UNLINKS_IN_FLIGHT = 16;
 export interface CleanupResult {
   dryRun: boolean;
   leasesReleased: number;
-  /** Live leases (running backups) when cleanup started. */
-  leasesLive: number;
+  /** The kinds of the live leases (running holders) when cleanup started. */
+  leasesLive: string[];
   versionsRemoved: Version[];
   objects: number;
   bytes: number;
@@ -123,7 +133,7 @@ export async function cleanup(opts: {
   const result: CleanupResult = {
     dryRun,
     leasesReleased: 0,
-    leasesLive: 0,
+    leasesLive: [],
     versionsRemoved: [],
     objects: 0,
     bytes: 0,
@@ -138,16 +148,20 @@ export async function cleanup(opts: {
   const leases = await meta.leases();
   const live: typeof leases = [];
   for (const l of leases) if (await meta.isLeaseAlive(l)) live.push(l);
-  result.leasesLive = live.length;
+  result.leasesLive = live.map((l) => l.kind);
   for (const l of leases) {
     if (live.includes(l)) continue;
     if (!dryRun) await meta.releaseLease(l.id);
     result.leasesReleased++;
   }
-  const cutoff = Math.min(start, ...live.map((l) => l.started));
-
   const leased = new Set(live.map((l) => l.versionUid));
   const versions = await meta.listVersions();
+  const complete = new Set(versions.filter((v) => v.status !== 'incomplete').map((v) => v.uid));
+  const writers = live.filter(
+    (l) => !(READER_LEASE_KINDS.includes(l.kind) && l.versionUid !== null && complete.has(l.versionUid)),
+  );
+  const cutoff = Math.min(start, ...writers.map((l) => l.started));
+
   for (const v of versions) {
     signal?.throwIfAborted();
     if (v.status !== 'incomplete' || leased.has(v.uid)) continue;
@@ -189,7 +203,7 @@ export async function cleanup(opts: {
       }
     }
 
-    if (live.length > 0) {
+    if (writers.length > 0) {
       result.sweepSkipped = true;
       return result;
     }

@@ -23,6 +23,7 @@ import { recordImportedVersions } from '../meta/record-import.js';
 import type { ImportedVersion } from '../meta/record-import.js';
 import type { ExportHeader } from './export-format.js';
 import { copyName, copyUid, readVersionCopyChecked } from './version-copy.js';
+import { tombstoneUid } from './store-authority.js';
 
 /** Small versions recorded in one transaction: at most this many, and this many block rows. */
 const GROUP_VERSIONS = 200;
@@ -40,6 +41,8 @@ export interface RecoverResult {
   downgraded: string[];
   /** Already in the database: left alone. */
   present: string[];
+  /** Copies a tombstone gives up (rm, recover --forget): skipped unless named. */
+  forgotten: string[];
   problems: RecoverProblem[];
   /**
    * Added from a copy of the old format without a checksum (unencrypted, format version 1):
@@ -64,6 +67,7 @@ export async function recover(opts: {
     added: [],
     downgraded: [],
     present: [],
+    forgotten: [],
     problems: [],
     unverified: [],
     labels: new Map(),
@@ -71,12 +75,22 @@ export async function recover(opts: {
   const held = opts.dryRun ? undefined : await hold(meta, 'recover', null);
   try {
     const copies = new Set<string>();
+    const tombstones = new Set<string>();
     for await (const o of store.backend.listMeta()) {
       const uid = copyUid(o.key);
       if (uid) copies.add(uid);
+      const gone = tombstoneUid(o.key);
+      if (gone) tombstones.add(gone);
     }
-    const wanted = opts.uids ?? [...copies].sort();
-    const existing = new Set((await meta.listVersions()).map((v) => v.uid));
+    // A removed or given-up version's copy (not yet deleted by cleanup) stays out, unless named.
+    const wanted = opts.uids ?? [...copies].filter((u) => !tombstones.has(u)).sort();
+    if (!opts.uids) result.forgotten = [...copies].filter((u) => tombstones.has(u)).sort();
+    // A version the database holds incomplete while the store holds its copy was finished after
+    // this database's state was taken (a dump restored): the copy replaces the stale row (a
+    // running backup's version has no copy yet).
+    const all = await meta.listVersions();
+    const existing = new Set(all.filter((v) => v.status !== 'incomplete').map((v) => v.uid));
+    const stale = new Set(all.filter((v) => v.status === 'incomplete').map((v) => v.uid));
     // Small versions are recorded GROUP_VERSIONS (or GROUP_ROWS block rows) to a transaction:
     // one commit and a few statements for many versions, not a dozen statements each.
     let group: ImportedVersion[] = [];
@@ -119,6 +133,7 @@ export async function recover(opts: {
           if (header.labels) result.labels.set(uid, header.labels);
           continue;
         }
+        if (stale.has(uid)) await meta.removeVersion(uid);
         const checkThis = (h: ExportHeader) => checkHeader(h, uid, opts.storeId, meta);
         const item = await prepareImport({ meta, store, name, content, checkHeader: checkThis, signal });
         if (item) {

@@ -2,21 +2,22 @@
  * The store describes itself: the meta object `descriptor`, written when a store is created
  * (its first backup) or first used by a backy that knows descriptors (cleanup writes it too).
  * JSON, never encrypted (it must be readable to tell which key a store needs):
- *   {"format":"backy-store","version":1,"store_id":"<uuid>","hash_function":"blake3",
+ *   {"format":"backy-store","version":2,"store_id":"<uuid>","hash_function":"blake3",
  *    "block_size":4194304,"compression":"zstd:1","encryption":"none"|"aes-256-gcm",
- *    "key_fingerprint":"<32 hex>"|null}
+ *    "key_fingerprint":"<32 hex>"|null,"owner_database":"<uuid>"|null}
  * The key's fingerprint is an HKDF output (keyfile.ts), never the key. block_size and
  * compression are what the creating config used, for information: both may differ per
  * version and per object. store_id ties a metadata database to its store (the settings row
  * `store_id`): a fresh database adopts a descriptor, a database recording another id is
  * refused, so that no command mixes one store's metadata with another store's objects.
+ * owner_database (version 2) names the one database that may write to the store (see
+ * store-authority.ts); version 1 (the previous backy) had none and is still read.
  */
-import { randomUUID } from 'node:crypto';
 import { HASH_FUNCTIONS } from '../config/config.js';
 import type { HashFunction } from '../config/config.js';
 import { BackyError, ConfigError } from '../errors.js';
 import type { MetaStore } from '../meta/meta-store.js';
-import { adoptStoreSettings, readStoreId, readStoreSettings, recordStoreId } from '../meta/store-identity.js';
+import { adoptStoreSettings, readStoreId } from '../meta/store-identity.js';
 import type { StoreSettings } from '../meta/store-identity.js';
 import type { StorageBackend } from '../storage/backend.js';
 
@@ -26,7 +27,12 @@ const FORMAT = 'backy-store';
 export interface Descriptor extends StoreSettings {
   blockSize: number;
   compression: string;
+  /** The database id of the store's owner; null in a version 1 descriptor or a rebuilt one. */
+  owner: string | null;
 }
+
+/** The descriptor is there but cannot be read as one (truncated, overwritten). */
+export class DamagedDescriptorError extends BackyError {}
 
 const UUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 
@@ -34,20 +40,24 @@ export function encodeDescriptor(d: Descriptor): Buffer {
   return Buffer.from(
     `${JSON.stringify({
       format: FORMAT,
-      version: 1,
+      version: 2,
       store_id: d.storeId,
       hash_function: d.hashFunction,
       block_size: d.blockSize,
       compression: d.compression,
       encryption: d.encryption,
       key_fingerprint: d.keyFingerprint,
+      owner_database: d.owner,
     })}\n`,
   );
 }
 
 /** Parses a descriptor; throws a one-line BackyError naming `where` when it is not one. */
 export function parseDescriptor(data: Buffer, where: string): Descriptor {
-  const bad = (why: string) => new BackyError(`the store descriptor in ${where} is damaged: ${why}`);
+  const bad = (why: string) =>
+    new DamagedDescriptorError(
+      `the store descriptor in ${where} is damaged: ${why}; 'backy recover' rebuilds it from the metadata copies`,
+    );
   let v: Record<string, unknown>;
   try {
     v = JSON.parse(data.toString('utf8')) as Record<string, unknown>;
@@ -55,9 +65,9 @@ export function parseDescriptor(data: Buffer, where: string): Descriptor {
     throw bad('not JSON');
   }
   if (typeof v !== 'object' || v === null || v.format !== FORMAT) throw bad(`not a ${FORMAT} descriptor`);
-  if (v.version !== 1)
+  if (v.version !== 1 && v.version !== 2)
     throw new BackyError(
-      `the store in ${where} has descriptor version ${String(v.version)}; this backy reads version 1`,
+      `the store in ${where} has descriptor version ${String(v.version)}; this backy reads versions 1 and 2`,
     );
   const known = [
     'format',
@@ -68,6 +78,7 @@ export function parseDescriptor(data: Buffer, where: string): Descriptor {
     'compression',
     'encryption',
     'key_fingerprint',
+    ...(v.version === 2 ? ['owner_database'] : []),
   ];
   const extra = Object.keys(v).filter((k) => !known.includes(k));
   if (extra.length > 0) throw bad(`unknown field '${extra[0]}'`);
@@ -80,6 +91,9 @@ export function parseDescriptor(data: Buffer, where: string): Descriptor {
   if (v.encryption === 'none' ? fp !== null : typeof fp !== 'string' || !/^[0-9a-f]{32}$/.test(fp)) {
     throw bad("bad 'key_fingerprint'");
   }
+  const owner = v.owner_database ?? null;
+  if (owner !== null && (typeof owner !== 'string' || !UUID_RE.test(owner)))
+    throw bad("bad 'owner_database'");
   return {
     storeId: v.store_id,
     hashFunction: v.hash_function as HashFunction,
@@ -87,6 +101,7 @@ export function parseDescriptor(data: Buffer, where: string): Descriptor {
     compression: v.compression,
     encryption: v.encryption,
     keyFingerprint: fp as string | null,
+    owner,
   };
 }
 
@@ -112,19 +127,4 @@ export async function checkDescriptor(
   throw new ConfigError(
     `the metadata database belongs to another store than the data in ${where} (store ${id ?? 'without an id'}, the data's ${d.storeId}); check [MetaBackend] engine and [DataBackend]: nothing was read or written`,
   );
-}
-
-/**
- * Writes the descriptor of a store that has none yet (created now, or before descriptors
- * existed), recording a new store id in the database first. Returns it.
- */
-export async function describeStore(
-  meta: MetaStore,
-  backend: StorageBackend,
-  defaults: { blockSize: number; compression: string },
-): Promise<Descriptor> {
-  const storeId = (await readStoreId(meta)) ?? (await recordStoreId(meta, randomUUID()));
-  const d: Descriptor = { storeId, ...(await readStoreSettings(meta)), ...defaults };
-  await backend.putMeta(DESCRIPTOR_NAME, encodeDescriptor(d));
-  return d;
 }

@@ -2,7 +2,9 @@
  * Garbage collection: orphaned incomplete versions, unreferenced objects, unrecorded files.
  * Every removal re-checks inside a cleanup transaction (MetaBase.cleanupTx) what it found.
  */
-import { ANY_OBJECT_LEASE_KINDS, INSERT_BATCH, toVersion } from './meta-types.js';
+import { ANY_OBJECT_LEASE_KINDS, INSERT_BATCH, READER_LEASE_KINDS, toVersion } from './meta-types.js';
+import type { ExpressionBuilder } from 'kysely';
+import type { Database } from './schema.js';
 import type { Version } from './meta-types.js';
 import { MetaObjects } from './meta-objects.js';
 
@@ -68,8 +70,8 @@ export class MetaGarbage extends MetaObjects {
   /**
    * Deletes the given objects that are, re-checked inside one write transaction that no
    * other writer of these objects can interleave with (SQLite: BEGIN IMMEDIATE; PostgreSQL:
-   * their rows locked FOR UPDATE), still unreferenced and last seen before both `cutoff` and the start of every lease now
-   * in the table. `unlink` removes their files inside the transaction, before the rows go.
+   * their rows locked FOR UPDATE), still unreferenced and last seen before both `cutoff` and the
+   * start of every writer's lease now in the table (READER_LEASE_KINDS). `unlink` removes their files inside the transaction, before the rows go.
    * Returns what was deleted.
    */
   async deleteGarbage(
@@ -109,9 +111,11 @@ export class MetaGarbage extends MetaObjects {
         )
         .executeTakeFirst();
       if (holdsAll) return [];
+      // Writers' leases only: a reader's objects are named by its version's block entries.
       const oldest = await tx
-        .selectFrom('leases')
-        .select((eb) => eb.fn.min('started').as('started'))
+        .selectFrom('leases as l')
+        .select((eb) => eb.fn.min('l.started').as('started'))
+        .where(writersOnly)
         .executeTakeFirst();
       const limit = oldest?.started == null ? cutoff : Math.min(cutoff, Number(oldest.started));
       const rows = await tx
@@ -140,16 +144,17 @@ export class MetaGarbage extends MetaObjects {
 
   /**
    * Runs `fn` on the keys among `keys` that have no objects row, inside one write transaction
-   * that keeps new leases out (SQLite: BEGIN IMMEDIATE; PostgreSQL: leases locked), but only when no lease exists at all: a running backup may have renamed an
-   * object into place and not yet recorded it, and its lease keeps such files. Returns false
-   * (without calling fn) when a lease exists.
+   * that keeps new leases out (SQLite: BEGIN IMMEDIATE; PostgreSQL: leases locked), but only
+   * when no writer's lease exists: a running backup may have renamed an object into place and
+   * not yet recorded it, and its lease keeps such files (a reader writes no file). Returns
+   * false (without calling fn) when a writer's lease exists.
    */
   async sweepUnrecorded(
     keys: readonly string[],
     fn: (unrecorded: string[]) => Promise<void>,
   ): Promise<boolean> {
     return this.cleanupTx({ leases: true }, async (tx) => {
-      const lease = await tx.selectFrom('leases').select('id').executeTakeFirst();
+      const lease = await tx.selectFrom('leases as l').select('l.id').where(writersOnly).executeTakeFirst();
       if (lease) return false;
       const recorded = new Set<string>();
       for (let i = 0; i < keys.length; i += INSERT_BATCH) {
@@ -164,4 +169,20 @@ export class MetaGarbage extends MetaObjects {
       return true;
     });
   }
+}
+
+/** Leases but a reader's on a complete version (READER_LEASE_KINDS): those that hold cleanup back. */
+function writersOnly(eb: ExpressionBuilder<Database & { l: Database['leases'] }, 'l'>) {
+  return eb.not(
+    eb.and([
+      eb('l.kind', 'in', READER_LEASE_KINDS),
+      eb.exists(
+        eb
+          .selectFrom('versions as v')
+          .select('v.uid')
+          .whereRef('v.uid', '=', 'l.version_uid')
+          .where('v.status', '!=', 'incomplete'),
+      ),
+    ]),
+  );
 }

@@ -13,7 +13,7 @@ import type { Db } from './meta-types.js';
 
 export type { VersionStatus } from './schema.js';
 export type { BlockRow, Lease, Version } from './meta-types.js';
-export { ANY_OBJECT_LEASE_KINDS, nowMicros } from './meta-types.js';
+export { ANY_OBJECT_LEASE_KINDS, READER_LEASE_KINDS, nowMicros } from './meta-types.js';
 export { MetaDatabaseError, queryTimeoutMs } from './pg-connect.js';
 export { LEASE_TIMEOUT_US, leaseAlive } from './meta-leases.js';
 

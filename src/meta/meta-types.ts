@@ -49,6 +49,17 @@ export interface Lease {
  */
 export const ANY_OBJECT_LEASE_KINDS: readonly string[] = ['import', 'recover'];
 
+/**
+ * Lease kinds of readers: a restore, scrub or export, a backup's -f base, an NBD connection's
+ * version. A reader needs only the objects its version's block entries name, which those
+ * entries keep; it never stores or looks up an object for reuse. So a reader's lease does not
+ * hold back cleanup's cutoff (a VM booted over NBD for days must not keep every later
+ * garbage object alive). A lease of one of these kinds naming an incomplete version is a
+ * writer's (an `nbd -w` connection's new version) and does hold the cutoff, as does any kind
+ * not listed here.
+ */
+export const READER_LEASE_KINDS: readonly string[] = ['restore', 'scrub', 'export', 'base', 'nbd'];
+
 /** Rows per INSERT statement: well under SQLite's 32766 bound parameters and PostgreSQL's 65535. */
 export const INSERT_BATCH = 1000;
 

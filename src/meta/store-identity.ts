@@ -4,6 +4,7 @@
  * over a descriptor's settings wholesale (adopt); one that records another id is another
  * store's.
  */
+import { randomUUID } from 'node:crypto';
 import type { HashFunction } from '../config/config.js';
 import type { MetaStore } from './meta-store.js';
 
@@ -61,18 +62,53 @@ export async function adoptStoreSettings(meta: MetaStore, s: StoreSettings): Pro
       (await tx.selectFrom('versions').select('uid').limit(1).executeTakeFirst()) ??
       (await tx.selectFrom('objects').select('checksum').limit(1).executeTakeFirst());
     if (used) return false;
-    const keys = ['hash_function', 'encryption', 'key_fingerprint', 'store_id', RECOVER_PENDING];
+    const keys = ['hash_function', 'encryption', 'key_fingerprint', 'store_id'];
     await tx.deleteFrom('settings').where('key', 'in', keys).execute();
     const values = [
       { key: 'store_id', value: s.storeId },
       { key: 'hash_function', value: s.hashFunction },
       { key: 'encryption', value: s.encryption },
-      { key: RECOVER_PENDING, value: '1' },
     ];
     if (s.keyFingerprint !== null) values.push({ key: 'key_fingerprint', value: s.keyFingerprint });
     await tx.insertInto('settings').values(values).execute();
     return true;
   });
+}
+
+/**
+ * The database's own random id (settings row `database_id`), made the first time it is asked
+ * for: the store's descriptor names its owner by it (core/store-authority.ts). A copy of the
+ * database file carries the same id; hosts sharing one PostgreSQL database share it.
+ */
+export async function databaseId(meta: MetaStore): Promise<string | undefined> {
+  const row = await meta.db
+    .selectFrom('settings')
+    .select('value')
+    .where('key', '=', DATABASE_ID)
+    .executeTakeFirst();
+  if (row || meta.readOnly) return row?.value;
+  return meta.write(async (tx) => {
+    await tx
+      .insertInto('settings')
+      .values({ key: DATABASE_ID, value: randomUUID() })
+      .onConflict((oc) => oc.column('key').doNothing())
+      .execute();
+    const r = await tx
+      .selectFrom('settings')
+      .select('value')
+      .where('key', '=', DATABASE_ID)
+      .executeTakeFirstOrThrow();
+    return r.value;
+  });
+}
+const DATABASE_ID = 'database_id';
+
+/** The database records a version or an object: it has been used with a store. */
+export async function databaseHoldsData(meta: MetaStore): Promise<boolean> {
+  const used =
+    (await meta.db.selectFrom('versions').select('uid').limit(1).executeTakeFirst()) ??
+    (await meta.db.selectFrom('objects').select('checksum').limit(1).executeTakeFirst());
+  return used !== undefined;
 }
 
 /** The database's own settings, to describe a store that has no descriptor yet. */
@@ -89,24 +125,4 @@ export async function readStoreSettings(meta: MetaStore): Promise<Omit<StoreSett
     encryption: encrypted ? 'aes-256-gcm' : 'none',
     keyFingerprint: encrypted ? (get('key_fingerprint') ?? null) : null,
   };
-}
-
-/**
- * Set when a fresh database adopts an existing store's descriptor, cleared by `recover`:
- * until then the store holds versions the database does not know, and cleanup would take
- * their objects and copies for garbage.
- */
-const RECOVER_PENDING = 'recover_pending';
-
-export async function recoverPending(meta: MetaStore): Promise<boolean> {
-  const row = await meta.db
-    .selectFrom('settings')
-    .select('value')
-    .where('key', '=', RECOVER_PENDING)
-    .executeTakeFirst();
-  return row !== undefined;
-}
-
-export async function clearRecoverPending(meta: MetaStore): Promise<void> {
-  await meta.write((tx) => tx.deleteFrom('settings').where('key', '=', RECOVER_PENDING).execute());
 }

@@ -30,7 +30,7 @@ import { MissingBlockError } from '../errors.js';
 import { META_NAME_RE, checkMetaName } from './backend.js';
 import type { ObjectInfo, PutOptions, StorageBackend } from './backend.js';
 import { createS3Client, readBody } from './s3-http.js';
-import { S3Error, S3Retry, isNoSuchBucket, isNotFound } from './s3-retry.js';
+import { NoBucketError, S3Error, S3Retry, isNoSuchBucket, isNotFound } from './s3-retry.js';
 
 export { S3Error } from './s3-retry.js';
 
@@ -352,7 +352,7 @@ export class S3Backend implements StorageBackend {
   }
 
   #noBucket(cause: unknown): S3Error {
-    return new S3Error(
+    return new NoBucketError(
       `bucket ${this.#o.bucket} does not exist at ${this.#o.endpoint ?? 'AWS S3'} (a backup creates it; check [DataBackend] bucket)`,
       { cause },
     );

@@ -15,6 +15,9 @@ const MAX_BACKOFF_MS = 2000;
 /** Raised for an error that retrying cannot fix (or after the retries ran out). */
 export class S3Error extends BackyError {}
 
+/** The configured bucket does not exist (a backup creates it). */
+export class NoBucketError extends S3Error {}
+
 /** One backend's retry policy: its deadline per operation; whether the endpoint ever answered. */
 export class S3Retry {
   readonly #timeoutMs: number;

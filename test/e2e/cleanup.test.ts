@@ -147,7 +147,7 @@ describe('cleanup', () => {
       const r = await cleanup(sb);
       // B's own four and A's last four were garbage and untouched; the rest is the backup's.
       assert.deepEqual([r.objects, r.files, r.removed], [8, 0, []]);
-      assert.match(r.stderr, /1 backups running/);
+      assert.match(r.stderr, /Running: 1 backup;/);
       run.child.stdin.end(rest);
       const done = await run.done;
       assert.equal(done.code, 0, done.stderr);

@@ -195,11 +195,11 @@ describe('recover: damaged copies, wrong stores, dry runs', () => {
     assert.equal(dry.stdout, before);
     assert.equal((await lsLines(sb)).trim(), '');
 
-    // The database adopted the store and has not recovered: cleanup refuses to take its
-    // versions' blocks for garbage.
+    // The database adopted the store and has not recovered: it does not own the store, and
+    // cleanup (like every writing command) is refused before it takes anything for garbage.
     const gc = await sb.run(['cleanup']);
     assert.equal(gc.code, 1);
-    assert.match(errorLines(gc.stderr)[0], /run 'backy recover' first/);
+    assert.match(errorLines(gc.stderr)[0], /does not own the store .*run 'backy recover'/);
 
     const [a, b, c, d] = uids;
     const ca = copyPath(sb, a);
@@ -240,7 +240,19 @@ describe('recover: damaged copies, wrong stores, dry runs', () => {
     assert.equal(errorLines(named.stderr).filter((l) => l.includes(a)).length, 1);
   });
 
-  it('cleanup deletes the copies of removed versions only', async () => {
+  it('copies recover could not read keep cleanup away until forgotten; cleanup deletes the copies of removed versions only', async () => {
+    const [a, b, , d] = uids;
+    const refused = await sb.run(['cleanup']);
+    assert.equal(refused.code, 1);
+    assert.match(errorLines(refused.stderr)[0], /holds 4 versions this database does not know/);
+    const dry = await sb.ok(['recover', '--forget', '--dry-run', a, b, d, foreign]);
+    assert.match(
+      dry.stderr,
+      new RegExp(`Would forget version ${d} \\(its copy describes version ${uids[2]}: vm2, `),
+    );
+    assert.match(dry.stderr, new RegExp(`Would forget version ${a} \\(its copy cannot be read`));
+    assert.equal((await sb.run(['cleanup'])).code, 1, 'a dry run forgets nothing');
+    await sb.ok(['recover', '--forget', a, b, d, foreign]);
     const extra = await sb.backup([imgs[3], 'vm-extra']);
     // A copy whose version is gone (rm could not delete it, say): restored by hand.
     const saved = await readFile(copyPath(sb, extra));
@@ -253,6 +265,10 @@ describe('recover: damaged copies, wrong stores, dry runs', () => {
     await readFile(copyPath(sb, uids[4])); // and writes a missing one
     const names = (await readdir(join(sb.dataDir, 'meta'))).sort();
     assert.ok(names.includes('descriptor'));
+    for (const uid of [a, b, d, foreign, extra]) {
+      assert.ok(!names.includes(`version-${uid}`), `the given-up copy ${uid} is deleted`);
+      assert.ok(!names.includes(`removed-${uid}`), `and its tombstone with it`);
+    }
   });
 
   it('a copy that cannot be written: the change succeeds with one warning, cleanup rewrites the copy later', async () => {
@@ -372,7 +388,12 @@ describe('recover on S3 (radosgw)', { skip: rgwSkipReason() }, () => {
     c.destroy();
     assert.deepEqual(
       meta,
-      ['store1/meta/descriptor', `store1/meta/version-${v1}`, `store1/meta/version-${v2}`].sort(),
+      [
+        'store1/meta/descriptor',
+        `store1/meta/removed-${gone}`,
+        `store1/meta/version-${v1}`,
+        `store1/meta/version-${v2}`,
+      ].sort(),
     );
     const before = await lsLines(sb);
 

@@ -1,10 +1,7 @@
 import { cleanup } from '../../core/cleanup.js';
 import { cleanupCopies } from '../../core/copy-cleanup.js';
-import { copyUid } from '../../core/version-copy.js';
-import { BackyError, InterruptedError } from '../../errors.js';
-import type { MetaStore } from '../../meta/meta-store.js';
-import { clearRecoverPending, recoverPending } from '../../meta/store-identity.js';
-import type { BlockStore } from '../../storage/block-store.js';
+import { behindError, readCatalogue } from '../../core/store-authority.js';
+import { InterruptedError } from '../../errors.js';
 import type { Context } from '../context.js';
 import { formatBytes, progressBar } from '../render.js';
 
@@ -13,7 +10,10 @@ export async function cleanupCommand(ctx: Context, opts: { dryRun?: boolean }) {
   const store = await ctx.store({ root: 'any' });
   const dryRun = Boolean(opts.dryRun);
   const start = Date.now();
-  await refuseBeforeRecover(ctx, meta, store);
+  // The store's catalogue first: a database behind its store deletes nothing at all
+  // (store-authority.ts rule 2).
+  const catalogue = await readCatalogue(meta, store.backend);
+  if (catalogue.unknown.length > 0) throw behindError(catalogue.unknown);
   let r;
   try {
     r = await cleanup({
@@ -29,13 +29,14 @@ export async function cleanupCommand(ctx: Context, opts: { dryRun?: boolean }) {
     }
     throw err;
   }
-  const copies = await cleanupCopies({
-    meta,
-    store,
-    storeId: (await ctx.descriptor()).storeId,
-    cutoffMs: start,
-    dryRun,
-  });
+  // A store without a descriptor is described now, unless the database has no version yet
+  // (then there is no copy to write, and an empty database never describes a store with data).
+  const complete = (await meta.listVersions()).some((v) => v.status !== 'incomplete');
+  const storeId = ctx.knownDescriptor?.storeId ?? (complete ? (await ctx.descriptor()).storeId : undefined);
+  const copies =
+    storeId === undefined
+      ? { removed: [], written: [], held: false }
+      : await cleanupCopies({ meta, store, storeId, cutoffMs: start, dryRun, catalogue });
   const would = dryRun ? 'would be ' : '';
   if (copies.removed.length > 0 || copies.written.length > 0) {
     ctx.log.info(
@@ -47,8 +48,8 @@ export async function cleanupCommand(ctx: Context, opts: { dryRun?: boolean }) {
   for (const v of r.versionsRemoved) {
     ctx.log.info(`Incomplete version ${v.uid} (${v.name}) has no running backup: ${would}removed`);
   }
-  if (r.leasesLive > 0) {
-    ctx.log.info(`${r.leasesLive} backups running: objects they may use are kept`);
+  if (r.leasesLive.length > 0) {
+    ctx.log.info(`Running: ${holdersByKind(r.leasesLive)}; objects they may use are kept`);
   }
   if (r.objectsHeld) {
     ctx.log.info(
@@ -87,22 +88,22 @@ export async function cleanupCommand(ctx: Context, opts: { dryRun?: boolean }) {
   }
 }
 
-/**
- * A database that adopted an existing store's descriptor and has not run recover yet lacks
- * versions the store holds: their objects and copies would look like garbage. Refused while
- * the store holds a copy of a version the database lacks (once every copy has its version,
- * e.g. after imports, the mark goes).
- */
-async function refuseBeforeRecover(ctx: Context, meta: MetaStore, store: BlockStore): Promise<void> {
-  if (!(await recoverPending(meta))) return;
-  for await (const o of store.backend.listMeta()) {
-    const uid = copyUid(o.key);
-    if (uid && !(await meta.findVersion(uid))) {
-      throw new BackyError(
-        `this database was created over an existing store whose versions it lacks (e.g. ${uid}): run 'backy recover' first, or cleanup would delete their blocks; nothing was deleted`,
-      );
-    }
-  }
-  await clearRecoverPending(meta);
-  ctx.log.debug('every metadata copy has its version: cleanup may run');
+/** "2 backups, 1 NBD connection": live leases counted by what holds them. */
+function holdersByKind(kinds: readonly string[]): string {
+  const names: Record<string, [string, string]> = {
+    backup: ['backup', 'backups'],
+    base: ['backup base', 'backup bases'],
+    import: ['import', 'imports'],
+    recover: ['recover', 'recovers'],
+    restore: ['restore', 'restores'],
+    scrub: ['scrub', 'scrubs'],
+    export: ['export', 'exports'],
+    nbd: ['NBD connection', 'NBD connections'],
+  };
+  const counts = new Map<string, number>();
+  for (const k of kinds) counts.set(k, (counts.get(k) ?? 0) + 1);
+  return [...counts]
+    .sort((a, b) => a[0].localeCompare(b[0]))
+    .map(([k, n]) => `${n} ${(names[k] ?? [`${k} lease`, `${k} leases`])[n === 1 ? 0 : 1]}`)
+    .join(', ');
 }

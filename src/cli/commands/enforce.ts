@@ -48,7 +48,13 @@ export async function enforceCommand(
         ctx.log.warn(`kept ${uid} (${v.name}): a running command uses it`);
         continue;
       }
-      if (!opts.dryRun) await meta.removeVersion(uid);
+      if (!opts.dryRun) {
+        const undo = await ctx.recordRemoval(uid, 'enforce');
+        await meta.removeVersion(uid).catch(async (err: unknown) => {
+          await undo();
+          throw err;
+        });
+      }
       removed.push(v);
       if (!opts.dryRun) await ctx.updateCopies([uid]);
       if (!ctx.json) ctx.out(ctx.machine ? `removed ${uid} ${v.name} ${formatDate(v.date)}` : uid);

@@ -8,7 +8,7 @@ import { checkTargetOutsideStore } from '../../target/target.js';
 
 export async function exportCommand(ctx: Context, uidArg: string, file: string) {
   const uid = parseUid(uidArg);
-  const meta = await ctx.meta();
+  const meta = await ctx.meta({ databaseOnly: true });
   // The path is checked before the version is held: a refused FILE leaves the database as it was.
   await checkTargetOutsideStore(file, storePaths(ctx), 'export file');
   const held = await holdVersion(meta, uid, 'export', { bestEffort: true }); // not found: fail before creating FILE

@@ -15,6 +15,7 @@ export async function importCommand(ctx: Context, file: string) {
     }
     throw err;
   }
+  await ctx.clearRemovals([r.version.uid]);
   await ctx.updateCopies([r.version.uid]);
   if (r.missing > 0) {
     ctx.log.warn(

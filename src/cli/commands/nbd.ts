@@ -94,7 +94,7 @@ export async function nbdCommand(ctx: Context, opts: NbdCliOptions): Promise<voi
   const { where, handshakeTimeoutMs, tls: tlsFiles } = nbdOptions(opts);
   const tls = tlsFiles && NbdTls.load(tlsFiles);
   if ('path' in where) await removeStaleSocket(where.path, ctx);
-  const meta = await ctx.meta();
+  const meta = await ctx.meta(opts.write ? { write: 'nbd -w' } : {});
   const store = await ctx.store();
   const log = ctx.log;
   const server = new NbdServer({

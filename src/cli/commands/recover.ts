@@ -1,7 +1,6 @@
 import { recover } from '../../core/recover.js';
 import { BackyError, IntegrityError, InterruptedError } from '../../errors.js';
 import { labelsOf } from '../../meta/catalog.js';
-import { clearRecoverPending } from '../../meta/store-identity.js';
 import type { Context } from '../context.js';
 import { parseUid } from '../context.js';
 import { formatDate, machineVersionLine, versionJsonFields } from '../render.js';
@@ -15,7 +14,7 @@ import { formatDate, machineVersionLine, versionJsonFields } from '../render.js'
 export async function recoverCommand(ctx: Context, uidArgs: string[], opts: { dryRun?: boolean }) {
   const uids = uidArgs.length > 0 ? [...new Set(uidArgs.map(parseUid))] : undefined;
   const dryRun = Boolean(opts.dryRun);
-  const meta = await ctx.meta(dryRun ? {} : { write: 'recover' });
+  const meta = await ctx.meta(dryRun ? { rebuild: true } : { write: 'recover', rebuild: true });
   const store = await ctx.store();
   const desc = ctx.knownDescriptor;
   if (!desc) {
@@ -34,9 +33,11 @@ export async function recoverCommand(ctx: Context, uidArgs: string[], opts: { dr
     }
     throw err;
   }
-  // After a full run the database knows every version the store could give back (damaged copies
-  // were reported): cleanup may run again.
-  if (!dryRun && !uids) await clearRecoverPending(meta);
+  // After a run over every copy this database is the store's owner (store-authority.ts): the
+  // copies it could not recover keep cleanup away until recovered or forgotten.
+  if (!dryRun && !uids) await ctx.takeOwnership();
+  // Named, a removed version's copy is recovered; its tombstone goes.
+  if (!dryRun && uids) await ctx.clearRemovals(r.added.map((v) => v.uid));
   // A copy that said valid but whose blocks are missing: its copy now says what the database does.
   // A copy of the old format without a checksum: written again in the current one.
   await ctx.updateCopies([...new Set([...r.downgraded, ...r.unverified])]);
@@ -71,7 +72,8 @@ export async function recoverCommand(ctx: Context, uidArgs: string[], opts: { dr
     );
   }
   ctx.log.info(
-    `${r.added.length} versions ${dryRun ? 'would be ' : ''}recovered, ${r.present.length} already present, ${r.problems.length} not recoverable`,
+    `${r.added.length} versions ${dryRun ? 'would be ' : ''}recovered, ${r.present.length} already present, ${r.problems.length} not recoverable` +
+      (r.forgotten.length > 0 ? `, ${r.forgotten.length} removed or forgotten (skipped)` : ''),
   );
   // Versions brought back invalid (their copy said so, or blocks are missing) are damage found,
   // as a scrub that finds it: exit 3, whatever else went well.

@@ -7,9 +7,17 @@ export async function rmCommand(ctx: Context, uidArg: string, opts: { force?: bo
   const uid = parseUid(uidArg);
   const meta = await ctx.meta({ write: 'rm' });
   const version = await meta.getVersion(uid);
-  if (opts.force) await meta.removeVersion(uid);
-  else {
-    const holders = await meta.removeVersionUnlessHeld(uid, (l) => meta.isLeaseAlive(l));
+  const undo = await ctx.recordRemoval(uid, 'rm');
+  let holders;
+  try {
+    holders = opts.force ? [] : await meta.removeVersionUnlessHeld(uid, (l) => meta.isLeaseAlive(l));
+    if (opts.force) await meta.removeVersion(uid);
+  } catch (err) {
+    await undo();
+    throw err;
+  }
+  if (holders.length > 0) {
+    await undo();
     const l = holders.find((h) => h.kind === 'backup') ?? holders[0];
     if (l?.kind === 'backup') {
       throw new InputError(
