@@ -17,7 +17,7 @@ import { objectFiles, query, spawnBacky, waitFor } from '../lib/store.js';
 const BS = 64 * 1024;
 
 async function cleanup(sb: Sandbox) {
-  const r = await sb.ok(['-m', 'cleanup']);
+  const r = await sb.ok(['-v', '-m', 'cleanup']);
   return { objects: Number(r.stdout.trim().split('\n')[0].split(' ')[2]), stderr: r.stderr };
 }
 

@@ -132,7 +132,7 @@ describe('full disk (ENOSPC) on a real tmpfs', () => {
     }
     const metaDir = sb.path('meta');
     await mkdir(metaDir);
-    const why = tryMountTmpfs(metaDir, '300k');
+    const why = tryMountTmpfs(metaDir, '400k');
     if (why) {
       t.skip(why);
       return;
