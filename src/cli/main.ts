@@ -295,6 +295,10 @@ export async function main(argv: string[]): Promise<number> {
       '--handshake-timeout <seconds>',
       'close a connection that has not finished the NBD handshake within this time (default 30)',
     )
+    .option(
+      '--stall-timeout <seconds>',
+      'close a connection that leaves its replies unread, or stops in the middle of a request, this long (default 60)',
+    )
     .action(async (opts: NbdCliOptions) => {
       const { nbdCommand, nbdOptions } = await import('./commands/nbd.js');
       nbdOptions(opts); // usage errors before anything is logged

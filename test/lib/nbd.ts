@@ -118,8 +118,9 @@ export class RawClient {
     this.reader = new ByteReader(socket);
   }
 
-  static async connect(path: string): Promise<RawClient> {
-    const socket = connect(path);
+  /** Connects to a Unix socket path, or to `port` on 127.0.0.1. */
+  static async connect(where: string | { port: number }): Promise<RawClient> {
+    const socket = typeof where === 'string' ? connect(where) : connect(where.port, '127.0.0.1');
     await new Promise<void>((resolve, reject) => {
       socket.once('connect', resolve);
       socket.once('error', reject);

@@ -1,7 +1,7 @@
 import { existsSync, chmodSync } from 'node:fs';
 import { InputError, UsageError, ioReason } from '../../errors.js';
 import type { InterruptedError } from '../../errors.js';
-import { HANDSHAKE_TIMEOUT_MS, NbdServer } from '../../nbd/server.js';
+import { HANDSHAKE_TIMEOUT_MS, NbdServer, STALL_TIMEOUT_MS } from '../../nbd/server.js';
 import type { Context } from '../context.js';
 
 export interface NbdCliOptions {
@@ -11,25 +11,31 @@ export interface NbdCliOptions {
   write?: boolean;
   discard?: boolean;
   handshakeTimeout?: string;
+  stallTimeout?: string;
 }
 
-/** Longest --handshake-timeout: a day is already far beyond any client's need. */
-const MAX_HANDSHAKE_TIMEOUT_S = 86_400;
+/** Longest --handshake-timeout and --stall-timeout: a day is already far beyond any client's need. */
+const MAX_TIMEOUT_S = 86_400;
 
 /** Checks the command line before anything is opened or logged. */
 export function nbdOptions(opts: NbdCliOptions): {
   where: { host: string; port: number } | { path: string };
   handshakeTimeoutMs: number;
+  stallTimeoutMs: number;
 } {
-  return { where: listenOn(opts), handshakeTimeoutMs: handshakeTimeoutMs(opts.handshakeTimeout) };
+  return {
+    where: listenOn(opts),
+    handshakeTimeoutMs: timeoutMs('--handshake-timeout', opts.handshakeTimeout, HANDSHAKE_TIMEOUT_MS),
+    stallTimeoutMs: timeoutMs('--stall-timeout', opts.stallTimeout, STALL_TIMEOUT_MS),
+  };
 }
 
-function handshakeTimeoutMs(value: string | undefined): number {
-  if (value === undefined) return HANDSHAKE_TIMEOUT_MS;
+function timeoutMs(flag: string, value: string | undefined, dflt: number): number {
+  if (value === undefined) return dflt;
   const s = Number(value);
-  if (!/^\d+(\.\d+)?$/.test(value) || !(s > 0) || s > MAX_HANDSHAKE_TIMEOUT_S)
+  if (!/^\d+(\.\d+)?$/.test(value) || !(s > 0) || s > MAX_TIMEOUT_S)
     throw new UsageError(
-      `--handshake-timeout '${value}' is not a number of seconds above 0 and at most ${MAX_HANDSHAKE_TIMEOUT_S}`,
+      `${flag} '${value}' is not a number of seconds above 0 and at most ${MAX_TIMEOUT_S}`,
     );
   // At least 1 ms: a tiny fraction must not round to "no time at all".
   return Math.max(1, Math.round(s * 1000));
@@ -50,7 +56,7 @@ function listenOn(opts: NbdCliOptions): { host: string; port: number } | { path:
 }
 
 export async function nbdCommand(ctx: Context, opts: NbdCliOptions): Promise<void> {
-  const { where, handshakeTimeoutMs } = nbdOptions(opts);
+  const { where, handshakeTimeoutMs, stallTimeoutMs } = nbdOptions(opts);
   if ('path' in where && existsSync(where.path))
     throw new InputError(`${JSON.stringify(where.path)} exists; remove it or choose another socket path`);
   const meta = await ctx.meta();
@@ -62,6 +68,7 @@ export async function nbdCommand(ctx: Context, opts: NbdCliOptions): Promise<voi
     writable: Boolean(opts.write),
     discard: Boolean(opts.discard),
     handshakeTimeoutMs,
+    stallTimeoutMs,
     log: (level, msg) => (level === 'warn' ? log.warn(msg) : log[level](msg)),
   });
   let address: string;
