@@ -13,7 +13,7 @@ import { randomBytesSeeded, writeImage } from '../lib/image.js';
 import type { BlockKind } from '../lib/image.js';
 import { RawClient, mustRun, nbdClientsMissing, startServer } from '../lib/nbd.js';
 import type { ServerHandle } from '../lib/nbd.js';
-import { memoryOf, stalledReader, stalledWriter } from '../lib/nbd-hostile.js';
+import { drainedUntilClosed, memoryOf, stalledReader, stalledWriter } from '../lib/nbd-hostile.js';
 import * as P from '../../src/nbd/protocol.js';
 
 const BS = 4 << 20;
@@ -38,7 +38,7 @@ async function closedWithin(c: RawClient, ms: number, what: string): Promise<voi
     timer = setTimeout(() => reject(new Error(`${what}: still open after ${ms / 1000} s`)), ms);
   });
   try {
-    await Promise.race([c.closed(), late]);
+    await Promise.race([drainedUntilClosed(c), late]);
   } finally {
     clearTimeout(timer);
   }
@@ -144,8 +144,8 @@ describe('backy nbd: clients that stall', () => {
         const port = s.socket.localPort;
         // The log first: closed() reads the socket, and a client that reads is not stalled.
         const dropped = await endLines(srv2, port);
-        await closedWithin(s, GUARD_MS, 'the stalled reader');
         assert.equal(dropped.length, 1, srv2.stderr());
+        await closedWithin(s, GUARD_MS, 'the stalled reader');
         assert.match(
           dropped[0],
           new RegExp(

@@ -47,3 +47,17 @@ export async function memoryOf(pid: number): Promise<{ rss: number; peak: number
   const mb = (key: string) => Number(new RegExp(`${key}:\\s+(\\d+)`).exec(status)?.[1] ?? NaN) / 1024;
   return { rss: mb('VmRSS'), peak: mb('VmHWM') };
 }
+
+/**
+ * Resolves when the server has closed a stalled client's connection: reads and drops what the
+ * kernel holds for it (RawClient.closed() would stop again at its reader's high water).
+ */
+export function drainedUntilClosed(c: RawClient): Promise<void> {
+  return new Promise((resolve) => {
+    if (c.socket.destroyed) return resolve();
+    c.socket.once('close', () => resolve());
+    c.socket.removeAllListeners('data');
+    c.socket.on('data', () => {});
+    c.socket.resume();
+  });
+}
