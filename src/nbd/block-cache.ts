@@ -152,19 +152,6 @@ export class BlockCache {
     }
   }
 
-  /**
-   * Gives back the memory of every block no reader holds (all clients have left): an idle
-   * server returns to its idle size. Blocks still held stay, and are freed as usual.
-   */
-  trim(): void {
-    for (const [checksum, e] of this.#entries) {
-      if (e.refs > 0) continue;
-      this.#evict(checksum, e);
-      this.#allocated -= e.buf!.length;
-    }
-    for (const b of this.#free.splice(0)) this.#allocated -= b.length;
-  }
-
   #recycle(buf: Buffer): void {
     this.#free.push(buf);
     this.#wake();

@@ -1,8 +1,8 @@
 /**
  * The buffers of modified blocks of every -w connection (ExportWriter), not stored yet: at most
  * `total` bytes of them exist, whatever the number of writers, and they are reused rather than
- * left to the garbage collector (the server's memory returns to its idle size when writers
- * leave, instead of keeping the high water of every buffer ever allocated).
+ * left to the garbage collector: buffers freed and allocated again as writers come and go
+ * would each stay in memory until a collection, far beyond the bound.
  *
  * A writer that needs a buffer when none is free stores its own oldest modified block first
  * (storing early is harmless: the block becomes part of the version being built); one that has
@@ -40,7 +40,6 @@ export class DirtyPool {
 
   unregister(h: DirtyHolder): void {
     this.#holders.delete(h);
-    if (this.#holders.size === 0) this.trim();
   }
 
   /**
@@ -79,11 +78,6 @@ export class DirtyPool {
       return;
     }
     this.#free.push(buf);
-  }
-
-  /** Drops the free buffers (writers have left): their memory goes back to the system. */
-  trim(): void {
-    for (const b of this.#free.splice(0)) this.#allocated -= b.length;
   }
 
   #take(size: number): Buffer | undefined {

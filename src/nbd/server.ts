@@ -82,8 +82,8 @@ export class NbdServer {
   readonly #tables = new Map<string, { table: Promise<BlockTable>; refs: number }>();
   readonly #reads = new Budget(READ_BUDGET);
   readonly #dirty = new DirtyPool(DIRTY_BUDGET);
-  /** Buffers modified blocks are stored from, per block size, while a writer uses them. */
-  readonly #storeBuffers = new Map<number, { pool: BufferPool; refs: number }>();
+  /** Buffers modified blocks are stored from, per block size (kept: writers come and go). */
+  readonly #storeBuffers = new Map<number, BufferPool>();
   #nextId = 1;
   #closing = false;
   /** Connections accepted that have not entered transmission (at most MAX_HANDSHAKES). */
@@ -174,7 +174,6 @@ export class NbdServer {
       socket.destroy();
       this.#sockets.delete(socket);
       await session.close().catch((err: unknown) => log('error', errorMessage(err)));
-      if (this.#sockets.size === 0) this.#cache.trim();
     }
   }
 
@@ -193,23 +192,14 @@ export class NbdServer {
     return this.#dirty;
   }
 
-  /**
-   * STORE_SLOTS buffers to store blocks of `blockSize` from, shared by the writers using them;
-   * give them back with releaseStoreBuffers (the last writer to leave frees them).
-   */
+  /** STORE_SLOTS buffers to store blocks of `blockSize` from, shared by all writers. */
   storeBuffers(blockSize: number): BufferPool {
-    let s = this.#storeBuffers.get(blockSize);
-    if (!s) {
-      s = { pool: new BufferPool(STORE_SLOTS, blockSize, ENCODE_ROOM), refs: 0 };
-      this.#storeBuffers.set(blockSize, s);
+    let pool = this.#storeBuffers.get(blockSize);
+    if (!pool) {
+      pool = new BufferPool(STORE_SLOTS, blockSize, ENCODE_ROOM);
+      this.#storeBuffers.set(blockSize, pool);
     }
-    s.refs++;
-    return s.pool;
-  }
-
-  releaseStoreBuffers(blockSize: number): void {
-    const s = this.#storeBuffers.get(blockSize);
-    if (s && --s.refs <= 0) this.#storeBuffers.delete(blockSize);
+    return pool;
   }
 
   /** The version named `name` if it can be served (valid, or invalid: damaged parts fail). */

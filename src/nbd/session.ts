@@ -85,7 +85,6 @@ export class ExportSession {
     });
     await meta.copyBlocks(version.uid, created.version.uid, blockCount(version.sizeBytes, version.blockSize));
     const storeBuffers = this.#server.storeBuffers(version.blockSize);
-    this.#undo.push(async () => this.#server.releaseStoreBuffers(version.blockSize));
     this.#writer = new ExportWriter({
       ...common,
       newVersion: created.version,
