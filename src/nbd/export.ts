@@ -268,9 +268,18 @@ export class ExportWriter extends ExportReader implements DirtyHolder {
     return p;
   }
 
-  write(offset: number, data: Buffer): Promise<void> {
+  /**
+   * Writes `data` at `offset`. `whole`: the whole write this is part of (its payload arrives
+   * in parts): a block it covers entirely is not read first, its other parts follow.
+   */
+  write(offset: number, data: Buffer, whole = { offset, length: data.length }): Promise<void> {
     return this.#serial(() =>
-      this.#modify(offset, data.length, (block, at, from, len) => data.copy(block, at, from, from + len)),
+      this.#modify(
+        offset,
+        data.length,
+        (block, at, from, len) => data.copy(block, at, from, from + len),
+        whole,
+      ),
     );
   }
 
@@ -285,6 +294,7 @@ export class ExportWriter extends ExportReader implements DirtyHolder {
     offset: number,
     length: number,
     apply: (block: Buffer, at: number, from: number, len: number) => void,
+    cover = { offset, length },
   ) {
     const bs = this.blockSize;
     for (let pos = offset; pos < offset + length;) {
@@ -295,7 +305,9 @@ export class ExportWriter extends ExportReader implements DirtyHolder {
       if (!entry) {
         if (this.#disposed) throw new Error('the connection has ended');
         while (this.#dirty.size >= DIRTY_LIMIT) await this.#storeOldest();
-        const whole = pos === idx * bs && end === idx * bs + blen;
+        // Not read first when the write covers the whole block and this is its first part (the
+        // rest follows); a part after an early store of the block must read what was stored.
+        const whole = pos === idx * bs && cover.offset + cover.length >= idx * bs + blen;
         const buf = await this.#pool.acquire(this, bs, () => this.#storeOldest());
         const data = buf.subarray(0, blen);
         try {
@@ -303,7 +315,7 @@ export class ExportWriter extends ExportReader implements DirtyHolder {
           if (cur) {
             cur.data.copy(data);
             cur.release();
-          } else if (!whole) data.fill(0);
+          } else if (end - pos < blen) data.fill(0); // a reused buffer: nothing of another write shows
         } catch (err) {
           this.#pool.release(buf);
           throw err;

@@ -131,7 +131,9 @@ export class Transmission {
       if (req.type === P.CMD.WRITE) {
         if (req.length > MAX_REQUEST) {
           // The payload follows whatever we answer: skip it to stay in step with the client.
+          this.#midPayload = true;
           await this.#wire.reader.skip(req.length);
+          this.#midPayload = false;
           this.#error(req, P.NBD_ERR.EINVAL, `write of ${req.length} bytes is larger than ${MAX_REQUEST}`);
           continue;
         }
@@ -188,7 +190,7 @@ export class Transmission {
         const chunk = await this.#wire.reader.read(n);
         if (!failure) {
           try {
-            await w.write(req.offset + done, chunk);
+            await w.write(req.offset + done, chunk, req);
           } catch (err) {
             this.#log('error', `write at ${req.offset + done} failed: ${errorMessage(err)}`);
             failure = { error: P.NBD_ERR.EIO, message: errorMessage(err) };
