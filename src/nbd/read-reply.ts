@@ -24,6 +24,8 @@ export interface ReplyWire {
   exclusive(fn: (send: Send) => Promise<void>): Promise<void>;
   /** Closes the connection for a reason the protocol cannot tell the client. */
   drop(reason: string): void;
+  /** The connection is gone: the rest of a reply need not be read. */
+  closed(): boolean;
 }
 
 /** Zeros for holes in replies that carry them as data: shared, never written to. */
@@ -53,7 +55,7 @@ export class ReadReplies {
     const last = Math.floor((req.offset + req.length - 1) / bs);
     if (!this.#structured || (req.flags & P.CMD_FLAG.DF) !== 0)
       return this.#account.exclusive((acquire) => this.#whole(req, first, last, acquire));
-    for (let idx = first; idx <= last; idx++) {
+    for (let idx = first; idx <= last && !this.#wire.closed(); idx++) {
       const { pieces, release } = await this.#block(req, idx, (i) => this.#account.acquire(i));
       const p = pieces[0];
       const flags = idx === last ? P.REPLY_FLAG_DONE : 0;
@@ -94,7 +96,7 @@ export class ReadReplies {
     last: number,
     acquire: (idx: number) => Promise<() => void>,
   ): Promise<void> {
-    for (let idx = first; idx <= last; idx++) {
+    for (let idx = first; idx <= last && !this.#wire.closed(); idx++) {
       const { pieces, release } = await this.#block(req, idx, acquire);
       const bad = pieces.find((p) => p.kind === 'error');
       releasePieces(pieces);
@@ -110,7 +112,7 @@ export class ReadReplies {
           ? P.encodeDataChunkHeader(req.cookie, P.REPLY_FLAG_DONE, req.offset, req.length)
           : P.encodeSimpleReply(req.cookie, 0),
       );
-      for (let idx = first; idx <= last; idx++) {
+      for (let idx = first; idx <= last && !this.#wire.closed(); idx++) {
         const { pieces, release } = await this.#block(req, idx, acquire);
         const p = pieces[0];
         if (p.kind === 'error') {

@@ -74,6 +74,7 @@ export class Transmission {
       }
     },
     drop: (reason) => this.#drop(reason),
+    closed: () => this.#wire.socket.destroyed,
   };
 
   #drop(reason: string): void {
