@@ -350,3 +350,22 @@ describe('backy nbd -w: forty writers at once', () => {
     },
   );
 });
+
+describe('backy nbd --stall-timeout on the command line', () => {
+  let sb: Sandbox;
+  before(async () => {
+    sb = await Sandbox.create();
+  });
+  after(async () => sb?.remove());
+
+  it('refuses what is not a number of seconds with one line and exit 2; --help names the option', async () => {
+    for (const bad of ['0', 'x', '-1', '1e3', '30s', '', '86401']) {
+      const r = await sb.run(['nbd', '-u', sb.path('s.sock'), '--stall-timeout', bad]);
+      assert.equal(r.code, 2, `'${bad}': ${r.stderr}`);
+      assert.equal(r.stderr.trim().split('\n').length, 1, r.stderr);
+      assert.match(r.stderr, /--stall-timeout '.*' is not a number of seconds/);
+    }
+    const help = await sb.ok(['nbd', '--help']);
+    assert.match(help.stdout, /--stall-timeout <seconds>/);
+  });
+});
