@@ -6,6 +6,7 @@
  *      writer (a 32 MiB WRITE of which it sent 1 KiB) connected; alternating, medians.
  *   2. Forty clients writing 4 KiB into each of 8 blocks (read-modify-write), then leaving
  *      with NBD_CMD_DISC: the server's RSS idle, at its peak (VmHWM), and after they left.
+ *   3. Eight nbdcopy writing 128 MiB each at once: the server's peak RSS.
  * Every nbdcopy output is compared byte for byte with the image once.
  *
  * Usage: npm run bench:nbd-hostile -- [--size 1G] [--reps 3]
@@ -117,6 +118,20 @@ try {
     );
   } finally {
     await w.stop();
+  }
+
+  // Eight nbdcopy writers of 128 MiB at once, each into a version of its own.
+  const src = sb.path('src.img');
+  await writeImage(src, { blocks: 32, blockSize: BLOCK, seed: 'writers', kinds: () => 'random' });
+  const w8 = await startServer(sb, ['-w']);
+  try {
+    const t = performance.now();
+    await Promise.all(Array.from({ length: 8 }, () => exec('nbdcopy', [src, w8.uri(uid)])));
+    const secs = (performance.now() - t) / 1000;
+    const m = await memoryOf(w8.child.pid!);
+    console.log(`8 nbdcopy writers x 128 MiB: ${secs.toFixed(2)} s, server peak RSS ${m.peak.toFixed(0)} MB`);
+  } finally {
+    await w8.stop();
   }
 } finally {
   await sb.remove();
