@@ -218,6 +218,13 @@ export class ExportWriter extends ExportReader implements DirtyHolder {
   readonly #storeBuffers: BufferPool;
   /** Blocks stored by this writer: checksum, or null for sparse. */
   readonly #overlay = new Map<number, string | null>();
+  /**
+   * Blocks stored since the store was last synced, by the number of their store: a deferred
+   * put appears under its name only once the store is synced, so reading one back (a block
+   * stored early, then written again or read) syncs first.
+   */
+  readonly #unsynced = new Map<number, number>();
+  #stores = 0;
   /** Modified blocks not stored yet, oldest first: the block's bytes, and the pool's buffer. */
   readonly #dirty = new Map<number, { data: Buffer; buf: Buffer }>();
   #queue: Promise<unknown> = Promise.resolve();
@@ -344,6 +351,7 @@ export class ExportWriter extends ExportReader implements DirtyHolder {
     await this.#writer.add(idx, block.length, stored, this.#stats);
     // Only now may readers stop seeing the in-memory copy.
     this.#overlay.set(idx, stored?.checksum ?? null);
+    if (stored) this.#unsynced.set(idx, ++this.#stores);
     const entry = this.#dirty.get(idx);
     if (entry?.data === block) {
       this.#dirty.delete(idx);
@@ -355,8 +363,24 @@ export class ExportWriter extends ExportReader implements DirtyHolder {
   flush(): Promise<void> {
     return this.#serial(async () => {
       for (const [idx, { data }] of [...this.#dirty]) await this.#storeBlock(idx, data);
+      const upTo = this.#stores;
       await this.#writer.flush();
+      this.#synced(upTo);
     });
+  }
+
+  protected override async blockData(idx: number, st: BlockState): Promise<BlockRef | undefined> {
+    if (st.kind === 'data' && this.#unsynced.has(idx)) {
+      const upTo = this.#stores;
+      await this.store.sync();
+      this.#synced(upTo);
+    }
+    return super.blockData(idx, st);
+  }
+
+  /** Every store up to number `upTo` is readable now. */
+  #synced(upTo: number): void {
+    for (const [idx, n] of this.#unsynced) if (n <= upTo) this.#unsynced.delete(idx);
   }
 
   /** Clean end: stores what is left and makes the new version valid (or invalid, and throws). */

@@ -351,6 +351,53 @@ describe('backy nbd -w: forty writers at once', () => {
   );
 });
 
+describe('backy nbd -w: writers that share the modified-block buffers', () => {
+  const skip = nbdClientsMissing();
+  let sb: Sandbox;
+  let uid: string;
+
+  before(async () => {
+    sb = await Sandbox.create({ defaults: `block_size = ${BS}` });
+    if (skip) return;
+    const base = sb.path('base.img');
+    await writeImage(base, { blocks: 12, blockSize: BS, seed: 'base', kinds: () => 'random' });
+    uid = await sb.backup([base, 'base']);
+  });
+  after(async () => sb?.remove());
+
+  it(
+    'eight nbdcopy writing at once (blocks stored early and written again) each make a version identical to what they wrote',
+    { skip },
+    async () => {
+      const src = sb.path('src.img');
+      await writeImage(src, {
+        blocks: 12,
+        blockSize: BS,
+        seed: 'writers',
+        kinds: (i) => (i % 5 ? 'random' : 'text'),
+      });
+      const srv = await startServer(sb, ['-w']);
+      try {
+        await Promise.all(
+          Array.from({ length: 8 }, () => mustRun('nbdcopy', [src, srv.uri(uid)], CLIENT_MS)),
+        );
+        const peak = (await memoryOf(srv.child.pid!)).peak;
+        assert.ok(peak < 256, `peak RSS ${peak.toFixed(0)} MB`);
+      } finally {
+        await stopClean(srv);
+      }
+      const created = [...srv.stderr().matchAll(/new version ([0-9a-f-]{36}) .* is complete and valid/g)].map(
+        (x) => x[1],
+      );
+      assert.equal(created.length, 8, srv.stderr());
+      for (const v of [created[0], created[7]]) {
+        await sb.ok(['restore', v, sb.path('w8.out'), '--force']);
+        await assertSameBytes(src, sb.path('w8.out'));
+      }
+    },
+  );
+});
+
 describe('backy nbd --stall-timeout on the command line', () => {
   let sb: Sandbox;
   before(async () => {
