@@ -308,6 +308,10 @@ export async function main(argv: string[]): Promise<number> {
       'close a connection that has not finished the NBD handshake within this time (default 30)',
     )
     .option(
+      '--stall-timeout <seconds>',
+      'close a connection that leaves its replies unread, or stops in the middle of a request, this long (default 60)',
+    )
+    .option(
       '--tls-psk <file>',
       "TLS with pre-shared keys: 'username:hexkey' lines (nbdkit's, psktool's format), mode 0600",
     )

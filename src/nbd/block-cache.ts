@@ -27,8 +27,8 @@ interface Entry {
  * never exceed `maxBytes`, and the cache keeps every block it can within that: a fetch takes
  * a free buffer, or a new one while they fit, or the buffer of the least recently used block
  * no reader holds, or else waits for one to come back. A reader waiting for a buffer holds
- * none, except one whose read spans several blocks: the server bounds what those hold
- * together below `maxBytes` (NbdServer), so some buffer always comes back.
+ * none of its own; what reads hold while their replies are sent is bounded below `maxBytes`
+ * for all connections together (ReadAccount), so some buffer always comes back.
  */
 export class BlockCache {
   readonly maxBytes: number;

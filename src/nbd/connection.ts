@@ -51,11 +51,21 @@ export class Wire {
     this.socket.uncork();
   }
 
-  /** Waits until the socket takes more; a failed socket (a client's reset) counts as drained. */
+  /**
+   * Resolves once the socket has room again, or is gone (the reader reports how it ended: a
+   * reset is the client's doing, not an error of ours). Leaves no listener behind: a waiting
+   * loop calls this once per request.
+   */
   async drained(): Promise<void> {
     if (!this.socket.writableNeedDrain || this.socket.destroyed) return;
-    // once() rejects on 'error': a client resetting the connection is its reader's news (the
-    // connection closed), not an internal error of the request loop.
-    await Promise.race([once(this.socket, 'drain'), once(this.socket, 'close')]).catch(() => {});
+    const ac = new AbortController();
+    const opts = { signal: ac.signal };
+    try {
+      await Promise.race([once(this.socket, 'drain', opts), once(this.socket, 'close', opts)]);
+    } catch {
+      // 'error' (the connection failed) or our own abort: either way, nothing to wait for.
+    } finally {
+      ac.abort();
+    }
   }
 }

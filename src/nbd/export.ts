@@ -4,8 +4,9 @@
  *
  * Memory: the block list of each exported version is held once (BlockTable), shared by every
  * connection to it; block contents live in one BlockCache shared by all (a fixed number of
- * bytes); a writer holds at most DIRTY_LIMIT modified blocks before storing them. Reads in
- * flight are bounded by the server (request size and count).
+ * bytes); modified blocks live in buffers of one DirtyPool shared by all writers (a writer
+ * holds at most DIRTY_LIMIT of them before storing its oldest). Reads in flight are bounded by
+ * the server (ReadAccount).
  */
 import { blockLength } from '../blocks/blocks.js';
 import { BlockWriter, emptyStats } from '../core/backup.js';
@@ -16,6 +17,9 @@ import type { MetaStore, Version } from '../meta/meta-store.js';
 import type { BlockStore } from '../storage/block-store.js';
 import type { BlockCache, BlockRef } from './block-cache.js';
 import type { BlockTable } from './block-table.js';
+import type { BufferPool } from '../util/buffer-pool.js';
+import type { DirtyHolder, DirtyPool } from './dirty-pool.js';
+import { DIRTY_LIMIT } from './limits.js';
 
 export type Piece =
   | { kind: 'data'; offset: number; data: Buffer; release: () => void }
@@ -142,13 +146,17 @@ export class ExportReader {
       const start = Math.max(offset, idx * bs);
       const end = Math.min(offset + length, (idx + 1) * bs);
       const st = this.state(idx);
+      if (st.kind === 'dirty') {
+        // Copied now: once stored, the modified block's buffer goes back to the pool for reuse.
+        const data = Buffer.from(st.data.subarray(start - idx * bs, end - idx * bs));
+        jobs.push(Promise.resolve({ kind: 'data', offset: start, data, release: () => {} }));
+        continue;
+      }
       jobs.push(
         this.blockData(idx, st).then(
           (ref): Piece => {
             if (!ref) return { kind: 'hole', offset: start, length: end - start };
             const view = ref.data.subarray(start - idx * bs, end - idx * bs);
-            if (st.kind === 'dirty')
-              return { kind: 'data', offset: start, data: Buffer.from(view), release: ref.release };
             return { kind: 'data', offset: start, data: view, release: ref.release };
           },
           (err: unknown): Piece => {
@@ -211,34 +219,75 @@ export class ExportReader {
   }
 }
 
-/** Modified blocks held in memory before they are stored (bounds a writer's memory). */
-const DIRTY_LIMIT = 8;
-
 /**
  * Copy-on-write: reads see the exported version with this connection's writes on top; written
  * blocks go through the normal BlockWriter (dedup, codecs) into a new version that started as
  * a copy of the exported one's block list. The exported version is never touched.
  * Writes are serialised (a read-modify-write of a block must not race another); reads are not.
+ * Modified blocks are buffers of the server's DirtyPool; storing one (when this writer holds
+ * DIRTY_LIMIT, at FLUSH, or early when another writer waits for a buffer) gives it back.
  */
-export class ExportWriter extends ExportReader {
+export class ExportWriter extends ExportReader implements DirtyHolder {
   readonly newVersion: Version;
   readonly #writer: BlockWriter;
   readonly #stats = emptyStats();
+  readonly #pool: DirtyPool;
+  readonly #storeBuffers: BufferPool;
   /** Blocks stored by this writer: checksum, or null for sparse. */
   readonly #overlay = new Map<number, string | null>();
-  /** Modified blocks not stored yet, oldest first. */
-  readonly #dirty = new Map<number, Buffer>();
+  /**
+   * Blocks stored since the store was last synced, by the number of their store: a deferred
+   * put appears under its name only once the store is synced, so reading one back (a block
+   * stored early, then written again or read) syncs first.
+   */
+  readonly #unsynced = new Map<number, number>();
+  #stores = 0;
+  /**
+   * Modified blocks not stored yet, oldest first: the block's bytes, and the pool's buffer.
+   * `torn`: a block a write covers entirely, taken without reading what it held, whose part of
+   * that write has not all arrived: until it has, the block holds the new bytes received and
+   * zeros. It is never stored in that state: should the payload stop (the client gone
+   * mid-write), the block is dropped and keeps what it held before, so that an unacknowledged
+   * write leaves each block old or new, never zeros, and acknowledged writes stay.
+   */
+  readonly #dirty = new Map<number, { data: Buffer; buf: Buffer; torn: boolean }>();
   #queue: Promise<unknown> = Promise.resolve();
+  #disposed = false;
 
-  constructor(opts: ConstructorParameters<typeof ExportReader>[0] & { newVersion: Version }) {
+  constructor(
+    opts: ConstructorParameters<typeof ExportReader>[0] & {
+      newVersion: Version;
+      dirty: DirtyPool;
+      storeBuffers: BufferPool;
+    },
+  ) {
     super(opts);
     this.newVersion = opts.newVersion;
     this.#writer = new BlockWriter(this.meta, this.store, this.newVersion.uid);
+    this.#pool = opts.dirty;
+    this.#storeBuffers = opts.storeBuffers;
+    this.#pool.register(this);
+  }
+
+  /** Modified blocks that may be stored now (not torn). */
+  get dirtyBlocks(): number {
+    let n = 0;
+    for (const e of this.#dirty.values()) if (!e.torn) n++;
+    return n;
+  }
+
+  /** Stores the oldest modified block now (another writer waits for a buffer). */
+  spill(): Promise<void> {
+    return this.#serial(() => this.#storeOldest());
+  }
+
+  async #storeOldest(): Promise<void> {
+    for (const [idx, e] of this.#dirty) if (!e.torn) return this.#storeBlock(idx, e.data);
   }
 
   protected override state(idx: number): BlockState {
     const d = this.#dirty.get(idx);
-    if (d) return { kind: 'dirty', data: d };
+    if (d) return { kind: 'dirty', data: d.data };
     if (this.#overlay.has(idx)) {
       const c = this.#overlay.get(idx)!;
       return c === null ? { kind: 'sparse' } : { kind: 'data', checksum: c };
@@ -252,9 +301,18 @@ export class ExportWriter extends ExportReader {
     return p;
   }
 
-  write(offset: number, data: Buffer): Promise<void> {
+  /**
+   * Writes `data` at `offset`. `whole`: the whole write this is part of (its payload arrives
+   * in parts): a block it covers entirely is not read first, its other parts follow.
+   */
+  write(offset: number, data: Buffer, whole = { offset, length: data.length }): Promise<void> {
     return this.#serial(() =>
-      this.#modify(offset, data.length, (block, at, from, len) => data.copy(block, at, from, from + len)),
+      this.#modify(
+        offset,
+        data.length,
+        (block, at, from, len) => data.copy(block, at, from, from + len),
+        whole,
+      ),
     );
   }
 
@@ -269,48 +327,95 @@ export class ExportWriter extends ExportReader {
     offset: number,
     length: number,
     apply: (block: Buffer, at: number, from: number, len: number) => void,
+    cover = { offset, length },
   ) {
     const bs = this.blockSize;
     for (let pos = offset; pos < offset + length;) {
       const idx = Math.floor(pos / bs);
       const blen = blockLength(idx, this.size, bs);
       const end = Math.min(offset + length, idx * bs + blen);
-      let block = this.#dirty.get(idx);
-      if (!block) {
-        const whole = pos === idx * bs && end === idx * bs + blen;
-        block = Buffer.alloc(blen);
-        if (!whole) {
-          const cur = await this.blockData(idx, this.state(idx));
+      let entry = this.#dirty.get(idx);
+      if (!entry) {
+        if (this.#disposed) throw new Error('the connection has ended');
+        while (this.#dirty.size >= DIRTY_LIMIT && this.dirtyBlocks > 0) await this.#storeOldest();
+        // Not read first when the write covers the whole block and this is its first part (the
+        // rest follows); a part after an early store of the block must read what was stored.
+        const whole = pos === idx * bs && cover.offset + cover.length >= idx * bs + blen;
+        const buf = await this.#pool.acquire(this, bs, () => this.#storeOldest());
+        const data = buf.subarray(0, blen);
+        try {
+          const cur = whole ? undefined : await this.blockData(idx, this.state(idx));
           if (cur) {
-            cur.data.copy(block);
+            cur.data.copy(data);
             cur.release();
-          }
+          } else if (end - pos < blen) data.fill(0); // a reused buffer: nothing of another write shows
+        } catch (err) {
+          this.#pool.release(buf);
+          throw err;
         }
+        entry = { data, buf, torn: whole };
       } else this.#dirty.delete(idx); // re-inserted below as the newest
-      apply(block, pos - idx * bs, pos - offset, end - pos);
-      this.#dirty.set(idx, block);
+      apply(entry.data, pos - idx * bs, pos - offset, end - pos);
+      // Pieces arrive in order: a torn block is whole once a piece reaches its end.
+      if (end === idx * bs + blen) entry.torn = false;
+      this.#dirty.set(idx, entry);
       pos = end;
-    }
-    while (this.#dirty.size > DIRTY_LIMIT) {
-      const [idx, block] = this.#dirty.entries().next().value!;
-      await this.#storeBlock(idx, block);
     }
   }
 
   async #storeBlock(idx: number, block: Buffer): Promise<void> {
-    const stored = await this.#writer.store(block);
+    // Stored from a copy in one of the server's few store buffers (shared memory, with room
+    // to encode in place): hashing and encoding on a worker then allocate nothing, however many
+    // blocks go by, and the modified block stays readable until it is stored.
+    const buf = await this.#storeBuffers.acquire();
+    let stored: Awaited<ReturnType<BlockWriter['store']>>;
+    try {
+      const copy = buf.subarray(0, block.length);
+      block.copy(copy);
+      stored = await this.#writer.store(copy, { inPlace: true });
+    } finally {
+      this.#storeBuffers.release(buf);
+    }
     await this.#writer.add(idx, block.length, stored, this.#stats);
     // Only now may readers stop seeing the in-memory copy.
     this.#overlay.set(idx, stored?.checksum ?? null);
-    if (this.#dirty.get(idx) === block) this.#dirty.delete(idx);
+    if (stored) this.#unsynced.set(idx, ++this.#stores);
+    const entry = this.#dirty.get(idx);
+    if (entry?.data === block) {
+      this.#dirty.delete(idx);
+      this.#pool.release(entry.buf);
+    }
   }
 
   /** Makes every write so far durable in the new version's block list (FLUSH, FUA). */
   flush(): Promise<void> {
     return this.#serial(async () => {
-      for (const [idx, block] of [...this.#dirty]) await this.#storeBlock(idx, block);
+      for (const [idx, { data, buf, torn }] of [...this.#dirty]) {
+        if (!torn) await this.#storeBlock(idx, data);
+        else {
+          // Only a write cut off mid-payload leaves one (a FLUSH follows a write's whole payload).
+          this.#dirty.delete(idx);
+          this.#pool.release(buf);
+        }
+      }
+      const upTo = this.#stores;
       await this.#writer.flush();
+      this.#synced(upTo);
     });
+  }
+
+  protected override async blockData(idx: number, st: BlockState): Promise<BlockRef | undefined> {
+    if (st.kind === 'data' && this.#unsynced.has(idx)) {
+      const upTo = this.#stores;
+      await this.store.sync();
+      this.#synced(upTo);
+    }
+    return super.blockData(idx, st);
+  }
+
+  /** Every store up to number `upTo` is readable now. */
+  #synced(upTo: number): void {
+    for (const [idx, n] of this.#unsynced) if (n <= upTo) this.#unsynced.delete(idx);
   }
 
   /**
@@ -321,6 +426,19 @@ export class ExportWriter extends ExportReader {
     await this.flush();
     await completeWithCopy(this.meta, this.newVersion.uid, this.copies);
     this.newVersion.status = 'valid';
+  }
+
+  /**
+   * Gives the modified blocks' buffers back without storing them (the connection has ended;
+   * complete() first to keep them). Waits for work already queued.
+   */
+  dispose(): Promise<void> {
+    return this.#serial(async () => {
+      this.#disposed = true;
+      for (const { buf } of this.#dirty.values()) this.#pool.release(buf);
+      this.#dirty.clear();
+      this.#pool.unregister(this);
+    });
   }
 
   get blocksWritten(): number {

@@ -10,15 +10,38 @@ export const MAX_OPTION_DATA = 64 << 10;
 export const MAX_OPTIONS = 1024;
 /** Requests of one connection in flight at once. */
 export const MAX_IN_FLIGHT = 64;
-/** All verified blocks, cached or being sent, across connections (12 blocks of 4 MiB). */
-export const BLOCK_BUFFERS = 48 << 20;
 /**
- * Blocks held by reads spanning several blocks, across connections: those of the largest read
- * (MAX_REQUEST over two 4 MiB blocks more); a read costing more runs alone.
+ * What one connection's reads may hold of the block buffers (ReadAccount): read replies are
+ * sent a block at a time, and a block stays held until its chunk has been handed to the
+ * kernel, so a client that does not read its replies holds two blocks (of 4 MiB; at least two
+ * of any size) and waits for its own replies to drain; the others go on.
  */
-export const SPANNING_BUDGET = MAX_REQUEST + (8 << 20);
-/** Bytes of write payload held by requests in flight, across connections. */
-export const WRITE_BUDGET = 32 << 20;
+export const READ_SHARE = 8 << 20;
+/**
+ * What all connections' reads may hold together: five clients that never read their replies
+ * fill it (until the stall timeout closes them); one leaves 32 MiB to everyone else.
+ */
+export const READ_BUDGET = 40 << 20;
+/**
+ * All verified blocks, cached or being sent, across connections (12 blocks of 4 MiB):
+ * READ_BUDGET and room for the blocks that read-ahead and copy-on-write fetch (each holds one
+ * for a moment), so that a block that has its charge always gets its buffer.
+ */
+export const BLOCK_BUFFERS = READ_BUDGET + (8 << 20);
+/** Modified blocks of all -w connections together, not stored yet (8 blocks of 4 MiB). */
+export const DIRTY_BUDGET = 32 << 20;
+/** Modified blocks one -w connection keeps before storing its oldest. */
+export const DIRTY_LIMIT = 8;
+/** Modified blocks being stored (hashed, encoded, written) at once, across connections. */
+export const STORE_SLOTS = 4;
+/** A write's payload is read and applied this many bytes at a time (never held whole). */
+export const WRITE_CHUNK = 256 << 10;
+/**
+ * Default time a connection may make no progress (`--stall-timeout`): with replies waiting
+ * that it does not read, or in the middle of a request whose bytes stopped coming. A client
+ * idle between requests (a VM booted from a backup) is never closed.
+ */
+export const STALL_TIMEOUT_MS = 60_000;
 /** Default time from connect to the start of transmission (`--handshake-timeout`). */
 export const HANDSHAKE_TIMEOUT_MS = 30_000;
 /**

@@ -11,12 +11,16 @@
  * Hostile clients: anything malformed gets the protocol's error where the protocol has one
  * (unknown options and commands, reads past the end, oversized requests) and a dropped
  * connection where it cannot continue (bad magic, unknown client flags); other connections
- * never notice. Memory, whatever the number of connections: per connection at most
- * MAX_IN_FLIGHT requests; replies are sent from the cached blocks, whose buffers never exceed
- * BLOCK_BUFFERS (BlockCache) - a read waits for a buffer rather than allocate one; reads that
- * span several blocks (and so hold some while waiting for others) hold at most SPANNING_BUDGET
- * of them together, well below BLOCK_BUFFERS, so some buffer always comes back; writes hold at
- * most WRITE_BUDGET bytes of payload together: 80 MiB of buffers at most in all.
+ * never notice. Memory, whatever the number of connections and whatever they do: per
+ * connection at most MAX_IN_FLIGHT requests; replies are sent from the cached blocks, whose
+ * buffers never exceed BLOCK_BUFFERS (BlockCache) - a read waits for a buffer rather than
+ * allocate one; each read is charged to its connection until its reply has left (ReadAccount):
+ * at most READ_SHARE per connection and READ_BUDGET for all, below BLOCK_BUFFERS, so a read
+ * that has its charge always gets its buffers, and a client that does not read its replies
+ * spends only its own share. Write payloads are applied as they arrive (WRITE_CHUNK at a time)
+ * into modified blocks, whose buffers never exceed DIRTY_BUDGET for all writers (DirtyPool);
+ * at most STORE_SLOTS of them are encoded at once. A connection that makes no progress (replies
+ * it does not read, a request cut off midway) is closed after the stall timeout (StallWatch).
  *
  * Stalled handshakes (a port scanner, a stuck client) hold nothing for long: a connection that
  * has not entered transmission within the handshake timeout is closed, and at most
@@ -31,7 +35,10 @@ import { errorMessage } from '../errors.js';
 import type { MetaStore, Version } from '../meta/meta-store.js';
 import type { BlockStore } from '../storage/block-store.js';
 import type { CopyKeeper } from '../core/copy-keeper.js';
+import { ENCODE_ROOM } from '../storage/block-store.js';
+import { BufferPool } from '../util/buffer-pool.js';
 import { Budget } from './budget.js';
+import { DirtyPool } from './dirty-pool.js';
 import { ConnectionClosed } from './chunk-reader.js';
 import { DropConnection, Wire } from './connection.js';
 import type { Log, LogLevel } from './connection.js';
@@ -39,12 +46,14 @@ import { BlockCache } from './block-cache.js';
 import { BlockTable } from './block-table.js';
 import {
   BLOCK_BUFFERS,
+  DIRTY_BUDGET,
   HANDSHAKE_TIMEOUT_MS,
   MAX_HANDSHAKES,
   MAX_HANDSHAKES_PER_PEER,
   MAX_REQUEST,
-  SPANNING_BUDGET,
-  WRITE_BUDGET,
+  READ_BUDGET,
+  STALL_TIMEOUT_MS,
+  STORE_SLOTS,
 } from './limits.js';
 import { Negotiation } from './negotiation.js';
 import * as P from './protocol.js';
@@ -52,7 +61,7 @@ import { ExportSession } from './session.js';
 import type { NbdTls } from './tls.js';
 import { Transmission } from './transmission.js';
 
-export { HANDSHAKE_TIMEOUT_MS, MAX_HANDSHAKES, MAX_HANDSHAKES_PER_PEER, MAX_REQUEST };
+export { HANDSHAKE_TIMEOUT_MS, MAX_HANDSHAKES, MAX_HANDSHAKES_PER_PEER, MAX_REQUEST, STALL_TIMEOUT_MS };
 export type { LogLevel };
 
 export interface NbdServerOptions {
@@ -73,6 +82,8 @@ export interface NbdServerOptions {
   tls?: NbdTls;
   /** With tls: every option but STARTTLS and ABORT is refused until TLS is on. */
   tlsOnly?: boolean;
+  /** Milliseconds a connection may make no progress in transmission (default STALL_TIMEOUT_MS). */
+  stallTimeoutMs?: number;
 }
 
 export class NbdServer {
@@ -82,8 +93,10 @@ export class NbdServer {
   readonly #connections = new Set<Promise<void>>();
   readonly #cache: BlockCache;
   readonly #tables = new Map<string, { table: Promise<BlockTable>; refs: number }>();
-  readonly #reads = new Budget(SPANNING_BUDGET);
-  readonly #writes = new Budget(WRITE_BUDGET);
+  readonly #reads = new Budget(READ_BUDGET);
+  readonly #dirty = new DirtyPool(DIRTY_BUDGET);
+  /** Buffers modified blocks are stored from, per block size (kept: writers come and go). */
+  readonly #storeBuffers = new Map<number, BufferPool>();
   #nextId = 1;
   /** The copy updates refreshCopies queued (CopyKeeper.update never rejects). */
   #copyUpdates: Promise<void> = Promise.resolve();
@@ -96,8 +109,8 @@ export class NbdServer {
   constructor(opts: NbdServerOptions) {
     this.#opts = opts;
     this.#cache = new BlockCache({
-      // Room beyond what spanning reads may hold, for a buffer always to come back.
-      maxBytes: Math.max(opts.blockBuffers ?? BLOCK_BUFFERS, SPANNING_BUDGET + (8 << 20)),
+      // Room beyond what reads may hold, for a buffer always to come back.
+      maxBytes: Math.max(opts.blockBuffers ?? BLOCK_BUFFERS, READ_BUDGET + (8 << 20)),
     });
     this.#server = createServer({ noDelay: true }, (socket) => {
       const p = this.#serve(socket).finally(() => this.#connections.delete(p));
@@ -190,7 +203,7 @@ export class NbdServer {
       const negotiated = await new Negotiation(this, this.#opts, wire, session, log).run();
       if (negotiated) {
         handshakeOver();
-        await new Transmission(this, wire, session, negotiated, log).run();
+        await new Transmission(this, wire, session, negotiated, log, this.#opts.stallTimeoutMs).run();
       }
       log('info', 'disconnected');
     } catch (err) {
@@ -215,8 +228,23 @@ export class NbdServer {
   get cache(): BlockCache {
     return this.#cache;
   }
-  get budgets(): { reads: Budget; writes: Budget } {
-    return { reads: this.#reads, writes: this.#writes };
+  /** What all connections' reads may hold of the block buffers (see ReadAccount). */
+  get readBudget(): Budget {
+    return this.#reads;
+  }
+  /** The buffers of -w connections' modified blocks: all writers' DirtyPool. */
+  get dirtyPool(): DirtyPool {
+    return this.#dirty;
+  }
+
+  /** STORE_SLOTS buffers to store blocks of `blockSize` from, shared by all writers. */
+  storeBuffers(blockSize: number): BufferPool {
+    let pool = this.#storeBuffers.get(blockSize);
+    if (!pool) {
+      pool = new BufferPool(STORE_SLOTS, blockSize, ENCODE_ROOM);
+      this.#storeBuffers.set(blockSize, pool);
+    }
+    return pool;
   }
 
   /** The version named `name` if it can be served (valid, or invalid: damaged parts fail). */

@@ -87,7 +87,13 @@ export class ExportSession {
       await meta.releaseLease(created.lease.id);
     });
     await meta.copyBlocks(version.uid, created.version.uid, blockCount(version.sizeBytes, version.blockSize));
-    this.#writer = new ExportWriter({ ...common, newVersion: created.version });
+    const storeBuffers = this.#server.storeBuffers(version.blockSize);
+    this.#writer = new ExportWriter({
+      ...common,
+      newVersion: created.version,
+      dirty: this.#server.dirtyPool,
+      storeBuffers,
+    });
     this.#device = this.#writer;
     this.#log(
       'info',
@@ -128,6 +134,8 @@ export class ExportSession {
     try {
       if (w) await this.#finish(w);
     } finally {
+      // Modified blocks not stored (a version removed, or one that failed) give their buffers back.
+      await w?.dispose().catch(() => {});
       for (const undo of this.#undo.reverse()) await undo().catch(() => {});
       this.#undo = [];
     }

@@ -118,9 +118,9 @@ export class RawClient {
     this.reader = new ByteReader(socket);
   }
 
-  /** A Unix socket path, or where to connect on TCP (a `localAddress` picks the peer address). */
+  /** A Unix socket path, or where to connect on TCP (host 127.0.0.1 unless given; a `localAddress` picks the peer address). */
   static async connect(where: string | NetConnectOpts): Promise<RawClient> {
-    const socket = typeof where === 'string' ? connect(where) : connect(where);
+    const socket = typeof where === 'string' ? connect(where) : connect({ host: '127.0.0.1', ...where });
     await new Promise<void>((resolve, reject) => {
       socket.once('connect', resolve);
       socket.once('error', reject);

@@ -2,7 +2,7 @@ import { chmodSync, lstatSync, unlinkSync } from 'node:fs';
 import { connect } from 'node:net';
 import { InputError, UsageError, ioReason } from '../../errors.js';
 import type { InterruptedError } from '../../errors.js';
-import { HANDSHAKE_TIMEOUT_MS, NbdServer } from '../../nbd/server.js';
+import { HANDSHAKE_TIMEOUT_MS, NbdServer, STALL_TIMEOUT_MS } from '../../nbd/server.js';
 import { NbdTls } from '../../nbd/tls.js';
 import type { TlsFiles } from '../../nbd/tls.js';
 import type { Context } from '../context.js';
@@ -20,16 +20,18 @@ export interface NbdCliOptions {
   tlsPsk?: string;
   tlsOnly?: boolean;
   insecure?: boolean;
+  stallTimeout?: string;
 }
 
-/** Longest --handshake-timeout: a day is already far beyond any client's need. */
-const MAX_HANDSHAKE_TIMEOUT_S = 86_400;
+/** Longest --handshake-timeout and --stall-timeout: a day is already far beyond any client's need. */
+const MAX_TIMEOUT_S = 86_400;
 
 /** Checks the command line before anything is opened or logged. */
 export function nbdOptions(opts: NbdCliOptions): {
   where: { host: string; port: number } | { path: string };
   handshakeTimeoutMs: number;
   tls: TlsFiles | undefined;
+  stallTimeoutMs: number;
 } {
   const where = listenOn(opts);
   const tls = tlsFiles(opts);
@@ -37,7 +39,12 @@ export function nbdOptions(opts: NbdCliOptions): {
     throw new UsageError(
       `${where.host} is not a loopback address: anyone who can reach it could read every version; serve it with --tls-psk FILE (or --tls-cert/--tls-key) and --tls-only, or give --insecure`,
     );
-  return { where, handshakeTimeoutMs: handshakeTimeoutMs(opts.handshakeTimeout), tls };
+  return {
+    where,
+    handshakeTimeoutMs: timeoutMs('--handshake-timeout', opts.handshakeTimeout, HANDSHAKE_TIMEOUT_MS),
+    stallTimeoutMs: timeoutMs('--stall-timeout', opts.stallTimeout, STALL_TIMEOUT_MS),
+    tls,
+  };
 }
 
 function tlsFiles(opts: NbdCliOptions): TlsFiles | undefined {
@@ -65,12 +72,12 @@ function isLoopback(host: string): boolean {
   return h === 'localhost' || h === '::1' || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(h);
 }
 
-function handshakeTimeoutMs(value: string | undefined): number {
-  if (value === undefined) return HANDSHAKE_TIMEOUT_MS;
+function timeoutMs(flag: string, value: string | undefined, dflt: number): number {
+  if (value === undefined) return dflt;
   const s = Number(value);
-  if (!/^\d+(\.\d+)?$/.test(value) || !(s > 0) || s > MAX_HANDSHAKE_TIMEOUT_S)
+  if (!/^\d+(\.\d+)?$/.test(value) || !(s > 0) || s > MAX_TIMEOUT_S)
     throw new UsageError(
-      `--handshake-timeout '${value}' is not a number of seconds above 0 and at most ${MAX_HANDSHAKE_TIMEOUT_S}`,
+      `${flag} '${value}' is not a number of seconds above 0 and at most ${MAX_TIMEOUT_S}`,
     );
   // At least 1 ms: a tiny fraction must not round to "no time at all".
   return Math.max(1, Math.round(s * 1000));
@@ -91,7 +98,7 @@ function listenOn(opts: NbdCliOptions): { host: string; port: number } | { path:
 }
 
 export async function nbdCommand(ctx: Context, opts: NbdCliOptions): Promise<void> {
-  const { where, handshakeTimeoutMs, tls: tlsFiles } = nbdOptions(opts);
+  const { where, handshakeTimeoutMs, stallTimeoutMs, tls: tlsFiles } = nbdOptions(opts);
   const tls = tlsFiles && NbdTls.load(tlsFiles);
   if ('path' in where) await removeStaleSocket(where.path, ctx);
   const meta = await ctx.meta(opts.write ? { write: 'nbd -w' } : {});
@@ -103,6 +110,7 @@ export async function nbdCommand(ctx: Context, opts: NbdCliOptions): Promise<voi
     writable: Boolean(opts.write),
     discard: Boolean(opts.discard),
     handshakeTimeoutMs,
+    stallTimeoutMs,
     copies: await ctx.copies(),
     tls,
     tlsOnly: Boolean(opts.tlsOnly),
