@@ -233,8 +233,10 @@ describe('NBD URIs as sources', { skip }, () => {
   it('a server that disconnects mid-backup is one line; the version is left incomplete', async () => {
     const socket = sb.path('drop.sock');
     const file = sb.path('drop.raw');
-    await writeFile(file, randomBytesSeeded('drop', 64 * MiB));
-    const kit = await start(nbdkit(socket, ['--filter=delay', 'file', file, 'rdelay=300ms']));
+    // 32 blocks read at 1 s each, at most 8 in flight: at least 4 s, so the kill at 1.5 s lands
+    // mid-backup however fast the machine is.
+    await writeFile(file, randomBytesSeeded('drop', 128 * MiB));
+    const kit = await start(nbdkit(socket, ['--filter=delay', 'file', file, 'rdelay=1000ms']));
     const running = sb.run(['backup', unixUri(socket), 'drop@1']);
     await new Promise((r) => setTimeout(r, 1500));
     await kit.stop('SIGKILL');
