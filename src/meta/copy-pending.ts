@@ -31,6 +31,33 @@ export async function markCopiesPendingIn(tx: Db, uids: readonly string[]): Prom
   }
 }
 
+/**
+ * The versions whose copies this process marked out of date, for the command to write before
+ * it ends (MetaStore.takeMarkedCopies). One per MetaStore, shared by the repositories that
+ * change validity (versions, objects): every such change goes through mark.
+ */
+export class CopyMarks {
+  readonly #marked = new Set<string>();
+
+  /** Marks the copies of `uids` out of date inside `tx`, and remembers them. */
+  async mark(tx: Db, uids: readonly string[]): Promise<void> {
+    if (uids.length === 0) return;
+    await markCopiesPendingIn(tx, uids);
+    for (const uid of uids) this.#marked.add(uid);
+  }
+
+  /**
+   * The versions marked since the last call, forgotten here. A transaction that rolled back
+   * may have left one: writing its copy again costs a write, never a wrong copy (it is
+   * written as the database says).
+   */
+  take(): string[] {
+    const uids = [...this.#marked];
+    this.#marked.clear();
+    return uids;
+  }
+}
+
 export async function markCopyPending(meta: MetaStore, uid: string): Promise<void> {
   await meta.write((tx) => markCopiesPendingIn(tx, [uid]));
 }
