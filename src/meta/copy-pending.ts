@@ -8,7 +8,7 @@
  * clears the mark only if no change marked it again meanwhile (its copy may predate that change).
  */
 import { randomBytes } from 'node:crypto';
-import type { MetaStore } from './meta-store.js';
+import type { MetaHandle } from './meta-db.js';
 import { nowMicros } from './meta-types.js';
 import type { Db } from './meta-types.js';
 
@@ -58,11 +58,11 @@ export class CopyMarks {
   }
 }
 
-export async function markCopyPending(meta: MetaStore, uid: string): Promise<void> {
+export async function markCopyPending(meta: MetaHandle, uid: string): Promise<void> {
   await meta.write((tx) => markCopiesPendingIn(tx, [uid]));
 }
 
-export async function pendingCopies(meta: MetaStore): Promise<string[]> {
+export async function pendingCopies(meta: MetaHandle): Promise<string[]> {
   const rows = await meta.db
     .selectFrom('settings')
     .select('key')
@@ -72,7 +72,7 @@ export async function pendingCopies(meta: MetaStore): Promise<string[]> {
 }
 
 /** The mark's current token, undefined when the copy is not marked. */
-export async function copyPendingToken(meta: MetaStore, uid: string): Promise<string | undefined> {
+export async function copyPendingToken(meta: MetaHandle, uid: string): Promise<string | undefined> {
   const row = await meta.db
     .selectFrom('settings')
     .select('value')
@@ -82,7 +82,7 @@ export async function copyPendingToken(meta: MetaStore, uid: string): Promise<st
 }
 
 /** Clears the mark; with `token`, only if no change renewed it since that token was read. */
-export async function clearCopyPending(meta: MetaStore, uid: string, token?: string): Promise<void> {
+export async function clearCopyPending(meta: MetaHandle, uid: string, token?: string): Promise<void> {
   await meta.write(async (tx) => {
     let q = tx.deleteFrom('settings').where('key', '=', `${PREFIX}${uid}`);
     if (token !== undefined) q = q.where('value', '=', token);

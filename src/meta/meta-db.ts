@@ -64,6 +64,13 @@ async function connectMeta(
   throw new ConfigError(`unsupported metadata engine '${redactUrl(engine)}'`);
 }
 
+/**
+ * What the free functions of src/meta (catalog.ts, copy-pending.ts, store-identity.ts,
+ * encryption-setting.ts, record-import.ts) take: the handle and its transactions. MetaDb
+ * provides it, and so does the MetaStore facade, which callers outside src/meta hold.
+ */
+export type MetaHandle = Pick<MetaDb, 'db' | 'dialect' | 'url' | 'hashFunction' | 'readOnly' | 'write'>;
+
 /** The handle the repositories (src/meta/meta-*.ts) share; MetaStore (meta-store.ts) composes them. */
 export class MetaDb {
   readonly #db: Db;

@@ -22,6 +22,7 @@ import type { HashFunction } from '../config/config.js';
 import { CopyMarks } from './copy-pending.js';
 import { BlockLists } from './meta-blocks.js';
 import { MetaDb } from './meta-db.js';
+import type { MetaHandle } from './meta-db.js';
 import { Garbage } from './meta-gc.js';
 import { Leases } from './meta-leases.js';
 import { Objects } from './meta-objects.js';
@@ -36,7 +37,7 @@ export { ANY_OBJECT_LEASE_KINDS, READER_LEASE_KINDS, nowMicros } from './meta-ty
 export { MetaDatabaseError, queryTimeoutMs } from './pg-connect.js';
 export { LEASE_TIMEOUT_US, leaseAlive } from './meta-leases.js';
 
-export class MetaStore {
+export class MetaStore implements MetaHandle {
   readonly #m: MetaDb;
   readonly #marks = new CopyMarks();
   /** The leases repository (named so because leases() lists them). */
