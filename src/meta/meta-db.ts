@@ -1,8 +1,9 @@
 /**
  * The metadata database every repository of src/meta works on: one kysely handle, its
  * dialect, whether it is read-only, its settings (the hash function), migrations, and the
- * write and cleanup transactions. Dialects: SQLite (better-sqlite3; WAL, busy timeout, BEGIN IMMEDIATE for writes so a
- * reader never blocks a writer and two writers queue instead of failing) and PostgreSQL (pg).
+ * write and cleanup transactions. Dialects: SQLite (better-sqlite3; WAL, busy timeout, BEGIN
+ * IMMEDIATE for writes so a reader never blocks a writer and two writers queue instead of
+ * failing) and PostgreSQL (pg).
  */
 import { resolve } from 'node:path';
 import type pg from 'pg';
