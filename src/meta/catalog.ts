@@ -4,6 +4,7 @@
  */
 import { sql } from 'kysely';
 import { InputError, NotFoundError } from '../errors.js';
+import type { MetaHandle } from './meta-db.js';
 import type { MetaStore, Version } from './meta-store.js';
 
 /** Keys: a letter, then letters, digits, '_', '-', '.', '/' (like Kubernetes label keys). */
@@ -54,7 +55,7 @@ export function parseLabelChanges(args: readonly string[]): LabelChange {
 }
 
 /** Sets the protected flag of each version; all or none (unknown uids fail the whole call). */
-export async function setProtected(meta: MetaStore, uids: readonly string[], value: boolean): Promise<void> {
+export async function setProtected(meta: MetaHandle, uids: readonly string[], value: boolean): Promise<void> {
   await meta.write(async (tx) => {
     for (const uid of uids) {
       const r = await tx
@@ -68,7 +69,7 @@ export async function setProtected(meta: MetaStore, uids: readonly string[], val
   });
 }
 
-export async function changeLabels(meta: MetaStore, uid: string, change: LabelChange): Promise<void> {
+export async function changeLabels(meta: MetaHandle, uid: string, change: LabelChange): Promise<void> {
   await meta.write(async (tx) => {
     const v = await tx.selectFrom('versions').select('uid').where('uid', '=', uid).executeTakeFirst();
     if (!v) throw new NotFoundError(`version ${uid} not found (see 'backy ls')`);
@@ -87,7 +88,7 @@ export async function changeLabels(meta: MetaStore, uid: string, change: LabelCh
 
 /** Labels of the given versions (all versions when omitted), by uid. */
 export async function labelsOf(
-  meta: MetaStore,
+  meta: MetaHandle,
   uids?: readonly string[],
 ): Promise<Map<string, Record<string, string>>> {
   const out = new Map<string, Record<string, string>>();
@@ -158,7 +159,7 @@ export interface StoreSpace {
 const n = (x: unknown) => Number(x ?? 0);
 
 /** Space of one version, in three indexed aggregates. */
-export async function versionSpace(meta: MetaStore, v: Version): Promise<VersionSpace> {
+export async function versionSpace(meta: MetaHandle, v: Version): Promise<VersionSpace> {
   const db = meta.db;
   const sparse = await db
     .selectFrom('blocks')
@@ -202,7 +203,7 @@ export async function versionSpace(meta: MetaStore, v: Version): Promise<Version
   };
 }
 
-export async function storeSpace(meta: MetaStore): Promise<StoreSpace> {
+export async function storeSpace(meta: MetaHandle): Promise<StoreSpace> {
   const db = meta.db;
   const versions = await db
     .selectFrom('versions')

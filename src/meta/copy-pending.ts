@@ -8,7 +8,7 @@
  * clears the mark only if no change marked it again meanwhile (its copy may predate that change).
  */
 import { randomBytes } from 'node:crypto';
-import type { MetaStore } from './meta-store.js';
+import type { MetaHandle } from './meta-db.js';
 import { nowMicros } from './meta-types.js';
 import type { Db } from './meta-types.js';
 
@@ -31,11 +31,38 @@ export async function markCopiesPendingIn(tx: Db, uids: readonly string[]): Prom
   }
 }
 
-export async function markCopyPending(meta: MetaStore, uid: string): Promise<void> {
+/**
+ * The versions whose copies this process marked out of date, for the command to write before
+ * it ends (MetaStore.takeMarkedCopies). One per MetaStore, shared by the repositories that
+ * change validity (versions, objects): every such change goes through mark.
+ */
+export class CopyMarks {
+  readonly #marked = new Set<string>();
+
+  /** Marks the copies of `uids` out of date inside `tx`, and remembers them. */
+  async mark(tx: Db, uids: readonly string[]): Promise<void> {
+    if (uids.length === 0) return;
+    await markCopiesPendingIn(tx, uids);
+    for (const uid of uids) this.#marked.add(uid);
+  }
+
+  /**
+   * The versions marked since the last call, forgotten here. A transaction that rolled back
+   * may have left one: writing its copy again costs a write, never a wrong copy (it is
+   * written as the database says).
+   */
+  take(): string[] {
+    const uids = [...this.#marked];
+    this.#marked.clear();
+    return uids;
+  }
+}
+
+export async function markCopyPending(meta: MetaHandle, uid: string): Promise<void> {
   await meta.write((tx) => markCopiesPendingIn(tx, [uid]));
 }
 
-export async function pendingCopies(meta: MetaStore): Promise<string[]> {
+export async function pendingCopies(meta: MetaHandle): Promise<string[]> {
   const rows = await meta.db
     .selectFrom('settings')
     .select('key')
@@ -45,7 +72,7 @@ export async function pendingCopies(meta: MetaStore): Promise<string[]> {
 }
 
 /** The mark's current token, undefined when the copy is not marked. */
-export async function copyPendingToken(meta: MetaStore, uid: string): Promise<string | undefined> {
+export async function copyPendingToken(meta: MetaHandle, uid: string): Promise<string | undefined> {
   const row = await meta.db
     .selectFrom('settings')
     .select('value')
@@ -55,7 +82,7 @@ export async function copyPendingToken(meta: MetaStore, uid: string): Promise<st
 }
 
 /** Clears the mark; with `token`, only if no change renewed it since that token was read. */
-export async function clearCopyPending(meta: MetaStore, uid: string, token?: string): Promise<void> {
+export async function clearCopyPending(meta: MetaHandle, uid: string, token?: string): Promise<void> {
   await meta.write(async (tx) => {
     let q = tx.deleteFrom('settings').where('key', '=', `${PREFIX}${uid}`);
     if (token !== undefined) q = q.where('value', '=', token);

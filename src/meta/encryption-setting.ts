@@ -5,7 +5,7 @@
  * plaintext store; an empty one takes what the first config that opens it asks for.
  */
 import { ConfigError } from '../errors.js';
-import type { MetaStore } from './meta-store.js';
+import type { MetaHandle } from './meta-db.js';
 
 export type StoreEncryption = { codec: 'none' } | { codec: 'aes-256-gcm'; fingerprint: string };
 
@@ -13,7 +13,7 @@ export type StoreEncryption = { codec: 'none' } | { codec: 'aes-256-gcm'; finger
  * Records the wanted encryption on a new store, or checks it against what the store records.
  * Throws ConfigError (one line, naming what to do) when they differ.
  */
-export async function settleEncryption(meta: MetaStore, wanted: StoreEncryption): Promise<void> {
+export async function settleEncryption(meta: MetaHandle, wanted: StoreEncryption): Promise<void> {
   // Read first: an existing store is only compared with (no write transaction on every command,
   // and a read-only store opens at all); only a new one records its setting.
   const existing = await meta.db
@@ -34,7 +34,7 @@ export async function settleEncryption(meta: MetaStore, wanted: StoreEncryption)
   checkEncryption(recorded, wanted);
 }
 
-async function recordEncryption(meta: MetaStore, wanted: StoreEncryption): Promise<StoreEncryption> {
+async function recordEncryption(meta: MetaHandle, wanted: StoreEncryption): Promise<StoreEncryption> {
   return meta.write(async (tx) => {
     const rows = await tx
       .selectFrom('settings')

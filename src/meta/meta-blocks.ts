@@ -1,6 +1,6 @@
 /** Block lists: copy from a base, put, page through, look up by index. */
 import { sql } from 'kysely';
-import { MetaVersions } from './meta-versions.js';
+import type { MetaDb } from './meta-db.js';
 import { INSERT_BATCH } from './meta-types.js';
 import type { BlockRow, Db } from './meta-types.js';
 
@@ -12,10 +12,17 @@ const PG_UNNEST_BATCH = 10_000;
 /** Block rows per SQLite INSERT ... SELECT FROM json_each(array). */
 const SQLITE_JSON_BATCH = 10_000;
 
-export class MetaBlocks extends MetaVersions {
+/** The block lists repository: one row per block of each version (issue 22 replaces them by pages). */
+export class BlockLists {
+  readonly #m: MetaDb;
+
+  constructor(m: MetaDb) {
+    this.#m = m;
+  }
+
   /** Copies the base's block list (entries below `blockCount`) to a new version in one statement. */
   async copyBlocks(fromUid: string, toUid: string, blockCount: number): Promise<void> {
-    await this.write(async (tx) => {
+    await this.#m.write(async (tx) => {
       await tx
         .insertInto('blocks')
         .columns(['version_uid', 'idx', 'checksum', 'size', 'valid'])
@@ -39,12 +46,12 @@ export class MetaBlocks extends MetaVersions {
   /** Inserts or replaces block entries (batched, one transaction). */
   async putBlocks(uid: string, rows: readonly BlockRow[]): Promise<void> {
     if (rows.length === 0) return;
-    await this.write((tx) => insertBlockRows(tx, this.dialect, uid, rows));
+    await this.#m.write((tx) => insertBlockRows(tx, this.#m.dialect, uid, rows));
   }
 
   /** One page of a version's block list in index order: entries with idx >= fromIdx. */
   async blockPage(uid: string, fromIdx: number, limit = INSERT_BATCH): Promise<BlockRow[]> {
-    const rows = await this.db
+    const rows = await this.#m.db
       .selectFrom('blocks')
       .select(['idx', 'checksum', 'size', 'valid'])
       .where('version_uid', '=', uid)
@@ -83,7 +90,7 @@ export class MetaBlocks extends MetaVersions {
   async blocksAt(uid: string, indices: readonly number[]): Promise<Map<number, BlockRow>> {
     const out = new Map<number, BlockRow>();
     for (let i = 0; i < indices.length; i += INSERT_BATCH) {
-      const rows = await this.db
+      const rows = await this.#m.db
         .selectFrom('blocks')
         .select(['idx', 'checksum', 'size', 'valid'])
         .where('version_uid', '=', uid)

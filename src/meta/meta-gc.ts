@@ -1,17 +1,25 @@
 /**
  * Garbage collection: orphaned incomplete versions, unreferenced objects, unrecorded files.
- * Every removal re-checks inside a cleanup transaction (MetaBase.cleanupTx) what it found.
+ * Every removal re-checks inside a cleanup transaction (MetaDb.cleanupTx) what it found. Why
+ * that keeps every object a version or a running holder needs: core/cleanup.ts.
  */
 import { ANY_OBJECT_LEASE_KINDS, INSERT_BATCH, READER_LEASE_KINDS, toVersion } from './meta-types.js';
 import type { ExpressionBuilder } from 'kysely';
 import type { Database } from './schema.js';
 import type { Version } from './meta-types.js';
-import { MetaObjects } from './meta-objects.js';
+import type { MetaDb } from './meta-db.js';
 
-export class MetaGarbage extends MetaObjects {
+/** The garbage repository: what cleanup (core/cleanup.ts) finds and removes. */
+export class Garbage {
+  readonly #m: MetaDb;
+
+  constructor(m: MetaDb) {
+    this.#m = m;
+  }
+
   /** Incomplete versions that no lease row names: crashed backups or imports. */
   async orphanedIncompleteVersions(): Promise<Version[]> {
-    const rows = await this.db
+    const rows = await this.#m.db
       .selectFrom('versions as v')
       .selectAll('v')
       .where('v.status', '=', 'incomplete')
@@ -27,7 +35,7 @@ export class MetaGarbage extends MetaObjects {
 
   /** Removes an incomplete version if still no lease names it (re-checked in the transaction). */
   async removeOrphanedIncompleteVersion(uid: string): Promise<boolean> {
-    return this.cleanupTx({ leases: true }, async (tx) => {
+    return this.#m.cleanupTx({ leases: true }, async (tx) => {
       const v = await tx.selectFrom('versions').select('status').where('uid', '=', uid).executeTakeFirst();
       if (!v || v.status !== 'incomplete') return false;
       const lease = await tx
@@ -51,7 +59,7 @@ export class MetaGarbage extends MetaObjects {
     /** Count these versions' block entries as gone (a dry run that would remove them). */
     ignoreVersions: readonly string[] = [],
   ): Promise<{ checksum: string; storedSize: number }[]> {
-    const rows = await this.db
+    const rows = await this.#m.db
       .selectFrom('objects as o')
       .select(['o.checksum', 'o.stored_size'])
       .where('o.checksum', '>', after)
@@ -80,8 +88,8 @@ export class MetaGarbage extends MetaObjects {
     unlink: (checksums: string[]) => Promise<void>,
   ): Promise<{ checksum: string; storedSize: number }[]> {
     if (checksums.length === 0) return [];
-    return this.cleanupTx({ leases: false }, async (tx) => {
-      if (this.dialect === 'postgres') {
+    return this.#m.cleanupTx({ leases: false }, async (tx) => {
+      if (this.#m.dialect === 'postgres') {
         // Row locks: a concurrent touchObject or recordObjects of these objects waits for our
         // commit and then finds the row gone (touch fails, so the backup stores it anew).
         await tx
@@ -153,7 +161,7 @@ export class MetaGarbage extends MetaObjects {
     keys: readonly string[],
     fn: (unrecorded: string[]) => Promise<void>,
   ): Promise<boolean> {
-    return this.cleanupTx({ leases: true }, async (tx) => {
+    return this.#m.cleanupTx({ leases: true }, async (tx) => {
       const lease = await tx.selectFrom('leases as l').select('l.id').where(writersOnly).executeTakeFirst();
       if (lease) return false;
       const recorded = new Set<string>();

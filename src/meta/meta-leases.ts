@@ -10,7 +10,7 @@ import type pg from 'pg';
 import { sql } from 'kysely';
 import { endClient } from './pg-end.js';
 import { loadPg, pgError, queryTimeoutMs } from './pg-connect.js';
-import { MetaBase } from './meta-base.js';
+import type { MetaDb } from './meta-db.js';
 import { nowMicros, toLease } from './meta-types.js';
 import type { Lease } from './meta-types.js';
 
@@ -24,16 +24,22 @@ function leaseLockKey(id: string): [number, number] {
   return [LEASE_LOCK_CLASS, parseInt(id.replace(/-/g, '').slice(0, 8), 16) | 0];
 }
 
-export class MetaLeases extends MetaBase {
+/** The leases repository. */
+export class Leases {
+  readonly #m: MetaDb;
   /** PostgreSQL: the connection holding each lease's advisory lock, by lease id. */
   readonly #leaseClients = new Map<string, pg.Client>();
 
-  override async close(): Promise<void> {
+  constructor(m: MetaDb) {
+    this.#m = m;
+  }
+
+  /** Ends the sessions holding this process's leases' advisory locks (MetaStore.close). */
+  async close(): Promise<void> {
     for (const [id, client] of this.#leaseClients) {
       this.#leaseClients.delete(id);
-      await endClient(client, Math.min(queryTimeoutMs(this.url), 5000));
+      await endClient(client, Math.min(queryTimeoutMs(this.#m.url), 5000));
     }
-    await super.close();
   }
 
   /**
@@ -42,21 +48,21 @@ export class MetaLeases extends MetaBase {
    * releaseLease or close (or until the process or its host dies, when the server ends the session).
    */
   async acquireLease(kind: string, versionUid: string | null): Promise<Lease> {
-    return this.newLease(kind, versionUid, (row) => this.db.insertInto('leases').values(row).execute());
+    return this.newLease(kind, versionUid, (row) => this.#m.db.insertInto('leases').values(row).execute());
   }
 
   /**
    * A new lease of `kind` naming `versionUid`, its row written by `insert` (alone, or in a
    * transaction with other rows); on PostgreSQL its advisory lock is held first, and dropped
-   * again when `insert` fails.
+   * again when `insert` fails. For the versions repository too (a version created with its lease).
    */
-  protected async newLease(
+  async newLease(
     kind: string,
     versionUid: string | null,
     insert: (row: ReturnType<typeof leaseRow>) => Promise<unknown>,
   ): Promise<Lease> {
     const id = randomUUID();
-    await this.holdLeaseLock(id);
+    await this.#holdLeaseLock(id);
     const now = nowMicros();
     const lease: Lease = {
       id,
@@ -70,14 +76,14 @@ export class MetaLeases extends MetaBase {
     try {
       await insert(leaseRow(lease));
     } catch (err) {
-      await this.dropLeaseLock(id);
+      await this.#dropLeaseLock(id);
       throw err;
     }
     return lease;
   }
 
   async heartbeat(id: string): Promise<void> {
-    await this.db.updateTable('leases').set({ heartbeat: nowMicros() }).where('id', '=', id).execute();
+    await this.#m.db.updateTable('leases').set({ heartbeat: nowMicros() }).where('id', '=', id).execute();
   }
 
   /**
@@ -87,12 +93,12 @@ export class MetaLeases extends MetaBase {
    * commits are durable anyway.
    */
   async durableHeartbeat(id: string): Promise<void> {
-    if (this.dialect !== 'sqlite') return this.heartbeat(id);
-    await sql`PRAGMA synchronous = FULL`.execute(this.db);
+    if (this.#m.dialect !== 'sqlite') return this.heartbeat(id);
+    await sql`PRAGMA synchronous = FULL`.execute(this.#m.db);
     try {
       await this.heartbeat(id);
     } finally {
-      await sql`PRAGMA synchronous = NORMAL`.execute(this.db);
+      await sql`PRAGMA synchronous = NORMAL`.execute(this.#m.db);
     }
   }
 
@@ -101,11 +107,11 @@ export class MetaLeases extends MetaBase {
    * releaseLease or close. Call it before the lease row is inserted, so that no one can see the
    * row while the lock is free. A no-op on SQLite.
    */
-  protected async holdLeaseLock(id: string): Promise<void> {
-    if (this.dialect !== 'postgres') return;
-    const timeout = queryTimeoutMs(this.url);
+  async #holdLeaseLock(id: string): Promise<void> {
+    if (this.#m.dialect !== 'postgres') return;
+    const timeout = queryTimeoutMs(this.#m.url);
     const client = new (await loadPg()).Client({
-      connectionString: this.url,
+      connectionString: this.#m.url,
       connectionTimeoutMillis: timeout,
       query_timeout: timeout,
     });
@@ -115,24 +121,24 @@ export class MetaLeases extends MetaBase {
       await client.query('SELECT pg_advisory_lock($1, $2)', leaseLockKey(id));
     } catch (err) {
       await client.end().catch(() => {});
-      throw pgError(err, this.url);
+      throw pgError(err, this.#m.url);
     }
     this.#leaseClients.set(id, client);
   }
 
   async releaseLease(id: string): Promise<void> {
     try {
-      await this.db.deleteFrom('leases').where('id', '=', id).execute();
+      await this.#m.db.deleteFrom('leases').where('id', '=', id).execute();
     } finally {
-      await this.dropLeaseLock(id);
+      await this.#dropLeaseLock(id);
     }
   }
 
   /** Ends the session holding lease `id`'s advisory lock, which releases it. */
-  protected async dropLeaseLock(id: string): Promise<void> {
+  async #dropLeaseLock(id: string): Promise<void> {
     const client = this.#leaseClients.get(id);
     this.#leaseClients.delete(id);
-    if (client) await endClient(client, Math.min(queryTimeoutMs(this.url), 5000));
+    if (client) await endClient(client, Math.min(queryTimeoutMs(this.#m.url), 5000));
   }
 
   /**
@@ -141,10 +147,10 @@ export class MetaLeases extends MetaBase {
    * across hosts; if this session can take it, the holder is gone (and it is released at once).
    */
   async isLeaseAlive(lease: Lease): Promise<boolean> {
-    if (this.dialect !== 'postgres') return leaseAlive(lease);
+    if (this.#m.dialect !== 'postgres') return leaseAlive(lease);
     if (this.#leaseClients.has(lease.id)) return true;
     const [k1, k2] = leaseLockKey(lease.id);
-    return this.db.connection().execute(async (conn) => {
+    return this.#m.db.connection().execute(async (conn) => {
       const r = await sql<{ got: boolean }>`SELECT pg_try_advisory_lock(${k1}, ${k2}) AS got`.execute(conn);
       if (!r.rows[0].got) return true;
       await sql`SELECT pg_advisory_unlock(${k1}, ${k2})`.execute(conn);
@@ -153,7 +159,7 @@ export class MetaLeases extends MetaBase {
   }
 
   async leases(): Promise<Lease[]> {
-    const rows = await this.db.selectFrom('leases').selectAll().execute();
+    const rows = await this.#m.db.selectFrom('leases').selectAll().execute();
     return rows.map(toLease);
   }
 }

@@ -3,7 +3,8 @@
  */
 import { sql } from 'kysely';
 import type { SqlBool } from 'kysely';
-import { MetaBlocks } from './meta-blocks.js';
+import type { CopyMarks } from './copy-pending.js';
+import type { MetaDb } from './meta-db.js';
 import { revalidateSoundIn } from './meta-versions.js';
 import { INSERT_BATCH, nowMicros } from './meta-types.js';
 import type { Db } from './meta-types.js';
@@ -11,13 +12,25 @@ import type { Db } from './meta-types.js';
 /** Checksums looked up per statement by adoptIn. */
 const LOOKUP_BATCH = 10_000;
 
-export class MetaObjects extends MetaBlocks {
+/**
+ * The objects repository. Validity follows objects: marking one damaged or sound changes the
+ * block entries and versions that name it, and records those versions in `marks`.
+ */
+export class Objects {
+  readonly #m: MetaDb;
+  readonly #marks: CopyMarks;
+
+  constructor(m: MetaDb, marks: CopyMarks) {
+    this.#m = m;
+    this.#marks = marks;
+  }
+
   /**
    * Marks an object damaged: the object, every block entry referencing it, and every version
    * holding such an entry become invalid. Returns the uids of the versions affected.
    */
   async markObjectInvalid(checksum: string): Promise<string[]> {
-    return this.write(async (tx) => {
+    return this.#m.write(async (tx) => {
       // The versions this changes (a valid block entry, or a valid version): their copies.
       const changing = await tx
         .selectFrom('blocks as b')
@@ -27,7 +40,7 @@ export class MetaObjects extends MetaBlocks {
         .where('b.checksum', '=', checksum)
         .where((eb) => eb.or([eb('b.valid', '=', 1), eb('v.status', '=', 'valid')]))
         .execute();
-      await this.markCopies(
+      await this.#marks.mark(
         tx,
         changing.map((r) => r.version_uid),
       );
@@ -59,7 +72,7 @@ export class MetaObjects extends MetaBlocks {
    * a cleanup must not unlink that new file because the row looked stale.
    */
   async touchObject(checksum: string, now: number): Promise<boolean> {
-    const row = await this.db
+    const row = await this.#m.db
       .updateTable('objects')
       .set({ last_seen: now })
       .where('checksum', '=', checksum)
@@ -79,7 +92,7 @@ export class MetaObjects extends MetaBlocks {
     const unique = [...new Map(objects.map((o) => [o.checksum, o])).values()].sort((a, b) =>
       a.checksum < b.checksum ? -1 : a.checksum > b.checksum ? 1 : 0,
     );
-    await this.write(async (tx) => {
+    await this.#m.write(async (tx) => {
       for (let i = 0; i < unique.length; i += INSERT_BATCH) {
         const batch = unique.slice(i, i + INSERT_BATCH);
         await tx
@@ -113,7 +126,7 @@ export class MetaObjects extends MetaBlocks {
    */
   async objectsSound(checksums: readonly string[]): Promise<string[]> {
     if (checksums.length === 0) return [];
-    return this.write(async (tx) => {
+    return this.#m.write(async (tx) => {
       const out: string[] = [];
       for (let i = 0; i < checksums.length; i += INSERT_BATCH) {
         const batch = checksums.slice(i, i + INSERT_BATCH);
@@ -157,12 +170,12 @@ export class MetaObjects extends MetaBlocks {
       .where('checksum', 'in', checksums)
       .where('valid', '=', 0)
       .execute();
-    await this.markCopies(tx, uids);
+    await this.#marks.mark(tx, uids);
     return revalidateSoundIn(tx, uids);
   }
 
   async objectStats(): Promise<{ count: number; bytes: number }> {
-    const r = await this.db
+    const r = await this.#m.db
       .selectFrom('objects')
       .select((eb) => [eb.fn.countAll<number>().as('n'), eb.fn.sum<number>('stored_size').as('bytes')])
       .executeTakeFirstOrThrow();
@@ -173,7 +186,7 @@ export class MetaObjects extends MetaBlocks {
   async recordedObjects(checksums: readonly string[]): Promise<Map<string, { valid: boolean }>> {
     const out = new Map<string, { valid: boolean }>();
     for (let i = 0; i < checksums.length; i += INSERT_BATCH) {
-      const rows = await this.db
+      const rows = await this.#m.db
         .selectFrom('objects')
         .select(['checksum', 'valid'])
         .where('checksum', 'in', checksums.slice(i, i + INSERT_BATCH))
@@ -193,7 +206,7 @@ export class MetaObjects extends MetaBlocks {
    */
   async adoptObjects(sizes: ReadonlyMap<string, number | undefined>): Promise<Set<string>> {
     if (sizes.size === 0) return new Set();
-    return this.write((tx) => adoptIn(tx, this.dialect, sizes, nowMicros()));
+    return this.#m.write((tx) => adoptIn(tx, this.#m.dialect, sizes, nowMicros()));
   }
 }
 

@@ -7,42 +7,32 @@ import { randomUUID } from 'node:crypto';
 import { sql } from 'kysely';
 import type { Kysely } from 'kysely';
 import { InputError, NotFoundError } from '../errors.js';
-import { markCopiesPendingIn } from './copy-pending.js';
-import { MetaLeases } from './meta-leases.js';
+import type { CopyMarks } from './copy-pending.js';
+import type { MetaDb } from './meta-db.js';
+import type { Leases } from './meta-leases.js';
 import { nowMicros, toLease, toVersion, versionRow } from './meta-types.js';
 import type { Db, Lease, Version } from './meta-types.js';
 import type { Database, VersionStatus } from './schema.js';
 import type { Tracking } from './tracking.js';
 
-export class MetaVersions extends MetaLeases {
-  /** Versions whose copies this process marked out of date (takeMarkedCopies). */
-  readonly #copiesMarked = new Set<string>();
+/**
+ * The versions repository. It creates a version together with its lease through `leases`, and
+ * records every change of a version's validity in `marks` (its copy is then out of date).
+ */
+export class Versions {
+  readonly #m: MetaDb;
+  readonly #leases: Leases;
+  readonly #marks: CopyMarks;
 
-  /**
-   * Marks the copies of `uids` out of date inside `tx` (copy-pending.ts), and remembers them
-   * so that the command writes them before it ends (takeMarkedCopies). Every change of a
-   * version's validity goes through here.
-   */
-  protected async markCopies(tx: Db, uids: readonly string[]): Promise<void> {
-    if (uids.length === 0) return;
-    await markCopiesPendingIn(tx, uids);
-    for (const uid of uids) this.#copiesMarked.add(uid);
-  }
-
-  /**
-   * The versions whose validity this process changed since the last call (their copies are out
-   * of date), and forgets them. A transaction that rolled back may have left one here: writing
-   * its copy again costs a write, never a wrong copy (it is written as the database says).
-   */
-  takeMarkedCopies(): string[] {
-    const uids = [...this.#copiesMarked];
-    this.#copiesMarked.clear();
-    return uids;
+  constructor(m: MetaDb, leases: Leases, marks: CopyMarks) {
+    this.#m = m;
+    this.#leases = leases;
+    this.#marks = marks;
   }
 
   async createVersion(v: NewVersion): Promise<Version> {
     const version = newVersion(v);
-    await this.db.insertInto('versions').values(versionRow(version)).execute();
+    await this.#m.db.insertInto('versions').values(versionRow(version)).execute();
     return version;
   }
 
@@ -61,8 +51,8 @@ export class MetaVersions extends MetaLeases {
    * transaction. Throws InputError when the uid exists already.
    */
   async insertVersionWithLease(version: Version, kind: string): Promise<Lease> {
-    return this.newLease(kind, version.uid, (row) =>
-      this.write(async (tx) => {
+    return this.#leases.newLease(kind, version.uid, (row) =>
+      this.#m.write(async (tx) => {
         await insertVersionRow(tx, version);
         await tx.insertInto('leases').values(row).execute();
       }),
@@ -70,7 +60,7 @@ export class MetaVersions extends MetaLeases {
   }
 
   async findVersion(uid: string): Promise<Version | undefined> {
-    const row = await this.db.selectFrom('versions').selectAll().where('uid', '=', uid).executeTakeFirst();
+    const row = await this.#m.db.selectFrom('versions').selectAll().where('uid', '=', uid).executeTakeFirst();
     return row ? toVersion(row) : undefined;
   }
 
@@ -82,26 +72,26 @@ export class MetaVersions extends MetaLeases {
 
   /** Versions by date, oldest first; optionally only those named `name`. */
   async listVersions(filter: { name?: string } = {}): Promise<Version[]> {
-    let q = this.db.selectFrom('versions').selectAll();
+    let q = this.#m.db.selectFrom('versions').selectAll();
     if (filter.name !== undefined) q = q.where('name', '=', filter.name);
     const rows = await q.orderBy('date').orderBy('uid').execute();
     return rows.map(toVersion);
   }
 
   async setVersionStatus(uid: string, status: VersionStatus): Promise<void> {
-    await this.write(async (tx) => {
+    await this.#m.write(async (tx) => {
       const r = await tx
         .updateTable('versions')
         .set({ status })
         .where('uid', '=', uid)
         .where('status', '<>', status)
         .executeTakeFirst();
-      if (Number(r.numUpdatedRows) > 0) await this.markCopies(tx, [uid]);
+      if (Number(r.numUpdatedRows) > 0) await this.#marks.mark(tx, [uid]);
     });
   }
 
   async setVersionSize(uid: string, sizeBytes: number): Promise<void> {
-    await this.db.updateTable('versions').set({ size_bytes: sizeBytes }).where('uid', '=', uid).execute();
+    await this.#m.db.updateTable('versions').set({ size_bytes: sizeBytes }).where('uid', '=', uid).execute();
   }
 
   /**
@@ -113,21 +103,21 @@ export class MetaVersions extends MetaLeases {
     // The commit that makes a version valid is made durable at once (FULL), even in SQLite's
     // NORMAL mode: once backy printed the uid, a power loss must not take the version back.
     // durable: false for a caller that makes many at once durable later (durableHeartbeat).
-    const full = this.dialect === 'sqlite' && opts.durable !== false;
-    if (full) await sql`PRAGMA synchronous = FULL`.execute(this.db);
+    const full = this.#m.dialect === 'sqlite' && opts.durable !== false;
+    if (full) await sql`PRAGMA synchronous = FULL`.execute(this.#m.db);
     try {
       return await this.#completeVersion(uid);
     } finally {
-      if (full) await sql`PRAGMA synchronous = NORMAL`.execute(this.db);
+      if (full) await sql`PRAGMA synchronous = NORMAL`.execute(this.#m.db);
     }
   }
 
   async #completeVersion(uid: string): Promise<string | undefined> {
-    return this.write(async (tx) => {
+    return this.#m.write(async (tx) => {
       const problem = await completionProblem(tx, uid);
       if (problem) return problem;
       await tx.updateTable('versions').set({ status: 'valid' }).where('uid', '=', uid).execute();
-      await this.markCopies(tx, [uid]);
+      await this.#marks.mark(tx, [uid]);
       return undefined;
     });
   }
@@ -138,7 +128,7 @@ export class MetaVersions extends MetaLeases {
    * list is complete and every object is recorded. Returns the problem when it cannot.
    */
   async revalidateVersion(uid: string): Promise<string | undefined> {
-    return this.write(async (tx) => {
+    return this.#m.write(async (tx) => {
       const v = await tx.selectFrom('versions').selectAll().where('uid', '=', uid).executeTakeFirst();
       if (!v) return 'the version was removed meanwhile';
       if (v.status !== 'invalid') return `the version is ${v.status}`;
@@ -173,7 +163,7 @@ export class MetaVersions extends MetaLeases {
         .where('valid', '=', 0)
         .execute();
       await tx.updateTable('versions').set({ status: 'valid' }).where('uid', '=', uid).execute();
-      await this.markCopies(tx, [uid]);
+      await this.#marks.mark(tx, [uid]);
       return undefined;
     });
   }
@@ -185,7 +175,7 @@ export class MetaVersions extends MetaLeases {
    * Returns the live holders, and removes nothing, when there are any.
    */
   async removeVersionUnlessHeld(uid: string, isLive: (l: Lease) => Promise<boolean>): Promise<Lease[]> {
-    return this.cleanupTx({ leases: true }, async (tx) => {
+    return this.#m.cleanupTx({ leases: true }, async (tx) => {
       const rows = await tx.selectFrom('leases').selectAll().where('version_uid', '=', uid).execute();
       const live: Lease[] = [];
       for (const l of rows.map(toLease)) if (await isLive(l)) live.push(l);
@@ -207,7 +197,7 @@ export class MetaVersions extends MetaLeases {
    * `protect` wins), unless `protectedToo` (a command undoing the version it just created).
    */
   async removeVersion(uid: string, opts: { protectedToo?: boolean } = {}): Promise<void> {
-    await this.write(async (tx) => {
+    await this.#m.write(async (tx) => {
       const v = await tx.selectFrom('versions').select('protected').where('uid', '=', uid).executeTakeFirst();
       if (v && Number(v.protected) === 1 && !opts.protectedToo) {
         throw new InputError(`version ${uid} is protected; run 'backy unprotect ${uid}' first to remove it`);
@@ -219,7 +209,7 @@ export class MetaVersions extends MetaLeases {
   }
 }
 
-type NewVersion = {
+export type NewVersion = {
   name: string;
   snapshotName?: string;
   sizeBytes: number;

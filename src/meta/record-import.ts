@@ -10,7 +10,7 @@ import { sql } from 'kysely';
 import { InputError } from '../errors.js';
 import { insertBlockRows } from './meta-blocks.js';
 import { adoptIn } from './meta-objects.js';
-import type { MetaStore } from './meta-store.js';
+import type { MetaHandle } from './meta-db.js';
 import { nowMicros, versionRow } from './meta-types.js';
 import type { BlockRow, Version } from './meta-types.js';
 
@@ -34,7 +34,7 @@ export interface RecordedImport {
 }
 
 export async function recordImportedVersions(
-  meta: MetaStore,
+  meta: MetaHandle,
   items: readonly ImportedVersion[],
   opts: {
     /** false: the caller makes the commit durable later (MetaStore.durableHeartbeat). */

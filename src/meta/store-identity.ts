@@ -6,7 +6,7 @@
  */
 import { randomUUID } from 'node:crypto';
 import type { HashFunction } from '../config/config.js';
-import type { MetaStore } from './meta-store.js';
+import type { MetaHandle } from './meta-db.js';
 
 export interface StoreSettings {
   storeId: string;
@@ -15,7 +15,7 @@ export interface StoreSettings {
   keyFingerprint: string | null;
 }
 
-export async function readStoreId(meta: MetaStore): Promise<string | undefined> {
+export async function readStoreId(meta: MetaHandle): Promise<string | undefined> {
   const row = await meta.db
     .selectFrom('settings')
     .select('value')
@@ -28,7 +28,7 @@ export async function readStoreId(meta: MetaStore): Promise<string | undefined> 
  * Records `candidate` as the store id unless one is recorded already (two processes creating a
  * store at once: the first wins); returns the recorded one.
  */
-export async function recordStoreId(meta: MetaStore, candidate: string): Promise<string> {
+export async function recordStoreId(meta: MetaHandle, candidate: string): Promise<string> {
   return meta.write(async (tx) => {
     await tx
       .insertInto('settings')
@@ -50,7 +50,7 @@ export async function recordStoreId(meta: MetaStore, candidate: string): Promise
  * what opening it recorded from the config's defaults. Returns false (and changes nothing)
  * when the database is not fresh after all.
  */
-export async function adoptStoreSettings(meta: MetaStore, s: StoreSettings): Promise<boolean> {
+export async function adoptStoreSettings(meta: MetaHandle, s: StoreSettings): Promise<boolean> {
   return meta.write(async (tx) => {
     const id = await tx
       .selectFrom('settings')
@@ -80,7 +80,7 @@ export async function adoptStoreSettings(meta: MetaStore, s: StoreSettings): Pro
  * for: the store's descriptor names its owner by it (core/store-authority.ts). A copy of the
  * database file carries the same id; hosts sharing one PostgreSQL database share it.
  */
-export async function databaseId(meta: MetaStore): Promise<string | undefined> {
+export async function databaseId(meta: MetaHandle): Promise<string | undefined> {
   const row = await meta.db
     .selectFrom('settings')
     .select('value')
@@ -104,7 +104,7 @@ export async function databaseId(meta: MetaStore): Promise<string | undefined> {
 const DATABASE_ID = 'database_id';
 
 /** The database records a version or an object: it has been used with a store. */
-export async function databaseHoldsData(meta: MetaStore): Promise<boolean> {
+export async function databaseHoldsData(meta: MetaHandle): Promise<boolean> {
   const used =
     (await meta.db.selectFrom('versions').select('uid').limit(1).executeTakeFirst()) ??
     (await meta.db.selectFrom('objects').select('checksum').limit(1).executeTakeFirst());
@@ -112,7 +112,7 @@ export async function databaseHoldsData(meta: MetaStore): Promise<boolean> {
 }
 
 /** The database's own settings, to describe a store that has no descriptor yet. */
-export async function readStoreSettings(meta: MetaStore): Promise<Omit<StoreSettings, 'storeId'>> {
+export async function readStoreSettings(meta: MetaHandle): Promise<Omit<StoreSettings, 'storeId'>> {
   const rows = await meta.db
     .selectFrom('settings')
     .select(['key', 'value'])

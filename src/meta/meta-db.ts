@@ -1,7 +1,9 @@
 /**
- * The base of MetaStore: opening a metadata database, its settings, and write transactions.
- * Dialects: SQLite (better-sqlite3; WAL, busy timeout, BEGIN IMMEDIATE for writes so a
- * reader never blocks a writer and two writers queue instead of failing) and PostgreSQL (pg).
+ * The metadata database every repository of src/meta works on: one kysely handle, its
+ * dialect, whether it is read-only, its settings (the hash function), migrations, and the
+ * write and cleanup transactions. Dialects: SQLite (better-sqlite3; WAL, busy timeout, BEGIN
+ * IMMEDIATE for writes so a reader never blocks a writer and two writers queue instead of
+ * failing) and PostgreSQL (pg).
  */
 import { resolve } from 'node:path';
 import type pg from 'pg';
@@ -20,8 +22,8 @@ import type { Db } from './meta-types.js';
 /** SQLSTATEs after which a PostgreSQL transaction can simply be run again. */
 const RETRYABLE = new Set(['40P01', '40001']);
 
-/** Connects to the metadata database named by an engine URL; MetaBase.init migrates it. */
-export async function connectMeta(
+/** Connects to the metadata database named by an engine URL; MetaDb.open migrates it. */
+async function connectMeta(
   engine: string,
 ): Promise<{ db: Db; dialect: 'sqlite' | 'postgres'; readOnly: boolean }> {
   if (engine.startsWith('sqlite:///')) {
@@ -63,22 +65,37 @@ export async function connectMeta(
   throw new ConfigError(`unsupported metadata engine '${redactUrl(engine)}'`);
 }
 
-/** Subclasses (src/meta/meta-*.ts) add one concern each; MetaStore (meta-store.ts) is the last. */
-export class MetaBase {
+/**
+ * What the free functions of src/meta (catalog.ts, copy-pending.ts, store-identity.ts,
+ * encryption-setting.ts, record-import.ts) take: the handle and its transactions. MetaDb
+ * provides it, and so does the MetaStore facade, which callers outside src/meta hold.
+ */
+export type MetaHandle = Pick<MetaDb, 'db' | 'dialect' | 'url' | 'hashFunction' | 'readOnly' | 'write'>;
+
+/** The handle the repositories (src/meta/meta-*.ts) share; MetaStore (meta-store.ts) composes them. */
+export class MetaDb {
   readonly #db: Db;
   readonly dialect: 'sqlite' | 'postgres';
   readonly url: string;
   #hashFunction: HashFunction = 'blake3';
   #readOnly = false;
 
-  protected constructor(db: Db, dialect: 'sqlite' | 'postgres', url: string) {
+  private constructor(db: Db, dialect: 'sqlite' | 'postgres', url: string) {
     this.#db = db;
     this.dialect = dialect;
     this.url = url;
   }
 
-  /** Creates and migrates the schema (read-only: checks it) and loads the settings; for MetaStore.open. */
-  protected async init(readOnly: boolean, hashFunction: HashFunction | undefined): Promise<void> {
+  /** Opens (creating and migrating as needed) the metadata database named by an engine URL. */
+  static async open(engine: string, hashFunction: HashFunction | undefined): Promise<MetaDb> {
+    const { db, dialect, readOnly } = await connectMeta(engine);
+    const m = new MetaDb(db, dialect, engine);
+    await m.#init(readOnly, hashFunction);
+    return m;
+  }
+
+  /** Creates and migrates the schema (read-only: checks it) and loads the settings. */
+  async #init(readOnly: boolean, hashFunction: HashFunction | undefined): Promise<void> {
     try {
       if (readOnly) {
         this.#readOnly = true;
@@ -95,7 +112,7 @@ export class MetaBase {
     }
   }
 
-  /** The query builder, for the other modules of src/meta only (catalog.ts): SQL stays in src/meta. */
+  /** The query builder, for src/meta only: SQL stays in src/meta. */
   get db(): Db {
     return this.#db;
   }
@@ -227,13 +244,11 @@ export class MetaBase {
    * A cleanup transaction. SQLite: BEGIN IMMEDIATE, which excludes every other writer.
    * PostgreSQL: with `leases`, the leases table is locked against writes (SHARE ROW EXCLUSIVE
    * conflicts with the ROW EXCLUSIVE lock an INSERT takes), so no lease can appear meanwhile;
-   * object rows are locked one by one in deleteGarbage. Locking only one table keeps a
-   * consistent lock order with the backups' transactions (no deadlock).
+   * object rows are locked one by one in Garbage.deleteGarbage. Locking only one table keeps a
+   * consistent lock order with the backups' transactions (no deadlock). For the versions and
+   * garbage repositories.
    */
-  protected async cleanupTx<T>(
-    opts: { leases: boolean },
-    fn: (tx: Kysely<Database>) => Promise<T>,
-  ): Promise<T> {
+  async cleanupTx<T>(opts: { leases: boolean }, fn: (tx: Kysely<Database>) => Promise<T>): Promise<T> {
     return this.write(async (tx) => {
       if (this.dialect === 'postgres' && opts.leases) {
         await sql`LOCK TABLE leases IN SHARE ROW EXCLUSIVE MODE`.execute(tx);
