@@ -11,9 +11,18 @@ import type { Socket } from 'node:net';
 import { after, before, describe, it } from 'node:test';
 import pg from 'pg';
 import { Sandbox, assertSameBytes, parseLsMachine } from '../lib/cli.js';
-import { writeImage } from '../lib/image.js';
 import type { BlockKind } from '../lib/image.js';
-import { RawClient, mustRun, nbdClientsMissing, run, startServer } from '../lib/nbd.js';
+import {
+  RawClient,
+  closedWithin,
+  logged,
+  mustRun,
+  nbdClientsMissing,
+  run,
+  servedImage,
+  startServer,
+  stopClean,
+} from '../lib/nbd.js';
 import type { ServerHandle } from '../lib/nbd.js';
 import { pgDatabase, pgSkipReason } from '../lib/pg.js';
 import { MAX_HANDSHAKES, MAX_HANDSHAKES_PER_PEER } from '../../src/nbd/server.js';
@@ -60,34 +69,6 @@ async function connectRaw(srv: ServerHandle, localAddress?: string): Promise<Raw
 }
 
 /** Resolves when the server has closed the socket; fails if it is still open after `ms`. */
-async function closedWithin(closed: Promise<void>, ms: number, what: string): Promise<void> {
-  let timer: NodeJS.Timeout | undefined;
-  const late = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`${what}: still open after ${ms / 1000} s`)), ms);
-  });
-  try {
-    await Promise.race([closed, late]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
-
-/** Waits until the server's log matches `re` `count` times (or fails after GUARD_MS). */
-async function logged(srv: ServerHandle, re: RegExp, count = 1): Promise<void> {
-  const g = new RegExp(re.source, 'g');
-  const deadline = Date.now() + GUARD_MS;
-  while ((srv.stderr().match(g)?.length ?? 0) < count) {
-    if (Date.now() > deadline) assert.fail(`log has not ${count}x ${re}:\n${srv.stderr()}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
-
-async function stopClean(srv: ServerHandle): Promise<void> {
-  const code = await srv.stop();
-  assert.equal(code, 0, srv.stderr());
-  assert.doesNotMatch(srv.stderr(), /unexpected error|internal error|at .*\.(ts|js|mjs):\d+/);
-}
-
 /** Client flags, then the first `cut` bytes of an NBD_OPT_GO for `name`. */
 function partialGo(name: string, cut: number): Buffer {
   const opt = P.encodeOption(P.OPT.GO, P.encodeInfoRequest(name, []));
@@ -107,11 +88,12 @@ describe('backy nbd: stalled handshakes', () => {
   let uid: string;
 
   before(async () => {
-    sb = await Sandbox.create({ defaults: `block_size = ${BS}` });
-    if (skip) return;
-    image = sb.path('disk.img');
-    await writeImage(image, { blocks: BLOCKS, blockSize: BS, tail: TAIL, kinds: kind });
-    uid = await sb.backup([image, 'vm1']);
+    ({ sb, image, uid } = await servedImage(skip, {
+      blocks: BLOCKS,
+      blockSize: BS,
+      tail: TAIL,
+      kinds: kind,
+    }));
   });
   after(async () => sb?.remove());
 
@@ -213,10 +195,11 @@ describe(
     before(async () => {
       if (skip) return;
       engine = await pgDatabase('backy_nbd_handshake');
-      sb = await Sandbox.create({ defaults: `block_size = ${BS}`, engine });
-      image = sb.path('disk.img');
-      await writeImage(image, { blocks: BLOCKS, blockSize: BS, tail: TAIL, kinds: kind });
-      uid = await sb.backup([image, 'vm1']);
+      ({ sb, image, uid } = await servedImage(
+        undefined,
+        { blocks: BLOCKS, blockSize: BS, tail: TAIL, kinds: kind },
+        { engine },
+      ));
     });
     after(async () => sb?.remove());
 

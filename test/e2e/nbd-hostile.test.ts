@@ -11,7 +11,15 @@ import { after, before, describe, it } from 'node:test';
 import { Sandbox, assertSameBytes, parseLsMachine } from '../lib/cli.js';
 import { randomBytesSeeded, writeImage } from '../lib/image.js';
 import type { BlockKind } from '../lib/image.js';
-import { RawClient, mustRun, nbdClientsMissing, startServer } from '../lib/nbd.js';
+import {
+  RawClient,
+  closedWithin,
+  mustRun,
+  nbdClientsMissing,
+  servedImage,
+  startServer,
+  stopClean,
+} from '../lib/nbd.js';
 import type { ServerHandle } from '../lib/nbd.js';
 import { drainedUntilClosed, memoryOf, stalledReader, stalledWriter } from '../lib/nbd-hostile.js';
 import * as P from '../../src/nbd/protocol.js';
@@ -25,24 +33,6 @@ const kind = (i: number): BlockKind => (i % 7 === 3 ? 'zero' : i % 3 ? 'random' 
 const CLIENT_MS = 90_000;
 /** How long a server with --stall-timeout 2 may take to close a stalled client. */
 const GUARD_MS = 30_000;
-
-async function stopClean(srv: ServerHandle): Promise<void> {
-  const code = await srv.stop();
-  assert.equal(code, 0, srv.stderr());
-  assert.doesNotMatch(srv.stderr(), /unexpected error|internal error|at .*\.(ts|js|mjs):\d+/);
-}
-
-async function closedWithin(c: RawClient, ms: number, what: string): Promise<void> {
-  let timer: NodeJS.Timeout | undefined;
-  const late = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`${what}: still open after ${ms / 1000} s`)), ms);
-  });
-  try {
-    await Promise.race([drainedUntilClosed(c), late]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
 
 /** The server's log lines about the connection from our local `port`. */
 function linesOf(srv: ServerHandle, port: number | undefined): string[] {
@@ -74,11 +64,7 @@ describe('backy nbd: clients that stall', () => {
   let uid: string;
 
   before(async () => {
-    sb = await Sandbox.create({ defaults: `block_size = ${BS}` });
-    if (skip) return;
-    image = sb.path('disk.img');
-    await writeImage(image, { blocks: BLOCKS, blockSize: BS, kinds: kind });
-    uid = await sb.backup([image, 'vm1']);
+    ({ sb, image, uid } = await servedImage(skip, { blocks: BLOCKS, blockSize: BS, kinds: kind }));
   });
   after(async () => sb?.remove());
 
@@ -145,7 +131,7 @@ describe('backy nbd: clients that stall', () => {
         // The log first: closed() reads the socket, and a client that reads is not stalled.
         const dropped = await endLines(srv2, port);
         assert.equal(dropped.length, 1, srv2.stderr());
-        await closedWithin(s, GUARD_MS, 'the stalled reader');
+        await closedWithin(drainedUntilClosed(s), GUARD_MS, 'the stalled reader');
         assert.match(
           dropped[0],
           new RegExp(
@@ -231,7 +217,7 @@ describe('backy nbd: clients that stall', () => {
         const w = await stalledWriter(srv2, uid, 32 * MiB, 1024);
         const port = w.socket.localPort;
         const dropped = await endLines(srv2, port);
-        await closedWithin(w, GUARD_MS, 'the stalled writer');
+        await closedWithin(drainedUntilClosed(w), GUARD_MS, 'the stalled writer');
         assert.equal(dropped.length, 1, srv2.stderr());
         assert.match(
           dropped[0],
@@ -265,11 +251,11 @@ describe('backy nbd -w: forty writers at once', () => {
   let uid: string;
 
   before(async () => {
-    sb = await Sandbox.create({ defaults: `block_size = ${BS}` });
-    if (skip) return;
-    image = sb.path('small.img');
-    await writeImage(image, { blocks: WBLOCKS, blockSize: BS, seed: 'forty', kinds: () => 'random' });
-    uid = await sb.backup([image, 'small']);
+    ({ sb, image, uid } = await servedImage(
+      skip,
+      { blocks: WBLOCKS, blockSize: BS, seed: 'forty', kinds: () => 'random' },
+      { file: 'small.img', name: 'small' },
+    ));
   });
   after(async () => sb?.remove());
 
@@ -357,11 +343,11 @@ describe('backy nbd -w: writers that share the modified-block buffers', () => {
   let uid: string;
 
   before(async () => {
-    sb = await Sandbox.create({ defaults: `block_size = ${BS}` });
-    if (skip) return;
-    const base = sb.path('base.img');
-    await writeImage(base, { blocks: 12, blockSize: BS, seed: 'base', kinds: () => 'random' });
-    uid = await sb.backup([base, 'base']);
+    ({ sb, uid } = await servedImage(
+      skip,
+      { blocks: 12, blockSize: BS, seed: 'base', kinds: () => 'random' },
+      { file: 'base.img', name: 'base' },
+    ));
   });
   after(async () => sb?.remove());
 

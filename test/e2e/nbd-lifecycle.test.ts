@@ -14,32 +14,22 @@ import type { Socket } from 'node:net';
 import { after, before, describe, it } from 'node:test';
 import { Sandbox, assertSameBytes, parseLsMachine } from '../lib/cli.js';
 import { randomBytesSeeded, writeImage } from '../lib/image.js';
-import { RawClient, mustRun, nbdClientsMissing, run, startServer } from '../lib/nbd.js';
-import type { ServerHandle } from '../lib/nbd.js';
+import {
+  GUARD_MS,
+  RawClient,
+  logged,
+  mustRun,
+  nbdClientsMissing,
+  run,
+  servedImage,
+  startServer,
+  stopClean,
+} from '../lib/nbd.js';
 import { MAX_HANDSHAKES, MAX_HANDSHAKES_PER_PEER } from '../../src/nbd/server.js';
 import * as P from '../../src/nbd/protocol.js';
 
 const BS = 64 * 1024;
 const BLOCKS = 16;
-const GUARD_MS = 20_000;
-
-async function stopClean(srv: ServerHandle): Promise<void> {
-  const code = await srv.stop();
-  // A server stops on SIGTERM with exit 0 (the README's exception to 143).
-  assert.equal(code, 0, srv.stderr());
-  assert.doesNotMatch(srv.stderr(), /unexpected error|internal error|at .*\.(ts|js|mjs):\d+/);
-}
-
-/** Waits until the server's log matches `re` (or fails after GUARD_MS). */
-async function logged(srv: ServerHandle, re: RegExp): Promise<RegExpMatchArray> {
-  const deadline = Date.now() + GUARD_MS;
-  for (;;) {
-    const m = re.exec(srv.stderr());
-    if (m) return m;
-    if (Date.now() > deadline) assert.fail(`log has no ${re}:\n${srv.stderr()}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
 
 /** Writes `data` at `offset` of a file (the expected image, or nbdfuse's device file). */
 async function pwrite(path: string, offset: number, data: Buffer, sync = false): Promise<void> {
@@ -59,16 +49,12 @@ describe('backy nbd -w: a client that leaves without NBD_CMD_DISC', () => {
   let uid: string;
 
   before(async () => {
-    sb = await Sandbox.create({ defaults: `block_size = ${BS}` });
-    if (skip) return;
-    image = sb.path('disk.img');
-    await writeImage(image, {
+    ({ sb, image, uid } = await servedImage(skip, {
       blocks: BLOCKS,
       blockSize: BS,
       seed: 'disc',
       kinds: (i) => (i % 4 === 3 ? 'zero' : 'random'),
-    });
-    uid = await sb.backup([image, 'vm1']);
+    }));
   });
   after(async () => sb?.remove());
 
@@ -273,11 +259,12 @@ describe('backy nbd -w through nbdfuse, written directly', () => {
   let uid: string;
 
   before(async () => {
-    sb = await Sandbox.create({ defaults: `block_size = ${BS}` });
-    if (skip) return;
-    image = sb.path('disk.img');
-    await writeImage(image, { blocks: BLOCKS, blockSize: BS, seed: 'fuse', kinds: () => 'random' });
-    uid = await sb.backup([image, 'vm1']);
+    ({ sb, image, uid } = await servedImage(skip, {
+      blocks: BLOCKS,
+      blockSize: BS,
+      seed: 'fuse',
+      kinds: () => 'random',
+    }));
   });
   after(async () => sb?.remove());
 
@@ -395,11 +382,12 @@ describe('backy nbd: handshake places per peer', () => {
   let uid: string;
 
   before(async () => {
-    sb = await Sandbox.create({ defaults: `block_size = ${BS}` });
-    if (skip) return;
-    image = sb.path('disk.img');
-    await writeImage(image, { blocks: 4, blockSize: BS, seed: 'peer', kinds: () => 'random' });
-    uid = await sb.backup([image, 'vm1']);
+    ({ sb, image, uid } = await servedImage(skip, {
+      blocks: 4,
+      blockSize: BS,
+      seed: 'peer',
+      kinds: () => 'random',
+    }));
   });
   after(async () => sb?.remove());
 
@@ -448,11 +436,12 @@ describe('backy nbd -u: a socket left by a killed server', () => {
   let uid: string;
 
   before(async () => {
-    sb = await Sandbox.create({ defaults: `block_size = ${BS}` });
-    if (skip) return;
-    image = sb.path('disk.img');
-    await writeImage(image, { blocks: 4, blockSize: BS, seed: 'stale', kinds: () => 'random' });
-    uid = await sb.backup([image, 'vm1']);
+    ({ sb, image, uid } = await servedImage(skip, {
+      blocks: 4,
+      blockSize: BS,
+      seed: 'stale',
+      kinds: () => 'random',
+    }));
   });
   after(async () => sb?.remove());
 

@@ -8,9 +8,17 @@ import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { chmod, copyFile, mkdir, readFile, writeFile } from 'node:fs/promises';
 import { after, before, describe, it } from 'node:test';
-import { Sandbox, assertSameBytes } from '../lib/cli.js';
-import { writeImage } from '../lib/image.js';
-import { RawClient, mustRun, nbdClientsMissing, run, startServer } from '../lib/nbd.js';
+import { assertSameBytes } from '../lib/cli.js';
+import type { Sandbox } from '../lib/cli.js';
+import {
+  RawClient,
+  mustRun,
+  nbdClientsMissing,
+  run,
+  servedImage,
+  startServer,
+  stopClean,
+} from '../lib/nbd.js';
 import type { ServerHandle } from '../lib/nbd.js';
 import { hasCommand } from '../lib/tools.js';
 import * as P from '../../src/nbd/protocol.js';
@@ -18,12 +26,6 @@ import * as P from '../../src/nbd/protocol.js';
 const BS = 64 * 1024;
 const BLOCKS = 12;
 const TAIL = 300;
-
-async function stopClean(srv: ServerHandle): Promise<void> {
-  const code = await srv.stop();
-  assert.equal(code, 0, srv.stderr());
-  assert.doesNotMatch(srv.stderr(), /unexpected error|internal error|at .*\.(ts|js|mjs):\d+/);
-}
 
 describe('backy nbd over TLS', () => {
   let skip = nbdClientsMissing();
@@ -38,16 +40,12 @@ describe('backy nbd over TLS', () => {
   let clientCerts: string;
 
   before(async () => {
-    sb = await Sandbox.create({ defaults: `block_size = ${BS}` });
-    if (skip) return;
-    image = sb.path('disk.img');
-    await writeImage(image, {
+    ({ sb, image, uid } = await servedImage(skip, {
       blocks: BLOCKS,
       blockSize: BS,
       tail: TAIL,
       kinds: (i) => (i % 3 ? 'random' : 'zero'),
-    });
-    uid = await sb.backup([image, 'vm1']);
+    }));
     key = randomBytes(32).toString('hex');
     pskFile = sb.path('keys.psk');
     await writeFile(pskFile, `# backy test\nalice:${key}\nbob:${randomBytes(32).toString('hex')}\n`, {

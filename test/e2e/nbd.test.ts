@@ -13,7 +13,15 @@ import SQLite from 'better-sqlite3';
 import { Sandbox, assertSameBytes, parseLsMachine } from '../lib/cli.js';
 import { randomBytesSeeded, writeImage } from '../lib/image.js';
 import type { BlockKind } from '../lib/image.js';
-import { RawClient, mustRun, nbdClientsMissing, run, startServer } from '../lib/nbd.js';
+import {
+  RawClient,
+  mustRun,
+  nbdClientsMissing,
+  run,
+  servedImage,
+  startServer,
+  stopClean,
+} from '../lib/nbd.js';
 import type { ServerHandle } from '../lib/nbd.js';
 import { blockRows, objectPath } from '../lib/store.js';
 import * as P from '../../src/nbd/protocol.js';
@@ -43,12 +51,6 @@ function rangeOpts(srv: ServerHandle, uid: string, offset: number, size: number)
   return `driver=raw,offset=${offset},size=${size},file.driver=nbd,file.path=${srv.socket},file.export=${uid}`;
 }
 
-async function stopClean(srv: ServerHandle): Promise<void> {
-  const code = await srv.stop();
-  assert.equal(code, 0, srv.stderr());
-  assert.doesNotMatch(srv.stderr(), /unexpected error|internal error|at .*\.(ts|js|mjs):\d+/);
-}
-
 describe('backy nbd with real clients', () => {
   const skip = nbdClientsMissing();
   let sb: Sandbox;
@@ -56,11 +58,12 @@ describe('backy nbd with real clients', () => {
   let uid: string;
 
   before(async () => {
-    sb = await Sandbox.create({ defaults: `block_size = ${BS}` });
-    if (skip) return;
-    image = sb.path('disk.img');
-    await writeImage(image, { blocks: BLOCKS, blockSize: BS, tail: TAIL, kinds: kind });
-    uid = await sb.backup([image, 'vm1']);
+    ({ sb, image, uid } = await servedImage(skip, {
+      blocks: BLOCKS,
+      blockSize: BS,
+      tail: TAIL,
+      kinds: kind,
+    }));
   });
   after(async () => sb?.remove());
 
@@ -401,16 +404,12 @@ describe('backy nbd -w (copy-on-write)', () => {
   let uid: string;
 
   before(async () => {
-    sb = await Sandbox.create({ defaults: `block_size = ${BS}` });
-    if (skip) return;
-    image = sb.path('disk.img');
-    await writeImage(image, {
+    ({ sb, image, uid } = await servedImage(skip, {
       blocks: 16,
       blockSize: BS,
       seed: 'cow',
       kinds: (i) => (i % 4 === 3 ? 'zero' : 'random'),
-    });
-    uid = await sb.backup([image, 'vm1']);
+    }));
   });
   after(async () => sb?.remove());
 

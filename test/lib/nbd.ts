@@ -6,14 +6,15 @@
  * Without the clients the tests are skipped with a message; in CI (CI=true) a missing client
  * is a failure instead, so CI cannot silently stop testing NBD.
  */
+import assert from 'node:assert/strict';
 import { execFile, spawn } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
 import { connect } from 'node:net';
 import type { NetConnectOpts, Socket } from 'node:net';
 import { ByteReader } from '../../src/nbd/byte-reader.js';
 import * as P from '../../src/nbd/protocol.js';
-import { BIN } from './cli.js';
-import type { Sandbox } from './cli.js';
+import { BIN, Sandbox } from './cli.js';
+import { writeImage } from './image.js';
 import { hasCommand, skipUnlessCI } from './tools.js';
 
 const CLIENTS = ['nbdinfo', 'nbdcopy', 'nbdfuse', 'qemu-img', 'qemu-io'];
@@ -81,6 +82,66 @@ export async function startServer(
       return exited;
     },
   };
+}
+
+/** Stops the server: exit 0 (SIGTERM is its normal stop, the README's exception to 143), no stack or internal error logged. */
+export async function stopClean(srv: ServerHandle): Promise<void> {
+  const code = await srv.stop();
+  assert.equal(code, 0, srv.stderr());
+  assert.doesNotMatch(srv.stderr(), /unexpected error|internal error|at .*\.(ts|js|mjs):\d+/);
+}
+
+/** How long the tests wait for what the server does at once (a log line, a closed socket). */
+export const GUARD_MS = 20_000;
+
+/** Waits until the server's log matches `re` `count` times (or fails after GUARD_MS); returns the first match. */
+export async function logged(srv: ServerHandle, re: RegExp, count = 1): Promise<RegExpExecArray> {
+  const g = new RegExp(re.source, `${re.flags.replace('g', '')}g`);
+  const deadline = Date.now() + GUARD_MS;
+  for (;;) {
+    const m = re.exec(srv.stderr());
+    if (m && (srv.stderr().match(g)?.length ?? 0) >= count) return m;
+    if (Date.now() > deadline) assert.fail(`log has not ${count}x ${re}:\n${srv.stderr()}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+/** Resolves when `closed` does; rejects, naming `what`, if it has not after `ms`. */
+export async function closedWithin(closed: Promise<void>, ms: number, what: string): Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`${what}: still open after ${ms / 1000} s`)), ms);
+  });
+  try {
+    await Promise.race([closed, late]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+export interface ServedImage {
+  sb: Sandbox;
+  /** The image's path in the sandbox. */
+  image: string;
+  /** Its version ('' when skipped). */
+  uid: string;
+}
+
+/**
+ * The fixture of most NBD describes: a sandbox with block_size = the image's block size, an
+ * image written into it (`file`, default disk.img) and backed up (as `name`, default vm1). With
+ * `skip` only the sandbox is made (the describe's after() removes it either way).
+ */
+export async function servedImage(
+  skip: string | undefined,
+  spec: Parameters<typeof writeImage>[1],
+  opts: { file?: string; name?: string; engine?: string } = {},
+): Promise<ServedImage> {
+  const sb = await Sandbox.create({ defaults: `block_size = ${spec.blockSize}`, engine: opts.engine });
+  const image = sb.path(opts.file ?? 'disk.img');
+  if (skip) return { sb, image, uid: '' };
+  await writeImage(image, spec);
+  return { sb, image, uid: await sb.backup([image, opts.name ?? 'vm1']) };
 }
 
 export interface ExecResult {
