@@ -11,7 +11,7 @@ import { copyFile, open, readFile, rm, writeFile } from 'node:fs/promises';
 import { after, describe, it } from 'node:test';
 import { Sandbox, assertSameBytes, parseLsMachine } from '../lib/cli.js';
 import { writeImage } from '../lib/image.js';
-import { mustRun, nbdClientsMissing, run, startServer } from '../lib/nbd.js';
+import { mustRun, nbdClientsMissing, run, servedImage, startServer } from '../lib/nbd.js';
 import type { ServerHandle } from '../lib/nbd.js';
 import { pgDatabase, pgSkipReason } from '../lib/pg.js';
 import { objectPath } from '../lib/store.js';
@@ -65,16 +65,17 @@ describe('nbd: copies written at once', () => {
     'an nbd -w version survives a database loss: recover brings it back, it restores byte for byte',
     { skip },
     async () => {
-      const sb = await Sandbox.create({ defaults: `block_size = ${BS}` });
-      boxes.push(sb);
-      const image = sb.path('disk.img');
-      await writeImage(image, {
+      const {
+        sb,
+        image,
+        uid: base,
+      } = await servedImage(undefined, {
         blocks: 12,
         blockSize: BS,
         seed: 'nbdw',
         kinds: (i) => (i % 4 === 3 ? 'zero' : 'random'),
       });
-      const base = await sb.backup([image, 'vm1']);
+      boxes.push(sb);
       const expected = sb.path('expected.img');
       await copyFile(image, expected);
       const srv = await startServer(sb, ['-w']);
@@ -115,11 +116,13 @@ describe('nbd: copies written at once', () => {
   );
 
   it('a version an NBD read found damaged comes back invalid after a database loss', { skip }, async () => {
-    const sb = await Sandbox.create({ defaults: `block_size = ${BS}` });
+    const { sb, uid } = await servedImage(undefined, {
+      blocks: 6,
+      blockSize: BS,
+      seed: 'nbdr',
+      kinds: () => 'random',
+    });
     boxes.push(sb);
-    const image = sb.path('disk.img');
-    await writeImage(image, { blocks: 6, blockSize: BS, seed: 'nbdr', kinds: () => 'random' });
-    const uid = await sb.backup([image, 'vm1']);
     await flipLastByte(objectPath(sb, await checksumOf(sb, uid, 2)));
     const srv = await startServer(sb);
     try {
