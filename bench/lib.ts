@@ -2,6 +2,7 @@
  * What the benchmarks share: running commands timed under /usr/bin/time, medians, sizes and
  * Markdown tables.
  */
+import { spawn } from 'node:child_process';
 import { createReadStream } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -33,6 +34,22 @@ export async function run(cmd: string, argv: string[], opts: RunOptions = {}): P
   const r = await spawnCollect(cmd, argv, opts);
   if (r.code !== 0) throw new Error(`${cmd} ${argv.join(' ')} exited ${r.code}:\n${r.stderr.slice(-2000)}`);
   return r.stdout.toString();
+}
+
+/** A command whose output is dropped, timed here; resolves to its wall time in seconds, rejects on a non-zero exit with its stderr. */
+export function wallTime(cmd: string, argv: string[]): Promise<number> {
+  const start = performance.now();
+  return new Promise((resolve, reject) => {
+    const child = spawn(cmd, argv, { stdio: ['ignore', 'ignore', 'pipe'] });
+    let err = '';
+    child.stderr.on('data', (b: Buffer) => (err += b.toString()));
+    child.on('error', reject);
+    child.on('close', (code) =>
+      code === 0
+        ? resolve((performance.now() - start) / 1000)
+        : reject(new Error(`${cmd} exited ${code}: ${err}`)),
+    );
+  });
 }
 
 export interface Run {

@@ -11,45 +11,21 @@
  *
  * Usage: npm run bench:nbd-hostile -- [--size 1G] [--reps 3]
  */
-import { spawn } from 'node:child_process';
 import { rm } from 'node:fs/promises';
-import { parseArgs } from 'node:util';
 import * as P from '../src/nbd/protocol.js';
 import { Sandbox, assertSameBytes } from '../test/lib/cli.js';
-import { mixedKind, writeImage } from '../test/lib/image.js';
+import { writeImage } from '../test/lib/image.js';
 import { RawClient, startServer } from '../test/lib/nbd.js';
 import { memoryOf, stalledReader, stalledWriter } from '../test/lib/nbd-hostile.js';
-import { median } from './lib.js';
+import { median, wallTime } from './lib.js';
+import { BLOCK, benchVersion, nbdBenchArgs } from './nbd-image.js';
 
-const BLOCK = 4 << 20;
-const { values: args } = parseArgs({
-  options: { size: { type: 'string', default: '1G' }, reps: { type: 'string', default: '3' } },
-});
-const size = Math.round(Number(/^(\d+)G$/i.exec(args.size)?.[1] ?? NaN) * 2 ** 30);
-if (!Number.isFinite(size)) throw new Error('--size: whole GiB, e.g. 1G');
-const reps = Number(args.reps);
-
-function exec(cmd: string, argv: string[]): Promise<number> {
-  const start = performance.now();
-  return new Promise((resolve, reject) => {
-    const child = spawn(cmd, argv, { stdio: ['ignore', 'ignore', 'pipe'] });
-    let err = '';
-    child.stderr.on('data', (b: Buffer) => (err += b.toString()));
-    child.on('error', reject);
-    child.on('close', (code) =>
-      code === 0
-        ? resolve((performance.now() - start) / 1000)
-        : reject(new Error(`${cmd} exited ${code}: ${err}`)),
-    );
-  });
-}
+const args = nbdBenchArgs('1G');
+const { reps } = args;
 
 const sb = await Sandbox.create();
 try {
-  const image = sb.path('disk.img');
-  console.error(`writing a ${args.size} image...`);
-  await writeImage(image, { blocks: size / BLOCK, blockSize: BLOCK, kinds: mixedKind });
-  const uid = await sb.backup([image, 'bench']);
+  const { image, uid } = await benchVersion(sb, args);
   const out = sb.path('out.img');
 
   const srv = await startServer(sb, ['-w']);
@@ -58,7 +34,7 @@ try {
   try {
     for (let r = 0; r < reps; r++) {
       await rm(out, { force: true });
-      idle.push(await exec('nbdcopy', [srv.uri(uid), out]));
+      idle.push(await wallTime('nbdcopy', [srv.uri(uid), out]));
       if (r === 0) await assertSameBytes(image, out);
       const reader = await stalledReader(srv, uid, [
         [0, 32 << 20],
@@ -67,7 +43,7 @@ try {
       const writer = await stalledWriter(srv, uid, 32 << 20, 1024);
       await new Promise((res) => setTimeout(res, 1000));
       await rm(out, { force: true });
-      stalled.push(await exec('nbdcopy', [srv.uri(uid), out]));
+      stalled.push(await wallTime('nbdcopy', [srv.uri(uid), out]));
       if (r === 0) await assertSameBytes(image, out);
       reader.end();
       writer.end();
@@ -78,7 +54,7 @@ try {
   const ti = median(idle);
   const ts = median(stalled);
   console.log(
-    `image ${args.size}, 4 MiB blocks, mixed; ${reps} repetitions, medians; backy nbd -w on a Unix socket`,
+    `image ${args.sizeArg}, 4 MiB blocks, mixed; ${reps} repetitions, medians; backy nbd -w on a Unix socket`,
   );
   console.log(
     `nbdcopy, idle server                          ${ti.toFixed(2)} s  (${idle.map((t) => t.toFixed(2)).join(', ')})`,
@@ -126,7 +102,7 @@ try {
   const w8 = await startServer(sb, ['-w']);
   try {
     const t = performance.now();
-    await Promise.all(Array.from({ length: 8 }, () => exec('nbdcopy', [src, w8.uri(uid)])));
+    await Promise.all(Array.from({ length: 8 }, () => wallTime('nbdcopy', [src, w8.uri(uid)])));
     const secs = (performance.now() - t) / 1000;
     const m = await memoryOf(w8.child.pid!);
     console.log(`8 nbdcopy writers x 128 MiB: ${secs.toFixed(2)} s, server peak RSS ${m.peak.toFixed(0)} MB`);

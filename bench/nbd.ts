@@ -11,39 +11,14 @@
  *
  * Usage: npm run bench:nbd -- [--size 2G] [--reps 3] [--dir PARENT]
  */
-import { spawn } from 'node:child_process';
 import { readFile, rm } from 'node:fs/promises';
-import { parseArgs } from 'node:util';
 import { Sandbox, assertSameBytes } from '../test/lib/cli.js';
-import { mixedKind, writeImage } from '../test/lib/image.js';
 import { startServer } from '../test/lib/nbd.js';
-import { median } from './lib.js';
+import { median, wallTime } from './lib.js';
+import { benchVersion, nbdBenchArgs } from './nbd-image.js';
 
-const BLOCK = 4 << 20;
-const { values: args } = parseArgs({
-  options: {
-    size: { type: 'string', default: '2G' },
-    reps: { type: 'string', default: '3' },
-  },
-});
-const size = Math.round(Number(/^(\d+)G$/i.exec(args.size)?.[1] ?? NaN) * 2 ** 30);
-if (!Number.isFinite(size)) throw new Error('--size: whole GiB, e.g. 2G');
-const reps = Number(args.reps);
-
-function exec(cmd: string, argv: string[]): Promise<number> {
-  const start = performance.now();
-  return new Promise((resolve, reject) => {
-    const child = spawn(cmd, argv, { stdio: ['ignore', 'ignore', 'pipe'] });
-    let err = '';
-    child.stderr.on('data', (b: Buffer) => (err += b.toString()));
-    child.on('error', reject);
-    child.on('close', (code) =>
-      code === 0
-        ? resolve((performance.now() - start) / 1000)
-        : reject(new Error(`${cmd} exited ${code}: ${err}`)),
-    );
-  });
-}
+const args = nbdBenchArgs('2G');
+const { size, reps } = args;
 
 async function peakRss(pid: number): Promise<number> {
   const status = await readFile(`/proc/${pid}/status`, 'utf8');
@@ -52,10 +27,7 @@ async function peakRss(pid: number): Promise<number> {
 
 const sb = await Sandbox.create();
 try {
-  const image = sb.path('disk.img');
-  console.error(`writing a ${args.size} image...`);
-  await writeImage(image, { blocks: size / BLOCK, blockSize: BLOCK, kinds: mixedKind });
-  const uid = await sb.backup([image, 'bench']);
+  const { image, uid } = await benchVersion(sb, args);
   const srv = await startServer(sb);
   const out = sb.path('out.img');
   const cfg = ['-c', sb.config];
@@ -74,7 +46,7 @@ try {
   for (let r = 0; r < reps; r++) {
     for (const [name, cmd, argv] of jobs) {
       await rm(out, { force: true });
-      times.get(name)!.push(await exec(cmd, argv));
+      times.get(name)!.push(await wallTime(cmd, argv));
       // qemu pads the size to whole 512-byte sectors; this image is whole blocks, so no padding.
       if (r === 0) await assertSameBytes(image, out);
     }
@@ -83,7 +55,7 @@ try {
   await srv.stop();
   const restore = median(times.get('backy restore')!);
   const restoreS = median(times.get('backy restore -s')!);
-  console.log(`image ${args.size} (${size} bytes), 4 MiB blocks, mixed; ${reps} repetitions, medians`);
+  console.log(`image ${args.sizeArg} (${size} bytes), 4 MiB blocks, mixed; ${reps} repetitions, medians`);
   for (const [name, ts] of times) {
     const t = median(ts);
     console.log(
