@@ -68,14 +68,10 @@ describe('backy nbd -w: a client that leaves without NBD_CMD_DISC', () => {
       try {
         const c = await RawClient.connect(srv.socket);
         await c.open(uid);
-        c.request(P.CMD.WRITE, 1n, BS - 100, flushed.length);
-        c.send(flushed);
-        assert.equal((await c.reply()).error, 0);
+        assert.equal(await c.write(1n, BS - 100, flushed), 0);
         c.request(P.CMD.FLUSH, 2n, 0, 0);
         assert.equal((await c.reply()).error, 0);
-        c.request(P.CMD.WRITE, 3n, 7 * BS + 10, unflushed.length);
-        c.send(unflushed);
-        assert.equal((await c.reply()).error, 0);
+        assert.equal(await c.write(3n, 7 * BS + 10, unflushed), 0);
         c.end(); // no NBD_CMD_DISC
         await logged(
           srv,
@@ -122,14 +118,10 @@ describe('backy nbd -w: a client that leaves without NBD_CMD_DISC', () => {
         try {
           const c = await RawClient.connect(srv.socket);
           await c.open(base);
-          c.request(P.CMD.WRITE, 1n, 2 * MB, MB);
-          c.send(acked);
-          assert.equal((await c.reply()).error, 0);
+          assert.equal(await c.write(1n, 2 * MB, acked), 0);
           c.request(P.CMD.FLUSH, 2n, 0, 0);
           assert.equal((await c.reply()).error, 0);
-          c.request(P.CMD.WRITE, 3n, 5 * MB + 10, pending.length);
-          c.send(pending);
-          assert.equal((await c.reply()).error, 0);
+          assert.equal(await c.write(3n, 5 * MB + 10, pending), 0);
           c.request(P.CMD.WRITE, 4n, 2 * MB, cut.length);
           c.send(cut.subarray(0, 2 * MB + MB / 2)); // never acknowledged: the client goes
           await new Promise((r) => setTimeout(r, 500));
@@ -169,9 +161,7 @@ describe('backy nbd -w: a client that leaves without NBD_CMD_DISC', () => {
     try {
       const c = await RawClient.connect(srv.socket);
       await c.open(uid);
-      c.request(P.CMD.WRITE, 1n, 0, 4096);
-      c.send(Buffer.alloc(4096, 7));
-      assert.equal((await c.reply()).error, 0);
+      assert.equal(await c.write(1n, 0, Buffer.alloc(4096, 7)), 0);
       c.end();
       await logged(srv, /writes discarded: version [0-9a-f-]+ removed/);
     } finally {
@@ -190,9 +180,7 @@ describe('backy nbd -w: a client that leaves without NBD_CMD_DISC', () => {
       try {
         const c = await RawClient.connect(srv.socket);
         await c.open(uid);
-        c.request(P.CMD.WRITE, 1n, 0, 4096);
-        c.send(Buffer.alloc(4096, 9));
-        assert.equal((await c.reply()).error, 0);
+        assert.equal(await c.write(1n, 0, Buffer.alloc(4096, 9)), 0);
         const newUid = (await logged(srv, /copy-on-write into new version ([0-9a-f-]{36})/))[1];
         await sb.ok(['rm', '--force', newUid]);
         for (let i = 0; i < 3; i++) {

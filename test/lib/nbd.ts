@@ -224,6 +224,13 @@ export class RawClient {
     this.send(P.encodeRequest({ flags, type, cookie, offset, length }));
   }
 
+  /** A WRITE of `data` at `offset`; resolves to the error value of its reply (0 for none). */
+  async write(cookie: bigint, offset: number, data: Buffer): Promise<number> {
+    this.request(P.CMD.WRITE, cookie, offset, data.length);
+    this.send(data);
+    return (await this.reply()).error;
+  }
+
   /**
    * Reads structured chunks up to DONE; returns the error value (0 for none) and, for a read
    * of [offset, offset+length), the data assembled from data and hole chunks.
