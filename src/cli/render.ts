@@ -1,10 +1,10 @@
 /** Output helpers: human tables, machine lines, sizes, dates and the TTY progress bar. */
 import { createRequire } from 'node:module';
-import type Table from 'cli-table3';
 import type cliProgress from 'cli-progress';
 import type { ProgressReporter } from '../core/progress.js';
 import type { Version } from '../meta/meta-store.js';
 import type { Logger } from '../util/log.js';
+import { textTable } from './text-table.js';
 
 /** `YYYY-MM-DD HH:MM:SS.ffffff`, UTC, from microseconds since the epoch. */
 export function formatDate(micros: number): string {
@@ -83,26 +83,23 @@ export function versionTable(
   versions: Version[],
   labels: Map<string, Record<string, string>> = new Map(),
 ): string {
-  const Table_ = load('cli-table3') as typeof Table;
-  const table = new Table_({
-    head: ['date', 'name', 'snapshot', 'size', 'size_bytes', 'uid', 'valid', 'status', 'protected', 'labels'],
-    style: { head: process.stdout.isTTY ? ['cyan'] : [], border: process.stdout.isTTY ? ['grey'] : [] },
-  });
-  for (const v of versions) {
-    table.push([
+  const tty = process.stdout.isTTY;
+  return textTable(
+    ['date', 'name', 'snapshot', 'size', 'size_bytes', 'uid', 'valid', 'status', 'protected', 'labels'],
+    versions.map((v) => [
       formatDate(v.date),
       v.name,
       v.snapshotName === '' ? '-' : v.snapshotName,
-      versionBlocks(v),
-      v.sizeBytes,
+      String(versionBlocks(v)),
+      String(v.sizeBytes),
       v.uid,
-      v.status === 'valid' ? 1 : 0,
+      v.status === 'valid' ? '1' : '0',
       v.status,
       v.protected ? 'yes' : '',
       formatLabels(labels.get(v.uid) ?? {}, '\n'),
-    ]);
-  }
-  return table.toString();
+    ]),
+    tty ? { head: (s) => `\x1b[36m${s}\x1b[39m`, border: (s) => `\x1b[90m${s}\x1b[39m` } : {},
+  );
 }
 
 /** A progress bar with throughput and ETA on a TTY; nothing otherwise. */
