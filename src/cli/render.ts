@@ -1,6 +1,7 @@
 /** Output helpers: human tables, machine lines, sizes, dates and the TTY progress bar. */
 import { createRequire } from 'node:module';
 import type cliProgress from 'cli-progress';
+import type { BackupStats } from '../core/backup.js';
 import type { ProgressReporter } from '../core/progress.js';
 import type { Version } from '../meta/meta-store.js';
 import type { Logger } from '../util/log.js';
@@ -56,13 +57,33 @@ export function formatLabels(labels: Record<string, string>, sep: string): strin
     .join(sep);
 }
 
+/** A date for --json output: ISO 8601 UTC with microseconds (`date_us` carries the number). */
+export function jsonDate(micros: number): string {
+  return `${formatDate(micros).replace(' ', 'T')}Z`;
+}
+
+/** A backup's statistics for --json output (snake_case, as every --json key). */
+export function statsJsonFields(s: BackupStats) {
+  return {
+    blocks: s.blocks,
+    read: s.read,
+    sparse: s.sparse,
+    kept: s.kept,
+    stored: s.stored,
+    deduplicated: s.deduplicated,
+    bytes_read: s.bytesRead,
+    bytes_stored: s.bytesStored,
+    verified: s.verified,
+  };
+}
+
 /** A version's fields for --json output (dates as ISO 8601 UTC and as microseconds). */
 export function versionJsonFields(v: Version, labels: Record<string, string> = {}) {
   return {
     uid: v.uid,
     name: v.name,
     snapshot: v.snapshotName === '' ? null : v.snapshotName,
-    date: `${formatDate(v.date).replace(' ', 'T')}Z`,
+    date: jsonDate(v.date),
     date_us: v.date,
     size_bytes: v.sizeBytes,
     block_size: v.blockSize,

@@ -22,7 +22,7 @@ import { NbdSource } from '../../source/nbd-source.js';
 import { isNbdUri } from '../../nbd/client.js';
 import type { Context } from '../context.js';
 import { parseUid } from '../context.js';
-import { formatBytes, progressBar, versionJsonFields } from '../render.js';
+import { formatBytes, progressBar, statsJsonFields, versionJsonFields } from '../render.js';
 import { changeLabels, parseLabel, setProtected } from '../../meta/catalog.js';
 
 export interface BackupCliOptions {
@@ -344,7 +344,7 @@ function printResult(
   stats: BackupResult['stats'],
   verifyUnhinted = false,
 ) {
-  if (ctx.json) ctx.out(JSON.stringify({ ...versionJsonFields(version), stats }));
+  if (ctx.json) ctx.out(JSON.stringify({ ...versionJsonFields(version), stats: statsJsonFields(stats) }));
   else {
     if (ctx.machine && verifyUnhinted) ctx.out(`verified ${stats.verified}`);
     ctx.out(version.uid);

@@ -2,7 +2,7 @@ import { futureDated, parseRetentionRules, selectForRemoval } from '../../core/r
 import { nowMicros } from '../../meta/meta-store.js';
 import type { Version } from '../../meta/meta-store.js';
 import type { Context } from '../context.js';
-import { formatDate } from '../render.js';
+import { formatDate, jsonDate } from '../render.js';
 
 /**
  * `enforce RULES [NAME...] [--dry-run]`: removes the versions the rules do not keep (see
@@ -64,7 +64,7 @@ export async function enforceCommand(
     ctx.out(
       JSON.stringify({
         dry_run: Boolean(opts.dryRun),
-        removed: removed.map((v) => ({ uid: v.uid, name: v.name, date_us: v.date })),
+        removed: removed.map((v) => ({ uid: v.uid, name: v.name, date: jsonDate(v.date), date_us: v.date })),
       }),
     );
   }

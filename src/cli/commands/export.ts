@@ -39,4 +39,6 @@ export async function exportCommand(ctx: Context, uidArg: string, file: string) 
     await held.release();
   }
   ctx.log.info(`Exported version ${uid} (${blocks} blocks) to ${file === '-' ? 'stdout' : file}`);
+  // Exported to stdout, stdout carries the export: no document is added to it.
+  if (ctx.json && file !== '-') ctx.out(JSON.stringify({ uid, file, blocks }));
 }

@@ -9,7 +9,9 @@ export async function keyCreateCommand(ctx: Context, file: string, opts: { passp
   ctx.log.notice(
     `Created key file ${file} (fingerprint ${keys.fingerprint.slice(0, 16)}${passphrase ? ', sealed with a passphrase' : ''}). Keep a copy somewhere safe: without it${passphrase ? ' and its passphrase' : ''} the data of a store it encrypts is lost`,
   );
-  if (ctx.machine) ctx.out(`key ${keys.fingerprint}`);
+  if (ctx.json) {
+    ctx.out(JSON.stringify({ key_file: file, fingerprint: keys.fingerprint, sealed: Boolean(passphrase) }));
+  } else if (ctx.machine) ctx.out(`key ${keys.fingerprint}`);
 }
 
 /**
@@ -26,5 +28,7 @@ export async function keyPassphraseCommand(ctx: Context, file: string, opts: { r
       ? `Key file ${file} now holds the key unsealed (fingerprint ${keys.fingerprint.slice(0, 16)}); protect the file itself`
       : `Key file ${file} is now sealed with the new passphrase (fingerprint ${keys.fingerprint.slice(0, 16)}, unchanged)`,
   );
-  if (ctx.machine) ctx.out(`key ${keys.fingerprint}`);
+  if (ctx.json)
+    ctx.out(JSON.stringify({ key_file: file, fingerprint: keys.fingerprint, sealed: !opts.remove }));
+  else if (ctx.machine) ctx.out(`key ${keys.fingerprint}`);
 }

@@ -83,6 +83,19 @@ export async function restoreCommand(
     `Restored ${version.name} (${uid}, ${formatBytes(version.sizeBytes)}) to ${target!.name}: ` +
       `${result.blocksWritten} blocks written, ${result.blocksSkipped} zero blocks skipped`,
   );
+  // Restored to stdout, stdout carries the image: no document is added to it.
+  if (ctx.json && targetPath !== '-') {
+    ctx.out(
+      JSON.stringify({
+        uid,
+        target: target!.name,
+        bytes: version.sizeBytes,
+        blocks_written: result.blocksWritten,
+        blocks_skipped: result.blocksSkipped,
+        blocks_damaged: result.bad.length,
+      }),
+    );
+  }
   if (result.bad.length > 0) {
     const recorded = meta.readOnly
       ? `the metadata database is read-only, so this could not be recorded (the version still shows as ${version.status})`

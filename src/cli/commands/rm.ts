@@ -2,6 +2,7 @@ import { holderName } from '../../core/lease.js';
 import { InputError } from '../../errors.js';
 import type { Context } from '../context.js';
 import { parseUid } from '../context.js';
+import { versionJsonFields } from '../render.js';
 
 export async function rmCommand(ctx: Context, uidArg: string, opts: { force?: boolean }) {
   const uid = parseUid(uidArg);
@@ -31,6 +32,7 @@ export async function rmCommand(ctx: Context, uidArg: string, opts: { force?: bo
     }
   }
   await ctx.updateCopies([uid]);
+  if (ctx.json) ctx.out(JSON.stringify({ removed: versionJsonFields(version) }));
   ctx.log.info(
     `Removed version ${uid} (${version.name}, ${version.status}); run 'backy cleanup' to free blocks no other version uses`,
   );
