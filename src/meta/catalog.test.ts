@@ -3,33 +3,14 @@
  * PostgreSQL (a database of its own on a real server, see test/lib/pg.ts).
  */
 import assert from 'node:assert/strict';
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { InputError, NotFoundError } from '../errors.js';
-import { pgDatabase, pgSkipReason } from '../../test/lib/pg.js';
+import { testDialects } from '../../test/lib/dialects.js';
 import { changeLabels, findVersions, labelsOf, setProtected, storeSpace, versionSpace } from './catalog.js';
 import { MetaStore } from './meta-store.js';
 import type { BlockRow } from './meta-store.js';
 
-const tempDirs: string[] = [];
-after(async () => {
-  for (const d of tempDirs) await rm(d, { recursive: true, force: true });
-});
-
-const dialects = [
-  {
-    name: 'sqlite',
-    skip: undefined as string | undefined,
-    async fresh() {
-      const dir = await mkdtemp(join(tmpdir(), 'backy-catalog-'));
-      tempDirs.push(dir);
-      return `sqlite:///${join(dir, 'backy.sqlite')}`;
-    },
-  },
-  { name: 'postgres', skip: pgSkipReason(), fresh: () => pgDatabase('backy_catalog') },
-];
+const dialects = testDialects('catalog');
 
 const sum = (c: string) => c.repeat(64);
 

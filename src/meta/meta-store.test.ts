@@ -4,39 +4,14 @@
  * kysely's tests.
  */
 import assert from 'node:assert/strict';
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { ConfigError, NotFoundError } from '../errors.js';
 import { clearCopyPending, copyPendingToken, pendingCopies } from './copy-pending.js';
 import { MetaStore } from './meta-store.js';
 import type { BlockRow } from './meta-store.js';
-import { pgDatabase, pgSkipReason } from '../../test/lib/pg.js';
+import { testDialects } from '../../test/lib/dialects.js';
 
-interface Dialect {
-  name: 'sqlite' | 'postgres';
-  skip?: string;
-  /** A fresh, empty database: its engine URL. */
-  fresh(): Promise<string>;
-}
-
-const tempDirs: string[] = [];
-const dialects: Dialect[] = [
-  {
-    name: 'sqlite',
-    async fresh() {
-      const dir = await mkdtemp(join(tmpdir(), 'backy-meta-'));
-      tempDirs.push(dir);
-      return `sqlite:///${join(dir, 'backy.sqlite')}`;
-    },
-  },
-  { name: 'postgres', skip: pgSkipReason(), fresh: () => pgDatabase('backy_meta') },
-];
-
-after(async () => {
-  for (const d of tempDirs) await rm(d, { recursive: true, force: true });
-});
+const dialects = testDialects('meta');
 
 const sum = (n: number) => 'c'.repeat(60) + String(n).padStart(4, '0');
 const rows = (n: number, from = 0, checksum: (i: number) => string | null = () => null): BlockRow[] =>

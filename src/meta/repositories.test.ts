@@ -5,11 +5,8 @@
  * The facade's behaviour is the contract of meta-store.test.ts.
  */
 import assert from 'node:assert/strict';
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { pgDatabase, pgSkipReason } from '../../test/lib/pg.js';
+import { testDialects } from '../../test/lib/dialects.js';
 import { CopyMarks, copyPendingToken } from './copy-pending.js';
 import { BlockLists } from './meta-blocks.js';
 import { MetaDb } from './meta-db.js';
@@ -19,23 +16,7 @@ import { Objects } from './meta-objects.js';
 import { MetaStore } from './meta-store.js';
 import { Versions } from './meta-versions.js';
 
-const tempDirs: string[] = [];
-after(async () => {
-  for (const d of tempDirs) await rm(d, { recursive: true, force: true });
-});
-
-const dialects = [
-  {
-    name: 'sqlite',
-    skip: undefined as string | undefined,
-    async fresh() {
-      const dir = await mkdtemp(join(tmpdir(), 'backy-repos-'));
-      tempDirs.push(dir);
-      return `sqlite:///${join(dir, 'backy.sqlite')}`;
-    },
-  },
-  { name: 'postgres', skip: pgSkipReason(), fresh: () => pgDatabase('backy_repos') },
-];
+const dialects = testDialects('repos');
 
 const sum = (c: string) => c.repeat(64);
 
