@@ -1,22 +1,27 @@
 /**
- * Retention rules in Benji's syntax: `latest3,hours24,days7,weeks4,months12,years3`.
+ * Retention rules in Benji's syntax: `latest3,hours24,days7,weeks4,months12,years3`, applied
+ * with Benji's algorithm (benji/retentionfilter.py, RetentionFilter._filter), per version name:
+ * - candidates sorted youngest first; `latestN` keeps the N youngest and takes them out: they
+ *   are in no time category;
+ * - every other candidate gets, per category, its distance from now in whole calendar units
+ *   (hours, days, ISO weeks from Monday, months, years: the bucket of now minus its bucket,
+ *   so 0 is the current hour, day...), and goes into the FIRST configured category, in the
+ *   order hours, days, weeks, months, years, whose distance is at most N: `days7` has the
+ *   eight buckets 0..7, as in Benji. A candidate that fits no category is removed;
+ * - in each (category, distance) bucket the oldest candidate is kept, the others removed.
  *
- * Per version name:
- * - only valid, unprotected versions are candidates; invalid and incomplete ones (a running
- *   backup's version among them) and protected ones are never removed and count for nothing;
- * - `latestN` keeps the N youngest candidates, whatever their age;
- * - each time category keeps, in each of its N most recent calendar buckets counted back from
- *   now (the current hour, day, ISO week starting Monday, month or year is bucket 0), the
- *   oldest candidate in that bucket. Buckets follow calendar boundaries in UTC, or in the local
- *   time zone with `localTime`. Categories are evaluated independently over all candidates and
- *   what any of them keeps is kept;
- * - a candidate dated more than FUTURE_TOLERANCE after now (clock skew, a clock set back, an
- *   imported version) is future-dated: it is kept, and it counts for nothing — not as the
- *   youngest, not toward latestN, not in any bucket. Were it counted, `latest1` would remove
- *   the real newest backup every run until the clock caught up (see futureDated());
+ * Where backy differs from Benji, on purpose (the README lists these too):
  * - the youngest candidate that is not future-dated is always kept, whatever the rules say,
- *   so a name never loses its last good version to enforcement;
- * - every other candidate is removed.
+ *   so a name never loses its last good version to enforcement (Benji keeps it only if the
+ *   rules do: `years1` over versions of this year keeps only the year's oldest);
+ * - a candidate dated more than FUTURE_TOLERANCE after now (clock skew, a clock set back, an
+ *   imported version) is future-dated: kept, and counted for nothing, not toward latestN
+ *   either (Benji skips it in the categories but lets it fill a latestN slot, so `latest1`
+ *   would remove the real newest backup every run until the clock caught up). One dated less
+ *   than the tolerance after now counts as now (distance 0), where Benji skips any date after
+ *   its reference time;
+ * - buckets are calendar boundaries in UTC unless `localTime` (Benji: the local time zone).
+ * Which versions are candidates is the caller's (enforce: valid and unprotected only).
  *
  * Pure: no I/O, no clock (the caller passes `now`).
  */
@@ -91,6 +96,9 @@ function bucketOf(cat: Exclude<Category, 'latest'>, micros: number, localTime: b
   }
 }
 
+/** Benji's category order: a candidate goes into the first one whose distance fits. */
+const TIME_CATEGORIES = ['hours', 'days', 'weeks', 'months', 'years'] as const;
+
 /**
  * The candidates of ONE version name to remove under `rules` at time `now` (microseconds).
  * Returns their uids, oldest first.
@@ -109,20 +117,23 @@ export function selectForRemoval(
     .sort((a, b) => b.date - a.date || (a.uid < b.uid ? -1 : 1));
   const keep = new Set<string>();
   if (byAge.length > 0) keep.add(byAge[0].uid);
-  for (const v of byAge.slice(0, rules.latest ?? 0)) keep.add(v.uid);
-  for (const cat of CATEGORIES) {
-    if (cat === 'latest' || rules[cat] === undefined) continue;
-    const n = rules[cat];
-    const current = bucketOf(cat, now, localTime);
-    const oldestInBucket = new Map<number, RetentionCandidate>();
-    for (const v of byAge) {
-      const b = bucketOf(cat, v.date, localTime);
-      if (current - b >= n) continue;
-      // byAge is youngest first: the last one seen in a bucket is its oldest.
-      oldestInBucket.set(b, v);
+  const latest = rules.latest ?? 0;
+  for (const v of byAge.slice(0, latest)) keep.add(v.uid);
+  const categories = TIME_CATEGORIES.filter((c) => rules[c] !== undefined);
+  const current = new Map(categories.map((c) => [c, bucketOf(c, now, localTime)]));
+  // "category distance" -> the oldest candidate seen there (byAge is youngest first).
+  const oldest = new Map<string, RetentionCandidate>();
+  for (const v of byAge.slice(latest)) {
+    for (const cat of categories) {
+      // Within the tolerance a date may lie in the next bucket: it counts as now.
+      const distance = Math.max(0, current.get(cat)! - bucketOf(cat, v.date, localTime));
+      if (distance <= rules[cat]!) {
+        oldest.set(`${cat} ${distance}`, v);
+        break;
+      }
     }
-    for (const v of oldestInBucket.values()) keep.add(v.uid);
   }
+  for (const v of oldest.values()) keep.add(v.uid);
   return byAge
     .filter((v) => !keep.has(v.uid))
     .reverse()
