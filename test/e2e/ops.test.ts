@@ -228,7 +228,8 @@ describe('enforce', () => {
     await sb.ok(['protect', protectedOld]);
     const other = await importCopy(sb, seed, `${day(40).slice(0, 10)}T12:00:00Z`, 'other');
 
-    // days3: today (none), yesterday, the day before: the oldest of each of those 2 days; latest1.
+    // latest1 takes the youngest out; days3 (Benji's 4 buckets: today, which has none, and 1, 2
+    // and 3 days back) keeps the oldest of each of those 3 days.
     const dry = await sb.ok(['-m', 'enforce', '--dry-run', 'latest1,days3', 'vm']);
     const wouldRemove = dry.stdout
       .trim()
@@ -237,6 +238,7 @@ describe('enforce', () => {
     const keep = new Set([
       vm.find((v) => v.daysAgo === 1)!.uid, // yesterday's oldest
       vm.find((v) => v.daysAgo === 2)!.uid, // the day before's oldest
+      vm.find((v) => v.daysAgo === 3)!.uid, // and the day before that
       vm[vm.length - 1].uid, // latest1
     ]);
     const expected = vm.filter((v) => !keep.has(v.uid)).map((v) => v.uid);
