@@ -14,6 +14,8 @@ import { ConfigError, ioReason } from '../errors.js';
 import { DEFAULT_COMPRESSION, ZSTD_MAX_LEVEL, ZSTD_MIN_LEVEL, parseCompression } from '../storage/codec.js';
 import type { Compression } from '../storage/codec.js';
 import { TooLargeError, readTextLimitedSync } from '../util/read-limited.js';
+import { defaultScheduler, parseJobSection, parseSchedulerSection } from '../jobs/job-config.js';
+import type { JobConfig, SchedulerConfig } from '../jobs/job-config.js';
 
 const MAX_CONFIG_FILE = 2 ** 20;
 
@@ -31,6 +33,10 @@ export interface Config {
   /** Metadata engine URL, e.g. sqlite:////var/lib/backy/backy.sqlite or postgresql://... */
   engine: string;
   dataBackend: (FileBackendConfig | S3BackendConfig) & CodecConfig;
+  /** `[job NAME]` sections, in the file's order. */
+  jobs: JobConfig[];
+  /** `[scheduler]`, or its defaults. */
+  scheduler: SchedulerConfig;
 }
 
 /** Codec settings of [DataBackend], whatever the backend type. */
@@ -95,6 +101,8 @@ export function embeddedDefault(env: NodeJS.ProcessEnv = process.env): Config {
     hintCheckBlocks: 10,
     engine: `sqlite:///${join(home, 'backy.sqlite')}`,
     dataBackend: { type: 'file', path: join(home, 'data'), compression: DEFAULT_COMPRESSION },
+    jobs: [],
+    scheduler: defaultScheduler(),
   };
 }
 
@@ -145,11 +153,25 @@ export function loadConfig(explicit: string | undefined, env: NodeJS.ProcessEnv 
 
 type Section = Record<string, string>;
 
-/** backy2's files use `key: value`; ini only knows `=`. Rewrite the first `:` of a plain key line. */
-function normaliseColons(text: string): string {
+/**
+ * backy2's files use `key: value`; ini only knows `=`. Rewrite the first `:` of a plain key line.
+ * A job section's name may hold '.', which ini would take for a nested section (and escaping
+ * it with '\\.' reorders sections): it stands in as DOT until the sections are read.
+ * ini also merges a section given twice; a job given twice is an error, found here.
+ */
+const DOT = '\u0001';
+
+function normaliseColons(text: string, file: string): string {
+  const jobs = new Set<string>();
   return text
     .split(/\r?\n/)
     .map((line) => {
+      const job = /^\s*\[\s*job\s+([^\]]*?)\s*\]\s*$/.exec(line);
+      if (job) {
+        if (jobs.has(job[1])) throw new ConfigError(`${file}: [job ${job[1]}] is given twice`);
+        jobs.add(job[1]);
+        return `[job ${job[1].replaceAll('.', DOT)}]`;
+      }
       const m = /^(\s*[A-Za-z_][A-Za-z0-9_.-]*)\s*:\s?(.*)$/.exec(line);
       return m && !line.includes('=') ? `${m[1]} = ${m[2]}` : line;
     })
@@ -157,7 +179,7 @@ function normaliseColons(text: string): string {
 }
 
 export function parseConfig(text: string, file: string, env: NodeJS.ProcessEnv = process.env): Config {
-  const raw = parseIni(normaliseColons(text)) as Record<string, unknown>;
+  const raw = parseIni(normaliseColons(text, file)) as Record<string, unknown>;
   const sections: Record<string, Section> = {};
   for (const [name, value] of Object.entries(raw)) {
     if (typeof value !== 'object' || value === null) {
@@ -176,13 +198,24 @@ export function parseConfig(text: string, file: string, env: NodeJS.ProcessEnv =
     MetaBackend: ['engine'],
     DataBackend: ['type', 'path', 'compression', 'encryption', 'key_file', ...S3_KEYS],
   };
+  const jobs: JobConfig[] = [];
+  let scheduler = defaultScheduler();
   for (const [name, section] of Object.entries(sections)) {
+    const job = /^job\s+(.*)$/.exec(name);
+    if (job) {
+      jobs.push(parseJobSection(job[1].replaceAll(DOT, '.'), section, file));
+      continue;
+    }
+    if (name === 'scheduler') {
+      scheduler = parseSchedulerSection(section, file);
+      continue;
+    }
     const keys = known[name];
     if (!keys) {
       throw new ConfigError(
         `${file}: unknown section [${name}] (known: ${Object.keys(known)
           .map((s) => `[${s}]`)
-          .join(', ')})`,
+          .join(', ')}, [scheduler], [job NAME])`,
       );
     }
     for (const key of Object.keys(section)) {
@@ -193,6 +226,8 @@ export function parseConfig(text: string, file: string, env: NodeJS.ProcessEnv =
   }
   const cfg = embeddedDefault(env);
   cfg.source = file;
+  cfg.jobs = jobs;
+  cfg.scheduler = scheduler;
   const d = sections.DEFAULTS ?? {};
   if (d.logfile !== undefined && d.logfile !== '') cfg.logfile = d.logfile;
   if (d.block_size !== undefined) {
