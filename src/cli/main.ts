@@ -152,15 +152,31 @@ export async function main(argv: string[]): Promise<number> {
   program
     .command('scrub')
     .description(
-      'verify stored blocks of version UID (all, or a random PERCENT); -s also compares with SOURCE. Exit 3 on damage',
+      'verify stored blocks of version UID (all, or a random PERCENT); -s also compares with SOURCE. ' +
+        '--all: every version, longest-unscrubbed first. Exit 3 on damage',
     )
-    .argument('<uid>')
+    .usage('[options] UID\n       backy scrub --all [-p PERCENT] [--older-than DURATION]')
+    .argument('[uid]')
     .option('-p, --percent <percent>', 'check a random PERCENT of the blocks (0 < PERCENT <= 100)')
     .option('-s, --source <source>', 'deep scrub: also compare each checked block with this image')
+    .option('--all', 'scrub every complete version (valid or invalid), longest-unscrubbed first')
+    .option(
+      '--older-than <duration>',
+      'with --all: only versions not scrubbed within DURATION (e.g. 7d, 12h)',
+    )
     .action(
-      run(async (ctx, uid: string, opts: { percent?: string; source?: string }) =>
-        (await import('./commands/scrub.js')).scrubCommand(ctx, uid, opts),
-      ),
+      async (
+        uid: string | undefined,
+        opts: { percent?: string; source?: string; all?: boolean; olderThan?: string },
+      ) => {
+        const { scrubOperands } = await import('./commands/scrub.js');
+        scrubOperands(uid, opts); // usage errors before anything is logged
+        return run(async (ctx) =>
+          opts.all
+            ? (await import('./commands/scrub-all.js')).scrubAllCommand(ctx, opts)
+            : (await import('./commands/scrub.js')).scrubCommand(ctx, uid!, opts),
+        )();
+      },
     );
 
   program
