@@ -1,7 +1,7 @@
 /** What every command gets: logger, output mode, and lazily opened config, metadata and store. */
 import { describeDataBackend, loadConfig, redactUrl } from '../config/config.js';
 import type { Config } from '../config/config.js';
-import { BackyError, InputError, errorMessage } from '../errors.js';
+import { BackyError, ConfigError, InputError, errorMessage } from '../errors.js';
 import { NO_COPIES, copyKeeper } from '../core/copy-keeper.js';
 import type { CopyKeeper } from '../core/copy-keeper.js';
 import { settleEncryption } from '../meta/encryption-setting.js';
@@ -38,6 +38,9 @@ import { passphraseSource } from './passphrase.js';
 import type { StoreKeys } from '../storage/keyfile.js';
 import { CodecPool } from '../util/codec-pool.js';
 import { openBackend } from '../storage/open-backend.js';
+import { writePendingTombstones } from '../core/pending-removals.js';
+import { probeBackend, storeUnreachableMessage } from '../core/store-probe.js';
+import { clearRemovalPending, markRemovalPending } from '../meta/removal-pending.js';
 import type { Logger } from '../util/log.js';
 
 export class Context {
@@ -57,6 +60,9 @@ export class Context {
   #descriptor: Descriptor | undefined;
   #copies: CopyKeeper | undefined;
   #ownership: Ownership | undefined;
+  /** Set when a `withoutStore` command found the store unreachable: why. */
+  #storeDown: string | undefined;
+  #tombstonesWritten = false;
 
   constructor(
     log: Logger,
@@ -90,12 +96,26 @@ export class Context {
    * `write` names a command that must write (backup, rm...): on a read-only database it is
    * refused at once, naming the store, before anything is done. `databaseOnly` (ls, du): on a
    * database that already belongs to a store, the store gets PROBE_TIMEOUT_S to show its
-   * descriptor, and the command goes on without it after that. A writing command runs only
-   * on the database that owns the store (core/store-authority.ts; recover is the way to
-   * become it). Without a descriptor, a database with versions stops (absent store, or a lost
-   * descriptor over data); `rebuild` (recover) rebuilds a lost or damaged one from the copies.
+   * descriptor, and the command goes on without it after that (or without S3 credentials at
+   * all). `withoutStore` (label, protect, unprotect, rm, enforce: they change the database
+   * only) likewise goes on without a store that does not answer in time: copies are marked
+   * pending and removals recorded for their tombstones, both written once the store is back.
+   * `probe` (cleanup): a store that does not answer in time fails the command at once, in one
+   * line. A writing command runs only on the database that owns the store
+   * (core/store-authority.ts; recover is the way to become it); with the store unreachable
+   * that cannot be checked, and such a command writes nothing to the store. Without a
+   * descriptor, a database with versions stops (absent store, or a lost descriptor over
+   * data); `rebuild` (recover) rebuilds a lost or damaged one from the copies.
    */
-  async meta(opts: { write?: string; databaseOnly?: boolean; rebuild?: boolean } = {}): Promise<MetaStore> {
+  async meta(
+    opts: {
+      write?: string;
+      databaseOnly?: boolean;
+      rebuild?: boolean;
+      withoutStore?: boolean;
+      probe?: boolean;
+    } = {},
+  ): Promise<MetaStore> {
     if (!this.#meta) {
       const enc = this.config.dataBackend.encryption;
       if (enc) this.#keys = await readKeyFile(enc.keyFile, passphraseSource());
@@ -105,43 +125,62 @@ export class Context {
         // The store's descriptor first: a fresh database takes its settings (hash function,
         // encryption, key fingerprint), one of another store is refused before anything else.
         const known = async () => (await readStoreId(meta!)) !== undefined;
-        // A command that reads the database only, on a database that already belongs to a
-        // store, still checks the descriptor (a config pointing at another store is refused),
+        const readsOnly = opts.databaseOnly === true && opts.write === undefined;
+        // A command that may go on without the store, on a database that already belongs to
+        // one, still checks the descriptor (a config pointing at another store is refused),
         // but gives the store a short time to answer: ls must work during a store outage.
-        const probe = opts.databaseOnly && opts.write === undefined && (await known());
+        const probe = (readsOnly || opts.withoutStore || opts.probe) === true && (await known());
         const cfg = this.config.dataBackend;
-        const backend =
-          probe && cfg.type === 's3'
-            ? await openBackend(
-                { ...cfg, timeout: Math.min(cfg.timeout, PROBE_TIMEOUT_S) },
-                process.env,
-                this.#sdkDebug,
-              )
-            : await this.#openBackend();
+        let backend: StorageBackend | undefined;
         let desc: Descriptor | undefined;
         let damaged = false;
         let unread = false;
         try {
-          desc = await readDescriptor(backend);
+          backend = probe ? await probeBackend(cfg, process.env, this.#sdkDebug) : await this.#openBackend();
         } catch (err) {
-          // A damaged descriptor is what recover rebuilds. An unreachable store (gateway down,
-          // directory unmounted) must not stop commands that only read the database: a
-          // database that already belongs to a store goes on unchecked; commands that write,
-          // or a fresh database, need the descriptor.
-          if (err instanceof DamagedDescriptorError && opts.rebuild) damaged = true;
-          else {
-            if (opts.write !== undefined || !(await known())) throw err;
-            this.log.debug(`store descriptor not read: ${errorMessage(err)}`);
-            unread = true;
-          }
-        } finally {
-          if (backend !== this.#backend) await backend.close().catch(() => {});
+          // ls and du need only the database: no S3 credentials is no reason to fail them.
+          if (!(probe && readsOnly && err instanceof ConfigError)) throw err;
+          this.log.debug(`store not opened: ${errorMessage(err)}`);
+          unread = true;
         }
-        if (!desc && !unread && !(opts.databaseOnly && opts.write === undefined)) {
+        if (backend) {
+          try {
+            desc = await readDescriptor(backend);
+          } catch (err) {
+            // A damaged descriptor is what recover rebuilds. An unreachable store (gateway down,
+            // directory unmounted) must not stop commands that only read the database, nor
+            // those that change only the database: a database that already belongs to a store
+            // goes on unchecked; other commands that write, or a fresh database, need it.
+            if (err instanceof DamagedDescriptorError && opts.rebuild) damaged = true;
+            else if (probe && opts.probe) {
+              throw new BackyError(
+                storeUnreachableMessage(
+                  backend.url,
+                  errorMessage(err),
+                  `'${opts.write ?? 'this command'}' needs it; nothing was changed`,
+                ),
+              );
+            } else if (probe && opts.withoutStore) {
+              this.#storeDown = errorMessage(err);
+              this.log.warn(
+                `the store at ${backend.url} cannot be reached (${this.#storeDown}): changing the database only; ` +
+                  "the store's metadata copies (and removal records) are written by the next command that reaches it, 'backy cleanup' at the latest",
+              );
+              unread = true;
+            } else {
+              if (opts.write !== undefined || !(await known())) throw err;
+              this.log.debug(`store descriptor not read: ${errorMessage(err)}`);
+              unread = true;
+            }
+          } finally {
+            if (backend !== this.#backend) await backend.close().catch(() => {});
+          }
+        }
+        if (!desc && !unread && !readsOnly) {
           desc = await this.#withoutDescriptor(meta, damaged, opts);
         }
-        const store = await this.#openBackend();
         if (desc) {
+          const store = await this.#openBackend();
           const adopted = (await checkDescriptor(meta, desc, store.url)) === 'adopted';
           if (adopted) {
             await meta.close();
@@ -164,8 +203,29 @@ export class Context {
     if (opts.write !== undefined) {
       this.#meta.requireWritable(opts.write);
       await this.#requireOwner(opts.write);
+      await this.#writePendingTombstones();
     }
     return this.#meta;
+  }
+
+  /**
+   * Removals made while the store was unreachable get their tombstones now (before cleanup or
+   * recover lists the store's copies), by the store's owner only.
+   */
+  async #writePendingTombstones(): Promise<void> {
+    const meta = this.#meta;
+    if (!meta || meta.readOnly || this.#storeDown !== undefined || !this.#descriptor || !this.ownsStore)
+      return;
+    if (this.#tombstonesWritten) return;
+    this.#tombstonesWritten = true;
+    const written = await writePendingTombstones(meta, await this.#openBackend());
+    if (written.length > 0)
+      this.log.info(`Recorded in the store ${written.length} removal(s) made while it was unreachable`);
+  }
+
+  /** Why the store was not reached (withoutStore), or undefined. */
+  get storeDown(): string | undefined {
+    return this.#storeDown;
   }
 
   readonly #sdkDebug = (msg: string) => this.log.debug(msg);
@@ -306,13 +366,16 @@ export class Context {
       this.#copies = copyKeeper({
         meta,
         target: async () => {
+          if (this.#storeDown !== undefined)
+            throw new BackyError(`the store cannot be reached (${this.#storeDown})`);
           const store = await this.store({ root: 'any' });
           if (store.backend instanceof DirBackend) await store.backend.checkRoot();
           const { storeId } = await this.descriptor();
           return { store, storeId };
         },
         onFailure: (uid, err) =>
-          this.log.warn(
+          // Said once already, when the store did not answer.
+          (this.#storeDown !== undefined ? this.log.info.bind(this.log) : this.log.warn.bind(this.log))(
             `the store's metadata copy of version ${uid} was not updated: ${errorMessage(err)}; 'backy cleanup' rewrites it`,
           ),
       });
@@ -326,6 +389,13 @@ export class Context {
    * copy for one its database does not know. Returns an undo for a removal that did not happen.
    */
   async recordRemoval(uid: string, by: string): Promise<() => Promise<void>> {
+    const meta = await this.meta();
+    if (this.#storeDown !== undefined) {
+      // The tombstone is written once the store is back (core/pending-removals.ts); until then
+      // the mark says this database removed the version itself.
+      await markRemovalPending(meta, uid, by);
+      return () => clearRemovalPending(meta, uid).catch(() => {});
+    }
     const backend = (await this.store({ root: 'any' })).backend;
     try {
       await writeTombstone(backend, uid, by);
@@ -361,9 +431,6 @@ export class Context {
     await this.#meta?.close();
   }
 }
-
-/** How long ls and du wait for an S3 store's descriptor before listing without it. */
-const PROBE_TIMEOUT_S = 5;
 
 const UUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 

@@ -6,7 +6,7 @@ import type { Context } from '../context.js';
 import { formatBytes, progressBar } from '../render.js';
 
 export async function cleanupCommand(ctx: Context, opts: { dryRun?: boolean }) {
-  const meta = await ctx.meta({ write: 'cleanup' });
+  const meta = await ctx.meta({ write: 'cleanup', probe: true });
   const store = await ctx.store({ root: 'any' });
   const dryRun = Boolean(opts.dryRun);
   const start = Date.now();

@@ -17,7 +17,7 @@ export async function enforceCommand(
   opts: { dryRun?: boolean; localTime?: boolean },
 ) {
   const rules = parseRetentionRules(rulesArg);
-  const meta = await ctx.meta({ write: 'enforce' });
+  const meta = await ctx.meta({ write: 'enforce', withoutStore: true });
   const all = await meta.listVersions();
   const wanted = names.length > 0 ? new Set(names) : undefined;
   const byName = new Map<string, Version[]>();

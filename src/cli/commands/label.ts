@@ -9,7 +9,7 @@ export async function labelCommand(ctx: Context, uidArg: string, changes: string
   const uid = parseUid(uidArg);
   if (changes.length === 0) throw new UsageError('give at least one KEY=VALUE (set) or KEY- (remove)');
   const change = parseLabelChanges(changes);
-  const meta = await ctx.meta({ write: 'label' });
+  const meta = await ctx.meta({ write: 'label', withoutStore: true });
   await changeLabels(meta, uid, change);
   await ctx.updateCopies([uid]);
   const labels = (await labelsOf(meta, [uid])).get(uid) ?? {};

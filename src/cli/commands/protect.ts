@@ -5,7 +5,7 @@ import { parseUid } from '../context.js';
 /** `protect UID...` / `unprotect UID...`: all or none. */
 export async function protectCommand(ctx: Context, uidArgs: string[], value: boolean) {
   const uids = uidArgs.map(parseUid);
-  const meta = await ctx.meta({ write: value ? 'protect' : 'unprotect' });
+  const meta = await ctx.meta({ write: value ? 'protect' : 'unprotect', withoutStore: true });
   await setProtected(meta, uids, value);
   await ctx.updateCopies(uids);
   for (const uid of uids) ctx.log.info(`${value ? 'Protected' : 'Unprotected'} version ${uid}`);

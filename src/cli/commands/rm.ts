@@ -6,7 +6,7 @@ import { versionJsonFields } from '../render.js';
 
 export async function rmCommand(ctx: Context, uidArg: string, opts: { force?: boolean }) {
   const uid = parseUid(uidArg);
-  const meta = await ctx.meta({ write: 'rm' });
+  const meta = await ctx.meta({ write: 'rm', withoutStore: true });
   const version = await meta.getVersion(uid);
   const undo = await ctx.recordRemoval(uid, 'rm');
   let holders;
