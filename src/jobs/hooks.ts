@@ -21,6 +21,7 @@ export async function runHook(
     timeoutMs: HOOK_TIMEOUT_MS,
     signal,
     what: `[job ${job.job}] ${hook} command`,
+    passthrough: true,
     env: {
       ...process.env,
       BACKY_JOB: job.job,

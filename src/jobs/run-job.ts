@@ -5,7 +5,8 @@
  */
 import { changeLabels, setProtected } from '../meta/catalog.js';
 import { nowMicros } from '../meta/meta-store.js';
-import type { Version } from '../meta/meta-store.js';
+import type { MetaStore, Version } from '../meta/meta-store.js';
+import type { BlockStore } from '../storage/block-store.js';
 import { errorMessage } from '../errors.js';
 import type { JobConfig } from './job-config.js';
 import type { JobContext } from './job-context.js';
@@ -33,15 +34,24 @@ function handlerOf(job: JobConfig): JobSourceHandler {
   }
 }
 
-export async function runJob(ctx: JobContext, job: JobConfig, signal?: AbortSignal): Promise<JobResult> {
+/** The database and store, opened once for all jobs of a run. */
+export interface Opened {
+  meta: MetaStore;
+  store: BlockStore;
+}
+
+export async function runJob(
+  ctx: JobContext,
+  { meta, store }: Opened,
+  job: JobConfig,
+  signal?: AbortSignal,
+): Promise<JobResult> {
   const started = nowMicros();
   const log = ctx.log;
   let created: Version | undefined;
   let stats = { bytesRead: 0, bytesStored: 0 };
   let busy = false;
   try {
-    const meta = await ctx.meta({ write: `run ${job.job}` });
-    const store = await ctx.store({ root: 'create' });
     const held = await holdJob(meta, job.job);
     try {
       const record = await readJobRecord(meta, job.job);
@@ -125,7 +135,7 @@ export async function runJob(ctx: JobContext, job: JobConfig, signal?: AbortSign
       );
       // Another run holds the job: its result is the one to record, not this refusal.
       try {
-        await recordJobResult(await ctx.meta(), result);
+        await recordJobResult(meta, result);
       } catch (e) {
         log.warn(`[job ${job.job}] its result was not recorded: ${errorMessage(e)}`);
       }

@@ -27,23 +27,33 @@ const MAX_OUTPUT = 16 * 2 ** 20;
 export function runTool(
   cmd: string,
   args: readonly string[],
-  opts: { timeoutMs: number; signal?: AbortSignal; env?: NodeJS.ProcessEnv; what?: string },
+  opts: {
+    timeoutMs: number;
+    signal?: AbortSignal;
+    env?: NodeJS.ProcessEnv;
+    what?: string;
+    /** The tool's stdout and stderr go to backy's stderr (hooks: what they say is for the operator). */
+    passthrough?: boolean;
+  },
 ): Promise<ToolResult> {
   const what = opts.what ?? `${cmd} ${args.join(' ')}`;
   return new Promise((resolve, reject) => {
     let child: ChildProcess;
     try {
-      child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'], env: opts.env ?? process.env });
+      child = spawn(cmd, args, {
+        stdio: opts.passthrough ? ['ignore', 2, 2] : ['ignore', 'pipe', 'pipe'],
+        env: opts.env ?? process.env,
+      });
     } catch (err) {
       reject(new ToolError(`${what}: cannot start ${cmd}: ${(err as Error).message}`));
       return;
     }
     let out = '';
     let err = '';
-    child.stdout!.on('data', (b: Buffer) => {
+    child.stdout?.on('data', (b: Buffer) => {
       if (out.length < MAX_OUTPUT) out += b.toString();
     });
-    child.stderr!.on('data', (b: Buffer) => {
+    child.stderr?.on('data', (b: Buffer) => {
       if (err.length < MAX_OUTPUT) err += b.toString();
     });
     let failure: Error | undefined;
