@@ -20,6 +20,18 @@ export class UsageError extends BackyError {
   override readonly exitCode = EXIT_USAGE;
 }
 
+/**
+ * A command whose outcome is its exit status, said in full on stdout already (`run` with a
+ * failed job, `check`'s Nagios states): nothing more is logged.
+ */
+export class ExitStatus extends BackyError {
+  override readonly exitCode: number;
+  constructor(code: number) {
+    super(`exit status ${code}`);
+    this.exitCode = code;
+  }
+}
+
 /** A config file that cannot be read, or an unknown key or bad value in it. */
 export class ConfigError extends BackyError {}
 

@@ -1,6 +1,14 @@
 /** argv -> command. The only place that turns errors into exit codes. */
 import { Command, CommanderError, Option } from 'commander';
-import { BackyError, EXIT_ERROR, EXIT_OK, EXIT_USAGE, InterruptedError, errorMessage } from '../errors.js';
+import {
+  BackyError,
+  EXIT_ERROR,
+  EXIT_OK,
+  EXIT_USAGE,
+  ExitStatus,
+  InterruptedError,
+  errorMessage,
+} from '../errors.js';
 import { Logger } from '../util/log.js';
 import type { Context } from './context.js';
 import type { BackupCliOptions } from './commands/backup.js';
@@ -282,6 +290,44 @@ export async function main(argv: string[]): Promise<number> {
     .argument('[uids...]')
     .action(run(async (ctx, uids: string[]) => (await import('./commands/du.js')).duCommand(ctx, uids)));
 
+  program
+    .command('run')
+    .description(
+      'run jobs ([job NAME] sections) now: the named ones, all, or with --due those due; max_parallel at a time; one line per job; exit 1 if any failed',
+    )
+    .argument('[jobs...]')
+    .option('--due', 'only the jobs that are due (every has passed since their last success)')
+    .action(
+      run(async (ctx, jobs: string[], opts: { due?: boolean }) =>
+        (await import('./commands/run.js')).runCommand(ctx, jobs, opts),
+      ),
+    );
+
+  program
+    .command('jobs')
+    .description(
+      'the configured jobs: source, last success and its age, last result, next due, versions, state',
+    )
+    .action(run(async (ctx) => (await import('./commands/jobs.js')).jobsCommand(ctx)));
+
+  program
+    .command('check')
+    .description(
+      'Nagios/Icinga plugin for the jobs (all, or the named ones): one line with perfdata; exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN',
+    )
+    .argument('[jobs...]')
+    .action(async (jobs: string[]) => {
+      const { checkCommand, checkUnknown } = await import('./commands/check.js');
+      try {
+        await run(async (ctx) => checkCommand(ctx, jobs))();
+      } catch (err) {
+        // Whatever keeps the check from being made (a bad config, an unreachable database) is
+        // UNKNOWN to the monitoring system, on stdout where it reads it; the log says why.
+        if (!(err instanceof ExitStatus) && err instanceof BackyError) log.error(err.message);
+        throw checkUnknown(undefined, err);
+      }
+    });
+
   const key = program.command('key').description('encryption keys');
   key
     .command('create')
@@ -390,6 +436,7 @@ function handleError(err: unknown, log: Logger): number {
     if (err.code === 'commander.help') return err.exitCode === 0 ? EXIT_OK : EXIT_USAGE;
     return EXIT_USAGE; // commander has printed its one-line message
   }
+  if (err instanceof ExitStatus) return err.exitCode;
   if (err instanceof BackyError) {
     log.error(err.message);
     if (log.verbose && err.stack) process.stderr.write(`${err.stack}\n`);
