@@ -304,6 +304,14 @@ export async function main(argv: string[]): Promise<number> {
     );
 
   program
+    .command('daemon')
+    .description(
+      'run the jobs when due, cleanup and scrubs as configured ([scheduler]); serve /metrics and /jobs on listen; ' +
+        'SIGHUP reloads the config, SIGTERM waits for running jobs (bounded) and exits 0. Does not daemonize',
+    )
+    .action(run(async (ctx) => (await import('./commands/daemon.js')).daemonCommand(ctx)));
+
+  program
     .command('jobs')
     .description(
       'the configured jobs: source, last success and its age, last result, next due, versions, state',
