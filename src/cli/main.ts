@@ -309,7 +309,15 @@ export async function main(argv: string[]): Promise<number> {
       'run the jobs when due, cleanup and scrubs as configured ([scheduler]); serve /metrics and /jobs on listen; ' +
         'SIGHUP reloads the config, SIGTERM waits for running jobs (bounded) and exits 0. Does not daemonize',
     )
-    .action(run(async (ctx) => (await import('./commands/daemon.js')).daemonCommand(ctx)));
+    .option(
+      '--stop-timeout <seconds>',
+      'on SIGTERM/SIGINT, how long running jobs may take to finish before they are stopped (default 60)',
+    )
+    .action(async (opts: { stopTimeout?: string }) => {
+      const { daemonCommand, parseStopTimeout } = await import('./commands/daemon.js');
+      const graceSeconds = parseStopTimeout(opts.stopTimeout); // usage errors before anything is logged
+      return run(async (ctx) => daemonCommand(ctx, { graceSeconds }))();
+    });
 
   program
     .command('jobs')

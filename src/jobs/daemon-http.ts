@@ -8,6 +8,7 @@ import { lstat, unlink } from 'node:fs/promises';
 import { createServer } from 'node:http';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { BackyError } from '../errors.js';
 import type { ListenAddress } from './job-config.js';
 
 export interface HttpRoutes {
@@ -75,7 +76,7 @@ function listenOn(
   return new Promise((resolve, reject) => {
     server.once('error', reject);
     const done = () => {
-      server.off('error', reject);
+      server.removeAllListeners('error');
       resolve();
     };
     if (typeof port === 'string') server.listen(port, done);

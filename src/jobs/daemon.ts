@@ -71,6 +71,8 @@ interface Gen {
   config: Config;
   records: RecordsHandle;
   work?: WorkHandle;
+  /** The work handle being opened. */
+  opening?: Promise<WorkHandle>;
   /** Work running on this generation's handle. */
   busy: number;
 }
@@ -236,9 +238,16 @@ export class Daemon {
           await this.#failUnstarted(meta, name, `the store cannot be reached: ${probe.why}`);
         return;
       }
+      let work: WorkHandle;
+      try {
+        work = await this.#work(gen);
+      } catch (err) {
+        for (const name of due) await this.#failUnstarted(meta, name, errorMessage(err).split('\n')[0]);
+        return;
+      }
       for (const name of due) {
         if (slots() <= 0 || this.#stopping) break;
-        this.#startJob(gen, name);
+        this.#startJob(gen, work, name);
       }
     }
     if (due.length === 0 && slots() > 0 && !this.#housekeeping && !this.#stopping) {
@@ -264,15 +273,30 @@ export class Daemon {
     await recordJobResult(meta, r).catch((err: unknown) => this.#warn(`record of job ${job}`, err));
   }
 
-  #work(gen: Gen): WorkHandle {
-    gen.work ??= this.#host.openWork(gen.config, this.#abort.signal);
-    return gen.work;
+  /**
+   * The work handle with its database and store open: opened once, before anything runs on
+   * it (two first opens at once race for the database's lock).
+   */
+  async #work(gen: Gen): Promise<WorkHandle> {
+    if (gen.work) return gen.work;
+    gen.opening ??= (async () => {
+      const w = this.#host.openWork(gen.config, this.#abort.signal);
+      try {
+        await w.meta({ write: 'run' });
+        await w.store({ root: 'create' });
+      } catch (err) {
+        await w.close().catch(() => {});
+        throw err;
+      }
+      gen.work = w;
+      return w;
+    })().finally(() => (gen.opening = undefined));
+    return gen.opening;
   }
 
-  #startJob(gen: Gen, name: string): void {
+  #startJob(gen: Gen, work: WorkHandle, name: string): void {
     this.#tried.set(name, nowMicros());
     gen.busy++;
-    const work = this.#work(gen);
     const p = runJobs({ ctx: work, jobs: [name], signal: this.#abort.signal, maxParallel: 1 })
       .then(([r]) => {
         if (r.ok)
@@ -309,7 +333,7 @@ export class Daemon {
       this.#cleanupTried = now;
       return async () => {
         try {
-          await this.#work(gen).cleanup();
+          await (await this.#work(gen)).cleanup();
           this.#lastCleanup = nowMicros();
           this.#host.log.info('Cleanup done');
         } catch (err) {
@@ -332,7 +356,7 @@ export class Daemon {
     const { job, uid } = pick;
     return async () => {
       try {
-        const work = this.#work(gen);
+        const work = await this.#work(gen);
         const wmeta = await work.meta({ write: 'scrub' });
         const r = await scrubRecorded({
           meta: wmeta,

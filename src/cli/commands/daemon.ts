@@ -18,6 +18,15 @@ import { jobViews } from './jobs.js';
 /** How long SIGTERM waits for running jobs before stopping them as Ctrl-C does. */
 export const STOP_GRACE_S = 60;
 
+/** --stop-timeout SECONDS: a whole number, 0 to 3600. */
+export function parseStopTimeout(value: string | undefined): number {
+  if (value === undefined) return STOP_GRACE_S;
+  const n = /^\d{1,4}$/.test(value) ? Number(value) : NaN;
+  if (!(n >= 0 && n <= 3600))
+    throw new UsageError(`--stop-timeout must be whole seconds from 0 to 3600, got '${value}'`);
+  return n;
+}
+
 /**
  * `daemon`: runs the jobs on their schedule until SIGTERM or SIGINT (then exits 0); SIGHUP
  * reads the config again. See jobs/daemon.ts.
@@ -31,11 +40,15 @@ export async function daemonCommand(ctx: Context, opts: { graceSeconds?: number 
   const log = ctx.log;
   let endpoint: HttpEndpoint | undefined;
   let metricsFile = first.scheduler.metricsFile;
+  /** The current generation's handle on the database (its config is the one in force). */
+  let records: Context | undefined;
   const host: DaemonHost = {
     log,
     loadConfig: () => loadConfig(path),
     openRecords: (): RecordsHandle => {
       const c = new Context(log, { machine: false, config: path });
+      c.loadConfig(); // now: the file as it is at this (re)load
+      records = c;
       return { meta: () => c.meta({ databaseOnly: true }), close: () => c.close() };
     },
     openWork: (_config: Config, signal: AbortSignal): WorkHandle => {
@@ -73,11 +86,10 @@ export async function daemonCommand(ctx: Context, opts: { graceSeconds?: number 
       {
         metrics: () => daemon.metricsText,
         jobs: async () => {
-          const c = new Context(log, { machine: false, config: path });
-          try {
+          {
             const next = await daemon.nextRuns();
             const running = daemon.running;
-            return (await jobViews(c)).map((v) => ({
+            return (await jobViews(records!)).map((v) => ({
               job: v.job.job,
               name: v.job.name,
               source: v.job.sourceText,
@@ -90,8 +102,6 @@ export async function daemonCommand(ctx: Context, opts: { graceSeconds?: number 
               next_run_us: next.get(v.job.job) ?? null,
               versions: v.status.versions,
             }));
-          } finally {
-            await c.close();
           }
         },
       },
