@@ -73,8 +73,15 @@ function listenOn(
   port: number | string,
   host?: string,
 ): Promise<void> {
+  const where = typeof port === 'string' ? port : `${host}:${port}`;
   return new Promise((resolve, reject) => {
-    server.once('error', reject);
+    server.once('error', (err: NodeJS.ErrnoException) =>
+      reject(
+        new BackyError(
+          `cannot listen on ${where} ([scheduler] listen): ${err.code === 'EADDRINUSE' ? 'the address is in use (another backy daemon?)' : err.message}`,
+        ),
+      ),
+    );
     const done = () => {
       server.removeAllListeners('error');
       resolve();

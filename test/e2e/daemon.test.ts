@@ -101,6 +101,14 @@ describe('backy daemon', () => {
     assert.ok(scrubbed.length >= 1);
     const bUids = (await jobsLs(sb, 'b')).map((v) => v.uid);
     for (const r of scrubbed) assert.ok(bUids.includes(r.key.slice('scrubbed:'.length)), r.key);
+    // A second daemon on the same address: one line, exit 1.
+    const second = await sb.run(['daemon']);
+    assert.equal(second.code, 1, second.stderr);
+    assert.match(
+      second.stderr,
+      /ERROR: cannot listen on 127\.0\.0\.1:\d+ \(\[scheduler\] listen\): the address is in use/,
+    );
+    assert.doesNotMatch(second.stderr, /^\s+at /m);
     assert.equal((await http(`${base}/nope`)).status, 404);
     assert.equal((await http(`${base}/metrics`, 'POST')).status, 405);
     // What a job stored restores byte for byte.
