@@ -8,7 +8,7 @@
  * store alone holds exactly what the database said.
  */
 import assert from 'node:assert/strict';
-import { writeFile } from 'node:fs/promises';
+import { readFile, writeFile } from 'node:fs/promises';
 import { after, before, describe, it } from 'node:test';
 import { Sandbox, assertSameBytes, runBacky } from '../lib/cli.js';
 import { writeImage } from '../lib/image.js';
@@ -89,18 +89,16 @@ describe('a frozen S3 gateway', { skip }, () => {
     // gives the store 5 s.
     await config(sb.config, sb.dbPath, 30);
     freeze(true);
-    const p = await quick(['protect', v3]);
-    assert.match(p.stderr, /WARN.*cannot be reached.*changing the database only/);
-    assert.equal(p.stderr.split('\n').filter((l) => l.includes('WARN')).length, 1, p.stderr);
-    // The rest with a 2 s timeout (the probe waits no longer than the configured timeout), to
+    const l = await quick(['label', v3, 'tier=gold']);
+    assert.match(l.stderr, /WARN.*cannot be reached.*changing the database only/);
+    assert.equal(l.stderr.split('\n').filter((x) => x.includes('WARN')).length, 1, l.stderr);
+    // The rest with a 1 s timeout (the probe waits no longer than the configured timeout), to
     // keep this file short; a command that still needed the store would fail.
-    await config(sb.config, sb.dbPath, 2);
-    await quick(['label', v3, 'tier=gold']);
+    await config(sb.config, sb.dbPath, 1);
     await quick(['rm', v1]);
-    // enforce: v3 unprotected for a moment, so that latest1 over v2 and v3 removes v2.
-    await quick(['unprotect', v3]);
     const e = await quick(['-m', 'enforce', 'latest1', 'vm']);
     assert.match(e.stdout, new RegExp(`^removed ${v2} vm `));
+    await quick(['unprotect', v3]);
     await quick(['protect', v3]);
 
     const c = await sb.run(['cleanup']);
@@ -120,11 +118,16 @@ describe('a frozen S3 gateway', { skip }, () => {
     const bare = sb.path('bare.cfg');
     await config(bare, sb.dbPath, 30, false);
     const env = { AWS_ACCESS_KEY_ID: '', AWS_SECRET_ACCESS_KEY: '' };
-    for (const args of [['-m', 'ls'], ['du']]) {
+    await writeFile(bare, `${await readFile(bare, 'utf8')}[job vm]\nsource = file:disk.img\nevery = 1d\n`);
+    for (const args of [['-m', 'ls'], ['du'], ['jobs']]) {
       const r = await runBacky(['-c', bare, ...args], { env, cwd: sb.dir });
       assert.equal(r.code, 0, r.stderr);
       assert.equal(errorLines(r.stderr).length, 0, r.stderr);
     }
+    // check too (the job never ran: CRITICAL, exit 2, rather than a config error).
+    const chk = await runBacky(['-c', bare, 'check'], { env, cwd: sb.dir });
+    assert.equal(chk.code, 2, chk.stderr);
+    assert.match(chk.stdout, /^BACKY CRITICAL - vm critical: never succeeded/);
   });
 
   it('back online: cleanup writes what was pending; a database recovered from the store agrees', async () => {
