@@ -128,6 +128,7 @@ export class Daemon {
     while (!this.#stopping) {
       try {
         await this.#tick();
+        this.#lastWarning = undefined;
       } catch (err) {
         this.#warn('scheduling', err);
       }
@@ -208,8 +209,14 @@ export class Daemon {
     }
   }
 
+  /** The last warning: the same one again (every tick while the database is away) is not repeated. */
+  #lastWarning: string | undefined;
+
   #warn(what: string, err: unknown): void {
-    this.#host.log.warn(`daemon ${what}: ${errorMessage(err)}`);
+    const msg = `daemon ${what}: ${errorMessage(err)}`;
+    if (msg === this.#lastWarning) return;
+    this.#lastWarning = msg;
+    this.#host.log.warn(msg);
   }
 
   #scheduleInputs(jobs: readonly JobConfig[], records: Map<string, JobRecord>): ScheduleInput[] {
