@@ -196,6 +196,20 @@ describe('jobs on Ceph RBD and qcow2', { skip }, () => {
     assert.equal(r.get('vm1')!.bytes_read, fullRead, 'the whole image was exported');
   });
 
+  test('an image replaced by a copy with the same snapshots: never a base from another image', async () => {
+    // rbd deep cp copies the snapshots too: same names, another image id.
+    const [snap] = await backySnapshots('vm2');
+    await rbd(`deep cp --no-progress ${q(ceph.spec('vm2'))} ${q(ceph.spec('vm2-copy'))}`);
+    await rbd(`rename ${q(ceph.spec('vm2'))} ${q(ceph.spec('vm2-orig'))}`);
+    await rbd(`rename ${q(ceph.spec('vm2-copy'))} ${q(ceph.spec('vm2'))}`);
+    assert.deepEqual(await backySnapshots('vm2'), [snap], 'the copy has the snapshot the chain ends at');
+    const r = await runOk(['vm2']);
+    await keepAll(r);
+    const v = (await ls()).find((x) => x.uid === r.get('vm2')!.uid)!;
+    assert.equal(v.base, null, 'the snapshot exists, but on another image: a full export-diff');
+    assert.ok(r.get('vm2')!.bytes_read >= 6 * MiB);
+  });
+
   test('two runs of one job: one runs; kill -9 mid-run: the next run is correct, cleanup reclaims', async () => {
     // rbd as a wrapper that passes the first 3 MB of an export-diff, then stalls: the run is
     // caught in the middle of its backup.
