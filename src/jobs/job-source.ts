@@ -40,6 +40,11 @@ export interface JobVersion extends Version {
 export interface SourceBackup extends BackupResult {
   /** Labels the source records with the version (what the next run's base choice reads). */
   labels: Record<string, string>;
+  /**
+   * What a verify run found wrong with the older versions (the new one is sound): the job
+   * fails with this line, though its version is kept and used like any other.
+   */
+  problem?: string;
   /** After the version is valid and labelled: drop the change tracking older versions used. */
   finish(): Promise<void>;
 }

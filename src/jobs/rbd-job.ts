@@ -6,14 +6,16 @@
  * backy.rbd_image_id, so an image deleted and recreated under the same name (new id) never
  * serves as the base of another image's data. Without such a base: a full export-diff (dedup
  * keeps the stored data small). After success the older backy-made snapshots of the image are
- * removed; after a failure the new one. A verify run (verify_every) is a full export-diff:
- * every block is read from the snapshot, so nothing is carried over from the chain.
+ * removed; after a failure the new one. A verify run (verify_every) is a full export-diff,
+ * whose blocks are then compared with the chain's youngest version wherever `rbd diff` says
+ * nothing changed (rbd-verify.ts).
  */
 import { backupExportDiff } from '../core/backup-export-diff.js';
 import { errorMessage } from '../errors.js';
 import { rbdImageSpec } from './job-config.js';
 import type { JobSourceHandler, SourceRun } from './job-source.js';
 import { youngestValid } from './job-source.js';
+import { verifyAgainstChain } from './rbd-verify.js';
 import { rbdExportDiff, rbdImageId, rbdSnapRemove, rbdSnapCreate, rbdSnapshots } from './rbd.js';
 
 export const RBD_IMAGE_ID_LABEL = 'backy.rbd_image_id';
@@ -32,13 +34,12 @@ export const rbdJob: JobSourceHandler = {
     const spec = rbdImageSpec(src);
     const imageId = await rbdImageId(spec, run.signal);
     const snaps = new Set(await rbdSnapshots(spec, run.signal));
-    const base = run.verify
-      ? undefined
-      : youngestValid(
-          run.versions,
-          (v) =>
-            v.labels[RBD_IMAGE_ID_LABEL] === imageId && v.snapshotName !== '' && snaps.has(v.snapshotName),
-        );
+    const chain = youngestValid(
+      run.versions,
+      (v) => v.labels[RBD_IMAGE_ID_LABEL] === imageId && v.snapshotName !== '' && snaps.has(v.snapshotName),
+    );
+    // A verify run reads everything, then checks the chain against what it read.
+    const base = run.verify ? undefined : chain;
     let snap = backySnapshotName();
     // Two runs within one millisecond (never at once: the job's lease) must not collide.
     while (snaps.has(snap)) snap = backySnapshotName(new Date(Date.now() + 1));
@@ -81,9 +82,22 @@ export const rbdJob: JobSourceHandler = {
         throw rbdErr ?? err;
       }
       await diff.done;
+      const problem =
+        run.verify && chain
+          ? await verifyAgainstChain(
+              run.meta,
+              spec,
+              snap,
+              chain,
+              result.version,
+              (m) => run.log.info(`[job ${run.job.job}] ${m}`),
+              run.signal,
+            )
+          : undefined;
       ok = true;
       return {
         ...result,
+        problem,
         labels: { [RBD_IMAGE_ID_LABEL]: imageId },
         finish: async () => {
           for (const old of snaps) {

@@ -7,7 +7,7 @@ import { changeLabels, setProtected } from '../meta/catalog.js';
 import { nowMicros } from '../meta/meta-store.js';
 import type { MetaStore, Version } from '../meta/meta-store.js';
 import type { BlockStore } from '../storage/block-store.js';
-import { errorMessage } from '../errors.js';
+import { IntegrityError, errorMessage } from '../errors.js';
 import type { JobConfig } from './job-config.js';
 import type { JobContext } from './job-context.js';
 import { JobBusyError, holdJob } from './job-lease.js';
@@ -102,6 +102,7 @@ export async function runJob(
           (verify ? ', unchanged blocks verified' : '') +
           (removed.length > 0 ? `; retention removed ${removed.length} version(s)` : ''),
       );
+      if (r.problem !== undefined) throw new IntegrityError(r.problem);
       const result: JobResult = {
         job: job.job,
         ok: true,

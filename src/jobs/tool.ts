@@ -43,6 +43,9 @@ export function runTool(
       child = spawn(cmd, args, {
         stdio: opts.passthrough ? ['ignore', 2, 2] : ['ignore', 'pipe', 'pipe'],
         env: opts.env ?? process.env,
+        // Its own process group, so that a time limit or an interruption ends what it started
+        // too (a hook's `sleep`, a pipeline's other end), not only the shell.
+        detached: true,
       });
     } catch (err) {
       reject(new ToolError(`${what}: cannot start ${cmd}: ${(err as Error).message}`));
@@ -61,11 +64,11 @@ export function runTool(
       failure = new ToolError(
         `${what} did not finish within ${Math.round(opts.timeoutMs / 1000)} s; killed it`,
       );
-      child.kill('SIGKILL');
+      killGroup(child, 'SIGKILL');
     }, opts.timeoutMs);
     const onAbort = () => {
       failure = opts.signal!.reason as Error;
-      child.kill('SIGTERM');
+      killGroup(child, 'SIGTERM');
     };
     opts.signal?.addEventListener('abort', onAbort, { once: true });
     child.on('error', (e: NodeJS.ErrnoException) => {
@@ -82,6 +85,15 @@ export function runTool(
         reject(new ToolError(`${what} failed (${code !== null ? `exit ${code}` : sig}): ${lastLine(err)}`));
     });
   });
+}
+
+function killGroup(child: ChildProcess, signal: NodeJS.Signals): void {
+  if (child.pid === undefined) return;
+  try {
+    process.kill(-child.pid, signal);
+  } catch {
+    child.kill(signal); // the group is gone already
+  }
 }
 
 /** The last non-empty line of a tool's stderr, for a one-line error. */

@@ -46,6 +46,7 @@ describe('jobs on Ceph RBD and qcow2', { skip }, () => {
   let copies = 0;
   /** Bytes the first (full) run of vm1 read. */
   let fullRead = 0;
+  let lastStderr = '';
 
   before(async () => {
     ceph = await Ceph.start();
@@ -63,6 +64,7 @@ describe('jobs on Ceph RBD and qcow2', { skip }, () => {
         'every = 1h',
         '[job vm3]',
         `source = rbd:${ceph.pool}/ns1/vm3`,
+        'verify_every = 2',
         'every = 1h',
         '[job q]',
         'source = qcow2:q.qcow2',
@@ -84,7 +86,7 @@ describe('jobs on Ceph RBD and qcow2', { skip }, () => {
   const ls = async (): Promise<LsVersion[]> =>
     JSON.parse((await sb.ok(['--json', 'ls'])).stdout) as LsVersion[];
   const run = async (jobs: string[], env?: NodeJS.ProcessEnv) => {
-    const r = await sb.run(['--json', 'run', ...jobs], { env: { ...ceph.env, ...env } });
+    const r = await sb.run(['-v', '--json', 'run', ...jobs], { env: { ...ceph.env, ...env } });
     const results = (JSON.parse(r.stdout) as { results: Result[] }).results;
     return { code: r.code, stderr: r.stderr, byJob: new Map(results.map((x) => [x.job, x])) };
   };
@@ -92,6 +94,7 @@ describe('jobs on Ceph RBD and qcow2', { skip }, () => {
     const r = await run(jobs);
     for (const [job, x] of r.byJob) assert.ok(x.ok, `job ${job} failed: ${x.error}\n${r.stderr}`);
     assert.equal(r.code, 0);
+    lastStderr = r.stderr;
     return r.byJob;
   };
   const specOf = (job: string) => (job === 'vm3' ? `${ceph.pool}/ns1/vm3` : `${ceph.pool}/${job}`);
@@ -154,14 +157,23 @@ describe('jobs on Ceph RBD and qcow2', { skip }, () => {
     const v1 = second.get('vm1')!;
     assert.ok(v1.bytes_read >= 305_000 && v1.bytes_read <= 2 * 4 * MiB, `vm1 read ${v1.bytes_read} bytes`);
     assert.equal(second.get('vm2')!.bytes_read, 0, 'an unchanged image reads nothing');
-    assert.ok(second.get('vm3')!.bytes_read <= 4 * 4 * MiB);
-    assert.ok(second.get('vm3')!.bytes_read < first.get('vm3')!.bytes_read + 1);
+    // vm3's second run is a verify run (verify_every = 2): a full read, then every block rbd
+    // diff calls unchanged is compared with the first run's version.
+    assert.ok(second.get('vm3')!.bytes_read >= first.get('vm3')!.bytes_read);
+    const verified = new RegExp(
+      `\\[job vm3\\] verify: (\\d+) blocks rbd diff calls unchanged match base ${first.get('vm3')!.uid}`,
+    ).exec(lastStderr);
+    assert.ok(verified && Number(verified[1]) > 0, lastStderr);
     assert.equal(second.get('q')!.bytes_read, MiB, 'qcow2: only the block the bitmap names');
 
     const versions = await ls();
     for (const job of ['vm1', 'vm2', 'vm3', 'q']) {
       const v = versions.find((x) => x.uid === second.get(job)!.uid)!;
-      assert.equal(v.base, first.get(job)!.uid, `${job}: incremental from the first run's version`);
+      assert.equal(
+        v.base,
+        job === 'vm3' ? null : first.get(job)!.uid,
+        `${job}: incremental from the first run`,
+      );
       assert.equal(v.labels['backy.job'], job);
       if (job !== 'q')
         assert.deepEqual(await backySnapshots(job), [v.snapshot], `${job}: older snapshot removed`);
@@ -182,6 +194,20 @@ describe('jobs on Ceph RBD and qcow2', { skip }, () => {
     const v = (await ls()).find((x) => x.uid === r.get('vm1')!.uid)!;
     assert.equal(v.base, null, 'no base: its snapshot is gone');
     assert.equal(r.get('vm1')!.bytes_read, fullRead, 'the whole image was exported');
+  });
+
+  test('an image replaced by a copy with the same snapshots: never a base from another image', async () => {
+    // rbd deep cp copies the snapshots too: same names, another image id.
+    const [snap] = await backySnapshots('vm2');
+    await rbd(`deep cp --no-progress ${q(ceph.spec('vm2'))} ${q(ceph.spec('vm2-copy'))}`);
+    await rbd(`rename ${q(ceph.spec('vm2'))} ${q(ceph.spec('vm2-orig'))}`);
+    await rbd(`rename ${q(ceph.spec('vm2-copy'))} ${q(ceph.spec('vm2'))}`);
+    assert.deepEqual(await backySnapshots('vm2'), [snap], 'the copy has the snapshot the chain ends at');
+    const r = await runOk(['vm2']);
+    await keepAll(r);
+    const v = (await ls()).find((x) => x.uid === r.get('vm2')!.uid)!;
+    assert.equal(v.base, null, 'the snapshot exists, but on another image: a full export-diff');
+    assert.ok(r.get('vm2')!.bytes_read >= 6 * MiB);
   });
 
   test('two runs of one job: one runs; kill -9 mid-run: the next run is correct, cleanup reclaims', async () => {

@@ -49,6 +49,10 @@ describe('jobs with file sources', () => {
         '[job stale]',
         'source = file:stale.img',
         'every = 1s',
+        '[job hook]',
+        'source = file:stale.img',
+        // The inner shell outlives the outer one unless the whole process group is stopped.
+        `pre = "touch hook.started; sh -c 'sleep 3; touch hook.late'"`,
         '[job never]',
         'source = file:never.img',
         'every = 1d',
@@ -163,6 +167,26 @@ describe('jobs with file sources', () => {
     assert.match((await sb.ok(['-m', 'jobs'])).stdout, /^job slow ok \S+ \d+ ok /m);
   });
 
+  test('SIGINT: the run stops, its hook with it; exit 130', async () => {
+    const a = spawn(process.execPath, [BIN, '-c', sb.config, 'run', 'hook'], {
+      cwd: sb.dir,
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let out = '';
+    a.stdout.on('data', (b: Buffer) => (out += b.toString()));
+    const exited = new Promise<number | null>((r) => a.on('exit', (code) => r(code)));
+    const deadline = Date.now() + 60_000;
+    while (!existsSync(sb.path('hook.started'))) {
+      assert.ok(Date.now() < deadline, 'the run never started its pre hook');
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    a.kill('SIGINT');
+    assert.equal(await exited, 130);
+    assert.match(out, /^hook: FAILED after [\d.]+ s: interrupted \(SIGINT\)\n$/);
+    await new Promise((r) => setTimeout(r, 3500));
+    assert.ok(!existsSync(sb.path('hook.late')), "the hook's own children were stopped too");
+  });
+
   test('check: fresh, stale, failed, never run, unknown', async () => {
     const fresh = await check('slow');
     assert.equal(fresh.code, 0, fresh.line);
@@ -188,7 +212,7 @@ describe('jobs with file sources', () => {
     assert.equal(all.code, 2);
     assert.match(
       all.line,
-      /^BACKY CRITICAL - web warning: .*, stale critical: .*, never critical: never succeeded; 1 ok \| /,
+      /^BACKY CRITICAL - web warning: .*, stale critical: .*, hook critical: .*, never critical: never succeeded; 1 ok \| /,
     );
 
     const unknown = await check('nope');
@@ -206,6 +230,7 @@ describe('jobs with file sources', () => {
         ['web', 'warning', 2],
         ['slow', 'ok', 1],
         ['stale', 'critical', 1],
+        ['hook', 'critical', 0],
         ['never', 'critical', 0],
       ],
     );

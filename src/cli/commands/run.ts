@@ -40,6 +40,8 @@ export async function runCommand(ctx: Context, names: string[], opts: { due?: bo
     },
   });
   if (ctx.json) ctx.out(JSON.stringify({ results: results.map(jobResultJson) }));
+  // Stopped by SIGINT or SIGTERM: exit as interrupted (130, 143), after the lines above.
+  ctx.signal.throwIfAborted();
   if (results.some((r) => !r.ok)) throw new ExitStatus(1);
 }
 
