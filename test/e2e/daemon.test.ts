@@ -132,8 +132,7 @@ describe('backy daemon', () => {
   });
 
   it('SIGTERM: a running job gets the stop timeout, is then stopped, and the daemon exits 0; its metrics match ls and du', async () => {
-    // `exec`: the hook runner stops the shell it started, not the shell's children.
-    await config(`${jobsA}\n[job slow]\nsource = file:c.img\nevery = 1h\npre = exec sleep 30`);
+    await config(`${jobsA}\n[job slow]\nsource = file:c.img\nevery = 1h\npre = sleep 30`);
     d.kill('SIGHUP');
     await waitFor(
       'slow running',
