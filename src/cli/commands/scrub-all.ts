@@ -101,9 +101,10 @@ export async function scrubAllCommand(ctx: Context, opts: { percent?: string; ol
       `scrub --all found damaged or missing blocks in ${damaged.length} of ${scrubbed.length} versions (${damaged
         .slice(0, 3)
         .map((s) => s.uid)
-        .join(
-          ', ',
-        )}${damaged.length > 3 ? ', ...' : ''}); they and the versions sharing the blocks are marked invalid`,
+        .join(', ')}${damaged.length > 3 ? ', ...' : ''})` +
+        (meta.readOnly
+          ? '; the metadata database is read-only, so nothing could be marked invalid'
+          : '; they and the versions sharing the blocks are marked invalid'),
     );
   }
 }
