@@ -6,6 +6,7 @@
  */
 import assert from 'node:assert/strict';
 import { readFile, writeFile } from 'node:fs/promises';
+import { connect } from 'node:net';
 import { after, before, describe, it } from 'node:test';
 import { Sandbox, assertSameBytes } from '../lib/cli.js';
 import { DaemonProcess, freePort, http, parseMetrics } from '../lib/daemon.js';
@@ -109,6 +110,15 @@ describe('backy daemon', () => {
       /ERROR: cannot listen on 127\.0\.0\.1:\d+ \(\[scheduler\] listen\): the address is in use/,
     );
     assert.doesNotMatch(second.stderr, /^\s+at /m);
+    // Garbage, and a client that connects and says nothing, stall nobody.
+    const garbage = connect(port, '127.0.0.1');
+    garbage.on('error', () => {});
+    garbage.write(Buffer.from('\x00\xffGET /metrics HTTP/9.9\r\nHost: \x01\r\n\r\n'.repeat(50), 'latin1'));
+    const silent = connect(port, '127.0.0.1');
+    silent.on('error', () => {});
+    assert.equal((await http(`${base}/metrics`)).status, 200);
+    garbage.destroy();
+    silent.destroy();
     assert.equal((await http(`${base}/nope`)).status, 404);
     assert.equal((await http(`${base}/metrics`, 'POST')).status, 405);
     // What a job stored restores byte for byte.
