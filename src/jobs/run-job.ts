@@ -62,7 +62,8 @@ export async function runJob(
       const post = async (status: string) => {
         if (postRan) return;
         postRan = true;
-        await runHook(job, 'post', { status, uid: created?.uid }, signal).catch((err: unknown) =>
+        // Not stopped by an interruption: post undoes what pre did (a thaw after a freeze).
+        await runHook(job, 'post', { status, uid: created?.uid }).catch((err: unknown) =>
           log.warn(`[job ${job.job}] ${errorMessage(err)}`),
         );
       };
@@ -130,11 +131,11 @@ export async function runJob(
       bytes: stats.bytesRead,
       bytesStored: stats.bytesStored,
     };
+    // Another run holds the job: its result is the one to record, not this refusal.
     if (!busy) {
       await runHook(job, 'on_failure', { status: 'failed', uid: created?.uid, error }).catch((e: unknown) =>
         log.warn(`[job ${job.job}] ${errorMessage(e)}`),
       );
-      // Another run holds the job: its result is the one to record, not this refusal.
       try {
         await recordJobResult(meta, result);
       } catch (e) {

@@ -20,7 +20,8 @@ export async function runCommand(ctx: Context, names: string[], opts: { due?: bo
   }
   let wanted = names.length > 0 ? names : jobs.map((j) => j.job);
   if (opts.due) {
-    const records = await readJobRecords(await ctx.meta({ databaseOnly: true }));
+    // Opened for writing (the run writes next): the store's descriptor is checked in full.
+    const records = await readJobRecords(await ctx.meta({ write: 'run' }));
     const now = nowMicros();
     const byName = new Map(jobs.map((j) => [j.job, j]));
     wanted = wanted.filter((n) => {
