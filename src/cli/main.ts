@@ -4,6 +4,7 @@ import { BackyError, EXIT_ERROR, EXIT_OK, EXIT_USAGE, InterruptedError, errorMes
 import { Logger } from '../util/log.js';
 import type { Context } from './context.js';
 import type { BackupCliOptions } from './commands/backup.js';
+import type { CopyCliOptions } from './commands/copy.js';
 import type { NbdCliOptions } from './commands/nbd.js';
 
 // Each command's module (and with it kysely, zod, the storage and pipeline code) is loaded only
@@ -265,6 +266,23 @@ export async function main(argv: string[]): Promise<number> {
     )
     .argument('[uids...]')
     .action(run(async (ctx, uids: string[]) => (await import('./commands/du.js')).duCommand(ctx, uids)));
+
+  program
+    .command('copy')
+    .description(
+      'copy versions (UID..., --name NAME..., or --all) to the store that OTHER.cfg names: blocks re-encoded for it, only what it lacks is sent',
+    )
+    .argument('[uids...]')
+    .requiredOption('--to <config>', "the target's config file (its database and data store)")
+    .option('--name <name>', 'every version named NAME (repeatable)', collect, [])
+    .option('--all', 'every version')
+    .option('--since <duration>', 'only versions made within DURATION (e.g. 36h, 7d, 2w)')
+    .option('--dry-run', 'only show what would be copied')
+    .action(async (uids: string[], opts: CopyCliOptions) => {
+      const { copyCommand, copyOperands } = await import('./commands/copy.js');
+      copyOperands(uids, opts); // usage errors before anything is logged
+      return run(async (ctx) => copyCommand(ctx, uids, opts))();
+    });
 
   const key = program.command('key').description('encryption keys');
   key
