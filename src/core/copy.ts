@@ -128,7 +128,7 @@ export async function copyVersion(opts: CopyVersionOptions): Promise<VersionCopy
     }
     if (opts.dryRun) return result;
     if (there) await removeAbandoned(dst.meta, uid);
-    return await copyOnto(opts, v, result);
+    return await copyOnto(opts, v, result, there !== undefined);
   } finally {
     await held.release();
   }
@@ -204,10 +204,12 @@ interface Settled {
   read: number;
 }
 
+/** `resuming`: an earlier copy of this version was killed; the objects it stored are looked for. */
 async function copyOnto(
   opts: CopyVersionOptions,
   v: Version,
   result: VersionCopyResult,
+  resuming: boolean,
 ): Promise<VersionCopyResult> {
   const { source: src, target: dst, signal } = opts;
   const progress = opts.progress ?? noProgress;
@@ -225,7 +227,7 @@ async function copyOnto(
   try {
     if (base) await dst.meta.blockLists.copyBlocks(base.uid, v.uid, n);
     const inFlight = blocksInFlight(v.blockSize, dst.store.inFlightBytes);
-    const copier = new ObjectCopier(src.store, dst, inFlight, v.blockSize);
+    const copier = new ObjectCopier(src.store, dst, inFlight, v.blockSize, resuming);
     const removed = removalCheck(
       src.meta,
       v.uid,
@@ -359,12 +361,15 @@ class ObjectCopier {
   readonly #buffers: BufferPool;
   /** Both stores name a block alike: a source name is the target name. */
   readonly #sameNames: boolean;
+  /** Adopt object files without a row (what a killed copy stored but had not recorded yet). */
+  readonly #adopt: boolean;
   readonly #known = new Map<string, Promise<Copied>>();
   #objects = new Map<string, number>();
 
-  constructor(src: BlockStore, dst: CopyEnd, inFlight: number, blockSize: number) {
+  constructor(src: BlockStore, dst: CopyEnd, inFlight: number, blockSize: number, adopt: boolean) {
     this.#src = src;
     this.#dst = dst;
+    this.#adopt = adopt;
     // Decoded in place and encoded in place: one buffer per block in flight, room around it.
     this.#buffers = new BufferPool(inFlight, objectBufferSize(blockSize), ENCODE_ROOM);
     const a = src.spec;
@@ -387,9 +392,18 @@ class ObjectCopier {
     return p;
   }
 
-  /** The target holds a valid object `name` (touched under our lease: cleanup keeps it). */
+  /**
+   * The target holds a valid object `name`, touched (or adopted) under our lease, so cleanup
+   * keeps it: as a backup's dedup, the row is touched before the file is looked for.
+   */
   async #held(name: string): Promise<boolean> {
-    return (await this.#dst.meta.touchObject(name, nowMicros())) && (await this.#dst.store.has(name));
+    const { meta, store } = this.#dst;
+    if (await meta.touchObject(name, nowMicros())) return store.has(name);
+    if (!this.#adopt || (await meta.recordedObjects([name])).has(name)) return false;
+    // A file without a row: cleanup sweeps such files only while no writer's lease exists, and
+    // ours does, so it stays; with a row (last seen now) it is like any stored object.
+    const size = (await store.backend.stat(name))?.size;
+    return size !== undefined && (await meta.adoptObjects(new Map([[name, size]]))).has(name);
   }
 
   async #copyNew(checksum: string, size: number): Promise<Copied> {
