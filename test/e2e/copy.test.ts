@@ -6,132 +6,37 @@
  * The other store kinds (S3, PostgreSQL) are in copy-stores.test.ts.
  */
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import { access, open, readFile, rm, writeFile } from 'node:fs/promises';
+import { execFileSync } from 'node:child_process';
+import { access, mkdir, open, readFile, rm, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
-import { BIN, Sandbox, assertSameBytes, runBacky } from '../lib/cli.js';
-import type { RunResult } from '../lib/cli.js';
+import SQLite from 'better-sqlite3';
+import type { Sandbox } from '../lib/cli.js';
+import { assertSameBytes } from '../lib/cli.js';
+import {
+  BLOCKS,
+  BS,
+  baseAndIncremental,
+  copy,
+  copyOk,
+  copySandbox,
+  removeSandboxes,
+  restoresAs,
+  spawnCopy,
+  withKey,
+} from '../lib/copy.js';
 import { scribble, writeImage } from '../lib/image.js';
+import { tryMountTmpfs, umount } from '../lib/tmpfs.js';
 import { blockRows, objectFiles, objectPath, query, waitFor } from '../lib/store.js';
 
-const BS = 64 * 1024;
-const BLOCKS = 48;
-const sandboxes: Sandbox[] = [];
+after(removeSandboxes);
 
-after(async () => {
-  for (const sb of sandboxes) await sb.remove();
-});
-
-/** A sandbox with 64 KiB blocks; `data` lines go under [DataBackend] (encryption, key_file). */
-export async function copySandbox(data = '', engine?: string): Promise<Sandbox> {
-  const sb = await Sandbox.create({ defaults: `block_size = ${BS}`, engine });
-  sandboxes.push(sb);
-  if (data) await writeFile(sb.config, `${await readFile(sb.config, 'utf8')}${data}\n`);
-  return sb;
-}
-
-export async function keyed(): Promise<Sandbox> {
-  const sb = await copySandbox();
-  const key = sb.path('store.key');
-  const r = await runBacky(['key', 'create', key]);
-  assert.equal(r.code, 0, r.stderr);
-  await writeFile(
-    sb.config,
-    `${await readFile(sb.config, 'utf8')}encryption = aes-256-gcm\nkey_file = ${key}\n`,
-  );
-  return sb;
-}
-
-export interface CopyJson {
-  dry_run: boolean;
-  copied: number;
-  present: number;
-  skipped: number;
-  bytes_sent: number;
-  versions: {
-    uid: string;
-    outcome: string;
-    status: string;
-    blocks: number;
-    blocks_from_base: number;
-    blocks_sent: number;
-    bytes_sent: number;
-    bytes_read: number;
-    blocks_damaged: number;
-  }[];
-}
-
-export async function copy(src: Sandbox, dst: Sandbox, args: string[], env?: NodeJS.ProcessEnv) {
-  const r = await src.run(['--json', 'copy', '--to', dst.config, ...args], { env });
-  return { r, json: r.code === 0 || r.code === 3 ? (JSON.parse(r.stdout) as CopyJson) : undefined };
-}
-
-export async function copyOk(src: Sandbox, dst: Sandbox, args: string[]): Promise<CopyJson> {
-  const { r, json } = await copy(src, dst, args);
-  assert.equal(r.code, 0, r.stderr);
-  return json!;
-}
-
-/** Restores `uid` from `sb` and compares it with `image`. */
-export async function restoresAs(sb: Sandbox, uid: string, image: string): Promise<void> {
-  const out = sb.path(`restored-${uid}`);
-  await rm(out, { force: true });
-  await sb.ok(['restore', uid, out]);
-  await assertSameBytes(image, out);
-  await rm(out);
-}
-
-/** A base of BLOCKS blocks (with zero runs) and a hinted incremental changing blocks 3, 17, 30. */
-export async function baseAndIncremental(
-  src: Sandbox,
-): Promise<{ base: string; child: string; img1: string; img2: string }> {
-  const img1 = src.path('img1');
-  await writeImage(img1, {
-    blockSize: BS,
-    blocks: BLOCKS,
-    kinds: (i) => (i % 7 === 6 ? 'zero' : i % 5 === 4 ? 'text' : 'random'),
-    seed: 'copy',
-  });
-  const base = await src.backup(['--snapshot-name', 'snap1', '-l', 'tier=gold', '--protect', img1, 'vm1']);
-  const img2 = src.path('img2');
-  await writeFile(img2, await readFile(img1));
-  const hints = [];
-  for (const b of [3, 17, 30]) {
-    await scribble(img2, b * BS + 100, 5000, `change-${b}`);
-    hints.push({ offset: b * BS, length: BS, exists: 'true' });
-  }
-  await writeFile(src.path('hints.json'), JSON.stringify(hints));
-  const child = await src.backup(['-f', base, '-r', src.path('hints.json'), img2, 'vm1']);
-  return { base, child, img1, img2 };
-}
+const keyed = async () => withKey(await copySandbox());
 
 /** Object names in the database and in the data directory. */
 async function names(sb: Sandbox): Promise<Set<string>> {
   const rows = query<{ checksum: string }>(sb, 'SELECT checksum FROM objects');
   return new Set([...rows.map((r) => r.checksum), ...(await objectFiles(sb))]);
-}
-
-function spawnCopy(src: Sandbox, dst: Sandbox, args: string[], env: NodeJS.ProcessEnv) {
-  const child = spawn(
-    process.execPath,
-    [BIN, '-c', src.config, '--json', 'copy', '--to', dst.config, ...args],
-    {
-      cwd: src.dir,
-      env: { ...process.env, ...env },
-      stdio: ['ignore', 'pipe', 'pipe'],
-    },
-  );
-  let stdout = '';
-  let stderr = '';
-  child.stdout.on('data', (b: Buffer) => (stdout += b.toString()));
-  child.stderr.on('data', (b: Buffer) => (stderr += b.toString()));
-  const done = new Promise<{
-    code: number | null;
-    signal: NodeJS.Signals | null;
-    stdout: string;
-    stderr: string;
-  }>((resolve) => child.on('close', (code, signal) => resolve({ code, signal, stdout, stderr })));
-  return { child, done };
 }
 
 const exists = (p: string) =>
@@ -301,6 +206,54 @@ describe('backy copy between directory stores', () => {
     const expected = await readFile(img);
     expected.fill(0, 7 * BS, 8 * BS);
     await assertSameBytes(out, expected);
+  });
+
+  it('from a store on read-only media (a read-only tmpfs): copies, and reports damage it cannot record', async (t) => {
+    const holder = await copySandbox();
+    const mnt = holder.path('mnt');
+    await mkdir(mnt);
+    const skip = tryMountTmpfs(mnt, '32m');
+    if (skip) return t.skip(skip);
+    try {
+      const dbPath = join(mnt, 'backy.sqlite');
+      const dataDir = join(mnt, 'data');
+      await writeFile(
+        holder.config,
+        `[DEFAULTS]\nblock_size = ${BS}\n[MetaBackend]\nengine = sqlite:///${dbPath}\n[DataBackend]\ntype = file\npath = ${dataDir}\n`,
+      );
+      const { base, child, img1, img2 } = await baseAndIncremental(holder);
+      const img3 = holder.path('img3');
+      await writeImage(img3, { blockSize: BS, blocks: 8, kinds: () => 'random', seed: 'ro-bad' });
+      const bad = await holder.backup([img3, 'bad']);
+      const db = new SQLite(dbPath, { readonly: true });
+      const { checksum } = db
+        .prepare('SELECT checksum FROM blocks WHERE version_uid = ? AND idx = 2')
+        .get(bad) as { checksum: string };
+      db.close();
+      const fh = await open(join(dataDir, checksum.slice(0, 2), checksum.slice(2, 4), checksum), 'r+');
+      await fh.write(Buffer.from('garbage!'), 0, 8, 100);
+      await fh.close();
+      const lsBefore = (await holder.ok(['-m', 'ls'])).stdout;
+      execFileSync('mount', ['-o', 'remount,ro', mnt]);
+
+      const dst = await keyed();
+      const { r, json } = await copy(holder, dst, ['--all']);
+      assert.equal(r.code, 3, r.stderr);
+      assert.deepEqual(
+        json!.versions.map((v) => [v.uid, v.status]),
+        [
+          [base, 'valid'],
+          [child, 'valid'],
+          [bad, 'invalid'],
+        ],
+      );
+      assert.equal(json!.versions[1].blocks_sent, 3);
+      assert.equal((await holder.ok(['-m', 'ls'])).stdout, lsBefore, 'the read-only source is unchanged');
+      await restoresAs(dst, base, img1);
+      await restoresAs(dst, child, img2);
+    } finally {
+      umount(mnt);
+    }
   });
 
   it('selection, dry run and bad input', async () => {
