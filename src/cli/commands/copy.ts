@@ -4,6 +4,7 @@ import type { VersionCopyResult } from '../../core/copy.js';
 import { selectVersions } from '../../core/copy-select.js';
 import { InputError, IntegrityError, InterruptedError, UsageError } from '../../errors.js';
 import { nowMicros } from '../../meta/meta-store.js';
+import { BlockStore } from '../../storage/block-store.js';
 import { parseDuration } from '../../util/duration.js';
 import { Context, parseUid } from '../context.js';
 import { formatBytes, progressBar } from '../render.js';
@@ -37,7 +38,11 @@ export async function copyCommand(ctx: Context, uidArgs: string[], opts: CopyCli
   const { uids, sinceMicros } = copyOperands(uidArgs, opts);
   const dryRun = Boolean(opts.dryRun);
   const meta = await ctx.meta();
-  const store = await ctx.store();
+  // Decoded on the main thread: the target's worker names and encodes. A copy waits on the
+  // target's writes more than on CPU (full copy to radosgw: 4.7 s CPU in 19.6 s), and a second
+  // worker pool would cost ~13 MB more peak RSS (155 MB measured with it).
+  const opened = await ctx.store();
+  const store = new BlockStore(opened.backend, opened.spec);
   const versions = await selectVersions(meta, { uids, names: opts.name, all: opts.all, sinceMicros });
   const target = new Context(ctx.log, {
     machine: ctx.machine,
