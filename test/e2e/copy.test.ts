@@ -113,6 +113,16 @@ describe('backy copy between directory stores', () => {
       await rm(pause);
     };
 
+    // Interrupted (SIGINT), it removes its incomplete version itself.
+    const stopped = spawnCopy(src, dst, [uid], { BACKY_TEST_COPY_PAUSE: `20:${pause}` });
+    await waitFor('the copy to pause', () => exists(pause));
+    stopped.child.kill('SIGINT');
+    const s = await stopped.done;
+    assert.equal(s.code, 130, s.stderr);
+    assert.match(s.stderr, /interrupted \(SIGINT\).*not at the target/);
+    assert.equal(versionStatus(dst, uid), undefined);
+    await rm(pause);
+
     await killAt();
     assert.equal(versionStatus(dst, uid), 'incomplete');
     assert.match((await dst.ok(['-m', 'cleanup'])).stdout, new RegExp(`^removed ${uid}$`, 'm'));

@@ -65,7 +65,7 @@ export async function copyCommand(ctx: Context, uidArgs: string[], opts: CopyCli
       );
     }
     const progress = progressBar(ctx.log);
-    const afterBlock = testPause();
+    const afterBlock = testPause(ctx.signal);
     for (const v of versions) {
       let r: VersionCopyResult;
       try {
@@ -179,7 +179,7 @@ function output(ctx: Context, results: VersionCopyResult[], dryRun: boolean): vo
  * creates FILE and waits until it is removed, so a test can run rm or cleanup at that moment
  * (or kill the copy) without timing guesses.
  */
-function testPause(): ((done: number) => Promise<void>) | undefined {
+function testPause(signal: AbortSignal): ((done: number) => Promise<void>) | undefined {
   const spec = process.env.BACKY_TEST_COPY_PAUSE;
   const m = spec === undefined ? null : /^(\d+):(.+)$/.exec(spec);
   if (!m) return undefined;
@@ -188,12 +188,12 @@ function testPause(): ((done: number) => Promise<void>) | undefined {
   return async (done) => {
     if (done !== at) return;
     await writeFile(file, 'paused\n');
-    while (
-      await access(file).then(
+    const paused = () =>
+      access(file).then(
         () => true,
         () => false,
-      )
-    )
-      await new Promise((r) => setTimeout(r, 50));
+      );
+    while (!signal.aborted && (await paused())) await new Promise((r) => setTimeout(r, 50));
+    signal.throwIfAborted();
   };
 }
