@@ -270,7 +270,7 @@ export async function main(argv: string[]): Promise<number> {
   program
     .command('copy')
     .description(
-      'copy versions (UID..., --name NAME..., or --all) to the store that OTHER.cfg names: blocks re-encoded for it, only what it lacks is sent',
+      'copy versions (UID..., --name NAME..., or --all) to the database and store that the --to config names: blocks re-encoded for it, only what it lacks is sent',
     )
     .argument('[uids...]')
     .requiredOption('--to <config>', "the target's config file (its database and data store)")
