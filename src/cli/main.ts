@@ -12,6 +12,7 @@ import {
 import { Logger } from '../util/log.js';
 import type { Context } from './context.js';
 import type { BackupCliOptions } from './commands/backup.js';
+import type { CopyCliOptions } from './commands/copy.js';
 import type { NbdCliOptions } from './commands/nbd.js';
 
 // Each command's module (and with it kysely, zod, the storage and pipeline code) is loaded only
@@ -342,6 +343,23 @@ export async function main(argv: string[]): Promise<number> {
         if (!(err instanceof ExitStatus) && err instanceof BackyError) log.error(err.message);
         throw checkUnknown(undefined, err);
       }
+    });
+
+  program
+    .command('copy')
+    .description(
+      'copy versions (UID..., --name NAME..., or --all) to the database and store that the --to config names: blocks re-encoded for it, only what it lacks is sent',
+    )
+    .argument('[uids...]')
+    .requiredOption('--to <config>', "the target's config file (its database and data store)")
+    .option('--name <name>', 'every version named NAME (repeatable)', collect, [])
+    .option('--all', 'every version')
+    .option('--since <duration>', 'only versions made within DURATION (e.g. 36h, 7d, 2w)')
+    .option('--dry-run', 'only show what would be copied')
+    .action(async (uids: string[], opts: CopyCliOptions) => {
+      const { copyCommand, copyOperands } = await import('./commands/copy.js');
+      copyOperands(uids, opts); // usage errors before anything is logged
+      return run(async (ctx) => copyCommand(ctx, uids, opts))();
     });
 
   const key = program.command('key').description('encryption keys');

@@ -26,7 +26,9 @@ const HOLDERS: Record<string, string> = {
   base: 'a backup as its base',
   restore: 'a restore',
   scrub: 'a scrub',
-  export: 'an export',
+  // `backy copy` reads its source versions under an export's lease (a reader's kind).
+  export: 'an export or a copy to another store',
+  copy: 'a copy from another store',
   import: 'an import',
   recover: 'a recover',
   nbd: 'an NBD export',
