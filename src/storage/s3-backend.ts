@@ -29,7 +29,7 @@ import type { S3Client } from '@aws-sdk/client-s3';
 import { MissingBlockError } from '../errors.js';
 import { META_NAME_RE, checkMetaName } from './backend.js';
 import type { ObjectInfo, PutOptions, StorageBackend } from './backend.js';
-import { createS3Client, readBody } from './s3-http.js';
+import { createS3Client, pieces, readBody } from './s3-http.js';
 import { NoBucketError, S3Error, S3Retry, isNoSuchBucket, isNotFound } from './s3-retry.js';
 
 export { S3Error } from './s3-retry.js';
@@ -50,6 +50,8 @@ export interface S3Options {
   maxConnections: number;
   /** Longest one object operation may take, retries included. */
   timeoutMs: number;
+  /** PEM certificates trusted for an https endpoint besides Node's own roots ([DataBackend] ca_file). */
+  ca?: string[];
   /** Keys per list request (S3's maximum and default: 1000); smaller in tests. */
   listPageSize?: number;
   /** Where the SDK's own warnings go (backy's debug log), never stderr. */
@@ -94,7 +96,12 @@ export class S3Backend implements StorageBackend {
     const send = () =>
       this.#retry.run(`cannot store block ${key} in ${this.where}`, (signal) =>
         this.#client.send(
-          new PutObjectCommand({ Bucket: this.#o.bucket, Key, Body: body, ContentLength: body.length }),
+          new PutObjectCommand({
+            Bucket: this.#o.bucket,
+            Key,
+            Body: pieces(body),
+            ContentLength: body.length,
+          }),
           { abortSignal: signal },
         ),
       );

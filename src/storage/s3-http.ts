@@ -6,8 +6,9 @@
 import { Agent } from 'node:http';
 import type { ClientRequestArgs } from 'node:http';
 import { Agent as HttpsAgent } from 'node:https';
+import { rootCertificates } from 'node:tls';
 import type { Duplex } from 'node:stream';
-import type { Readable } from 'node:stream';
+import { Readable } from 'node:stream';
 import { S3Client } from '@aws-sdk/client-s3';
 import { errorMessage } from '../errors.js';
 import { freeBuffer } from '../util/free-buffer.js';
@@ -19,10 +20,15 @@ export function createS3Client(o: S3Options): { client: S3Client; agent: Agent }
   // version and writes only its own one-line messages there.
   process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
   const https = o.endpoint === undefined || o.endpoint.startsWith('https:');
-  const agent = new (https ? QuietHttpsAgent : QuietAgent)({
-    keepAlive: true,
-    maxSockets: o.maxConnections,
-  });
+  const agent = https
+    ? new QuietHttpsAgent({
+        keepAlive: true,
+        maxSockets: o.maxConnections,
+        // `ca` replaces Node's bundled roots (and NODE_EXTRA_CA_CERTS's): keep the bundled ones
+        // beside the file's, so that ca_file only ever adds trust.
+        ca: o.ca === undefined ? undefined : [...rootCertificates, ...o.ca],
+      })
+    : new QuietAgent({ keepAlive: true, maxSockets: o.maxConnections });
   const client = new S3Client({
     endpoint: o.endpoint,
     region: o.region,
@@ -67,30 +73,53 @@ function quiet(sock: Duplex | null | undefined): Duplex | null | undefined {
   return sock;
 }
 
-/** Bytes a plain-HTTP socket reads at once, into its one reused buffer (see QuietAgent). */
+/** Bytes a socket reads at once (decrypted ones over TLS), into its one reused buffer. */
 const SOCKET_READ = 64 << 10;
+
+/**
+ * A socket's reads land in one buffer of its own instead of a new one per read: Node's HTTP
+ * parser copies what it keeps (headers, body chunks) out of each read before the next, and the
+ * per-read buffers (4 MiB of them per block) would otherwise pile up until a full collection.
+ * The socket is handed each read as 'data', as without onread. Over TLS the same option takes
+ * the decrypted bytes (tls.connect passes it on to its socket).
+ */
+function withOwnReadBuffer(options: ClientRequestArgs): ClientRequestArgs {
+  const onread = {
+    buffer: Buffer.allocUnsafeSlow(SOCKET_READ),
+    callback(this: Duplex, n: number, buf: Buffer): boolean {
+      this.emit('data', buf.subarray(0, n));
+      return true;
+    },
+  };
+  return { ...options, onread } as ClientRequestArgs;
+}
 
 class QuietAgent extends Agent {
   override createConnection(options: ClientRequestArgs, cb?: (err: Error | null, s: Duplex) => void) {
-    // A socket's reads land in one buffer of its own instead of a new one per read: Node's HTTP
-    // parser copies what it keeps (headers, body chunks) out of each read before the next, and
-    // the per-read buffers (4 MiB of them per block) would otherwise pile up until a full
-    // collection. The socket is handed each read as 'data', as without onread.
-    const onread = {
-      buffer: Buffer.allocUnsafeSlow(SOCKET_READ),
-      callback(this: Duplex, n: number, buf: Buffer): boolean {
-        this.emit('data', buf.subarray(0, n));
-        return true;
-      },
-    };
-    return quiet(super.createConnection({ ...options, onread } as ClientRequestArgs, cb));
+    return quiet(super.createConnection(withOwnReadBuffer(options), cb));
   }
 }
 
 class QuietHttpsAgent extends HttpsAgent {
   override createConnection(options: ClientRequestArgs, cb?: (err: Error | null, s: Duplex) => void) {
-    return quiet(super.createConnection(options, cb));
+    return quiet(super.createConnection(withOwnReadBuffer(options), cb));
   }
+}
+
+/** Bytes of a request body handed to the socket at once (see pieces). */
+const BODY_PIECE = 64 << 10;
+
+/**
+ * A request body as a stream of pieces of `body` (views, not copies). Written whole, a 4 MiB
+ * body is encrypted whole over TLS: its 4 MiB of ciphertext wait in the TLS socket's native
+ * buffer until the peer takes them, on each of the connections at once. Piped in pieces, the
+ * socket takes the next one only as the last one leaves.
+ */
+export function pieces(body: Buffer): Readable {
+  function* split(): Generator<Buffer> {
+    for (let at = 0; at < body.length; at += BODY_PIECE) yield body.subarray(at, at + BODY_PIECE);
+  }
+  return Readable.from(split(), { highWaterMark: 2 });
 }
 
 /**
