@@ -1,7 +1,7 @@
 /**
- * The S3 client of one backend: keep-alive sockets (at most `maxConnections`), the SDK's own
- * retries and checksums off, and response bodies read to the end (or the socket destroyed),
- * or the agent's sockets leak.
+ * The sockets of one S3 backend: keep-alive (at most `maxConnections`), each reading into one
+ * buffer of its own; request bodies written in pieces. Response bodies must be read to the end
+ * (or the socket destroyed), or the agent's sockets leak.
  */
 import { Agent } from 'node:http';
 import type { ClientRequestArgs } from 'node:http';
@@ -9,18 +9,12 @@ import { Agent as HttpsAgent } from 'node:https';
 import { rootCertificates } from 'node:tls';
 import type { Duplex } from 'node:stream';
 import { Readable } from 'node:stream';
-import { S3Client } from '@aws-sdk/client-s3';
-import { errorMessage } from '../errors.js';
-import { freeBuffer } from '../util/free-buffer.js';
 import type { S3Options } from './s3-backend.js';
 
-/** The client and the agent behind it (close() destroys both). */
-export function createS3Client(o: S3Options): { client: S3Client; agent: Agent } {
-  // The SDK warns on stderr, once, that its 2027 releases will need Node 22; backy pins the
-  // version and writes only its own one-line messages there.
-  process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
+/** The keep-alive sockets of one backend (at most `maxConnections`), for both clients. */
+export function createS3Agent(o: S3Options): Agent {
   const https = o.endpoint === undefined || o.endpoint.startsWith('https:');
-  const agent = https
+  return https
     ? new QuietHttpsAgent({
         keepAlive: true,
         maxSockets: o.maxConnections,
@@ -29,38 +23,6 @@ export function createS3Client(o: S3Options): { client: S3Client; agent: Agent }
         ca: o.ca === undefined ? undefined : [...rootCertificates, ...o.ca],
       })
     : new QuietAgent({ keepAlive: true, maxSockets: o.maxConnections });
-  const client = new S3Client({
-    endpoint: o.endpoint,
-    region: o.region,
-    forcePathStyle: o.pathStyle,
-    credentials: {
-      accessKeyId: o.accessKeyId,
-      secretAccessKey: o.secretAccessKey,
-      sessionToken: o.sessionToken,
-    },
-    // Since 3.729 the SDK adds CRC32 checksums that RGW and MinIO may reject or not return.
-    requestChecksumCalculation: 'WHEN_REQUIRED',
-    responseChecksumValidation: 'WHEN_REQUIRED',
-    // Retrying is ours (bounded by timeoutMs, with our idea of transient).
-    maxAttempts: 1,
-    // Without a logger the SDK writes some warnings with console.warn ("An error was
-    // encountered in a non-retryable streaming request.", beside backy's own line for the same
-    // failure): they go to the debug log. Its info lines (every request) are dropped.
-    logger: sdkLogger(o.debug),
-    requestHandler: {
-      httpAgent: https ? undefined : agent,
-      httpsAgent: https ? agent : undefined,
-      connectionTimeout: o.timeoutMs,
-      requestTimeout: o.timeoutMs,
-    },
-  });
-  return { client, agent };
-}
-
-function sdkLogger(debug: ((msg: string) => void) | undefined) {
-  const toDebug = (...args: unknown[]) =>
-    debug?.(`S3 client: ${args.map((a) => (typeof a === 'string' ? a : errorMessage(a))).join(' ')}`);
-  return { trace: () => {}, debug: () => {}, info: () => {}, warn: toDebug, error: toDebug };
 }
 
 /**
@@ -120,42 +82,4 @@ export function pieces(body: Buffer): Readable {
     for (let at = 0; at < body.length; at += BODY_PIECE) yield body.subarray(at, at + BODY_PIECE);
   }
   return Readable.from(split(), { highWaterMark: 2 });
-}
-
-/**
- * Reads a response body to its end, into `into` when it fits. Destroys the stream when the
- * signal fires, so a gateway that stalls mid-body cannot hang us.
- */
-export async function readBody(
-  body: Readable,
-  length: number | undefined,
-  into: Buffer | undefined,
-  signal: AbortSignal,
-): Promise<Buffer> {
-  const onAbort = () => body.destroy(new Error('timed out reading the response body'));
-  signal.addEventListener('abort', onAbort, { once: true });
-  try {
-    if (length !== undefined && into && length <= into.length) {
-      let done = 0;
-      for await (const chunk of body as AsyncIterable<Buffer>) {
-        if (done + chunk.length > into.length) {
-          // Longer than announced: keep reading into a fresh buffer; the header check reports it.
-          const rest: Buffer[] = [into.subarray(0, done), chunk];
-          for await (const c of body as AsyncIterable<Buffer>) rest.push(c);
-          return Buffer.concat(rest);
-        }
-        chunk.copy(into, done);
-        done += chunk.length;
-        // A copy Node's HTTP parser made for us alone: 4 MiB of them per block would otherwise
-        // pile up until a full collection.
-        freeBuffer(chunk);
-      }
-      return into.subarray(0, done);
-    }
-    const chunks: Buffer[] = [];
-    for await (const chunk of body as AsyncIterable<Buffer>) chunks.push(chunk);
-    return Buffer.concat(chunks);
-  } finally {
-    signal.removeEventListener('abort', onAbort);
-  }
 }
