@@ -19,9 +19,12 @@
  * $BACKY_TEST_S3_ENDPOINT (with $BACKY_TEST_S3_ACCESS_KEY, $BACKY_TEST_S3_SECRET_KEY), or one
  * started for the run with ../shared/tools/mini-ceph.sh. Store sizes and the -f metadata cost
  * (a file-store matter) are not measured then, and the goals are relative to restic's S3 backend.
+ * `--tls` (with --store s3): over HTTPS instead, the gateway of $BACKY_TEST_S3_TLS_ENDPOINT
+ * (with $BACKY_TEST_S3_CA_FILE) or one started with test/lib/rgw-tls.sh; backy trusts it through
+ * ca_file, restic through --cacert.
  *
  * Usage: npm run bench -- [--size 2G] [--reps 3] [--tools backy,borg,restic] [--compression LIST]
- *                         [--store file|s3] [--dir PARENT] [--keep]
+ *                         [--store file|s3] [--tls] [--dir PARENT] [--keep]
  */
 import { copyFile, mkdir, mkdtemp, rm, truncate, writeFile } from 'node:fs/promises';
 import { availableParallelism, loadavg, tmpdir } from 'node:os';
@@ -29,7 +32,7 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { BIN, REPO } from '../test/lib/cli.js';
 import { mixedKind, scribble, writeImage } from '../test/lib/image.js';
-import { newBucket, rgwServer } from '../test/lib/rgw.js';
+import { newBucket, rgwServer, rgwTlsServer } from '../test/lib/rgw.js';
 import type { Run } from './lib.js';
 import { MB, diskUsage, installed, lastLine, median, parseSize, readAll, run, table, timer } from './lib.js';
 
@@ -44,10 +47,12 @@ const { values: args } = parseArgs({
     tools: { type: 'string', default: 'backy,borg,restic' },
     compression: { type: 'string', default: '' },
     store: { type: 'string', default: 'file' },
+    tls: { type: 'boolean', default: false },
   },
 });
 if (args.store !== 'file' && args.store !== 's3') throw new Error(`--store: file or s3, got '${args.store}'`);
 const onS3 = args.store === 's3';
+if (args.tls && !onS3) throw new Error('--tls is for --store s3');
 
 // ---- setup ----
 
@@ -82,7 +87,7 @@ const timed = timer(work);
 
 // Started only when the measurements begin (and stopped when they end, whatever happens), so
 // that setup errors leave no gateway running.
-let s3: Awaited<ReturnType<typeof rgwServer>> | undefined;
+let s3: (Awaited<ReturnType<typeof rgwServer>> & { caFile?: string }) | undefined;
 const s3Env = () =>
   s3 ? { AWS_ACCESS_KEY_ID: s3.accessKeyId, AWS_SECRET_ACCESS_KEY: s3.secretAccessKey } : {};
 
@@ -114,7 +119,7 @@ function backyTool(name: string, dataLines: (dir: string) => Promise<string>): T
       await rm(dir, { recursive: true, force: true });
       await mkdir(store, { recursive: true });
       const data = s3
-        ? `type = s3\nendpoint = ${s3.endpoint}\nbucket = ${newBucket('bench')}`
+        ? `type = s3\nendpoint = ${s3.endpoint}\nbucket = ${newBucket('bench')}${s3.caFile ? `\nca_file = ${s3.caFile}` : ''}`
         : `type = file\npath = ${join(store, 'data')}`;
       await writeFile(
         cfg,
@@ -168,7 +173,9 @@ function resticTool(): Tool {
   let repo = local;
   let fullId = '';
   const env = () => ({ RESTIC_PASSWORD: 'bench', RESTIC_CACHE_DIR: cache, ...s3Env() });
-  const restic = (argv: string[]) => timed('restic', ['-r', repo, ...argv], { cwd: work, env: env() });
+  const tlsArgs = () => (s3?.caFile ? ['--cacert', s3.caFile] : []);
+  const restic = (argv: string[]) =>
+    timed('restic', ['-r', repo, ...tlsArgs(), ...argv], { cwd: work, env: env() });
   return {
     name: 'restic',
     store: local,
@@ -176,7 +183,7 @@ function resticTool(): Tool {
       if (s3) repo = `s3:${s3.endpoint}/${newBucket('restic')}`;
       else await rm(local, { recursive: true, force: true });
       await rm(cache, { recursive: true, force: true });
-      await run('restic', ['-r', repo, 'init'], { env: env() });
+      await run('restic', ['-r', repo, ...tlsArgs(), 'init'], { env: env() });
     },
     jobs: {
       'full backup': async () => {
@@ -243,7 +250,7 @@ async function settle(...paths: string[]) {
   await new Promise((r) => setTimeout(r, 3000));
 }
 
-if (onS3) s3 = await rgwServer();
+if (onS3) s3 = args.tls ? await rgwTlsServer() : await rgwServer();
 const s3Endpoint = s3?.endpoint;
 try {
   for (let rep = 0; rep < reps; rep++) {

@@ -71,6 +71,7 @@ describe('config', () => {
       secretAccessKey: undefined,
       maxConnections: 16,
       timeout: 30,
+      caFile: undefined,
       compression: { codec: 'lz4' },
     });
     const aws = parseConfig(
@@ -86,6 +87,20 @@ describe('config', () => {
       [aws.region, aws.accessKeyId, aws.secretAccessKey, aws.timeout, aws.maxConnections],
       ['eu-west-1', 'AK', 'SK', 5, 4],
     );
+  });
+  it('ca_file: relative to the config file, for an https endpoint or AWS', () => {
+    const tls = parseConfig(
+      '[DataBackend]\ntype = s3\nendpoint = https://s3.example:7443\nbucket = backy\nca_file = certs/ca.pem',
+      '/etc/backy/backy.cfg',
+      {},
+    ).dataBackend;
+    assert.equal(tls.type === 's3' && tls.caFile, '/etc/backy/certs/ca.pem');
+    const aws = parseConfig(
+      '[DataBackend]\ntype = s3\nbucket = backy\nca_file = /ca.pem',
+      'b.cfg',
+      {},
+    ).dataBackend;
+    assert.equal(aws.type === 's3' && aws.caFile, '/ca.pem');
   });
   it('sqlite:///rel is relative, sqlite:////abs absolute', () => {
     assert.equal(sqlitePath('sqlite:///rel/db.sqlite'), 'rel/db.sqlite');
@@ -122,6 +137,12 @@ describe('config', () => {
       /path_style must be true or false/,
     ],
     ['s3 bad timeout', '[DataBackend]\ntype = s3\nbucket = b1b\ntimeout = 0', /timeout must be between 1/],
+    [
+      's3 ca_file with an http endpoint',
+      '[DataBackend]\ntype = s3\nbucket = b1b\nendpoint = http://h:80\nca_file = ca.pem',
+      /ca_file is for an https:\/\/ endpoint/,
+    ],
+    ['ca_file with type file', '[DataBackend]\nca_file = ca.pem', /ca_file needs type = s3/],
     ['s3 bad prefix', '[DataBackend]\ntype = s3\nbucket = b1b\nprefix = ../x', /prefix may hold only/],
     ['key outside a section', 'block_size = 4096', /outside any section/],
     [

@@ -66,6 +66,8 @@ export interface S3BackendConfig {
   maxConnections: number;
   /** Seconds one object operation may take, retries included. */
   timeout: number;
+  /** PEM file of extra certificate authorities for an https endpoint (absolute). */
+  caFile?: string;
 }
 
 export const S3_KEYS = [
@@ -78,6 +80,7 @@ export const S3_KEYS = [
   'secret_access_key',
   'max_connections',
   'timeout',
+  'ca_file',
 ] as const;
 
 /** One word for logs: the directory, or the bucket and endpoint (never a credential). */
@@ -359,6 +362,14 @@ function parseS3(b: Section, file: string): S3BackendConfig {
       `${file}: [DataBackend] access_key_id and secret_access_key go together; give both or neither`,
     );
   }
+  let caFile: string | undefined;
+  if (b.ca_file !== undefined && b.ca_file !== '') {
+    if (endpoint?.startsWith('http:')) {
+      throw new ConfigError(`${what('ca_file')} is for an https:// endpoint, not '${endpoint}'`);
+    }
+    // Relative to the config file, as key_file.
+    caFile = resolve(dirname(file), b.ca_file);
+  }
   return {
     type: 's3',
     endpoint,
@@ -373,6 +384,7 @@ function parseS3(b: Section, file: string): S3BackendConfig {
         ? 16
         : parseInteger(b.max_connections, what('max_connections'), 1, 1024),
     timeout: b.timeout === undefined ? 30 : parseInteger(b.timeout, what('timeout'), 1, 3600),
+    caFile,
   };
 }
 

@@ -5,16 +5,26 @@
  */
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { createServer as createHttpServer, request as httpRequest } from 'node:http';
 import type { Server } from 'node:http';
 import { createServer } from 'node:net';
 import type { Socket } from 'node:net';
 import { tmpdir } from 'node:os';
+import { rootCertificates } from 'node:tls';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { BackyError, MissingBlockError } from '../errors.js';
-import { newBucket, putObject, rgwServer, rgwSkipReason, s3Client } from '../../test/lib/rgw.js';
+import {
+  newBucket,
+  putObject,
+  rgwServer,
+  rgwSkipReason,
+  rgwTlsServer,
+  rgwTlsSkipReason,
+  s3Client,
+} from '../../test/lib/rgw.js';
 import type { S3Server } from '../../test/lib/rgw.js';
 import type { StorageBackend } from './backend.js';
 import { DirBackend } from './dir-backend.js';
@@ -22,11 +32,14 @@ import { S3Backend } from './s3-backend.js';
 import type { S3Options } from './s3-backend.js';
 
 const s3Skip = rgwSkipReason();
+const tlsSkip = rgwTlsSkipReason();
 let server: (S3Server & { stop(): Promise<void> }) | undefined;
+let tlsServer: (S3Server & { caFile: string; stop(): Promise<void> }) | undefined;
 
 function s3Options(s: S3Server, bucket: string, extra: Partial<S3Options> = {}): S3Options {
   return {
     endpoint: s.endpoint,
+    ca: s.caFile ? [readFileSync(s.caFile, 'utf8')] : undefined,
     bucket,
     prefix: 'p/',
     region: 'us-east-1',
@@ -63,9 +76,23 @@ const cases: Case[] = [
       return { backend: new S3Backend(s3Options(server, newBucket('contract'))), done: async () => {} };
     },
   },
+  {
+    name: 'S3Backend on radosgw over HTTPS',
+    skip: tlsSkip,
+    async open() {
+      tlsServer ??= await rgwTlsServer();
+      return {
+        backend: new S3Backend(s3Options(tlsServer, newBucket('contract-tls'))),
+        done: async () => {},
+      };
+    },
+  },
 ];
 
-after(async () => server?.stop());
+after(async () => {
+  await server?.stop();
+  await tlsServer?.stop();
+});
 
 for (const c of cases) {
   describe(`StorageBackend contract: ${c.name}`, { skip: c.skip }, () => {
@@ -270,31 +297,8 @@ describe('S3Backend: failures against the real gateway', { skip: s3Skip }, () =>
     }
   });
 
-  // Node allocates a buffer per socket read and the HTTP parser a copy per body chunk: 8 MiB of
-  // garbage per 4 MiB block, resident until V8 collects it. Socket reads into one reused
-  // buffer and body chunks freed once copied leave nothing behind: checked through
-  // process.memoryUsage().arrayBuffers (exact byte counts, garbage not yet collected included).
-  it('getInto reads a block into the caller buffer without leaving block-sized garbage', async () => {
-    const b = new S3Backend(s3Options(s, newBucket('garbage')));
-    try {
-      const block = randomBytes(4 << 20);
-      await b.put(key(7), [block]);
-      const into = Buffer.alloc(block.length + 64);
-      await b.getInto(key(7), into); // the first request sets up the client and its socket
-      let grown = 0;
-      for (let i = 0; i < 6; i++) {
-        into.fill(0);
-        const before = process.memoryUsage().arrayBuffers;
-        const got = await b.getInto(key(7), into);
-        // A collection in between can only lower the count.
-        grown += Math.max(0, process.memoryUsage().arrayBuffers - before);
-        assert.ok(got.equals(block));
-      }
-      assert.ok(grown < 2 << 20, `ArrayBuffers grew by ${grown} bytes over 6 blocks of 4 MiB`);
-    } finally {
-      await b.close();
-    }
-  });
+  it('getInto reads a block into the caller buffer without leaving block-sized garbage', () =>
+    getIntoLeavesNoGarbage(s));
 
   it('a missing bucket: reads fail with one line naming it (never MissingBlockError); a put creates it', async () => {
     const bucket = newBucket('missing');
@@ -372,6 +376,73 @@ describe('S3Backend: failures against the real gateway', { skip: s3Skip }, () =>
     }
   });
 });
+
+// Node allocates a buffer per socket read and the HTTP parser a copy per body chunk: 8 MiB of
+// garbage per 4 MiB block, resident until V8 collects it. Socket reads into one reused
+// buffer and body chunks freed once copied leave nothing behind: checked through
+// process.memoryUsage().arrayBuffers (exact byte counts, garbage not yet collected included).
+async function getIntoLeavesNoGarbage(s: S3Server): Promise<void> {
+  const b = new S3Backend(s3Options(s, newBucket('garbage')));
+  try {
+    const block = randomBytes(4 << 20);
+    await b.put(key(7), [block]);
+    const into = Buffer.alloc(block.length + 64);
+    await b.getInto(key(7), into); // the first request sets up the client and its socket
+    let grown = 0;
+    for (let i = 0; i < 6; i++) {
+      into.fill(0);
+      const before = process.memoryUsage().arrayBuffers;
+      const got = await b.getInto(key(7), into);
+      // A collection in between can only lower the count.
+      grown += Math.max(0, process.memoryUsage().arrayBuffers - before);
+      assert.ok(got.equals(block));
+    }
+    assert.ok(grown < 2 << 20, `ArrayBuffers grew by ${grown} bytes over 6 blocks of 4 MiB`);
+  } finally {
+    await b.close();
+  }
+}
+
+describe(
+  'S3Backend over HTTPS (radosgw serving TLS, a certificate from a CA of the test)',
+  { skip: tlsSkip },
+  () => {
+    let s: S3Server & { caFile: string };
+    before(async () => {
+      tlsServer ??= await rgwTlsServer();
+      s = tlsServer;
+    });
+
+    it('getInto reads a block into the caller buffer without leaving block-sized garbage', () =>
+      getIntoLeavesNoGarbage(s));
+
+    it('a certificate no trusted CA signed fails at once with one line naming ca_file', async () => {
+      const b = new S3Backend(s3Options(s, newBucket('untrusted'), { ca: undefined, timeoutMs: 20_000 }));
+      try {
+        const t0 = performance.now();
+        await assert.rejects(b.get(key(1)), (err: Error) => {
+          assert.ok(err instanceof BackyError && !(err instanceof MissingBlockError));
+          assert.ok(err.message.includes(s.endpoint), err.message);
+          assert.match(err.message, /certificate.*ca_file/);
+          assert.doesNotMatch(err.message, /\n/);
+          return true;
+        });
+        assert.ok(performance.now() - t0 < 5000, 'not retried');
+      } finally {
+        await b.close();
+      }
+    });
+
+    it('a ca_file of another CA is not trusted either', async () => {
+      const b = new S3Backend(s3Options(s, newBucket('otherca'), { ca: [rootCertificates[0]] }));
+      try {
+        await assert.rejects(b.get(key(1)), /certificate.*ca_file/);
+      } finally {
+        await b.close();
+      }
+    });
+  },
+);
 
 describe(
   'S3Backend: transient errors from a fault-injecting proxy in front of the real gateway',

@@ -5,6 +5,7 @@
 import type { Config } from '../config/config.js';
 import { ConfigError } from '../errors.js';
 import type { StorageBackend } from './backend.js';
+import { readCaFile } from './ca-file.js';
 import { DirBackend } from './dir-backend.js';
 
 export async function openBackend(
@@ -21,6 +22,7 @@ export async function openBackend(
       'no S3 credentials: set access_key_id and secret_access_key in [DataBackend], or $AWS_ACCESS_KEY_ID and $AWS_SECRET_ACCESS_KEY',
     );
   }
+  const ca = cfg.caFile === undefined ? undefined : await readCaFile(cfg.caFile);
   const { S3Backend } = await import('./s3-backend.js');
   return new S3Backend({
     endpoint: cfg.endpoint,
@@ -34,6 +36,7 @@ export async function openBackend(
     sessionToken: cfg.accessKeyId === undefined ? env.AWS_SESSION_TOKEN || undefined : undefined,
     maxConnections: cfg.maxConnections,
     timeoutMs: cfg.timeout * 1000,
+    ca,
     debug,
   });
 }

@@ -83,6 +83,15 @@ export class S3Retry {
   }
 }
 
+/** TLS verification failures that trusting the gateway's CA would fix. */
+const UNTRUSTED_CERT = new Set([
+  'UNABLE_TO_VERIFY_LEAF_SIGNATURE',
+  'UNABLE_TO_GET_ISSUER_CERT',
+  'UNABLE_TO_GET_ISSUER_CERT_LOCALLY',
+  'SELF_SIGNED_CERT_IN_CHAIN',
+  'DEPTH_ZERO_SELF_SIGNED_CERT',
+]);
+
 function statusOf(err: unknown): number | undefined {
   return (err as { $metadata?: { httpStatusCode?: number } }).$metadata?.httpStatusCode;
 }
@@ -112,5 +121,7 @@ function describe(err: unknown): string {
     .join(', ');
   if (status === 403)
     return `${text} (${parts || 'HTTP 403'}; check the credentials and their rights on the bucket)`;
+  if (code !== undefined && UNTRUSTED_CERT.has(code))
+    return `${text} (${code}; the gateway's certificate is not signed by a trusted CA: give its CA in [DataBackend] ca_file, or in $NODE_EXTRA_CA_CERTS)`;
   return parts ? `${text} (${parts})` : text;
 }

@@ -1,7 +1,9 @@
 /**
  * Faults against a real S3 gateway (a radosgw of this file's own, since it is paused and
  * killed): a stalled gateway never hangs a backup, and a gateway gone in the middle of a
- * restore is an I/O error, never damage.
+ * restore is an I/O error, never damage. Once over plain HTTP, once over HTTPS (a second
+ * radosgw serving TLS on the same cluster, test/lib/rgw-tls.sh: that is the one paused and
+ * killed then).
  */
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
@@ -10,13 +12,20 @@ import { after, before, describe, it } from 'node:test';
 import Database from 'better-sqlite3';
 import { BIN, Sandbox, assertSameBytes, parseLsMachine } from '../lib/cli.js';
 import { writeImage } from '../lib/image.js';
-import { Rgw, listKeys, newBucket, rgwSkipReason, s3Client, s3ConfigLines } from '../lib/rgw.js';
+import {
+  Rgw,
+  listKeys,
+  newBucket,
+  rgwSkipReason,
+  rgwTlsSkipReason,
+  s3Client,
+  s3ConfigLines,
+} from '../lib/rgw.js';
 
 const BS = 256 * 1024;
 const TIMEOUT_S = 3;
 /** For the commands around a fault, which must not fail because a loaded gateway is slow. */
 const RELAXED_TIMEOUT_S = 60;
-const skip = rgwSkipReason({ ownGateway: true });
 
 function oneErrorLine(stderr: string, re: RegExp): void {
   const errors = stderr.split('\n').filter((l) => l.includes('ERROR:'));
@@ -67,7 +76,12 @@ function start(sb: Sandbox, args: string[]): Running {
   };
 }
 
-describe('S3 faults against a real radosgw', { skip }, () => {
+for (const tls of [false, true]) {
+  const skip = tls ? rgwTlsSkipReason({ ownGateway: true }) : rgwSkipReason({ ownGateway: true });
+  describe(`S3 faults against a real radosgw${tls ? ' serving HTTPS' : ''}`, { skip }, () => faults(tls));
+}
+
+function faults(tls: boolean): void {
   let rgw: Rgw;
   let sb: Sandbox;
   let bucket: string;
@@ -93,7 +107,7 @@ describe('S3 faults against a real radosgw', { skip }, () => {
     );
 
   before(async () => {
-    rgw = await Rgw.start();
+    rgw = await Rgw.start(undefined, { tls });
     bucket = newBucket('fault');
     sb = await Sandbox.create();
     await setTimeoutSeconds(RELAXED_TIMEOUT_S);
@@ -242,4 +256,4 @@ describe('S3 faults against a real radosgw', { skip }, () => {
     await assertSameBytes(img, out);
     await sb.ok(['scrub', uid1]);
   });
-});
+}
