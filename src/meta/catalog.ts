@@ -5,6 +5,8 @@
 import { sql } from 'kysely';
 import { InputError, NotFoundError } from '../errors.js';
 import type { MetaHandle } from './meta-db.js';
+import { exclusiveObjects, reachedObjects } from './page-ops.js';
+import { chunks, treeHead } from './page-tree.js';
 import type { MetaStore, Version } from './meta-store.js';
 
 /** Keys: a letter, then letters, digits, '_', '-', '.', '/' (like Kubernetes label keys). */
@@ -158,83 +160,65 @@ export interface StoreSpace {
 
 const n = (x: unknown) => Number(x ?? 0);
 
-/** Space of one version, in three indexed aggregates. */
+/**
+ * Space of one version: its sparse bytes (kept with the version), and the stored bytes of the
+ * distinct objects its tree reaches, and of those only it reaches (page-ops.ts). Costs a walk
+ * of its tree.
+ */
 export async function versionSpace(meta: MetaHandle, v: Version): Promise<VersionSpace> {
   const db = meta.db;
-  const sparse = await db
-    .selectFrom('blocks')
-    .select((eb) => eb.fn.sum<number>('size').as('s'))
-    .where('version_uid', '=', v.uid)
-    .where('checksum', 'is', null)
-    .executeTakeFirstOrThrow();
-  const distinct = db
-    .selectFrom('blocks')
-    .select('checksum')
-    .distinct()
-    .where('version_uid', '=', v.uid)
-    .where('checksum', 'is not', null);
-  const referenced = await db
-    .selectFrom('objects')
-    .select((eb) => eb.fn.sum<number>('stored_size').as('s'))
-    .where('checksum', 'in', distinct)
-    .executeTakeFirstOrThrow();
-  const exclusive = await db
-    .selectFrom('objects as o')
-    .select((eb) => eb.fn.sum<number>('o.stored_size').as('s'))
-    .where('o.checksum', 'in', distinct)
-    .where(({ not, exists, selectFrom }) =>
-      not(
-        exists(
-          selectFrom('blocks as b')
-            .select(sql`1`.as('one'))
-            .whereRef('b.checksum', '=', 'o.checksum')
-            .where('b.version_uid', '<>', v.uid),
-        ),
-      ),
-    )
-    .executeTakeFirstOrThrow();
+  const row = await db
+    .selectFrom('versions')
+    .select('sparse_bytes')
+    .where('uid', '=', v.uid)
+    .executeTakeFirst();
+  const head = await treeHead(db, v.uid);
+  const reached = head ? await reachedObjects(db, head) : new Set<number>();
+  const exclusive = await exclusiveObjects(db, [v.uid]);
   return {
     uid: v.uid,
     name: v.name,
     sizeBytes: v.sizeBytes,
-    sparseBytes: n(sparse.s),
-    referencedBytes: n(referenced.s),
-    exclusiveBytes: n(exclusive.s),
+    sparseBytes: n(row?.sparse_bytes),
+    referencedBytes: await storedBytes(db, reached),
+    exclusiveBytes: await storedBytes(db, exclusive),
   };
+}
+
+async function storedBytes(db: MetaHandle['db'], ids: Set<number>): Promise<number> {
+  let total = 0;
+  for (const part of chunks([...ids])) {
+    const r = await db
+      .selectFrom('objects')
+      .select((eb) => eb.fn.sum<number>('stored_size').as('s'))
+      .where('id', 'in', part)
+      .executeTakeFirstOrThrow();
+    total += n(r.s);
+  }
+  return total;
 }
 
 export async function storeSpace(meta: MetaHandle): Promise<StoreSpace> {
   const db = meta.db;
   const versions = await db
     .selectFrom('versions')
-    .select((eb) => [eb.fn.countAll<number>().as('c'), eb.fn.sum<number>('size_bytes').as('s')])
-    .executeTakeFirstOrThrow();
-  const data = await db
-    .selectFrom('blocks')
-    .select((eb) => eb.fn.sum<number>('size').as('s'))
-    .where('checksum', 'is not', null)
-    .executeTakeFirstOrThrow();
-  // One row per distinct referenced object: its plaintext size (any block naming it) and stored size.
-  const unique = await db
-    .selectFrom((eb) =>
-      eb
-        .selectFrom('blocks')
-        .select((e) => ['checksum', e.fn.max<number>('size').as('size')])
-        .where('checksum', 'is not', null)
-        .groupBy('checksum')
-        .as('u'),
-    )
-    .leftJoin('objects as o', 'o.checksum', 'u.checksum')
     .select((eb) => [
-      eb.fn.sum<number>('u.size').as('plain'),
-      eb.fn.sum<number>('o.stored_size').as('stored'),
+      eb.fn.countAll<number>().as('c'),
+      eb.fn.sum<number>('size_bytes').as('s'),
+      eb.fn.sum<number>('data_bytes').as('d'),
     ])
+    .executeTakeFirstOrThrow();
+  // The objects some page names (a page freed since the last cleanup still counts).
+  const unique = await db
+    .selectFrom('objects')
+    .select((eb) => [eb.fn.sum<number>('size').as('plain'), eb.fn.sum<number>('stored_size').as('stored')])
+    .where('refs', '>', 0)
     .executeTakeFirstOrThrow();
   const recorded = await db
     .selectFrom('objects')
     .select((eb) => [eb.fn.countAll<number>().as('c'), eb.fn.sum<number>('stored_size').as('s')])
     .executeTakeFirstOrThrow();
-  const dataBytes = n(data.s);
+  const dataBytes = n(versions.d);
   const uniqueBytes = n(unique.plain);
   const storedBytes = n(unique.stored);
   return {
