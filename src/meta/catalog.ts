@@ -2,7 +2,6 @@
  * The catalog's day-to-day queries: protection, labels, and space accounting (`du`).
  * SQL only, on both dialects; every statement is bounded by an index or is one aggregate.
  */
-import { sql } from 'kysely';
 import { InputError, NotFoundError } from '../errors.js';
 import type { MetaHandle } from './meta-db.js';
 import { exclusiveObjects, reachedObjects } from './page-ops.js';
