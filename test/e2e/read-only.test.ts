@@ -10,7 +10,6 @@ import { execFileSync } from 'node:child_process';
 import { mkdir, open, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import SQLite from 'better-sqlite3';
 import { REPO, Sandbox, assertSameBytes, parseLsMachine, runBacky } from '../lib/cli.js';
 import type { RunResult } from '../lib/cli.js';
 import { writeImage } from '../lib/image.js';
