@@ -101,7 +101,9 @@ async function workloadA(engine: string | undefined, label: string): Promise<voi
   const data0 = (await dirBytes(sb.dataDir)) - meta0;
   const times: number[] = [];
   for (let v = 0; v < VERSIONS; v++) {
-    const changed = Array.from({ length: 26 }, () => Math.floor(Math.random() * n));
+    const picked = new Set<number>();
+    while (picked.size < 26) picked.add(Math.floor(Math.random() * n));
+    const changed = [...picked].sort((a, b) => a - b);
     await dirty(img, changed);
     const hints = sb.path('hints.json');
     await writeFile(

@@ -6,6 +6,7 @@ import { InputError, NotFoundError } from '../errors.js';
 import type { MetaHandle } from './meta-db.js';
 import { exclusiveObjects, reachedObjects } from './page-ops.js';
 import { chunks, treeHead } from './page-tree.js';
+import type { PageCache } from './page-tree.js';
 import type { MetaStore, Version } from './meta-store.js';
 
 /** Keys: a letter, then letters, digits, '_', '-', '.', '/' (like Kubernetes label keys). */
@@ -164,7 +165,7 @@ const n = (x: unknown) => Number(x ?? 0);
  * distinct objects its tree reaches, and of those only it reaches (page-ops.ts). Costs a walk
  * of its tree.
  */
-export async function versionSpace(meta: MetaHandle, v: Version): Promise<VersionSpace> {
+export async function versionSpace(meta: MetaHandle, v: Version, cache?: SpaceCache): Promise<VersionSpace> {
   const db = meta.db;
   const row = await db
     .selectFrom('versions')
@@ -172,28 +173,44 @@ export async function versionSpace(meta: MetaHandle, v: Version): Promise<Versio
     .where('uid', '=', v.uid)
     .executeTakeFirst();
   const head = await treeHead(db, v.uid);
-  const reached = head ? await reachedObjects(db, head) : new Set<number>();
-  const exclusive = await exclusiveObjects(db, [v.uid]);
+  const reached = head ? await reachedObjects(db, head, cache?.pages) : new Set<number>();
+  const exclusive = await exclusiveObjects(db, [v.uid], { cache: cache?.pages });
   return {
     uid: v.uid,
     name: v.name,
     sizeBytes: v.sizeBytes,
     sparseBytes: n(row?.sparse_bytes),
-    referencedBytes: await storedBytes(db, reached),
-    exclusiveBytes: await storedBytes(db, exclusive),
+    referencedBytes: await storedBytes(db, reached, cache?.sizes),
+    exclusiveBytes: await storedBytes(db, exclusive, cache?.sizes),
   };
 }
 
-async function storedBytes(db: MetaHandle['db'], ids: Set<number>): Promise<number> {
-  let total = 0;
-  for (const part of chunks([...ids])) {
-    const r = await db
+/** What du over many versions reads once: their shared pages and objects' stored sizes. */
+export interface SpaceCache {
+  pages: PageCache;
+  sizes: Map<number, number>;
+}
+
+export function spaceCache(): SpaceCache {
+  return { pages: new Map(), sizes: new Map() };
+}
+
+async function storedBytes(
+  db: MetaHandle['db'],
+  ids: Set<number>,
+  sizes = new Map<number, number>(),
+): Promise<number> {
+  const missing = [...ids].filter((id) => !sizes.has(id));
+  for (const part of chunks(missing)) {
+    const rows = await db
       .selectFrom('objects')
-      .select((eb) => eb.fn.sum<number>('stored_size').as('s'))
+      .select(['id', 'stored_size'])
       .where('id', 'in', part)
-      .executeTakeFirstOrThrow();
-    total += n(r.s);
+      .execute();
+    for (const r of rows) sizes.set(Number(r.id), Number(r.stored_size));
   }
+  let total = 0;
+  for (const id of ids) total += sizes.get(id) ?? 0;
   return total;
 }
 

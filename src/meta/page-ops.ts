@@ -24,7 +24,7 @@ import {
   treeHead,
   upsertPages,
 } from './page-tree.js';
-import type { Dialect, NewPage, TreeHead } from './page-tree.js';
+import type { Dialect, NewPage, PageCache, TreeHead } from './page-tree.js';
 
 /** Leaves read per step when a whole tree is walked. */
 const WALK = 256;
@@ -377,12 +377,16 @@ async function badObjects(tx: Db, ids: Set<number>): Promise<number> {
 }
 
 /** Every leaf of a tree, WALK leaves at a time (memory: one step). */
-export async function* walkLeaves(tx: Db, head: TreeHead): AsyncIterable<Map<number, number[]>> {
+export async function* walkLeaves(
+  tx: Db,
+  head: TreeHead,
+  cache?: PageCache,
+): AsyncIterable<Map<number, number[]>> {
   const n = blockCount(head.sizeBytes, head.blockSize);
   const nLeaves = Math.ceil(n / LEAF);
   for (let k = 0; k < nLeaves; k += WALK) {
     const ks = Array.from({ length: Math.min(WALK, nLeaves - k) }, (_, j) => k + j);
-    yield await leavesAt(tx, head, ks);
+    yield await leavesAt(tx, head, ks, cache);
   }
 }
 
@@ -409,9 +413,9 @@ export async function checkTreeIn(tx: Db, head: TreeHead): Promise<TreeCheck> {
 }
 
 /** The distinct objects a version's tree reaches. */
-export async function reachedObjects(tx: Db, head: TreeHead): Promise<Set<number>> {
+export async function reachedObjects(tx: Db, head: TreeHead, cache?: PageCache): Promise<Set<number>> {
   const out = new Set<number>();
-  for await (const leaves of walkLeaves(tx, head)) {
+  for await (const leaves of walkLeaves(tx, head, cache)) {
     for (const entries of leaves.values()) for (const e of entries) if (e > 0) out.add(e);
   }
   return out;
@@ -482,7 +486,7 @@ export async function versionsReaching(tx: Db, objects: readonly number[]): Prom
 export async function exclusiveObjects(
   tx: Db,
   uids: readonly string[],
-  opts: { withGarbagePages?: boolean } = {},
+  opts: { withGarbagePages?: boolean; cache?: PageCache } = {},
 ): Promise<Set<number>> {
   const heads: TreeHead[] = [];
   for (const uid of new Set(uids)) {
@@ -497,7 +501,7 @@ export async function exclusiveObjects(
     ? await tx.selectFrom('pages').select(['id', 'level']).where('refs', '<=', 0).execute()
     : [];
   for (const g of garbage) if (Number(g.level) === 1) interiorCount.set(Number(g.id), 0);
-  const interiors = await loadPages(tx, interiorCount.keys());
+  const interiors = await loadPages(tx, interiorCount.keys(), opts.cache);
   const leafCount = new Map<number, number>();
   for (const g of garbage) if (Number(g.level) === 0) leafCount.set(Number(g.id), 0);
   for (const [id, c] of interiorCount) {
@@ -507,7 +511,7 @@ export async function exclusiveObjects(
   }
   const objectCount = new Map<number, number>();
   for (const part of chunks([...leafCount.keys()])) {
-    const leaves = await loadPages(tx, part);
+    const leaves = await loadPages(tx, part, opts.cache);
     for (const id of part) {
       const p = leaves.get(id);
       if (!p || (leafCount.get(id) as number) < p.refs) continue;

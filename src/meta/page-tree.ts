@@ -84,10 +84,27 @@ export function chunks<T>(list: readonly T[], n = BATCH): T[][] {
   return out;
 }
 
+/**
+ * Pages read before, for a reader that visits many trees sharing pages (du over every
+ * version): pages are immutable, so a cached one is never stale (its refs may be).
+ */
+export type PageCache = Map<number, PageRow>;
+
 /** Pages by id (missing ids are absent from the map). */
-export async function loadPages(tx: Db, ids: Iterable<number>): Promise<Map<number, PageRow>> {
-  const want = [...new Set(ids)].filter((id) => id > 0);
+export async function loadPages(
+  tx: Db,
+  ids: Iterable<number>,
+  cache?: PageCache,
+): Promise<Map<number, PageRow>> {
   const out = new Map<number, PageRow>();
+  let want = [...new Set(ids)].filter((id) => id > 0);
+  if (cache) {
+    want = want.filter((id) => {
+      const hit = cache.get(id);
+      if (hit) out.set(id, hit);
+      return !hit;
+    });
+  }
   for (const part of chunks(want)) {
     const rows = await tx
       .selectFrom('pages')
@@ -103,6 +120,7 @@ export async function loadPages(tx: Db, ids: Iterable<number>): Promise<Map<numb
         data: Number(r.data_blocks),
         sparse: Number(r.sparse_blocks),
       });
+      cache?.set(Number(r.id), out.get(Number(r.id)) as PageRow);
     }
   }
   return out;
@@ -207,12 +225,14 @@ export async function leavesAt(
   tx: Db,
   head: TreeHead,
   ks: readonly number[],
+  cache?: PageCache,
 ): Promise<Map<number, number[]>> {
   const out = new Map<number, number[]>();
   if (ks.length === 0) return out;
   const interiors = await loadPages(
     tx,
     ks.map((k) => head.root[Math.floor(k / FANOUT)] ?? ABSENT),
+    cache,
   );
   const childOf = (k: number): number => {
     const i = Math.floor(k / FANOUT);
@@ -225,7 +245,7 @@ export async function leavesAt(
   };
   const children = new Map<number, number>();
   for (const k of ks) children.set(k, childOf(k));
-  const leaves = await loadPages(tx, children.values());
+  const leaves = await loadPages(tx, children.values(), cache);
   const n = Math.ceil(head.sizeBytes / head.blockSize);
   for (const [k, c] of children) {
     let entries: number[];

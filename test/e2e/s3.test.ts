@@ -23,7 +23,7 @@ import {
   s3ConfigLines,
 } from '../lib/rgw.js';
 import type { S3Server } from '../lib/rgw.js';
-import { entryAt, referencedChecksums } from '../lib/tree-edit.js';
+import { entriesAt, referencedChecksums } from '../lib/tree-edit.js';
 
 const BS = 64 * 1024;
 const skip = rgwSkipReason();
@@ -203,12 +203,12 @@ describe('S3 end to end (radosgw)', { skip }, () => {
       const img = dsb.path('d.img');
       await writeImage(img, { blocks: 12, blockSize: BS, kinds: () => 'random', seed: 'damage' });
       const uid = await dsb.backup([img, 'vm2']);
-      const rows = await Promise.all(
-        Array.from({ length: 12 }, async (_, idx) => ({
-          idx,
-          checksum: (await entryAt(dsb.dbPath, uid, idx)) as string,
-        })),
+      const checksums = await entriesAt(
+        dsb.dbPath,
+        uid,
+        Array.from({ length: 12 }, (_, idx) => idx),
       );
+      const rows = checksums.map((checksum, idx) => ({ idx, checksum: checksum as string }));
       // Same length, one byte flipped in the payload: only the checksum can tell.
       const obj = await getObject(c, dBucket, rows[4].checksum);
       obj[obj.length - 1] ^= 0xff;

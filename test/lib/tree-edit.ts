@@ -32,6 +32,18 @@ export async function entryAt(
   return withMeta(dbPathOrUrl, async (m) => (await m.blocksAt(uid, [idx])).get(idx)?.checksum);
 }
 
+/** The checksums of blocks `indices` of version `uid`, in that order (one database open). */
+export async function entriesAt(
+  dbPathOrUrl: string,
+  uid: string,
+  indices: number[],
+): Promise<(string | null | undefined)[]> {
+  return withMeta(dbPathOrUrl, async (m) => {
+    const rows = await m.blocksAt(uid, indices);
+    return indices.map((i) => rows.get(i)?.checksum);
+  });
+}
+
 /** Every checksum some block list names (its pages or a running writer's pending entries), sorted. */
 export async function referencedChecksums(dbPathOrUrl: string): Promise<string[]> {
   return withMeta(dbPathOrUrl, async (m) => {
