@@ -42,6 +42,7 @@ import { writePendingTombstones } from '../core/pending-removals.js';
 import { probeBackend, storeUnreachableMessage } from '../core/store-probe.js';
 import { clearRemovalPending, markRemovalPending } from '../meta/removal-pending.js';
 import type { Logger } from '../util/log.js';
+import { setMigrationReporter } from '../meta/block-list-migration.js';
 
 export class Context {
   readonly log: Logger;
@@ -69,6 +70,15 @@ export class Context {
     opts: { machine: boolean; json?: boolean; config?: string; signal?: AbortSignal },
   ) {
     this.log = log;
+    // A database from before block-list pages is converted when first opened (once).
+    let last = 0;
+    setMigrationReporter((done, total) => {
+      const now = Date.now();
+      if (done === total || now - last > 2000) {
+        last = now;
+        log.notice(`converting block lists to pages: ${done} of ${total} versions`);
+      }
+    });
     this.machine = opts.machine;
     this.json = opts.json ?? false;
     this.signal = opts.signal ?? new AbortController().signal;

@@ -175,6 +175,8 @@ export async function cleanup(opts: {
 
   progress.start(dryRun ? 'cleanup (dry run)' : 'cleanup', undefined);
   try {
+    // Pages no version's tree names any more go first: that lowers their objects' counts.
+    if (!dryRun && !result.objectsHeld) await meta.gc.collectPages(cutoff);
     let after = '';
     while (!result.objectsHeld) {
       signal?.throwIfAborted();
@@ -183,6 +185,7 @@ export async function cleanup(opts: {
         after,
         PAGE,
         dryRun ? result.versionsRemoved.map((v) => v.uid) : [],
+        dryRun,
       );
       if (page.length === 0) break;
       after = page[page.length - 1].checksum;

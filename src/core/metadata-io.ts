@@ -366,6 +366,7 @@ async function insertInBatches(
   const lease = await meta.insertVersionWithLease(version, 'import');
   const stopHeartbeat = keepLeaseAlive(meta, lease.id);
   let missing = 0;
+  const damaged = new Set<string>();
   try {
     const flush = async (rows: BlockRow[]) => {
       const ok = await meta.adoptObjects(await lookUp(store, rows, signal));
@@ -373,6 +374,10 @@ async function insertInBatches(
         if (r.checksum !== null && !ok.has(r.checksum)) {
           r.valid = false;
           missing++;
+        } else if (r.checksum !== null && !r.valid && !damaged.has(r.checksum)) {
+          // Validity follows objects: an entry the file says is damaged names a damaged object.
+          damaged.add(r.checksum);
+          await meta.markObjectInvalid(r.checksum);
         }
       }
       await meta.putBlocks(version.uid, rows);
@@ -390,14 +395,11 @@ async function insertInBatches(
     if (h.labels) await changeLabels(meta, version.uid, { set: h.labels, remove: [] });
     signal?.throwIfAborted();
     let downgraded = false;
-    if (h.status === 'valid') {
-      const problem = await meta.completeVersion(version.uid, { durable });
-      if (problem) {
-        await meta.setVersionStatus(version.uid, 'invalid');
-        downgraded = true;
-      }
-    } else {
+    // Completion seals the block list whatever the file says; an invalid version stays so.
+    const problem = await meta.completeVersion(version.uid, { durable });
+    if (problem || h.status !== 'valid') {
       await meta.setVersionStatus(version.uid, 'invalid');
+      downgraded = h.status === 'valid';
     }
     return { version: await meta.getVersion(version.uid), blocks: checked.blocks, missing, downgraded };
   } catch (err) {

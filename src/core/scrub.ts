@@ -229,11 +229,8 @@ export async function scrub(opts: ScrubOptions): Promise<ScrubResult> {
             for (const uid of await meta.markObjectInvalid(checksum)) affected.add(uid);
           }
         } else {
-          // A gap or a malformed sparse entry: only this version is concerned.
-          if (r.row) {
-            await removed.atEnd(); // the row would have no version to belong to
-            await meta.putBlocks(version.uid, [{ ...r.row, valid: false }]);
-          }
+          // A gap or a malformed sparse entry: only this version is concerned (held invalid).
+          if (r.row) await removed.atEnd();
           if (version.status === 'valid') await meta.setVersionStatus(version.uid, 'invalid');
           affected.add(version.uid);
         }

@@ -33,7 +33,9 @@ for (const dialect of dialects) {
         1,
       );
       await meta.putBlocks(v.uid, rows);
-      return v;
+      // A block list is final once completed (its pending entries sealed into pages).
+      assert.equal(await meta.completeVersion(v.uid), undefined);
+      return { ...v, status: 'valid' as const };
     }
 
     it('protect: removeVersion refuses in the same transaction; unknown uid changes nothing', async () => {

@@ -2,9 +2,11 @@
  * The catalog's day-to-day queries: protection, labels, and space accounting (`du`).
  * SQL only, on both dialects; every statement is bounded by an index or is one aggregate.
  */
-import { sql } from 'kysely';
 import { InputError, NotFoundError } from '../errors.js';
 import type { MetaHandle } from './meta-db.js';
+import { exclusiveObjects, reachedObjects } from './page-ops.js';
+import { chunks, treeHead } from './page-tree.js';
+import type { PageCache } from './page-tree.js';
 import type { MetaStore, Version } from './meta-store.js';
 
 /** Keys: a letter, then letters, digits, '_', '-', '.', '/' (like Kubernetes label keys). */
@@ -158,83 +160,81 @@ export interface StoreSpace {
 
 const n = (x: unknown) => Number(x ?? 0);
 
-/** Space of one version, in three indexed aggregates. */
-export async function versionSpace(meta: MetaHandle, v: Version): Promise<VersionSpace> {
+/**
+ * Space of one version: its sparse bytes (kept with the version), and the stored bytes of the
+ * distinct objects its tree reaches, and of those only it reaches (page-ops.ts). Costs a walk
+ * of its tree.
+ */
+export async function versionSpace(meta: MetaHandle, v: Version, cache?: SpaceCache): Promise<VersionSpace> {
   const db = meta.db;
-  const sparse = await db
-    .selectFrom('blocks')
-    .select((eb) => eb.fn.sum<number>('size').as('s'))
-    .where('version_uid', '=', v.uid)
-    .where('checksum', 'is', null)
-    .executeTakeFirstOrThrow();
-  const distinct = db
-    .selectFrom('blocks')
-    .select('checksum')
-    .distinct()
-    .where('version_uid', '=', v.uid)
-    .where('checksum', 'is not', null);
-  const referenced = await db
-    .selectFrom('objects')
-    .select((eb) => eb.fn.sum<number>('stored_size').as('s'))
-    .where('checksum', 'in', distinct)
-    .executeTakeFirstOrThrow();
-  const exclusive = await db
-    .selectFrom('objects as o')
-    .select((eb) => eb.fn.sum<number>('o.stored_size').as('s'))
-    .where('o.checksum', 'in', distinct)
-    .where(({ not, exists, selectFrom }) =>
-      not(
-        exists(
-          selectFrom('blocks as b')
-            .select(sql`1`.as('one'))
-            .whereRef('b.checksum', '=', 'o.checksum')
-            .where('b.version_uid', '<>', v.uid),
-        ),
-      ),
-    )
-    .executeTakeFirstOrThrow();
+  const row = await db
+    .selectFrom('versions')
+    .select('sparse_bytes')
+    .where('uid', '=', v.uid)
+    .executeTakeFirst();
+  const head = await treeHead(db, v.uid);
+  const reached = head ? await reachedObjects(db, head, cache?.pages) : new Set<number>();
+  const exclusive = await exclusiveObjects(db, [v.uid], { cache: cache?.pages });
   return {
     uid: v.uid,
     name: v.name,
     sizeBytes: v.sizeBytes,
-    sparseBytes: n(sparse.s),
-    referencedBytes: n(referenced.s),
-    exclusiveBytes: n(exclusive.s),
+    sparseBytes: n(row?.sparse_bytes),
+    referencedBytes: await storedBytes(db, reached, cache?.sizes),
+    exclusiveBytes: await storedBytes(db, exclusive, cache?.sizes),
   };
+}
+
+/** What du over many versions reads once: their shared pages and objects' stored sizes. */
+export interface SpaceCache {
+  pages: PageCache;
+  sizes: Map<number, number>;
+}
+
+export function spaceCache(): SpaceCache {
+  return { pages: new Map(), sizes: new Map() };
+}
+
+async function storedBytes(
+  db: MetaHandle['db'],
+  ids: Set<number>,
+  sizes = new Map<number, number>(),
+): Promise<number> {
+  const missing = [...ids].filter((id) => !sizes.has(id));
+  for (const part of chunks(missing)) {
+    const rows = await db
+      .selectFrom('objects')
+      .select(['id', 'stored_size'])
+      .where('id', 'in', part)
+      .execute();
+    for (const r of rows) sizes.set(Number(r.id), Number(r.stored_size));
+  }
+  let total = 0;
+  for (const id of ids) total += sizes.get(id) ?? 0;
+  return total;
 }
 
 export async function storeSpace(meta: MetaHandle): Promise<StoreSpace> {
   const db = meta.db;
   const versions = await db
     .selectFrom('versions')
-    .select((eb) => [eb.fn.countAll<number>().as('c'), eb.fn.sum<number>('size_bytes').as('s')])
-    .executeTakeFirstOrThrow();
-  const data = await db
-    .selectFrom('blocks')
-    .select((eb) => eb.fn.sum<number>('size').as('s'))
-    .where('checksum', 'is not', null)
-    .executeTakeFirstOrThrow();
-  // One row per distinct referenced object: its plaintext size (any block naming it) and stored size.
-  const unique = await db
-    .selectFrom((eb) =>
-      eb
-        .selectFrom('blocks')
-        .select((e) => ['checksum', e.fn.max<number>('size').as('size')])
-        .where('checksum', 'is not', null)
-        .groupBy('checksum')
-        .as('u'),
-    )
-    .leftJoin('objects as o', 'o.checksum', 'u.checksum')
     .select((eb) => [
-      eb.fn.sum<number>('u.size').as('plain'),
-      eb.fn.sum<number>('o.stored_size').as('stored'),
+      eb.fn.countAll<number>().as('c'),
+      eb.fn.sum<number>('size_bytes').as('s'),
+      eb.fn.sum<number>('data_bytes').as('d'),
     ])
+    .executeTakeFirstOrThrow();
+  // The objects some page names (a page freed since the last cleanup still counts).
+  const unique = await db
+    .selectFrom('objects')
+    .select((eb) => [eb.fn.sum<number>('size').as('plain'), eb.fn.sum<number>('stored_size').as('stored')])
+    .where('refs', '>', 0)
     .executeTakeFirstOrThrow();
   const recorded = await db
     .selectFrom('objects')
     .select((eb) => [eb.fn.countAll<number>().as('c'), eb.fn.sum<number>('stored_size').as('s')])
     .executeTakeFirstOrThrow();
-  const dataBytes = n(data.s);
+  const dataBytes = n(versions.d);
   const uniqueBytes = n(unique.plain);
   const storedBytes = n(unique.stored);
   return {

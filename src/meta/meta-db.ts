@@ -12,6 +12,7 @@ import type { Transaction } from 'kysely';
 import { BackyError, ConfigError } from '../errors.js';
 import { HASH_FUNCTIONS, redactUrl, sqlitePath } from '../config/config.js';
 import type { HashFunction } from '../config/config.js';
+import { convertBlockLists } from './block-list-migration.js';
 import { migrationProvider } from './migrations.js';
 import { MetaDatabaseError, loadPg, queryTimeoutMs, wrapPool } from './pg-connect.js';
 import { ReadOnlyStoreError, checkSchemaCurrent } from './read-only.js';
@@ -103,6 +104,7 @@ export class MetaDb {
         await this.#readSettings(hashFunction);
       } else {
         await this.#migrate();
+        await convertBlockLists(this.#db, this.dialect, (fn) => this.write(fn));
         await this.#loadSettings(hashFunction);
       }
     } catch (err) {
@@ -142,7 +144,11 @@ export class MetaDb {
   }
 
   async #migrate(): Promise<void> {
-    const migrator = new Migrator({ db: this.#db, provider: migrationProvider });
+    const migrator = new Migrator({
+      db: this.#db,
+      provider: migrationProvider,
+      allowUnorderedMigrations: true,
+    });
     for (let attempt = 0; ; attempt++) {
       const { error } = await migrator.migrateToLatest();
       if (!error) return;

@@ -8,6 +8,10 @@ import type { ExpressionBuilder } from 'kysely';
 import type { Database } from './schema.js';
 import type { Version } from './meta-types.js';
 import type { MetaDb } from './meta-db.js';
+import type { Db } from './meta-types.js';
+import { removeVersionIn } from './meta-versions.js';
+import { exclusiveObjects } from './page-ops.js';
+import { addRefs, pageChildren, parseEntries } from './page-tree.js';
 
 /** The garbage repository: what cleanup (core/cleanup.ts) finds and removes. */
 export class Garbage {
@@ -44,35 +48,106 @@ export class Garbage {
         .where('version_uid', '=', uid)
         .executeTakeFirst();
       if (lease) return false;
-      await tx.deleteFrom('labels').where('version_uid', '=', uid).execute();
-      await tx.deleteFrom('blocks').where('version_uid', '=', uid).execute();
-      await tx.deleteFrom('versions').where('uid', '=', uid).execute();
+      await removeVersionIn(tx, uid);
       return true;
     });
   }
 
-  /** One page of unreferenced objects last seen before `cutoff`, by checksum after `after`. */
+  /**
+   * One page of unreferenced objects (no page names them, no pending put) last seen before
+   * `cutoff`, by checksum after `after`. With `ignoreVersions` (a dry run that would remove
+   * them) also the objects only those versions reach.
+   */
   async garbageCandidates(
     cutoff: number,
     after: string,
     limit = INSERT_BATCH,
-    /** Count these versions' block entries as gone (a dry run that would remove them). */
     ignoreVersions: readonly string[] = [],
+    dryRun = false,
   ): Promise<{ checksum: string; storedSize: number }[]> {
+    // A dry run: what deleting these versions and the pages nobody names would free.
+    const freed =
+      ignoreVersions.length > 0 || dryRun
+        ? [...(await exclusiveObjects(this.#m.db, ignoreVersions, { withGarbagePages: true }))]
+        : [];
     const rows = await this.#m.db
       .selectFrom('objects as o')
       .select(['o.checksum', 'o.stored_size'])
       .where('o.checksum', '>', after)
       .where('o.last_seen', '<', cutoff)
       .where((eb) => {
-        let refs = eb.selectFrom('blocks as b').select('b.idx').whereRef('b.checksum', '=', 'o.checksum');
-        if (ignoreVersions.length > 0) refs = refs.where('b.version_uid', 'not in', ignoreVersions);
-        return eb.not(eb.exists(refs));
+        const unreferenced = eb('o.refs', '<=', 0);
+        return eb.and([
+          freed.length > 0 && freed.length <= 30_000
+            ? eb.or([unreferenced, eb('o.id', 'in', freed)])
+            : unreferenced,
+          eb.not(
+            eb.exists(eb.selectFrom('block_puts as b').select('b.idx').whereRef('b.object_id', '=', 'o.id')),
+          ),
+        ]);
       })
       .orderBy('o.checksum')
       .limit(limit)
       .execute();
     return rows.map((r) => ({ checksum: r.checksum, storedSize: Number(r.stored_size) }));
+  }
+
+  /**
+   * Deletes unreferenced pages (no root or page names them, no pending put) last seen before
+   * both `cutoff` and every writer's lease, lowering the counts of what they name, until none
+   * is left (a freed interior frees its leaves, a freed leaf its objects). One cleanup
+   * transaction per round. Nothing while a holder may reference anything (as deleteGarbage).
+   * Returns the number of pages deleted.
+   */
+  async collectPages(cutoff: number): Promise<number> {
+    let total = 0;
+    for (;;) {
+      const n = await this.#m.cleanupTx({ leases: false }, async (tx) => {
+        const limit = await writersLimit(tx, cutoff);
+        if (limit === undefined) return 0;
+        const rows = await tx
+          .selectFrom('pages as p')
+          .select(['p.id', 'p.level', 'p.entries'])
+          .where('p.refs', '<=', 0)
+          .where('p.last_seen', '<', limit)
+          .where((eb) =>
+            eb.not(
+              eb.exists(eb.selectFrom('leaf_puts as l').select('l.leaf').whereRef('l.page_id', '=', 'p.id')),
+            ),
+          )
+          .orderBy('p.id')
+          .limit(INSERT_BATCH)
+          .$if(this.#m.dialect === 'postgres', (q) => q.forUpdate())
+          .execute();
+        if (rows.length === 0) return 0;
+        await tx
+          .deleteFrom('pages')
+          .where(
+            'id',
+            'in',
+            rows.map((r) => r.id),
+          )
+          .execute();
+        for (const level of [0, 1]) {
+          // Each page counted each child once: lower once per (page, child).
+          const perPage = rows
+            .filter((r) => Number(r.level) === level)
+            .map((r) => pageChildren(parseEntries(r.entries)));
+          const times = new Map<number, number>();
+          for (const list of perPage) for (const c of list) times.set(c, (times.get(c) ?? 0) + 1);
+          const byTimes = new Map<number, number[]>();
+          for (const [c, t] of times) {
+            let l = byTimes.get(t);
+            if (!l) byTimes.set(t, (l = []));
+            l.push(c);
+          }
+          for (const [t, ids] of byTimes) await addRefs(tx, level === 0 ? 'objects' : 'pages', ids, -t);
+        }
+        return rows.length;
+      });
+      total += n;
+      if (n === 0) return total;
+    }
   }
 
   /**
@@ -99,41 +174,17 @@ export class Garbage {
           .forUpdate()
           .execute();
       }
-      // A holder that may reference anything keeps everything: an import, or a reader whose
-      // version was removed under it (its block list, which named its objects, is gone).
-      const holdsAll = await tx
-        .selectFrom('leases as l')
-        .select('l.id')
-        .where((eb) =>
-          eb.or([
-            eb('l.kind', 'in', ANY_OBJECT_LEASE_KINDS),
-            eb.and([
-              eb('l.version_uid', 'is not', null),
-              eb.not(
-                eb.exists(
-                  eb.selectFrom('versions as v').select('v.uid').whereRef('v.uid', '=', 'l.version_uid'),
-                ),
-              ),
-            ]),
-          ]),
-        )
-        .executeTakeFirst();
-      if (holdsAll) return [];
-      // Writers' leases only: a reader's objects are named by its version's block entries.
-      const oldest = await tx
-        .selectFrom('leases as l')
-        .select((eb) => eb.fn.min('l.started').as('started'))
-        .where(writersOnly)
-        .executeTakeFirst();
-      const limit = oldest?.started == null ? cutoff : Math.min(cutoff, Number(oldest.started));
+      const limit = await writersLimit(tx, cutoff);
+      if (limit === undefined) return [];
       const rows = await tx
         .selectFrom('objects as o')
         .select(['o.checksum', 'o.stored_size'])
         .where('o.checksum', 'in', checksums)
         .where('o.last_seen', '<', limit)
+        .where('o.refs', '<=', 0)
         .where((eb) =>
           eb.not(
-            eb.exists(eb.selectFrom('blocks as b').select('b.idx').whereRef('b.checksum', '=', 'o.checksum')),
+            eb.exists(eb.selectFrom('block_puts as b').select('b.idx').whereRef('b.object_id', '=', 'o.id')),
           ),
         )
         .execute();
@@ -177,6 +228,38 @@ export class Garbage {
       return true;
     });
   }
+}
+
+/**
+ * What may be deleted was last seen before this: `cutoff`, or the start of the oldest
+ * writer's lease if earlier. Undefined when a holder may reference anything (an import, or a
+ * reader whose version was removed under it: its block list, which named what it reads, is
+ * gone): then nothing may be deleted.
+ */
+async function writersLimit(tx: Db, cutoff: number): Promise<number | undefined> {
+  const holdsAll = await tx
+    .selectFrom('leases as l')
+    .select('l.id')
+    .where((eb) =>
+      eb.or([
+        eb('l.kind', 'in', ANY_OBJECT_LEASE_KINDS),
+        eb.and([
+          eb('l.version_uid', 'is not', null),
+          eb.not(
+            eb.exists(eb.selectFrom('versions as v').select('v.uid').whereRef('v.uid', '=', 'l.version_uid')),
+          ),
+        ]),
+      ]),
+    )
+    .executeTakeFirst();
+  if (holdsAll) return undefined;
+  // Writers' leases only: a reader's objects are named by its version's tree.
+  const oldest = await tx
+    .selectFrom('leases as l')
+    .select((eb) => eb.fn.min('l.started').as('started'))
+    .where(writersOnly)
+    .executeTakeFirst();
+  return oldest?.started == null ? cutoff : Math.min(cutoff, Number(oldest.started));
 }
 
 /** Leases but a reader's on a complete version (READER_LEASE_KINDS): those that hold cleanup back. */

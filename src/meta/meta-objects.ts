@@ -7,6 +7,7 @@ import type { CopyMarks } from './copy-pending.js';
 import type { MetaDb } from './meta-db.js';
 import { revalidateSoundIn } from './meta-versions.js';
 import { INSERT_BATCH, nowMicros } from './meta-types.js';
+import { versionsReaching } from './page-ops.js';
 import type { Db } from './meta-types.js';
 
 /** Checksums looked up per statement by adoptIn. */
@@ -31,34 +32,34 @@ export class Objects {
    */
   async markObjectInvalid(checksum: string): Promise<string[]> {
     return this.#m.write(async (tx) => {
-      // The versions this changes (a valid block entry, or a valid version): their copies.
-      const changing = await tx
-        .selectFrom('blocks as b')
-        .innerJoin('versions as v', 'v.uid', 'b.version_uid')
-        .select('b.version_uid')
-        .distinct()
-        .where('b.checksum', '=', checksum)
-        .where((eb) => eb.or([eb('b.valid', '=', 1), eb('v.status', '=', 'valid')]))
-        .execute();
-      await this.#marks.mark(
-        tx,
-        changing.map((r) => r.version_uid),
-      );
-      await tx.updateTable('objects').set({ valid: 0 }).where('checksum', '=', checksum).execute();
-      await tx.updateTable('blocks').set({ valid: 0 }).where('checksum', '=', checksum).execute();
-      const rows = await tx
-        .selectFrom('blocks')
-        .select('version_uid')
-        .distinct()
+      const o = await tx
+        .selectFrom('objects')
+        .select(['id', 'valid'])
         .where('checksum', '=', checksum)
-        .execute();
-      const uids = rows.map((r) => r.version_uid);
+        .executeTakeFirst();
+      if (!o) return [];
+      await tx.updateTable('objects').set({ valid: 0 }).where('id', '=', o.id).execute();
+      const uids = await versionsReaching(tx, [Number(o.id)]);
       if (uids.length > 0) {
+        const changing = await tx
+          .selectFrom('versions')
+          .select('uid')
+          .where('uid', 'in', uids)
+          .where('status', '=', 'valid')
+          .execute();
+        await this.#marks.mark(tx, Number(o.valid) === 1 ? uids : changing.map((r) => r.uid));
         await tx
           .updateTable('versions')
           .set({ status: 'invalid' })
           .where('uid', 'in', uids)
           .where('status', '=', 'valid')
+          .execute();
+        // A backup or writer using it now checks every object when it completes.
+        await tx
+          .updateTable('versions')
+          .set({ suspect: 1 })
+          .where('uid', 'in', uids)
+          .where('status', '=', 'incomplete')
           .execute();
       }
       return uids;
@@ -95,6 +96,16 @@ export class Objects {
     await this.#m.write(async (tx) => {
       for (let i = 0; i < unique.length; i += INSERT_BATCH) {
         const batch = unique.slice(i, i + INSERT_BATCH);
+        const damaged = await tx
+          .selectFrom('objects')
+          .select('id')
+          .where(
+            'checksum',
+            'in',
+            batch.map((o) => o.checksum),
+          )
+          .where('valid', '=', 0)
+          .execute();
         await tx
           .insertInto('objects')
           .values(
@@ -112,7 +123,7 @@ export class Objects {
         // the versions whose only problem it was (DESIGN: validity follows objects).
         await this.#soundAgainIn(
           tx,
-          batch.map((o) => o.checksum),
+          damaged.map((r) => Number(r.id)),
         );
       }
     });
@@ -130,19 +141,17 @@ export class Objects {
       const out: string[] = [];
       for (let i = 0; i < checksums.length; i += INSERT_BATCH) {
         const batch = checksums.slice(i, i + INSERT_BATCH);
+        // Recorded as damaged, and stored (a row for an object the store never had stays).
         const recorded = await tx
           .selectFrom('objects')
-          .select('checksum')
+          .select('id')
           .where('checksum', 'in', batch)
+          .where('valid', '=', 0)
+          .where('stored_size', '>', 0)
           .execute();
         if (recorded.length === 0) continue;
-        const sound = recorded.map((r) => r.checksum);
-        await tx
-          .updateTable('objects')
-          .set({ valid: 1 })
-          .where('checksum', 'in', sound)
-          .where('valid', '=', 0)
-          .execute();
+        const sound = recorded.map((r) => Number(r.id));
+        await tx.updateTable('objects').set({ valid: 1 }).where('id', 'in', sound).execute();
         out.push(...(await this.#soundAgainIn(tx, sound)));
       }
       return out;
@@ -150,28 +159,18 @@ export class Objects {
   }
 
   /**
-   * Inside `tx`: the block entries naming these (sound) objects valid again, and the versions
-   * that then have no problem left valid again; their copies marked. Returns those made valid.
-   * Costs one indexed look-up when no entry was marked invalid (every backup's batch).
+   * Inside `tx`: the versions reaching these objects (damaged until now, sound again) that then
+   * have no problem left made valid again; their copies marked. Returns those made valid. Costs
+   * nothing when no object was damaged (every backup's batch).
    */
-  async #soundAgainIn(tx: Db, checksums: readonly string[]): Promise<string[]> {
-    const rows = await tx
-      .selectFrom('blocks')
-      .select('version_uid')
-      .distinct()
-      .where('checksum', 'in', checksums)
-      .where('valid', '=', 0)
-      .execute();
-    if (rows.length === 0) return [];
-    const uids = rows.map((r) => r.version_uid);
-    await tx
-      .updateTable('blocks')
-      .set({ valid: 1 })
-      .where('checksum', 'in', checksums)
-      .where('valid', '=', 0)
-      .execute();
+  async #soundAgainIn(tx: Db, ids: readonly number[]): Promise<string[]> {
+    if (ids.length === 0) return [];
+    const uids = await versionsReaching(tx, ids);
+    if (uids.length === 0) return [];
+    const valid = await revalidateSoundIn(tx, uids);
+    // Their copies name the object's entries as damaged: all out of date.
     await this.#marks.mark(tx, uids);
-    return revalidateSoundIn(tx, uids);
+    return valid;
   }
 
   async objectStats(): Promise<{ count: number; bytes: number }> {

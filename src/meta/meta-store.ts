@@ -219,8 +219,9 @@ export class MetaStore implements MetaHandle {
     after: string,
     limit?: number,
     ignoreVersions?: readonly string[],
+    dryRun?: boolean,
   ): Promise<{ checksum: string; storedSize: number }[]> {
-    return this.gc.garbageCandidates(cutoff, after, limit, ignoreVersions);
+    return this.gc.garbageCandidates(cutoff, after, limit, ignoreVersions, dryRun);
   }
   deleteGarbage(
     checksums: readonly string[],

@@ -11,6 +11,8 @@ import type { CopyMarks } from './copy-pending.js';
 import type { MetaDb } from './meta-db.js';
 import type { Leases } from './meta-leases.js';
 import { nowMicros, toLease, toVersion, versionRow } from './meta-types.js';
+import { checkTreeIn, dropTreeIn, reachedObjects, sealIn } from './page-ops.js';
+import { chunks, objectsById, treeHead } from './page-tree.js';
 import type { Db, Lease, Version } from './meta-types.js';
 import type { Database, VersionStatus } from './schema.js';
 import type { Tracking } from './tracking.js';
@@ -80,9 +82,10 @@ export class Versions {
 
   async setVersionStatus(uid: string, status: VersionStatus): Promise<void> {
     await this.#m.write(async (tx) => {
+      // Set by hand (not by an object's damage): no sound object makes it valid again.
       const r = await tx
         .updateTable('versions')
-        .set({ status })
+        .set({ status, held: status === 'invalid' ? 1 : 0 })
         .where('uid', '=', uid)
         .where('status', '<>', status)
         .executeTakeFirst();
@@ -114,9 +117,15 @@ export class Versions {
 
   async #completeVersion(uid: string): Promise<string | undefined> {
     return this.#m.write(async (tx) => {
-      const problem = await completionProblem(tx, uid);
-      if (problem) return problem;
-      await tx.updateTable('versions').set({ status: 'valid' }).where('uid', '=', uid).execute();
+      const { absent, bad, blocks } = await sealIn(tx, this.#m.dialect, uid, nowMicros());
+      if (absent > 0) return gapProblem(absent, blocks);
+      if (bad > 0) {
+        // Damaged objects only: invalid now, and valid again once they are sound (not held).
+        await tx.updateTable('versions').set({ status: 'invalid' }).where('uid', '=', uid).execute();
+        await this.#marks.mark(tx, [uid]);
+        return badProblem(bad);
+      }
+      await tx.updateTable('versions').set({ status: 'valid', held: 0 }).where('uid', '=', uid).execute();
       await this.#marks.mark(tx, [uid]);
       return undefined;
     });
@@ -132,37 +141,25 @@ export class Versions {
       const v = await tx.selectFrom('versions').selectAll().where('uid', '=', uid).executeTakeFirst();
       if (!v) return 'the version was removed meanwhile';
       if (v.status !== 'invalid') return `the version is ${v.status}`;
-      const gap = await blockListProblem(tx, uid, Number(v.size_bytes), Number(v.block_size));
-      if (gap) return gap;
-      const unrecorded = await tx
-        .selectFrom('blocks as b')
-        .leftJoin('objects as o', 'o.checksum', 'b.checksum')
-        .select((eb) => eb.fn.countAll<number>().as('n'))
-        .where('b.version_uid', '=', uid)
-        .where('b.checksum', 'is not', null)
-        .where('o.checksum', 'is', null)
-        .executeTakeFirstOrThrow();
-      if (Number(unrecorded.n) > 0)
-        return `${unrecorded.n} blocks reference objects the database does not record`;
-      await tx
-        .updateTable('objects')
-        .set({ valid: 1 })
-        .where('valid', '=', 0)
-        .where('checksum', 'in', (eb) =>
-          eb
-            .selectFrom('blocks')
-            .select('checksum')
-            .where('version_uid', '=', uid)
-            .where('checksum', 'is not', null),
-        )
-        .execute();
-      await tx
-        .updateTable('blocks')
-        .set({ valid: 1 })
-        .where('version_uid', '=', uid)
-        .where('valid', '=', 0)
-        .execute();
-      await tx.updateTable('versions').set({ status: 'valid' }).where('uid', '=', uid).execute();
+      const head = await treeHead(tx, uid);
+      if (!head) return 'the version was removed meanwhile';
+      const { absent, blocks } = await checkTreeIn(tx, head);
+      if (absent > 0) return gapProblem(absent, blocks);
+      const reached = await reachedObjects(tx, head);
+      const found = await objectsById(tx, reached);
+      const unrecorded = [...reached].filter(
+        (id) => !found.has(id) || found.get(id)?.storedSize === 0,
+      ).length;
+      if (unrecorded > 0) return `${unrecorded} blocks reference objects the database does not record`;
+      for (const part of chunks([...reached])) {
+        await tx
+          .updateTable('objects')
+          .set({ valid: 1 })
+          .where('valid', '=', 0)
+          .where('id', 'in', part)
+          .execute();
+      }
+      await tx.updateTable('versions').set({ status: 'valid', held: 0 }).where('uid', '=', uid).execute();
       await this.#marks.mark(tx, [uid]);
       return undefined;
     });
@@ -184,9 +181,7 @@ export class Versions {
       if (v && Number(v.protected) === 1) {
         throw new InputError(`version ${uid} is protected; run 'backy unprotect ${uid}' first to remove it`);
       }
-      await tx.deleteFrom('labels').where('version_uid', '=', uid).execute();
-      await tx.deleteFrom('blocks').where('version_uid', '=', uid).execute();
-      await tx.deleteFrom('versions').where('uid', '=', uid).execute();
+      await removeVersionIn(tx, uid);
       return [];
     });
   }
@@ -202,9 +197,7 @@ export class Versions {
       if (v && Number(v.protected) === 1 && !opts.protectedToo) {
         throw new InputError(`version ${uid} is protected; run 'backy unprotect ${uid}' first to remove it`);
       }
-      await tx.deleteFrom('labels').where('version_uid', '=', uid).execute();
-      await tx.deleteFrom('blocks').where('version_uid', '=', uid).execute();
-      await tx.deleteFrom('versions').where('uid', '=', uid).execute();
+      await removeVersionIn(tx, uid);
     });
   }
 }
@@ -235,24 +228,19 @@ function newVersion(v: NewVersion): Version {
   };
 }
 
-/** Whether a version has exactly one block entry per block of its size (idx 0..n-1). */
-async function blockListProblem(
-  tx: Kysely<Database>,
-  uid: string,
-  sizeBytes: number,
-  blockSize: number,
-): Promise<string | undefined> {
-  const expected = Math.ceil(sizeBytes / blockSize);
-  const counts = await tx
-    .selectFrom('blocks')
-    .select((eb) => [eb.fn.countAll<number>().as('n'), eb.fn.max('idx').as('max_idx')])
-    .where('version_uid', '=', uid)
-    .executeTakeFirstOrThrow();
-  const n = Number(counts.n);
-  if (n !== expected || (n > 0 && Number(counts.max_idx) !== n - 1)) {
-    return `version has ${n} block entries, expected ${expected}`;
-  }
-  return undefined;
+function gapProblem(absent: number, expected: number): string {
+  return `version has ${expected - absent} block entries, expected ${expected}`;
+}
+
+function badProblem(bad: number): string {
+  return `${bad} blocks reference objects that are missing or invalid`;
+}
+
+/** Removes a version inside `tx`: its tree (page-ops.ts), labels and row. */
+export async function removeVersionIn(tx: Db, uid: string): Promise<void> {
+  await dropTreeIn(tx, uid);
+  await tx.deleteFrom('labels').where('version_uid', '=', uid).execute();
+  await tx.deleteFrom('versions').where('uid', '=', uid).execute();
 }
 
 /** Inserts a version row exactly as given, inside `tx`; InputError when the uid exists already. */
@@ -267,60 +255,27 @@ async function insertVersionRow(tx: Kysely<Database>, version: Version): Promise
 }
 
 /**
- * Why version `uid` cannot be valid, inside `tx`: its block list is not exactly one entry per
- * block of its size, or a non-sparse block references a missing or invalid object. Undefined
- * when it can.
- */
-async function completionProblem(tx: Kysely<Database>, uid: string): Promise<string | undefined> {
-  const v = await tx.selectFrom('versions').selectAll().where('uid', '=', uid).executeTakeFirstOrThrow();
-  const gap = await blockListProblem(tx, uid, Number(v.size_bytes), Number(v.block_size));
-  if (gap) return gap;
-  const bad = await tx
-    .selectFrom('blocks as b')
-    .leftJoin('objects as o', 'o.checksum', 'b.checksum')
-    .select((eb) => eb.fn.countAll<number>().as('n'))
-    .where('b.version_uid', '=', uid)
-    .where('b.checksum', 'is not', null)
-    .where((eb) => eb.or([eb('o.checksum', 'is', null), eb('o.valid', '=', 0), eb('b.valid', '=', 0)]))
-    .executeTakeFirstOrThrow();
-  if (Number(bad.n) > 0) return `${bad.n} blocks reference objects that are missing or invalid`;
-  return undefined;
-}
-
-/**
  * Of `uids`, the invalid versions that nothing keeps invalid any more, made valid inside `tx`:
- * a complete block list, no block entry marked invalid, and every non-sparse block naming a
- * recorded, valid object (what completeVersion asks of a new version). For validity that
- * follows objects: once a damaged object is confirmed sound, the versions whose only problem
- * it was are valid again without a scrub each. Returns those made valid.
+ * not held invalid by hand, no gap, every object reached recorded and valid (what completion
+ * asks of a new version). For validity that follows objects: once a damaged object is
+ * confirmed sound, the versions whose only problem it was are valid again without a scrub
+ * each. Returns those made valid.
  */
 export async function revalidateSoundIn(tx: Db, uids: readonly string[]): Promise<string[]> {
   const out: string[] = [];
   for (const uid of new Set(uids)) {
     const v = await tx
       .selectFrom('versions')
-      .selectAll()
+      .select('uid')
       .where('uid', '=', uid)
       .where('status', '=', 'invalid')
+      .where('held', '=', 0)
       .executeTakeFirst();
     if (!v) continue;
-    if (await blockListProblem(tx, uid, Number(v.size_bytes), Number(v.block_size))) continue;
-    const bad = await tx
-      .selectFrom('blocks as b')
-      .leftJoin('objects as o', 'o.checksum', 'b.checksum')
-      .select((eb) => eb.fn.countAll<number>().as('n'))
-      .where('b.version_uid', '=', uid)
-      .where((eb) =>
-        eb.or([
-          eb('b.valid', '=', 0),
-          eb.and([
-            eb('b.checksum', 'is not', null),
-            eb.or([eb('o.checksum', 'is', null), eb('o.valid', '=', 0)]),
-          ]),
-        ]),
-      )
-      .executeTakeFirstOrThrow();
-    if (Number(bad.n) > 0) continue;
+    const head = await treeHead(tx, uid);
+    if (!head) continue;
+    const { absent, bad } = await checkTreeIn(tx, head);
+    if (absent > 0 || bad > 0) continue;
     await tx.updateTable('versions').set({ status: 'valid' }).where('uid', '=', uid).execute();
     out.push(uid);
   }

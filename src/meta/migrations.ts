@@ -1,4 +1,4 @@
-import { sql } from 'kysely';
+import { SqliteAdapter, sql } from 'kysely';
 import type { Kysely, Migration, MigrationProvider } from 'kysely';
 
 /** Migrations in code (no files to find at run time); names sort in order. */
@@ -81,7 +81,83 @@ const migrations: Record<string, Migration> = {
         ON CONFLICT (key) DO NOTHING`.execute(db);
     },
   },
+  // Block lists as trees of shared pages (page-tree.ts). Only the schema changes here, in the
+  // migration's transaction; the block rows of existing versions are converted afterwards,
+  // one version per transaction (block-list-migration.ts), so a kill loses at most one
+  // version's progress and the next open resumes.
+  '0005_block_pages': {
+    async up(db: Kysely<unknown>) {
+      const sqlite = await isSqlite(db);
+      if (sqlite) {
+        // An INTEGER PRIMARY KEY AUTOINCREMENT id, never reused: pages name objects by it.
+        await sql`CREATE TABLE objects_new (
+          id INTEGER PRIMARY KEY AUTOINCREMENT,
+          checksum TEXT NOT NULL UNIQUE,
+          stored_size BIGINT NOT NULL,
+          valid INTEGER NOT NULL DEFAULT 1,
+          last_seen BIGINT NOT NULL,
+          refs INTEGER NOT NULL DEFAULT 0,
+          size BIGINT)`.execute(db);
+        await sql`INSERT INTO objects_new (checksum, stored_size, valid, last_seen)
+          SELECT checksum, stored_size, valid, last_seen FROM objects ORDER BY checksum`.execute(db);
+        await sql`DROP TABLE objects`.execute(db);
+        await sql`ALTER TABLE objects_new RENAME TO objects`.execute(db);
+        await sql`CREATE TABLE pages (
+          id INTEGER PRIMARY KEY AUTOINCREMENT,
+          hash TEXT NOT NULL UNIQUE,
+          level INTEGER NOT NULL,
+          entries TEXT NOT NULL,
+          refs INTEGER NOT NULL DEFAULT 0,
+          last_seen BIGINT NOT NULL,
+          data_blocks BIGINT NOT NULL DEFAULT 0,
+          sparse_blocks BIGINT NOT NULL DEFAULT 0)`.execute(db);
+      } else {
+        await sql`ALTER TABLE objects ADD COLUMN id bigserial`.execute(db);
+        await sql`ALTER TABLE objects ADD COLUMN refs integer NOT NULL DEFAULT 0`.execute(db);
+        await sql`ALTER TABLE objects ADD COLUMN size bigint`.execute(db);
+        await sql`CREATE UNIQUE INDEX objects_id ON objects (id)`.execute(db);
+        await sql`CREATE TABLE pages (
+          id bigserial PRIMARY KEY,
+          hash text NOT NULL UNIQUE,
+          level integer NOT NULL,
+          entries text NOT NULL,
+          refs integer NOT NULL DEFAULT 0,
+          last_seen bigint NOT NULL,
+          data_blocks bigint NOT NULL DEFAULT 0,
+          sparse_blocks bigint NOT NULL DEFAULT 0)`.execute(db);
+      }
+      await sql`CREATE INDEX objects_garbage ON objects (refs, last_seen)`.execute(db);
+      await sql`CREATE INDEX pages_garbage ON pages (refs, last_seen)`.execute(db);
+      await sql`CREATE TABLE block_puts (
+        version_uid text NOT NULL,
+        idx bigint NOT NULL,
+        object_id bigint NOT NULL,
+        PRIMARY KEY (version_uid, idx))`.execute(db);
+      await sql`CREATE INDEX block_puts_object ON block_puts (object_id)`.execute(db);
+      await sql`CREATE TABLE leaf_puts (
+        version_uid text NOT NULL,
+        leaf bigint NOT NULL,
+        page_id bigint NOT NULL,
+        PRIMARY KEY (version_uid, leaf))`.execute(db);
+      await sql`CREATE INDEX leaf_puts_page ON leaf_puts (page_id)`.execute(db);
+      for (const [col, type] of [
+        ['root', 'text'],
+        ['listed', 'bigint NOT NULL DEFAULT 0'],
+        ['held', 'integer NOT NULL DEFAULT 0'],
+        ['suspect', 'integer NOT NULL DEFAULT 0'],
+        ['data_bytes', 'bigint NOT NULL DEFAULT 0'],
+        ['sparse_bytes', 'bigint NOT NULL DEFAULT 0'],
+      ]) {
+        await sql.raw(`ALTER TABLE versions ADD COLUMN ${col} ${type}`).execute(db);
+      }
+      await sql`INSERT INTO settings (key, value) VALUES ('block_lists', 'converting')`.execute(db);
+    },
+  },
 };
+
+async function isSqlite(db: Kysely<unknown>): Promise<boolean> {
+  return db.getExecutor().adapter instanceof SqliteAdapter;
+}
 
 export const migrationProvider: MigrationProvider = {
   async getMigrations() {

@@ -8,7 +8,7 @@
  */
 import { sql } from 'kysely';
 import { InputError } from '../errors.js';
-import { insertBlockRows } from './meta-blocks.js';
+import { putRowsIn, sealIn } from './page-ops.js';
 import { adoptIn } from './meta-objects.js';
 import type { MetaHandle } from './meta-db.js';
 import { nowMicros, versionRow } from './meta-types.js';
@@ -91,7 +91,7 @@ export async function recordImportedVersions(
           downgraded: version.status === 'valid' && status === 'invalid',
         });
         lists.push({ uid: version.uid, rows });
-        return { ...versionRow(version), status };
+        return { ...versionRow(version), status, held: status === 'invalid' && bad === 0 ? 1 : 0 };
       });
       for (let i = 0; i < versionRows.length; i += 500) {
         await tx
@@ -99,7 +99,27 @@ export async function recordImportedVersions(
           .values(versionRows.slice(i, i + 500))
           .execute();
       }
-      for (const l of lists) if (l.rows.length > 0) await insertBlockRows(tx, meta.dialect, l.uid, l.rows);
+      // Validity follows objects: an entry the copy says is damaged names a damaged object.
+      const damaged = [
+        ...new Set(
+          lists.flatMap((l) =>
+            l.rows
+              .filter((r) => !r.valid && r.checksum !== null && ok.has(r.checksum))
+              .map((r) => r.checksum as string),
+          ),
+        ),
+      ];
+      for (let i = 0; i < damaged.length; i += 500) {
+        await tx
+          .updateTable('objects')
+          .set({ valid: 0 })
+          .where('checksum', 'in', damaged.slice(i, i + 500))
+          .execute();
+      }
+      for (const l of lists) {
+        await putRowsIn(tx, meta.dialect, l.uid, l.rows, nowMicros());
+        await sealIn(tx, meta.dialect, l.uid, nowMicros());
+      }
       const labels = todo.flatMap((i) =>
         Object.entries(i.labels).map(([key, value]) => ({ version_uid: i.version.uid, key, value })),
       );

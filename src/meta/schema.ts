@@ -20,6 +20,45 @@ export interface VersionsTable {
   hostname: string;
   /** What the version's change tracking is relative to, as JSON (meta/tracking.ts); null: none recorded. */
   tracking: ColumnType<string | null, string | null | undefined, string | null>;
+  /** Interior page ids as a JSON array (meta/page-tree.ts); null: nothing listed yet. */
+  root: ColumnType<string | null, string | null | undefined, string | null>;
+  /** Entries the root covers; past it only the pending puts count. */
+  listed: ColumnType<number, number | undefined, number>;
+  /** 1: invalid for a reason a sound object cannot cure (a gap, an import that said so). */
+  held: ColumnType<number, number | undefined, number>;
+  /** 1: incomplete and possibly reaching a damaged object (check every object on completion). */
+  suspect: ColumnType<number, number | undefined, number>;
+  /** Bytes of the version's blocks that have an object / are sparse (set when sealed). */
+  data_bytes: ColumnType<number, number | undefined, number>;
+  sparse_bytes: ColumnType<number, number | undefined, number>;
+}
+
+/** A page of a block-list tree (meta/page-tree.ts). */
+export interface PagesTable {
+  id: Generated<number>;
+  hash: string;
+  /** 0: a leaf (object ids); 1: an interior (leaf page ids). */
+  level: Int;
+  /** JSON array of integers. */
+  entries: string;
+  refs: Int;
+  last_seen: Int;
+  data_blocks: Int;
+  sparse_blocks: Int;
+}
+
+/** An incomplete version's entries put since its root was copied (object id; 0 sparse). */
+export interface BlockPutsTable {
+  version_uid: string;
+  idx: Int;
+  object_id: Int;
+}
+
+/** An incomplete version's whole leaves put at once (page id; 0 all sparse). */
+export interface LeafPutsTable {
+  version_uid: string;
+  leaf: Int;
+  page_id: Int;
 }
 
 export interface BlocksTable {
@@ -32,7 +71,12 @@ export interface BlocksTable {
 }
 
 export interface ObjectsTable {
+  id: Generated<number>;
   checksum: string;
+  /** Leaf pages naming this object (meta/page-tree.ts). */
+  refs: ColumnType<number, number | undefined, number>;
+  /** Plaintext length, once a block list named it. */
+  size: ColumnType<number | null, number | null | undefined, number | null>;
   stored_size: Int;
   valid: Int;
   /** Microseconds since the epoch: when a backup last stored or referenced this object. */
@@ -64,6 +108,9 @@ export interface SettingsTable {
 export interface Database {
   versions: VersionsTable;
   blocks: BlocksTable;
+  pages: PagesTable;
+  block_puts: BlockPutsTable;
+  leaf_puts: LeafPutsTable;
   objects: ObjectsTable;
   leases: LeasesTable;
   settings: SettingsTable;

@@ -10,6 +10,7 @@ import { after, before, describe, it } from 'node:test';
 import { Sandbox, assertSameBytes, parseLsMachine, runBacky } from '../lib/cli.js';
 import { scribble, writeImage } from '../lib/image.js';
 import { objectFiles, query, spawnBacky } from '../lib/store.js';
+import { referencedChecksums } from '../lib/tree-edit.js';
 
 const BS = 64 * 1024;
 const BLOCKS = 24;
@@ -92,10 +93,7 @@ describe('cleanup concurrent with backups (SQLite, several processes)', () => {
       }
     }
     await sb.ok(['cleanup']);
-    const referenced = query<{ checksum: string }>(
-      sb,
-      'SELECT DISTINCT checksum FROM blocks WHERE checksum IS NOT NULL ORDER BY checksum',
-    ).map((r) => r.checksum);
+    const referenced = await referencedChecksums(sb.dbPath);
     assert.deepEqual(await objectFiles(sb), referenced);
     assert.deepEqual(query(sb, 'SELECT * FROM leases'), []);
   });

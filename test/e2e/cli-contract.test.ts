@@ -8,7 +8,8 @@ import { readFile, rm, writeFile } from 'node:fs/promises';
 import { after, before, describe, it } from 'node:test';
 import { Sandbox, assertSameBytes, runBacky } from '../lib/cli.js';
 import { writeImage } from '../lib/image.js';
-import { objectPath, query } from '../lib/store.js';
+import { objectPath } from '../lib/store.js';
+import { versionChecksums } from '../lib/tree-edit.js';
 
 const BS = 64 * 1024;
 
@@ -137,11 +138,7 @@ describe('quiet by default (cron mails carry only warnings and errors)', () => {
 
   it('errors still reach stderr without -v', async () => {
     const uid = (await sb.ok(['-m', 'ls'])).stdout.split('\n')[0].split(' ')[6];
-    const [{ checksum }] = query<{ checksum: string }>(
-      sb,
-      'SELECT checksum FROM blocks WHERE version_uid = ? AND checksum IS NOT NULL LIMIT 1',
-      uid,
-    );
+    const [checksum] = await versionChecksums(sb.dbPath, uid);
     await rm(objectPath(sb, checksum));
     const r = await sb.run(['restore', uid, sb.path('damaged.img')]);
     assert.equal(r.code, 3, r.stderr);

@@ -19,10 +19,10 @@ import {
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import Database from 'better-sqlite3';
 import { BIN, Sandbox, assertSameBytes, parseLsMachine, runBacky } from '../lib/cli.js';
 import { randomBytesSeeded, scribble, writeImage } from '../lib/image.js';
 import type { BlockKind } from '../lib/image.js';
+import { entryAt } from '../lib/tree-edit.js';
 
 const BS = 64 * 1024;
 
@@ -146,11 +146,7 @@ describe('backup and restore', () => {
 
   it('restores a damaged block as zeros, finishes the image and exits 3', async () => {
     const uid = (await lsLines(sb))[0].uid;
-    const db = new Database(sb.dbPath, { readonly: true });
-    const row = db.prepare('SELECT checksum FROM blocks WHERE version_uid = ? AND idx = 4').get(uid) as {
-      checksum: string;
-    };
-    db.close();
+    const row = { checksum: (await entryAt(sb.dbPath, uid, 4)) as string };
     const objPath = join(sb.dataDir, row.checksum.slice(0, 2), row.checksum.slice(2, 4), row.checksum);
     const raw = await readFile(objPath);
     raw[100] ^= 1;

@@ -16,10 +16,10 @@ import { createReadStream } from 'node:fs';
 import { copyFile, readdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import Database from 'better-sqlite3';
 import { BIN, Sandbox, assertSameBytes, parseLsMachine } from '../lib/cli.js';
 import type { RunResult } from '../lib/cli.js';
 import { scribble, writeImage } from '../lib/image.js';
+import { referencedChecksums } from '../lib/tree-edit.js';
 
 const BS = 64 * 1024;
 const BLOCKS = 512; // 32 MiB
@@ -363,17 +363,7 @@ describe('kill -9 at random moments', () => {
       versions.every((v) => v.valid),
       'no incomplete version of a crashed backup is left',
     );
-    const db = new Database(sb.dbPath, { readonly: true });
-    let referenced: string[];
-    try {
-      referenced = (
-        db
-          .prepare('SELECT DISTINCT checksum FROM blocks WHERE checksum IS NOT NULL ORDER BY checksum')
-          .all() as { checksum: string }[]
-      ).map((r) => r.checksum);
-    } finally {
-      db.close();
-    }
+    const referenced = await referencedChecksums(sb.dbPath);
     const files = await listFiles(sb.dataDir);
     assert.deepEqual(files.temps, [], 'no temp file of a killed writer is left');
     assert.deepEqual(files.objects, referenced, 'exactly the referenced objects are left');

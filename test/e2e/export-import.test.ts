@@ -12,6 +12,7 @@ import { Sandbox, assertSameBytes, parseLsMachine } from '../lib/cli.js';
 import { writeImage } from '../lib/image.js';
 import type { BlockKind } from '../lib/image.js';
 import { blockRows, dumpDb, objectFiles, objectPath } from '../lib/store.js';
+import { setEntry } from '../lib/tree-edit.js';
 
 const BS = 64 * 1024;
 
@@ -145,8 +146,8 @@ describe('export and import', () => {
     const uid = await sb.backup([img2, 'vm-gap']);
     // A block list with a hole is what a backup that failed verification can leave; made here
     // by deleting a row directly, since no command produces it on purpose.
+    await setEntry(sb.dbPath, uid, 2, undefined);
     const db = new SQLite(sb.dbPath, { timeout: 10_000 });
-    db.prepare('DELETE FROM blocks WHERE version_uid = ? AND idx = 2').run(uid);
     db.prepare("UPDATE versions SET status = 'invalid' WHERE uid = ?").run(uid);
     db.close();
     const file = sb.path('gap.jsonl');

@@ -55,7 +55,7 @@ function dumpDb(path: string): string {
   // the command's last commit.
   const db = new Database(path, { fileMustExist: true });
   try {
-    return ['versions', 'blocks', 'objects', 'settings']
+    return ['versions', 'pages', 'objects', 'settings']
       .map((t) => JSON.stringify(db.prepare(`SELECT * FROM ${t} ORDER BY 1, 2`).all()))
       .join('\n');
   } finally {

@@ -15,6 +15,7 @@ import { Sandbox, assertSameBytes, parseLsMachine } from '../lib/cli.js';
 import { randomBytesSeeded, scribble, writeImage } from '../lib/image.js';
 import { pgDatabase, pgSkipReason } from '../lib/pg.js';
 import { objectFiles, spawnBacky, waitFor } from '../lib/store.js';
+import { referencedChecksums } from '../lib/tree-edit.js';
 
 const BS = 64 * 1024;
 const BLOCKS = 24;
@@ -64,13 +65,7 @@ describe(
     });
     after(async () => sb?.remove());
 
-    const referenced = async () =>
-      (
-        await query<{ checksum: string }>(
-          engine,
-          'SELECT DISTINCT checksum FROM blocks WHERE checksum IS NOT NULL ORDER BY checksum',
-        )
-      ).map((r) => r.checksum);
+    const referenced = async () => referencedChecksums(engine);
 
     it(`${ROUNDS} rounds of 2 backups + rm + 2 cleanup loops: nothing a backup needs is lost`, async () => {
       const images = new Map<string, string>(); // uid -> image it was made from

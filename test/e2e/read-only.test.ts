@@ -10,11 +10,11 @@ import { execFileSync } from 'node:child_process';
 import { mkdir, open, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import SQLite from 'better-sqlite3';
 import { REPO, Sandbox, assertSameBytes, parseLsMachine, runBacky } from '../lib/cli.js';
 import type { RunResult } from '../lib/cli.js';
 import { writeImage } from '../lib/image.js';
 import { tryMountTmpfs, umount } from '../lib/tmpfs.js';
+import { entryAt } from '../lib/tree-edit.js';
 
 const BS = 64 * 1024;
 
@@ -48,14 +48,6 @@ describe('a store on a read-only file system', () => {
 
   const run = (args: string[], input?: string) => runBacky(['-c', cfg, ...args], { cwd: sb.dir, input });
   const remount = (mode: 'ro' | 'rw') => execFileSync('mount', ['-o', `remount,${mode}`, mnt]);
-  const sqlite = (sql: string, ...params: unknown[]) => {
-    const db = new SQLite(dbPath, { readonly: true });
-    try {
-      return db.prepare(sql).all(...params) as Record<string, unknown>[];
-    } finally {
-      db.close();
-    }
-  };
 
   before(async () => {
     sb = await Sandbox.create();
@@ -83,12 +75,7 @@ describe('a store on a read-only file system', () => {
     good = await backup('good.img', 'good');
     damaged = await backup('bad.img', 'bad');
     // Damage one object only the second version uses, while the store is still writable.
-    const [{ checksum }] = sqlite(
-      'SELECT checksum FROM blocks WHERE version_uid = ? AND idx = 2',
-      damaged,
-    ) as {
-      checksum: string;
-    }[];
+    const checksum = (await entryAt(dbPath, damaged, 2)) as string;
     const fh = await open(join(dataDir, checksum.slice(0, 2), checksum.slice(2, 4), checksum), 'r+');
     await fh.write(Buffer.from('garbage!'), 0, 8, 100);
     await fh.close();

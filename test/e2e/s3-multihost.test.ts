@@ -16,6 +16,7 @@ import { scribble, writeImage } from '../lib/image.js';
 import { pgDatabase, pgSkipReason } from '../lib/pg.js';
 import { listKeys, newBucket, rgwServer, rgwSkipReason, s3Client, s3ConfigLines } from '../lib/rgw.js';
 import type { S3Server } from '../lib/rgw.js';
+import { referencedChecksums } from '../lib/tree-edit.js';
 
 const BS = 64 * 1024;
 const BLOCKS = 24;
@@ -168,12 +169,7 @@ describe('many hosts: one PostgreSQL, one bucket, concurrent backups and cleanup
     assert.deepEqual(hosts.map((h) => h.hostname).sort(), HOSTS, 'each version names the host that made it');
 
     await sb.ok(['cleanup']);
-    const referenced = (
-      await query<{ checksum: string }>(
-        engine,
-        'SELECT DISTINCT checksum FROM blocks WHERE checksum IS NOT NULL ORDER BY checksum',
-      )
-    ).map((r) => r.checksum);
+    const referenced = await referencedChecksums(engine);
     const c = s3Client(server);
     try {
       assert.deepEqual(await listKeys(c, bucket), referenced);

@@ -8,7 +8,6 @@ import { execFileSync } from 'node:child_process';
 import { copyFile, mkdir, open, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import Database from 'better-sqlite3';
 import { BIN, REPO, Sandbox, assertSameBytes, parseLsMachine } from '../lib/cli.js';
 import { scribble, writeImage } from '../lib/image.js';
 import type { BlockKind } from '../lib/image.js';
@@ -24,6 +23,7 @@ import {
   s3ConfigLines,
 } from '../lib/rgw.js';
 import type { S3Server } from '../lib/rgw.js';
+import { entriesAt, referencedChecksums } from '../lib/tree-edit.js';
 
 const BS = 64 * 1024;
 const skip = rgwSkipReason();
@@ -46,19 +46,8 @@ export async function s3Sandbox(s: S3Server, bucket: string, extra: string[] = [
   return sb;
 }
 
-function referenced(sb: Sandbox): string[] {
-  const db = new Database(sb.dbPath, { readonly: true });
-  try {
-    return (
-      db.prepare('SELECT DISTINCT checksum FROM blocks WHERE checksum IS NOT NULL').all() as {
-        checksum: string;
-      }[]
-    )
-      .map((r) => r.checksum)
-      .sort();
-  } finally {
-    db.close();
-  }
+function referenced(sb: Sandbox): Promise<string[]> {
+  return referencedChecksums(sb.dbPath);
 }
 
 async function ls(sb: Sandbox) {
@@ -100,7 +89,7 @@ describe('S3 end to end (radosgw)', { skip }, () => {
       uid1 = await sb.backup([img1, 'vm1@b1']);
       // The bucket holds exactly the objects the version references, in backy's object format.
       const keys = await listKeys(c, bucket);
-      assert.deepEqual(keys, referenced(sb));
+      assert.deepEqual(keys, await referenced(sb));
       assert.equal((await getObject(c, bucket, keys[0])).subarray(0, 4).toString('latin1'), 'BKYO');
 
       await copyFile(img1, img2);
@@ -157,7 +146,7 @@ describe('S3 end to end (radosgw)', { skip }, () => {
       const m = /^cleanup 0 (\d+) (\d+) (\d+) (\d+) 0$/m.exec(r.stdout);
       assert.ok(m, r.stdout);
       const after = await listKeys(c, bucket);
-      assert.deepEqual(after, referenced(sb));
+      assert.deepEqual(after, await referenced(sb));
       assert.equal(Number(m[1]), before.length - after.length, 'objects freed');
       assert.ok(Number(m[1]) > 0, 'the blocks only uid1 used are freed');
       assert.equal(Number(m[3]), 1, 'the stray object is swept');
@@ -214,14 +203,12 @@ describe('S3 end to end (radosgw)', { skip }, () => {
       const img = dsb.path('d.img');
       await writeImage(img, { blocks: 12, blockSize: BS, kinds: () => 'random', seed: 'damage' });
       const uid = await dsb.backup([img, 'vm2']);
-      const db = new Database(dsb.dbPath, { readonly: true });
-      const rows = db
-        .prepare('SELECT idx, checksum FROM blocks WHERE version_uid = ? ORDER BY idx')
-        .all(uid) as {
-        idx: number;
-        checksum: string;
-      }[];
-      db.close();
+      const checksums = await entriesAt(
+        dsb.dbPath,
+        uid,
+        Array.from({ length: 12 }, (_, idx) => idx),
+      );
+      const rows = checksums.map((checksum, idx) => ({ idx, checksum: checksum as string }));
       // Same length, one byte flipped in the payload: only the checksum can tell.
       const obj = await getObject(c, dBucket, rows[4].checksum);
       obj[obj.length - 1] ^= 0xff;

@@ -11,9 +11,9 @@ import { access, readFile, readdir, stat, writeFile } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import Database from 'better-sqlite3';
 import { BIN, Sandbox, assertSameBytes, runBacky } from '../lib/cli.js';
 import { writeImage } from '../lib/image.js';
+import { setEntry } from '../lib/tree-edit.js';
 
 const BS = 64 * 1024;
 
@@ -153,11 +153,8 @@ describe('a hostile checksum in the metadata never becomes a path', () => {
     // at one that would be created if anything wrote through it.
     const outside = sb.path('outside.bin');
     await writeFile(outside, Buffer.alloc(BS, 7));
-    const db = new Database(sb.dbPath);
-    const up = db.prepare('UPDATE blocks SET checksum = ? WHERE version_uid = ? AND idx = ?');
-    up.run('../../../outside.bin', uid, 2);
-    up.run('../../../created\nby-backy', uid, 3);
-    db.close();
+    await setEntry(sb.dbPath, uid, 2, '../../../outside.bin');
+    await setEntry(sb.dbPath, uid, 3, '../../../created\nby-backy');
     const out = sb.path('out.img');
     const r = await sb.run(['restore', uid, out]);
     assert.equal(r.code, 3, r.stderr);

@@ -1,4 +1,4 @@
-import { storeSpace, versionSpace } from '../../meta/catalog.js';
+import { spaceCache, storeSpace, versionSpace } from '../../meta/catalog.js';
 import type { VersionSpace } from '../../meta/catalog.js';
 import type { Context } from '../context.js';
 import { parseUid } from '../context.js';
@@ -16,7 +16,8 @@ export async function duCommand(ctx: Context, uidArgs: string[]) {
   const versions =
     uids.length > 0 ? await Promise.all(uids.map((u) => meta.getVersion(u))) : await meta.listVersions();
   const rows: VersionSpace[] = [];
-  for (const v of versions) rows.push(await versionSpace(meta, v));
+  const cache = spaceCache();
+  for (const v of versions) rows.push(await versionSpace(meta, v, cache));
   const store = await storeSpace(meta);
   if (ctx.json) {
     ctx.out(
