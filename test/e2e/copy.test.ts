@@ -27,6 +27,7 @@ import {
 } from '../lib/copy.js';
 import { scribble, writeImage } from '../lib/image.js';
 import { tryMountTmpfs, umount } from '../lib/tmpfs.js';
+import { entryAt } from '../lib/tree-edit.js';
 import { blockRows, objectFiles, objectPath, query, waitFor } from '../lib/store.js';
 
 after(removeSandboxes);
@@ -235,11 +236,7 @@ describe('backy copy between directory stores', () => {
       const img3 = holder.path('img3');
       await writeImage(img3, { blockSize: BS, blocks: 8, kinds: () => 'random', seed: 'ro-bad' });
       const bad = await holder.backup([img3, 'bad']);
-      const db = new SQLite(dbPath, { readonly: true });
-      const { checksum } = db
-        .prepare('SELECT checksum FROM blocks WHERE version_uid = ? AND idx = 2')
-        .get(bad) as { checksum: string };
-      db.close();
+      const checksum = (await entryAt(dbPath, bad, 2)) as string;
       const fh = await open(join(dataDir, checksum.slice(0, 2), checksum.slice(2, 4), checksum), 'r+');
       await fh.write(Buffer.from('garbage!'), 0, 8, 100);
       await fh.close();
