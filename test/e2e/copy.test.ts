@@ -10,7 +10,6 @@ import { execFileSync } from 'node:child_process';
 import { access, mkdir, open, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
-import SQLite from 'better-sqlite3';
 import type { Sandbox } from '../lib/cli.js';
 import { assertSameBytes } from '../lib/cli.js';
 import {
