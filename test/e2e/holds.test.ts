@@ -200,7 +200,10 @@ for (const e of engines) {
       await leaseOrTimeout(db, 'export', uid);
       const r = await sb.run(['rm', uid]);
       assert.equal(r.code, 1);
-      assert.match(errorLines(r.stderr).join('\n'), /is in use by an export \(pid \d+ on .+\)/);
+      assert.match(
+        errorLines(r.stderr).join('\n'),
+        /is in use by an export or a copy to another store \(pid \d+ on .+\)/,
+      );
       const done = await exp.done();
       assert.equal(done.code, 0, done.stderr);
       const again = await sb.ok(['export', uid, '-']);
