@@ -11,7 +11,8 @@ import type { JobLog } from './job-source.js';
 export interface JobContext {
   readonly config: Config;
   readonly log: JobLog;
-  meta(opts?: { write?: string }): Promise<MetaStore>;
+  /** `probe`: a store that does not answer within a few seconds fails the open, in one line. */
+  meta(opts?: { write?: string; probe?: boolean }): Promise<MetaStore>;
   store(opts?: { root?: 'create' | 'check' | 'any' }): Promise<BlockStore>;
   updateCopies(uids: readonly string[]): Promise<void>;
   recordRemoval(uid: string, by: string): Promise<() => Promise<void>>;

@@ -4,6 +4,7 @@ import type { JobConfig } from './job-config.js';
 import type { JobRecord } from './job-records.js';
 import type { JobResult } from './job-result.js';
 import { jobStatus, nagiosReport, nextDue } from './job-status.js';
+import { nextRunAt, slotAfter, spreadSeconds } from './schedule.js';
 
 const S = 1e6; // microseconds per second
 const NOW = 1_800_000_000 * S;
@@ -97,9 +98,26 @@ describe('job status (check)', () => {
     }
   });
 
-  it('next due: every after the last success started; now when it never succeeded', () => {
-    assert.equal(nextDue(job(), ok, NOW), NOW - 60 * S + 3600 * S);
-    assert.equal(nextDue(job(), { successes: 0, last: result(false, NOW - S) }, NOW), NOW);
+  it("next due: the daemon's next slot after the last run started, failed ones included; now if it never ran", () => {
+    const spread = spreadSeconds('vm1', 3600);
+    const slot = (t: number) => slotAfter(t, 3600, spread);
+    // The last success two hours ago, then a failed run a minute ago: the failed run counts
+    // (the daemon tries again at its next slot, not at once because success + every passed).
+    const rec = {
+      successes: 1,
+      lastSuccess: result(true, NOW - 7200 * S),
+      last: result(false, NOW - 60 * S),
+    };
+    assert.equal(nextDue(job(), rec, NOW), slot(NOW - 60 * S));
+    assert.ok(nextDue(job(), rec, NOW)! > NOW - 60 * S);
+    for (const last of [NOW - 60 * S, NOW - 3 * 3600 * S, NOW - 1]) {
+      const r = { successes: 1, last: result(true, last), lastSuccess: result(true, last) };
+      const at = nextDue(job(), r, NOW)!;
+      assert.equal(at, nextRunAt({ job: 'vm1', every: 3600, lastStarted: last }, NOW));
+      assert.ok(at > last && at <= last + 3600 * S, 'within one interval of the last start');
+      assert.equal((at / S - spread) % 3600, 0, "on one of the job's slots");
+    }
+    assert.equal(nextDue(job(), { successes: 0 }, NOW), NOW);
     assert.equal(nextDue(job({ every: undefined }), ok, NOW), undefined);
   });
 

@@ -11,6 +11,7 @@ import type { VersionStatus } from '../meta/meta-store.js';
 import { formatDuration } from './duration.js';
 import type { JobConfig } from './job-config.js';
 import type { JobRecord } from './job-records.js';
+import { nextRunAt } from './schedule.js';
 
 export type JobState = 'ok' | 'warning' | 'critical';
 
@@ -26,16 +27,17 @@ export interface JobStatus {
   newestValid?: number;
   /** Seconds since newestValid. */
   age?: number;
-  /** Microseconds; when the job is due next (undefined: without `every`, never due). */
+  /** Microseconds; when the daemon runs the job next (undefined: without `every`, never due). */
   nextDue?: number;
   versions: { valid: number; invalid: number; incomplete: number };
 }
 
-/** When the job is due: `every` after its last successful run started, or now if it never succeeded. */
+/**
+ * When the job is due: when the daemon runs it (its next slot after its last run started,
+ * failed runs included; now if it never ran), so `jobs`, `run --due` and the daemon agree.
+ */
 export function nextDue(job: JobConfig, record: JobRecord, now: number): number | undefined {
-  if (job.every === undefined) return undefined;
-  const last = record.lastSuccess?.started;
-  return last === undefined ? now : last + job.every * 1e6;
+  return nextRunAt({ job: job.job, every: job.every, lastStarted: record.last?.started }, now);
 }
 
 export function jobStatus(

@@ -36,10 +36,14 @@ export async function runJobs(opts: RunJobsOptions): Promise<JobResult[]> {
   const results = new Array<JobResult>(names.length);
   if (names.length === 0) return results;
   // The database and store are opened once, before any job starts: concurrent first opens
-  // would race, and a store that cannot be reached fails every job at once, after one probe.
+  // would race, and a store that cannot be reached fails every job at once, after one probe
+  // (a few seconds) rather than each job waiting out the S3 timeout and its retries.
   let opened: Opened | Error;
   try {
-    opened = { meta: await ctx.meta({ write: 'run' }), store: await ctx.store({ root: 'create' }) };
+    opened = {
+      meta: await ctx.meta({ write: 'run', probe: true }),
+      store: await ctx.store({ root: 'create' }),
+    };
   } catch (err) {
     opened = err instanceof Error ? err : new Error(String(err));
   }

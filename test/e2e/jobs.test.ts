@@ -12,6 +12,7 @@ import { after, before, describe, test } from 'node:test';
 import { BIN, Sandbox, assertSameBytes } from '../lib/cli.js';
 import { randomBytesSeeded } from '../lib/image.js';
 import { pgDatabase, pgSkipReason } from '../lib/pg.js';
+import { nextRunAt } from '../../src/jobs/schedule.js';
 
 const MiB = 1024 * 1024;
 
@@ -138,7 +139,8 @@ for (const e of engines)
     test('--due runs only what is due; --json is one document', async () => {
       const r = await sb.run(['--json', 'run', '--due', 'web', 'stale']);
       const doc = JSON.parse(r.stdout) as { results: { job: string; ok: boolean; bytes_read: number }[] };
-      // web failed last time but succeeded within the hour: not due. stale never ran: due.
+      // web's last run (failed) started within the hour: not due before its next slot, as in
+      // the daemon. stale never ran: due.
       assert.deepEqual(
         doc.results.map((x) => [x.job, x.ok]),
         [['stale', true]],
@@ -237,7 +239,18 @@ for (const e of engines)
         job: string;
         state: string;
         versions: { valid: number };
+        every_s: number | null;
+        last_result: { started_us: number } | null;
+        next_due_us: number | null;
       }[];
+      // next due is when the daemon runs the job: its next slot after the last run started
+      // (web's last run failed: its slot after that, not an hour after its last success).
+      for (const j of jobs) {
+        const lastStarted = j.last_result?.started_us;
+        if (j.every_s === null) assert.equal(j.next_due_us, null, j.job);
+        else if (lastStarted === undefined) assert.ok(j.next_due_us! <= Date.now() * 1000, j.job);
+        else assert.equal(j.next_due_us, nextRunAt({ job: j.job, every: j.every_s, lastStarted }, 0), j.job);
+      }
       assert.deepEqual(
         jobs.map((j) => [j.job, j.state, j.versions.valid]),
         [

@@ -20,8 +20,9 @@ export async function runCommand(ctx: Context, names: string[], opts: { due?: bo
   }
   let wanted = names.length > 0 ? names : jobs.map((j) => j.job);
   if (opts.due) {
-    // Opened for writing (the run writes next): the store's descriptor is checked in full.
-    const records = await readJobRecords(await ctx.meta({ write: 'run' }));
+    // Opened as runJobs opens it (the database is opened once): for writing, the store's
+    // descriptor checked, an unreachable store failing each job at once after one probe.
+    const records = await readJobRecords(await ctx.meta({ write: 'run', probe: true }));
     const now = nowMicros();
     const byName = new Map(jobs.map((j) => [j.job, j]));
     wanted = wanted.filter((n) => {
