@@ -399,7 +399,9 @@ class ObjectCopier {
   async #held(name: string): Promise<boolean> {
     const { meta, store } = this.#dst;
     if (await meta.touchObject(name, nowMicros())) return store.has(name);
-    if (!this.#adopt || (await meta.recordedObjects([name])).has(name)) return false;
+    // Not valid under its row: a damaged object (adoptObjects refuses it) or a row naming an
+    // object with nothing stored yet (a killed copy put its entry first: adopted if the file is there).
+    if (!this.#adopt) return false;
     // A file without a row: cleanup sweeps such files only while no writer's lease exists, and
     // ours does, so it stays; with a row (last seen now) it is like any stored object.
     const size = (await store.backend.stat(name))?.size;

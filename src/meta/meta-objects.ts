@@ -233,8 +233,17 @@ export async function adoptIn(
       .where(among(chunk))
       .where('valid', '=', 1)
       .execute();
-    const rows = await tx.selectFrom('objects').select(['checksum', 'valid']).where(among(chunk)).execute();
-    for (const r of rows) known.set(r.checksum, Number(r.valid) === 1);
+    const rows = await tx
+      .selectFrom('objects')
+      .select(['checksum', 'valid', 'stored_size'])
+      .where(among(chunk))
+      .execute();
+    for (const r of rows) {
+      // A row with nothing stored (a block list named the object before any file: page-ops.ts)
+      // is as good as none: a file found now is adopted.
+      if (Number(r.valid) === 0 && Number(r.stored_size) === 0) continue;
+      known.set(r.checksum, Number(r.valid) === 1);
+    }
   }
   const found: { checksum: string; storedSize: number }[] = [];
   const gone: string[] = [];
@@ -259,7 +268,13 @@ export async function adoptIn(
           last_seen: now,
         })),
       )
-      .onConflict((oc) => oc.column('checksum').doUpdateSet({ last_seen: now }))
+      .onConflict((oc) =>
+        oc.column('checksum').doUpdateSet((eb) => ({
+          last_seen: now,
+          valid: 1,
+          stored_size: eb.ref('excluded.stored_size'),
+        })),
+      )
       .execute();
   }
   for (const chunk of chunks(gone, LOOKUP_BATCH)) {
